@@ -1,0 +1,56 @@
+#!/usr/bin/env python
+"""Gather every metrics.json under the given run / multirun folders into one table.
+
+    python scripts/report.py outputs/ multirun/2026-11-23_10-00-00 [--out report/drgfer]
+        [--paper experiments/drgfer/table1_rafdb.csv] [--split test] [--metric acc] [--extra rrn_acc]
+
+Prints a markdown table (rows = runs, columns = degradations, accuracy in %) and writes
+<out>.md, <out>.csv and <out>.png (accuracy against degradation). With --paper, the paper's rows
+(labelled "(paper)") stand beside the measured ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from lrfer.errors import UserError, exit_on_user_error
+from lrfer.report.plots import accuracy_plot
+from lrfer.report.tables import collect_runs, columns_of, markdown_table, read_paper_csv, write_csv
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("dirs", nargs="+", help="run or multirun folders (searched recursively)")
+    parser.add_argument(
+        "--out", default=None, help="output prefix for .md/.csv/.png (default: <first dir>/report)"
+    )
+    parser.add_argument("--paper", action="append", default=[], help="a paper's table as CSV (repeatable)")
+    parser.add_argument("--split", default="test", choices=["test", "val"])
+    parser.add_argument("--metric", default="acc", choices=["acc", "balanced_acc"])
+    parser.add_argument(
+        "--extra", default=None, help="also show a per-degradation method metric, e.g. rrn_acc"
+    )
+    parser.add_argument("--title", default="")
+    args = parser.parse_args(argv)
+
+    rows = collect_runs(args.dirs, split=args.split, metric=args.metric)
+    if not rows:
+        raise UserError(f"no metrics.json found under {', '.join(args.dirs)}")
+    paper_rows = [r for p in args.paper for r in read_paper_csv(p)]
+    columns = columns_of(rows + paper_rows)
+    table = markdown_table(paper_rows + rows, columns, extra=args.extra)
+    print(table)
+    base = Path(args.out) if args.out else Path(args.dirs[0]) / "report"
+    base.parent.mkdir(parents=True, exist_ok=True)
+    base.with_suffix(".md").write_text(table + "\n")
+    write_csv(paper_rows + rows, base.with_suffix(".csv"), columns)
+    accuracy_plot(
+        columns, {r.name: r.values for r in paper_rows + rows}, base.with_suffix(".png"), args.title
+    )
+    print(f"\nwrote {base}.md, {base}.csv, {base}.png")
+
+
+if __name__ == "__main__":
+    main()

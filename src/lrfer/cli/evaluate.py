@@ -1,0 +1,65 @@
+"""Re-evaluate a finished run's checkpoint at any list of degradations.
+
+    lrfer-evaluate RUN_DIR [--degrade x1 x3 14px] [--split test] [--checkpoint best] [--out FILE]
+                   [-o dataset.root=/data/rafdb ...]
+
+Writes ``RUN_DIR/eval_<split>.json`` (or ``--out``) with the same per-degradation rows as metrics.json
+and prints the table. metrics.json itself is never modified.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from lrfer.engine.checkpoint import write_json
+from lrfer.engine.loading import load_method_weights, load_run_config
+from lrfer.engine.run import build_parts, format_table
+from lrfer.engine.trainer import Trainer
+from lrfer.errors import exit_on_user_error
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description="Re-evaluate a finished lrfer run at any degradations.")
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--degrade", nargs="+", default=None, help="labels (default: the run's degrade.test)")
+    parser.add_argument("--split", default="test", choices=["test", "val"])
+    parser.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("-o", "--override", action="append", default=[], help="config override key=value")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    cfg = load_run_config(args.run_dir, args.override)
+    labels = args.degrade or list(cfg.degrade.test)
+    parts = build_parts(cfg)
+    meta = load_method_weights(parts.method, args.run_dir, args.checkpoint)
+    trainer = Trainer(
+        cfg.trainer,
+        parts.method,
+        parts.datamodule,
+        train_degrade=list(cfg.degrade.train),
+        val_degrade=None,
+        run_dir=None,
+        seed=int(cfg.seed),
+        device=parts.device,
+    )
+    rows = trainer.evaluate(args.split, labels, keep_confusion=True)
+    result = {
+        "method": cfg.method.name,
+        "dataset": cfg.dataset.name,
+        "checkpoint": args.checkpoint,
+        "checkpoint_epoch": meta.get("epoch"),
+        args.split: rows,
+    }
+    out = args.out or args.run_dir / f"eval_{args.split}.json"
+    write_json(result, out)
+    print(format_table(result, args.split))
+    print(f"wrote {out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

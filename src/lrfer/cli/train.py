@@ -1,0 +1,56 @@
+"""``python train.py method=<m> dataset=<d> [key=value ...]``: train, test once, write metrics.json."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from lrfer.cli import CONFIG_DIR
+from lrfer.config import register_schemas
+from lrfer.engine.distributed import env_rank
+from lrfer.errors import USER_ERROR_EXIT_CODE, UserError
+
+log = logging.getLogger("lrfer")
+
+
+def _task(cfg: DictConfig) -> float | None:
+    from lrfer.engine import distributed as dist
+    from lrfer.engine.run import format_table, run_training
+    from lrfer.engine.trainer import resolve_device
+
+    try:
+        dist.init_from_env(resolve_device(cfg.trainer.device))
+        # Under torchrun every rank works in rank 0's run folder (only rank 0 writes into it).
+        run_dir = Path(dist.broadcast_object(HydraConfig.get().runtime.output_dir))
+        metrics = run_training(cfg, run_dir)
+        main_rank = dist.is_main()
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(USER_ERROR_EXIT_CODE)
+    finally:
+        dist.cleanup()
+    if main_rank:
+        print(f"\n{metrics['method']} on {metrics['dataset']} (test split), run dir: {run_dir}")
+        print(format_table(metrics), flush=True)
+    rows = metrics["test"].values()
+    return sum(r["acc"] for r in rows) / max(1, len(rows))
+
+
+def main() -> None:
+    register_schemas()
+    if env_rank() > 0:
+        # torchrun: ranks other than 0 must not create run folders or logs of their own.
+        scratch = tempfile.mkdtemp(prefix=f"lrfer-rank{env_rank()}-")
+        sys.argv += [f"hydra.run.dir={scratch}", "hydra.output_subdir=null", "hydra/job_logging=disabled"]
+    app = hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")(_task)
+    app()
+
+
+if __name__ == "__main__":
+    main()

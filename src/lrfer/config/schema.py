@@ -1,0 +1,163 @@
+"""Dataclass schemas for the config groups that every run uses.
+
+They are registered in Hydra's ConfigStore under ``schema/<group>/<name>`` and named at the top of each
+YAML file's defaults list, so a misspelt key or a value of the wrong type stops the run at start-up with
+Hydra's one-line message instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class OptimizerConfig:
+    """``torch.optim`` optimiser: ``name`` is adam, adamw or sgd."""
+
+    name: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    nesterov: bool = False
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+
+
+@dataclass
+class SchedulerConfig:
+    """Learning-rate schedule: none, step, multistep, exponential, plateau or cosine (stepped per epoch).
+
+    ``plateau`` watches ``monitor``: ``val_acc`` (validation accuracy) or ``train_acc`` (training accuracy,
+    as the EFC paper did); ``mode`` max.
+    """
+
+    name: str = "none"
+    step_size: int = 10
+    gamma: float = 0.1
+    milestones: list[int] = field(default_factory=list)
+    patience: int = 10
+    factor: float = 0.1
+    min_lr: float = 0.0
+    monitor: str = "val_acc"
+
+
+@dataclass
+class TrainerConfig:
+    max_epochs: int | None = None
+    batch_size: int = 64
+    eval_batch_size: int = 256
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: str = "auto"
+    compile: bool = False
+    grad_clip: float | None = None
+    resume: bool = False
+    monitor: str = "acc"
+    restore_best: bool = True
+    val_every: int = 1
+    log_every_n_steps: int = 10
+    progress: str = "auto"
+    num_threads: int | None = None
+    deterministic: bool = True
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+
+
+@dataclass
+class DegradeConfig:
+    """Which low-resolution views a run trains and is evaluated on, and how they are made.
+
+    Labels are ``x<factor>`` (``x1`` = native, ``x2``, ``x6``, ``x16``) or ``<size>px`` (``14px``).
+    """
+
+    train: list[str] = field(default_factory=lambda: ["x1"])
+    val: list[str] | None = None
+    test: list[str] = field(default_factory=lambda: ["x1", "x2", "x4", "x6", "x8"])
+    train_mode: str = "random"
+    kernel: str = "bicubic"
+    antialias: bool = True
+    input_size: int | None = None
+    resize_back: bool = True
+    resize_kernel: str = "bicubic"
+
+
+@dataclass
+class AugmentConfig:
+    """Batched on-device augmentation of training images (all probabilities/magnitudes; 0 disables)."""
+
+    hflip: float = 0.5
+    translate: float = 0.0
+    rotate: float = 0.0
+    scale_min: float = 1.0
+    scale_max: float = 1.0
+    brightness: float = 0.0
+    contrast: float = 0.0
+    saturation: float = 0.0
+    erase_p: float = 0.0
+    erase_area_min: float = 0.02
+    erase_area_max: float = 0.2
+    blur_p: float = 0.0
+    blur_sigma_max: float = 1.0
+
+
+@dataclass
+class DatasetConfig:
+    """Fields every dataset has; adapters extend it with their own options (a dataclass subclass)."""
+
+    _target_: str = MISSING
+    name: str = MISSING
+    root: str | None = None
+    num_classes: int = MISSING
+    class_names: list[str] = MISSING
+    image_size: int = 100
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    sampler: str = "random"
+    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    skip_corrupt: bool = False
+    on_device: str = "auto"
+
+
+@dataclass
+class LoggerConfig:
+    tensorboard: bool = True
+    log_images: bool = True
+    num_sample_images: int = 8
+
+
+@dataclass
+class PathsConfig:
+    cache_dir: str = ".cache/lrfer"
+
+
+_SCHEMAS: dict[str, dict[str, type]] = {
+    "trainer": {"trainer": TrainerConfig},
+    "degrade": {"degrade": DegradeConfig},
+    "augment": {"augment": AugmentConfig},
+    "dataset": {"dataset": DatasetConfig},
+    "logger": {"logger": LoggerConfig},
+    "paths": {"paths": PathsConfig},
+}
+
+
+def register_schemas() -> None:
+    """Store every schema as ``schema/<group>/<name>`` in Hydra's ConfigStore (idempotent).
+
+    Importing :mod:`lrfer.data.datasets` lets every adapter register its own dataset schema first.
+    """
+    import lrfer.data.datasets  # noqa: F401  (adapters call register_dataset_schema on import)
+
+    cs = ConfigStore.instance()
+    for group, nodes in _SCHEMAS.items():
+        for name, node in nodes.items():
+            cs.store(group=f"schema/{group}", name=name, node=node)
+
+
+def register_dataset_schema(name: str, node: type) -> None:
+    """Register an adapter's dataset schema (a :class:`DatasetConfig` subclass) under ``schema/dataset``."""
+    _SCHEMAS["dataset"][name] = node
+    ConfigStore.instance().store(group="schema/dataset", name=name, node=node)

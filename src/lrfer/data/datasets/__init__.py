@@ -1,0 +1,22 @@
+"""Dataset adapters, one module per dataset. Importing this package registers their config schemas."""
+
+from __future__ import annotations
+
+from hydra.utils import get_class
+from omegaconf import DictConfig
+
+from lrfer.data.datasets import affectnet, expw, fer2013, ferplus, kdef, rafdb, synthetic  # noqa: F401
+from lrfer.data.datasets.base import DatasetAdapter
+from lrfer.errors import UserError
+
+
+def build_adapter(cfg: DictConfig) -> DatasetAdapter:
+    """Instantiate the adapter named by ``cfg._target_`` with the dataset config node."""
+    try:
+        cls = get_class(cfg._target_)
+    except Exception as err:
+        raise UserError(f"dataset {cfg.get('name')}: cannot load adapter {cfg._target_!r} ({err})") from None
+    return cls(cfg)
+
+
+__all__ = ["DatasetAdapter", "build_adapter"]

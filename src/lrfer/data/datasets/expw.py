@@ -1,0 +1,84 @@
+"""ExpW, Expression in-the-Wild (7 classes): face boxes in web photos, several faces per photo.
+
+``dataset.root`` = the folder holding ``label/label.lst`` and ``image/origin/`` (or the ``data/`` folder above
+them). One line per face: ``image_name face_id top left right bottom confidence label``; the face is
+``image[top:bottom, left:right]``. Exact duplicate lines are removed (their count is kept in the manifest).
+Labels 0..6 = angry, disgust, fear, happy, sad, surprise, neutral.
+
+There is no official split: a seeded, stratified ``dataset.test_fraction`` (default 0.1) of the faces is the
+test split (``dataset.test_seed``), and lrfer carves the validation split from the rest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from lrfer.config.schema import DatasetConfig, register_dataset_schema
+from lrfer.data.datasets.common import (
+    Box,
+    Face,
+    Faces,
+    FileDataset,
+    LabelTable,
+    find_path,
+    missing,
+    need_fields,
+    read_rows,
+    stratified_holdout,
+    to_number,
+)
+
+CLASS_NAMES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+LABELS = LabelTable.consecutive(0, CLASS_NAMES)
+LABEL_FILES = ("label/label.lst", "data/label/label.lst")
+LAYOUT = "label/label.lst and image/origin/<image_name>"
+
+
+@dataclass
+class ExpwConfig(DatasetConfig):
+    """``test_fraction`` of every class (seeded by ``test_seed``) is held out as the test split."""
+
+    test_fraction: float = 0.1
+    test_seed: int = 0
+
+
+register_dataset_schema("expw", ExpwConfig)
+
+
+class Expw(FileDataset):
+    """ExpW: a seeded stratified test split of the faces; the rest is train."""
+
+    name = "expw"
+    class_names = CLASS_NAMES
+
+    def layout(self) -> tuple[str, list[Path]]:
+        root = self.root()
+        label_file = find_path(root, LABEL_FILES, "file")
+        if label_file is None:
+            raise missing(self.name, "label/label.lst", root, LAYOUT)
+        return "label.lst", [label_file]
+
+    def faces(self, layout: str, files: list[Path]) -> tuple[Faces, dict]:
+        label_file = files[0]
+        image_dir = label_file.parent.parent / "image" / "origin"
+        if not image_dir.is_dir():
+            raise missing(self.name, "the folder image/origin", self.root(), LAYOUT)
+        seen: set[tuple[str, ...]] = set()
+        faces: list[Face] = []
+        duplicates = 0
+        for lineno, row in read_rows(label_file, delimiter=None):
+            need_fields(row, 8, label_file, lineno, "'image face_id top left right bottom confidence label'")
+            key = tuple(row[:8])
+            if key in seen:
+                duplicates += 1
+                continue
+            seen.add(key)
+            label = LABELS.lookup(row[7], f"{label_file}:{lineno}")
+            top, left, right, bottom = (to_number(v, label_file, lineno, "face box value") for v in row[2:6])
+            where = f"{image_dir / row[0]} ({label_file}:{lineno})"
+            faces.append(Face(image_dir / row[0], label, Box(top, left, bottom, right), where=where))
+        fraction, seed = float(self.cfg.test_fraction), int(self.cfg.test_seed)
+        train, test = stratified_holdout([f.label for f in faces], fraction, seed)
+        info = {"duplicate_lines_removed": duplicates, "test_split": {"fraction": fraction, "seed": seed}}
+        return {"train": [faces[i] for i in train], "test": [faces[i] for i in test]}, info

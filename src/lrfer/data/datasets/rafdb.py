@@ -1,0 +1,106 @@
+"""RAF-DB (basic subset, 7 classes): the official ``basic/`` folder or the ``DATASET/`` re-distribution.
+
+Official layout (``dataset.root`` = the folder holding ``basic/``, or ``basic/`` itself)::
+
+    basic/EmoLabel/list_patition_label.txt     "train_00001.jpg 5" (no header; the name's prefix is the split)
+    basic/Image/aligned/train_00001_aligned.jpg
+
+Re-distribution (``dataset.root`` = the folder holding ``DATASET/`` and the CSVs)::
+
+    DATASET/{train,test}/<1..7>/train_00001_aligned.jpg
+    {train,test}_labels.csv                    header "image,label"  (also accepted inside DATASET/)
+
+Labels 1..7 = surprise, fear, disgust, happiness, sadness, anger, neutral. No official validation split:
+lrfer carves a seeded, stratified one from train (``dataset.val_fraction``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from lrfer.config.schema import DatasetConfig, register_dataset_schema
+from lrfer.data.datasets.common import (
+    Face,
+    Faces,
+    FileDataset,
+    LabelTable,
+    find_path,
+    missing,
+    need_fields,
+    read_rows,
+    read_table,
+)
+from lrfer.errors import UserError
+
+CLASS_NAMES = ("surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral")
+LABELS = LabelTable.consecutive(1, CLASS_NAMES)
+
+BASIC_LABELS = ("basic/EmoLabel/list_patition_label.txt", "EmoLabel/list_patition_label.txt")
+CSV_DIRS = (".", "DATASET")
+IMAGE_DIRS = ("DATASET", ".")
+LAYOUT = (
+    "basic/EmoLabel/list_patition_label.txt with basic/Image/aligned/, or DATASET/{train,test}/<label>/ "
+    "with {train,test}_labels.csv"
+)
+
+
+@dataclass
+class RafDbConfig(DatasetConfig):
+    """RAF-DB has only the common dataset options (``dataset.root`` = the folder holding ``basic/``)."""
+
+
+register_dataset_schema("rafdb", RafDbConfig)
+
+
+class RafDb(FileDataset):
+    """RAF-DB basic: train / test from the official split (the image name's prefix)."""
+
+    name = "rafdb"
+    class_names = CLASS_NAMES
+
+    def layout(self) -> tuple[str, list[Path]]:
+        """("basic", [label file]) or ("folders", [train csv, test csv])."""
+        root = self.root()
+        label_file = find_path(root, BASIC_LABELS, "file")
+        if label_file is not None:
+            return "basic", [label_file]
+        for folder in CSV_DIRS:
+            csvs = [root / folder / f"{split}_labels.csv" for split in ("train", "test")]
+            if all(p.is_file() for p in csvs):
+                return "folders", csvs
+        raise missing(self.name, "the RAF-DB label file", root, LAYOUT)
+
+    def faces(self, layout: str, files: list[Path]) -> tuple[Faces, dict]:
+        return (self._basic(files[0]) if layout == "basic" else self._folders(files)), {}
+
+    def _basic(self, label_file: Path) -> Faces:
+        image_dir = label_file.parent.parent / "Image" / "aligned"
+        if not image_dir.is_dir():
+            raise missing(self.name, "the folder basic/Image/aligned", self.root(), LAYOUT)
+        faces: Faces = {"train": [], "test": []}
+        for lineno, row in read_rows(label_file, delimiter=None):
+            need_fields(row, 2, label_file, lineno, "'<image name> <label>'")
+            name, raw = row[0], row[1]
+            split = name.split("_", 1)[0]
+            if split not in faces:
+                raise UserError(
+                    f"{label_file}:{lineno}: cannot tell the split of {name!r} "
+                    "(expected a name starting with train_ or test_)"
+                )
+            label = LABELS.lookup(raw, f"{label_file}:{lineno}")
+            faces[split].append(Face(image_dir / f"{Path(name).stem}_aligned.jpg", label))
+        return faces
+
+    def _folders(self, csvs: list[Path]) -> Faces:
+        root = self.root()
+        image_root = find_path(root, [f"{d}/train" for d in IMAGE_DIRS], "dir")
+        if image_root is None:
+            raise missing(self.name, "the image folder DATASET/train", root, LAYOUT)
+        faces: Faces = {}
+        for split, csv_file in zip(("train", "test"), csvs):
+            faces[split] = []
+            for lineno, row in read_table(csv_file, ("image", "label"), header_required=False):
+                label = LABELS.lookup(row["label"], f"{csv_file}:{lineno}")
+                faces[split].append(Face(image_root.parent / split / row["label"] / row["image"], label))
+        return faces

@@ -1,0 +1,115 @@
+"""In-memory face datasets: uint8 image tensors per split, labels and (optionally) soft targets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class FaceSplit:
+    """One split: ``images`` uint8 (N, 3, H, W), ``labels`` int64 (N,), optional ``targets`` float (N, C).
+
+    ``targets`` holds soft training targets (FERPlus probability / cross-entropy / multi-target modes); when
+    it is None the one-hot of ``labels`` is the target.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    targets: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise ValueError(
+                f"images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}"
+            )
+        if self.labels.shape != (self.images.shape[0],):
+            raise ValueError("labels must have one entry per image")
+        if self.targets is not None and self.targets.shape[0] != self.images.shape[0]:
+            raise ValueError("targets must have one row per image")
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, index: torch.Tensor) -> FaceSplit:
+        return FaceSplit(
+            self.images[index], self.labels[index], None if self.targets is None else self.targets[index]
+        )
+
+    def to(self, device: torch.device | str) -> FaceSplit:
+        return FaceSplit(
+            self.images.to(device),
+            self.labels.to(device),
+            None if self.targets is None else self.targets.to(device),
+        )
+
+    def per_class(self, num_classes: int) -> list[int]:
+        return torch.bincount(self.labels.cpu(), minlength=num_classes).tolist()
+
+
+@dataclass
+class FaceData:
+    """A whole dataset as loaded from its cache: class names in the dataset's own order and its splits."""
+
+    name: str
+    class_names: list[str]
+    splits: dict[str, FaceSplit]
+    info: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        first = next(iter(self.splits.values()))
+        return int(first.images.shape[-2]), int(first.images.shape[-1])
+
+    def summary(self) -> dict:
+        """``{"dataset": name, "splits": {split: {"n": N, "per_class": {class: count}}}}``."""
+        return {
+            "dataset": self.name,
+            "splits": {
+                name: {
+                    "n": len(split),
+                    "per_class": dict(zip(self.class_names, split.per_class(self.num_classes))),
+                }
+                for name, split in self.splits.items()
+            },
+        }
+
+
+def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (keep, held_out) with ``fraction`` of every class held out, reproducible from ``seed``.
+
+    Every class with at least two samples keeps at least one sample on each side.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"validation fraction must be between 0 and 1, got {fraction}")
+    gen = torch.Generator().manual_seed(seed)
+    labels = labels.cpu()
+    keep, held = [], []
+    for cls in torch.unique(labels).tolist():
+        idx = torch.nonzero(labels == cls).flatten()
+        idx = idx[torch.randperm(len(idx), generator=gen)]
+        n_held = round(len(idx) * fraction)
+        if len(idx) >= 2:
+            n_held = min(max(n_held, 1), len(idx) - 1)
+        held.append(idx[:n_held])
+        keep.append(idx[n_held:])
+    return torch.sort(torch.cat(keep)).values, torch.sort(torch.cat(held)).values
+
+
+def carve_validation(data: FaceData, fraction: float, seed: int) -> FaceData:
+    """Add a seeded, stratified ``val`` split carved from ``train`` when the dataset has none."""
+    if "val" in data.splits:
+        return data
+    train = data.splits["train"]
+    keep, held = stratified_split(train.labels, fraction, seed)
+    splits = dict(data.splits)
+    splits["train"], splits["val"] = train.subset(keep), train.subset(held)
+    info = {**data.info, "val_carved_from_train": {"fraction": fraction, "seed": seed}}
+    return FaceData(data.name, data.class_names, {k: splits[k] for k in SPLITS if k in splits}, info)

@@ -1,0 +1,264 @@
+"""Build everything a run needs from the composed config, train, test once, write ``metrics.json``."""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from lrfer.data.cache import load_or_build
+from lrfer.data.datasets import build_adapter
+from lrfer.data.degrade import parse_degradations
+from lrfer.data.faces import FaceData, carve_validation
+from lrfer.data.pipeline import FaceDataModule
+from lrfer.engine import distributed as dist
+from lrfer.engine.checkpoint import write_json
+from lrfer.engine.tblog import RunLogger
+from lrfer.engine.trainer import Trainer, resolve_device
+from lrfer.errors import UserError
+from lrfer.methods.base import Method, MethodContext
+
+log = logging.getLogger(__name__)
+
+#: Dataset sizes (bytes of uint8 images) above which ``dataset.on_device=auto`` keeps data on the host.
+ON_DEVICE_MAX_FRACTION = 0.4
+
+
+@dataclass
+class RunParts:
+    cfg: DictConfig
+    device: torch.device
+    data: FaceData
+    datamodule: FaceDataModule
+    method: Method
+
+
+def load_data(cfg: DictConfig) -> FaceData:
+    """Decode (or read from the cache) the configured dataset and make sure it has a ``val`` split."""
+    adapter = build_adapter(cfg.dataset)
+    data = load_or_build(adapter, cfg.paths.cache_dir)
+    for needed in ("train", "test"):
+        if needed not in data.splits or len(data.splits[needed]) == 0:
+            raise UserError(f"dataset {cfg.dataset.name} has no {needed} images: check dataset.root")
+    data = carve_validation(data, cfg.dataset.val_fraction, cfg.dataset.split_seed)
+    if data.num_classes != cfg.dataset.num_classes:
+        raise UserError(
+            f"dataset {cfg.dataset.name} has {data.num_classes} classes but dataset.num_classes="
+            f"{cfg.dataset.num_classes}"
+        )
+    return data
+
+
+def storage_device(cfg: DictConfig, data: FaceData, device: torch.device) -> torch.device:
+    """Keep the uint8 images on the training device when they fit (``dataset.on_device``)."""
+    mode = cfg.dataset.on_device
+    if mode not in ("auto", "true", "false"):
+        raise UserError("dataset.on_device must be auto, true or false")
+    if device.type != "cuda" or mode == "false":
+        return device if mode != "false" else torch.device("cpu")
+    if mode == "true":
+        return device
+    nbytes = sum(s.images.numel() for s in data.splits.values())
+    total = torch.cuda.get_device_properties(device).total_memory
+    return device if nbytes < ON_DEVICE_MAX_FRACTION * total else torch.device("cpu")
+
+
+def build_method(cfg: DictConfig, context: MethodContext) -> Method:
+    """Instantiate ``cfg.method`` (its ``_target_`` class) with the data context."""
+    node = OmegaConf.masked_copy(cfg.method, [k for k in cfg.method if k != "name"])
+    try:
+        method = instantiate(node, context=context, _recursive_=False)
+    except Exception as err:
+        cause = err
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        if isinstance(cause, UserError):
+            raise cause from None
+        if isinstance(cause, TypeError) and "argument" in str(cause):
+            raise UserError(f"method {cfg.method.get('name')}: {cause}") from None
+        raise
+    if not isinstance(method, Method):
+        raise UserError(f"method._target_={cfg.method._target_} is not an lrfer Method")
+    return method
+
+
+def method_context(cfg: DictConfig, in_channels: int = 3) -> MethodContext:
+    """What the method needs to know about the data, from the config alone (no dataset is read)."""
+    train_degs = parse_degradations(cfg.degrade.train)
+    native = int(cfg.dataset.image_size)
+    for deg in train_degs:
+        deg.output_size(native, native)
+    input_size = int(cfg.degrade.input_size or native)
+    if not cfg.degrade.resize_back:
+        input_size = train_degs[0].output_size(native, native)[0]
+    return MethodContext(
+        num_classes=int(cfg.dataset.num_classes),
+        input_size=input_size,
+        native_size=native,
+        in_channels=in_channels,
+        train_degradations=train_degs,
+        model=cfg.get("model"),
+        class_names=list(cfg.dataset.class_names)[: int(cfg.dataset.num_classes)],
+    )
+
+
+def build_parts(cfg: DictConfig) -> RunParts:
+    device = dist.init_from_env(resolve_device(cfg.trainer.device))
+    if cfg.trainer.num_threads:
+        torch.set_num_threads(int(cfg.trainer.num_threads))
+    parse_degradations(cfg.degrade.train)
+    parse_degradations(cfg.degrade.test)
+    data = load_data(cfg)
+    datamodule = FaceDataModule(
+        data,
+        degrade_cfg=cfg.degrade,
+        augment_cfg=cfg.augment,
+        mean=cfg.dataset.mean,
+        std=cfg.dataset.std,
+        batch_size=cfg.trainer.batch_size,
+        eval_batch_size=cfg.trainer.eval_batch_size,
+        device=device,
+        storage_device=storage_device(cfg, data, device),
+        sampler=cfg.dataset.sampler,
+        rank=dist.rank(),
+        world_size=dist.world_size(),
+    )
+    side = int(cfg.dataset.image_size)
+    if data.image_size != (side, side):
+        raise UserError(
+            f"the cached {cfg.dataset.name} images are {data.image_size[0]}x{data.image_size[1]} but "
+            f"dataset.image_size={side}: rebuild the cache (delete it under {cfg.paths.cache_dir})"
+        )
+    context = method_context(cfg, in_channels=int(data.splits["train"].images.shape[1]))
+    torch.manual_seed(cfg.seed)
+    method = build_method(cfg, context)
+    return RunParts(cfg, device, data, datamodule, method)
+
+
+def format_table(metrics: dict, split: str = "test") -> str:
+    """A fixed-width per-degradation table of a run's metrics (accuracy in %)."""
+    rows = metrics.get(split, {})
+    if not rows:
+        return "(no results)"
+    extra = sorted(
+        {k for r in rows.values() for k in r if k not in ("acc", "balanced_acc", "n", "confusion")}
+    )
+    header = ["degradation", "acc %", "balanced %", "n", *extra]
+    lines = [header]
+    for label, row in rows.items():
+        lines.append(
+            [
+                label,
+                f"{100 * row['acc']:.2f}",
+                f"{100 * row['balanced_acc']:.2f}",
+                str(row["n"]),
+                *[f"{100 * row[k]:.2f}" if k in row else "" for k in extra],
+            ]
+        )
+    widths = [max(len(r[i]) for r in lines) for i in range(len(header))]
+    out = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in lines]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def run_training(cfg: DictConfig, run_dir: Path | None) -> dict:
+    """Train ``cfg.method`` on ``cfg.dataset``, test once at ``degrade.test`` and write ``metrics.json``."""
+    t0 = time.perf_counter()
+    parts = build_parts(cfg)
+    main = dist.is_main()
+    logger = RunLogger(run_dir, enabled=bool(cfg.logger.tensorboard) and main and run_dir is not None)
+    try:
+        trainer = Trainer(
+            cfg.trainer,
+            parts.method,
+            parts.datamodule,
+            train_degrade=list(cfg.degrade.train),
+            val_degrade=list(cfg.degrade.val) if cfg.degrade.val else None,
+            run_dir=run_dir,
+            seed=int(cfg.seed),
+            device=parts.device,
+            logger=logger,
+        )
+        if cfg.logger.log_images and main:
+            log_sample_faces(logger, parts.datamodule, list(cfg.degrade.test), cfg.logger.num_sample_images)
+        summaries = trainer.fit()
+        val = trainer.evaluate("val", list(cfg.degrade.val or cfg.degrade.train))
+        test = trainer.evaluate("test", list(cfg.degrade.test), keep_confusion=True)
+        final = summaries[-1]
+        metrics = {
+            "method": cfg.method.name,
+            "dataset": cfg.dataset.name,
+            "seed": int(cfg.seed),
+            "degrade": {"train": list(cfg.degrade.train), "test": list(cfg.degrade.test)},
+            "val": val,
+            "test": test,
+            "train": {
+                **final.losses,
+                "stages": {
+                    s.name: {
+                        "epochs": s.epochs,
+                        "best_epoch": s.best_epoch,
+                        "best_val": s.best_val,
+                        **s.losses,
+                    }
+                    for s in summaries
+                },
+            },
+            "num_params": sum(p.numel() for p in parts.method.parameters()),
+            "environment": {
+                "device": str(parts.device),
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+                "world_size": dist.world_size(),
+                "gpu": torch.cuda.get_device_name(parts.device) if parts.device.type == "cuda" else None,
+            },
+            "duration_s": round(time.perf_counter() - t0, 2),
+        }
+        if main:
+            for label, row in test.items():
+                logger.scalars(
+                    {"acc": row["acc"], "balanced_acc": row["balanced_acc"]}, 0, prefix=f"test/{label}/"
+                )
+                logger.confusion(
+                    f"test/confusion/{label}", torch.tensor(row["confusion"]), parts.data.class_names
+                )
+            logger.hparams(
+                {
+                    "method": cfg.method.name,
+                    "dataset": cfg.dataset.name,
+                    "train": ",".join(cfg.degrade.train),
+                    "lr": cfg.trainer.optimizer.lr,
+                    "batch_size": cfg.trainer.batch_size,
+                    "seed": cfg.seed,
+                },
+                {f"test_{k}": v["acc"] for k, v in test.items()},
+            )
+            if run_dir is not None:
+                write_json(metrics, Path(run_dir) / "metrics.json")
+        return metrics
+    finally:
+        logger.close()
+
+
+def log_sample_faces(logger: RunLogger, dm: FaceDataModule, labels: list[str], n: int) -> None:
+    """A grid of the first ``n`` validation faces (rows) at every degradation (columns of the grid)."""
+    if logger.writer is None or n <= 0:
+        return
+    rows = []
+    index = torch.arange(min(n, len(dm.splits["val"])))
+    for deg in parse_degradations(labels):
+        if dm.network_size(deg) != dm.input_size:
+            continue
+        batch = dm.make_batch("val", index, torch.zeros_like(index), [deg], augment=False)
+        rows.append(batch["image"] * dm.std + dm.mean)
+    if rows:
+        grid = torch.stack(rows, 1).flatten(
+            0, 1
+        )  # sample-major: each grid row is one face at every degradation
+        logger.image_grid("samples/" + ",".join(labels), grid.clamp(0, 1), nrow=len(rows))

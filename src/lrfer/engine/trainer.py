@@ -1,0 +1,393 @@
+"""The shared trainer: drives any :class:`~lrfer.methods.base.Method` through its stages.
+
+Per stage it builds one optimiser and one epoch scheduler per optimisation step, trains for the stage's
+epochs (capped by ``trainer.max_epochs``), validates on the validation split, keeps ``best.pt`` (best
+validation score of the stage, never the test split) and ``last.pt`` (everything needed to continue:
+method, optimisers, schedulers, position, best score), and restores the best epoch at the end of the
+stage. Every epoch's randomness derives from ``(seed, stage, epoch)``, so a resumed run repeats the
+uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+from lrfer.data.degrade import Degradation, parse_degradations
+from lrfer.data.pipeline import FaceDataModule
+from lrfer.engine import distributed as dist
+from lrfer.engine.checkpoint import load_checkpoint, save_checkpoint
+from lrfer.engine.metrics import confusion_matrix, metrics_from_confusion
+from lrfer.engine.optim import EpochScheduler, build_optimizer
+from lrfer.engine.tblog import RunLogger
+from lrfer.errors import UserError
+from lrfer.methods.base import Method, Stage
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_VERSION = 1
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def derive_seed(*parts: int) -> int:
+    """A deterministic 63-bit seed from integers (stable across Python processes, unlike ``hash``)."""
+    value = 0x9E3779B97F4A7C15
+    for p in parts:
+        value = (value * 6364136223846793005 + int(p) + 1442695040888963407) % (1 << 63)
+    return value
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("trainer.device=cuda but no CUDA device is available: use trainer.device=cpu or auto")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise UserError(f"unknown trainer.device {name!r}: choose auto, cpu or cuda")
+    return torch.device(name)
+
+
+@dataclass
+class StageSummary:
+    name: str
+    epochs: int = 0
+    losses: dict[str, float] = field(default_factory=dict)
+    best_epoch: int | None = None
+    best_val: float | None = None
+
+
+class Trainer:
+    """Trains a method on a :class:`FaceDataModule` and evaluates it at lists of degradations."""
+
+    def __init__(
+        self,
+        cfg,
+        method: Method,
+        data: FaceDataModule,
+        *,
+        train_degrade: list[str],
+        val_degrade: list[str] | None,
+        run_dir: Path | None,
+        seed: int,
+        device: torch.device,
+        logger: RunLogger | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.data = data
+        self.device = device
+        self.seed = seed
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.logger = logger or RunLogger(None, enabled=False)
+        self.train_degrade = list(train_degrade)
+        self.val_degrade = list(val_degrade) if val_degrade else list(train_degrade)
+        if cfg.precision not in PRECISIONS:
+            raise UserError(
+                f"unknown trainer.precision {cfg.precision!r}: choose one of {', '.join(PRECISIONS)}"
+            )
+        self.amp_dtype = None
+        if device.type == "cuda" and cfg.precision in ("auto", "bf16"):
+            self.amp_dtype = torch.bfloat16
+        elif cfg.precision == "bf16":
+            self.amp_dtype = torch.bfloat16  # bf16 autocast on the CPU when asked for explicitly
+        self.channels_last = cfg.channels_last == "true" or (
+            cfg.channels_last == "auto" and device.type == "cuda"
+        )
+        if cfg.channels_last not in ("auto", "true", "false"):
+            raise UserError("trainer.channels_last must be auto, true or false")
+        if cfg.monitor not in ("acc", "balanced_acc"):
+            raise UserError(f"unknown trainer.monitor {cfg.monitor!r}: choose acc or balanced_acc")
+        self.method = method.to(device)
+        if self.channels_last:
+            self.method = self.method.to(memory_format=torch.channels_last)
+        self.model: torch.nn.Module = self.method  # wrapped in DDP per stage under torchrun
+        if cfg.compile:
+            for child in self.method.children():
+                child.compile()
+        self.global_step = 0
+        self.summaries: list[StageSummary] = []
+        self.val_history: list[dict] = []
+
+    # -- helpers --------
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def _prepare(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.channels_last:
+            for key in ("image", "image_hr"):
+                if key in batch:
+                    batch[key] = batch[key].contiguous(memory_format=torch.channels_last)
+        return batch
+
+    def _progress(self, iterable, total: int, desc: str):
+        mode = self.cfg.progress
+        disable = (mode == "off") or (mode == "auto" and not sys.stderr.isatty()) or not dist.is_main()
+        return tqdm(iterable, total=total, desc=desc, disable=disable, leave=False, dynamic_ncols=True)
+
+    def _stage_epochs(self, stage: Stage) -> int:
+        cap = self.cfg.max_epochs
+        return stage.epochs if cap is None else min(stage.epochs, int(cap))
+
+    def _merged(self, base, override, step: str):
+        if not override:
+            return base
+        override = dict(override)
+        if step in override and isinstance(override[step], dict):
+            override = override[step]
+        elif any(isinstance(v, dict) for v in override.values()):
+            override = override.get(step, {})
+        return OmegaConf.merge(base, override)
+
+    def _ckpt(self, name: str) -> Path | None:
+        return None if self.run_dir is None else self.run_dir / "checkpoints" / name
+
+    # -- evaluation --------
+    @torch.inference_mode()
+    def evaluate(
+        self, split: str, degradations: list[str], stage: Stage | None = None, keep_confusion: bool = False
+    ) -> dict[str, dict]:
+        """Metrics per degradation label on ``split`` (``acc``, ``balanced_acc``, ``n``, method extras)."""
+        was_training = self.method.training
+        self.method.eval()
+        k = self.data.data.num_classes
+        results: dict[str, dict] = {}
+        for deg in parse_degradations(degradations):
+            cm = torch.zeros(k, k, dtype=torch.long, device=self.device)
+            extras: dict[str, torch.Tensor] = {}
+            for batch in self.data.eval_batches(split, deg):
+                batch = self._prepare(batch)
+                with self._autocast():
+                    out = self.method.evaluate_step(batch, stage)
+                preds = out["logits"].argmax(dim=1)
+                cm += confusion_matrix(preds, batch["label"], k)
+                for key, value in out.items():
+                    if key != "logits":
+                        extras[key] = extras.get(key, 0) + value.detach().float().sum()
+            cm = dist.all_reduce_sum(cm)
+            row: dict = metrics_from_confusion(cm)
+            for key, total in extras.items():
+                row[key] = float(dist.all_reduce_sum(total).item() / max(1, row["n"]))
+            if keep_confusion:
+                row["confusion"] = cm.cpu().tolist()
+            results[deg.label] = row
+        self.method.train(was_training)
+        return results
+
+    # -- training --------
+    def fit(self) -> list[StageSummary]:
+        stages = self.method.stages()
+        if not stages:
+            raise ValueError(f"{type(self.method).__name__}.stages() returned no stage")
+        resume = self._load_resume_state()
+        for si, stage in enumerate(stages):
+            if resume is not None and si < resume["stage_index"]:
+                self.summaries.append(StageSummary(**resume["summaries"][si]))
+                continue
+            state = resume if (resume is not None and si == resume["stage_index"]) else None
+            self._fit_stage(si, stage, state)
+            resume = None
+        return self.summaries
+
+    def _load_resume_state(self) -> dict | None:
+        if not self.cfg.resume:
+            return None
+        path = self._ckpt("last.pt")
+        if path is None or not path.exists():
+            raise UserError(
+                f"trainer.resume=true but {path} does not exist: run once without resume, "
+                "or set hydra.run.dir to the run you want to continue"
+            )
+        state = load_checkpoint(path)
+        if state.get("version") != CHECKPOINT_VERSION:
+            raise UserError(f"{path} was written by another lrfer checkpoint version: cannot resume from it")
+        self.method.load_state_dict(state["method"])
+        self.global_step = int(state["global_step"])
+        self.val_history = list(state.get("val_history", []))
+        log.info("resuming from %s (stage %d, epoch %d)", path, state["stage_index"], state["epoch"])
+        return state
+
+    def _fit_stage(self, si: int, stage: Stage, state: dict | None) -> None:
+        epochs = self._stage_epochs(stage)
+        train_degs = parse_degradations(stage.train_degrade or self.train_degrade)
+        val_degs = [d.label for d in parse_degradations(stage.val_degrade or self.val_degrade)]
+        self.data.check_trainable(train_degs)
+        self.method.on_stage_start(stage)
+        if state is not None:
+            self.method.load_state_dict(state["method"])
+        # (Re)wrap per stage: DDP synchronises the parameters that require gradients when it is built.
+        self.model = dist.wrap_ddp(self.method, self.device)
+        optimizers, schedulers = {}, {}
+        for step in stage.steps:
+            opt_cfg = self._merged(self.cfg.optimizer, stage.optimizer, step)
+            sched_cfg = self._merged(self.cfg.scheduler, stage.scheduler, step)
+            optimizers[step] = build_optimizer(self.method.stage_parameters(stage, step), opt_cfg)
+            schedulers[step] = EpochScheduler(optimizers[step], sched_cfg, epochs)
+        summary = StageSummary(stage.name)
+        start_epoch = 0
+        if state is not None:
+            for step in stage.steps:
+                optimizers[step].load_state_dict(state["optimizers"][step])
+                schedulers[step].load_state_dict(state["schedulers"][step])
+            start_epoch = int(state["epoch"])
+            summary = StageSummary(**state["summary"])
+        log.info("stage %s: %d epochs on %s", stage.name, epochs, [d.label for d in train_degs])
+        for epoch in range(start_epoch, epochs):
+            t0 = time.perf_counter()
+            losses, train_acc = self._train_epoch(si, stage, epoch, train_degs, optimizers)
+            val_acc = None
+            do_val = stage.monitor and ((epoch + 1) % self.cfg.val_every == 0 or epoch + 1 == epochs)
+            if do_val:
+                val = self.evaluate("val", val_degs, stage)
+                val_acc = sum(v[self.cfg.monitor] for v in val.values()) / len(val)
+                self.val_history.append(
+                    {"stage": stage.name, "epoch": epoch + 1, "score": val_acc, "val": val}
+                )
+                self.logger.scalars(
+                    {f"{lbl}/{k}": v[k] for lbl, v in val.items() for k in ("acc", "balanced_acc")},
+                    self.global_step,
+                    prefix=f"val/{stage.name}/",
+                )
+                if summary.best_val is None or val_acc > summary.best_val:
+                    summary.best_val, summary.best_epoch = val_acc, epoch + 1
+                    self._save_best(si, stage, epoch + 1, val_acc, val)
+            for step, sched in schedulers.items():
+                sched.step(val_acc, train_acc)
+                self.logger.scalars(
+                    {f"lr/{stage.name}/{step}": optimizers[step].param_groups[0]["lr"]}, self.global_step
+                )
+            summary.epochs = epoch + 1
+            summary.losses = losses
+            self._save_last(si, epoch + 1, optimizers, schedulers, summary)
+            msg = " ".join(f"{k}={v:.4f}" for k, v in losses.items())
+            log.info(
+                "[%s] epoch %d/%d %s%s (%.1fs)",
+                stage.name,
+                epoch + 1,
+                epochs,
+                msg,
+                f" val_{self.cfg.monitor}={val_acc:.4f}" if val_acc is not None else "",
+                time.perf_counter() - t0,
+            )
+        if self.cfg.restore_best and stage.monitor and summary.best_epoch is not None:
+            self._restore_best(si)
+        self.method.on_stage_end(stage)
+        self.summaries.append(summary)
+
+    def _train_epoch(self, si, stage, epoch, degs: list[Degradation], optimizers):
+        seed = derive_seed(self.seed, si, epoch)
+        seed_everything(seed)
+        self.method.train()
+        sums: dict[str, torch.Tensor] = {}
+        correct = torch.zeros((), device=self.device)
+        seen = 0
+        has_logits = False
+        n_batches = self.data.num_train_batches(degs)
+        batches = self.data.train_batches(degs, seed=seed, need_hr=stage.needs_hr)
+        bar = self._progress(batches, n_batches, f"{stage.name} {epoch + 1}")
+        for batch in bar:
+            batch = self._prepare(batch)
+            for step in stage.steps:
+                with self._autocast():
+                    out = self.model(batch, stage, step)
+                loss = out["loss"]
+                if not torch.isfinite(loss.detach()):
+                    raise UserError(
+                        f"the {step} loss of stage {stage.name} became {loss.item()} at epoch {epoch + 1}: "
+                        "lower the learning rate (trainer.optimizer.lr) or enable trainer.grad_clip"
+                    )
+                opt = optimizers[step]
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if self.cfg.grad_clip:
+                    params = [p for g in opt.param_groups for p in g["params"]]
+                    torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+                opt.step()
+                for key, value in out.items():
+                    if key == "logits" or value.dim() > 0:
+                        continue
+                    name = key if len(stage.steps) == 1 or key != "loss" else f"loss_{step}"
+                    sums[name] = sums.get(name, 0) + value.detach().float()
+                if "logits" in out:
+                    has_logits = True
+                    correct += (out["logits"].argmax(1) == batch["label"]).sum()
+            seen += batch["label"].shape[0]
+            self.global_step += 1
+            if self.global_step % self.cfg.log_every_n_steps == 0:
+                self.logger.scalars(
+                    {k: v.item() for k, v in out.items() if k != "logits" and v.dim() == 0},
+                    self.global_step,
+                    prefix=f"train/{stage.name}/",
+                )
+        n_steps = max(1, n_batches)
+        losses = {k: float(dist.all_reduce_mean(v).item()) / n_steps for k, v in sums.items()}
+        train_acc = None
+        if has_logits:
+            total = dist.all_reduce_sum(torch.tensor(float(seen), device=self.device))
+            train_acc = float(dist.all_reduce_sum(correct.float()).item() / total.item())
+            losses["train_acc"] = train_acc
+        self.logger.scalars(losses, self.global_step, prefix=f"epoch/{stage.name}/")
+        return losses, train_acc
+
+    # -- checkpoints --------
+    def _save_best(self, si: int, stage: Stage, epoch: int, score: float, val: dict) -> None:
+        path = self._ckpt("best.pt")
+        if path is None or not dist.is_main():
+            self._best_in_memory = {k: v.detach().clone() for k, v in self.method.state_dict().items()}
+            return
+        save_checkpoint(
+            {
+                "version": CHECKPOINT_VERSION,
+                "stage_index": si,
+                "stage": stage.name,
+                "epoch": epoch,
+                "score": score,
+                "val": val,
+                "method": self.method.state_dict(),
+            },
+            path,
+        )
+
+    def _restore_best(self, si: int) -> None:
+        path = self._ckpt("best.pt")
+        if path is None:
+            best = getattr(self, "_best_in_memory", None)
+            if best is not None:
+                self.method.load_state_dict(best)
+            return
+        dist.barrier()
+        state = load_checkpoint(path)
+        if int(state["stage_index"]) == si:
+            self.method.load_state_dict(state["method"])
+
+    def _save_last(self, si, epoch, optimizers, schedulers, summary: StageSummary) -> None:
+        path = self._ckpt("last.pt")
+        if path is None or not dist.is_main():
+            return
+        save_checkpoint(
+            {
+                "version": CHECKPOINT_VERSION,
+                "stage_index": si,
+                "epoch": epoch,
+                "global_step": self.global_step,
+                "method": self.method.state_dict(),
+                "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+                "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
+                "summary": summary.__dict__,
+                "summaries": [s.__dict__ for s in self.summaries],
+                "val_history": self.val_history,
+            },
+            path,
+        )

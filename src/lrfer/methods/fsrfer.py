@@ -1,0 +1,421 @@
+"""``fsrfer``: feature super-resolution GAN for low-resolution FER (paper 001, "FSR-FER").
+
+Stages (the trainer runs them in order, each capped by ``trainer.max_epochs``):
+
+1. ``extractor`` — the FER model (CovPoolFER, :mod:`lrfer.models.covpool`; or ``extractor=resnet18``) is
+   trained with cross-entropy on high-resolution faces only (``[x1]``), then frozen (parameters and
+   BatchNorm statistics). With ``extractor_checkpoint=<run>/checkpoints/best.pt`` it is loaded instead
+   and this stage is skipped.
+2. ``pretrain`` — the generator G (:class:`~lrfer.models.fsr.RRDBGenerator`) is pre-trained with the
+   feature MSE ``||G(F_lr) - F_hr||^2`` (official code: 40k iterations, Adam 2e-4 halved every 20k).
+3. ``gan`` — WGAN-div, two optimisation steps per batch: ``critic`` minimises eq. 8,
+   ``L(D) = E[D(F_hr)] - E[D(F_sr)] + k E[||grad D(x_hat)||^p]`` (k = 2, p = 6, x_hat a random
+   interpolate of F_hr and F_sr), then ``generator`` minimises eq. 10,
+   ``L(G) = L_gan + L_p + L_2`` with ``L_gan = E[D(F_sr)]`` (eq. 7), the perceptual loss on the frozen
+   classifier's fc-128 outputs ``||C(F_sr) - C(F_hr)||^2`` (eq. 9) and the feature L2 loss. With
+   ``reweight=true`` every sample's generator loss is multiplied by ``w = (sigma - p_true)^r`` (eq. 11),
+   ``p_true`` the frozen classifier's softmax probability of the true class on C(F_sr).
+   Adam with beta1 = 0, lr 2e-4 halved at the paper's milestones (20k, 50k, 100k, 200k iterations).
+
+Stages 2-3 train on pairs (``needs_hr``): the face downsampled at a factor drawn per sample from
+``factors`` (x2..x8, MATLAB bicubic) and resized back to the input size (bicubic), and the same face at
+x1. One model serves every factor. Prediction: ``classify(embed(G(feature_map(image))))``; evaluation
+rows also carry ``direct_acc``, the frozen classifier's accuracy without G (the paper's "Bicubic" row).
+
+Choices the paper leaves open (also in ``experiments/fsrfer/README.md``):
+
+* Loss weights: eq. 10 sums the three terms with weight 1 (``adv_weight = perceptual_weight = l2_weight
+  = 1``, the default); the official code used 1, 10 (perceptual) and 0.01 (feature L2)
+  (``experiment=fsrfer/rafdb_official``). ``L_p`` and ``L_2`` are mean squared errors (mean over the 128
+  embedding dimensions / the feature elements, then over the batch) as in the official code.
+* Re-weighting: sigma = 1.5, r = 1 as the paper's text says (the official code used r = 2,
+  ``reweight_power=2``); p_true comes from the current F_sr through the frozen classifier (the "FSR
+  classifier" of Fig. 2) and is not differentiated; the weight multiplies the per-sample sum of all
+  generator terms (adversarial included); the critic loss and the pre-training are not re-weighted.
+* Adam beta2 = 0.9 (the paper fixes only beta1 = 0); pre-training uses Adam (0.9, 0.999).
+* Iterations -> epochs: the trainer schedules per epoch. Defaults are RAF-DB at batch 32 with lrfer's
+  10% validation carve-out (11,044 training faces, 345 iterations per epoch, 383 with the paper's
+  full 12,271): pre-training 40k iterations = 116 epochs halved every 58; GAN milestones 20k, 50k, 100k,
+  200k = epochs 58, 145, 290, 580; GAN length 150k iterations = 435 epochs (the paper's convergence
+  point with re-weighting; 400k = 1160 epochs without). ``schedule_scale`` multiplies all of these for
+  short runs.
+* G adds its output to its input (global skip), so it starts near the identity.
+* The extractor's own training (stage 1) is not described by the paper (it used a pre-trained
+  CovPoolFER): Adam 1e-3 for ``extractor_epochs`` epochs with the trainer's scheduler unless overridden.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from torch import nn
+
+from lrfer.engine.checkpoint import load_checkpoint
+from lrfer.errors import UserError
+from lrfer.methods.base import Batch, Method, MethodContext, Stage
+from lrfer.models.fsr import FeatureCritic, RRDBGenerator, build_feature_classifier, feature_shape
+
+DEFAULT_FACTORS = ("x2", "x3", "x4", "x5", "x6", "x7", "x8")
+
+
+def plain(value: Any) -> Any:
+    """An OmegaConf node (as Hydra passes nested options) as a plain dict / list."""
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def classification_aware_weights(
+    logits: torch.Tensor, labels: torch.Tensor, sigma: float = 1.5, power: float = 1.0
+) -> torch.Tensor:
+    """Eq. 11: ``w_i = (sigma - p_i)^r``, p_i the softmax probability of sample i's true class."""
+    p_true = logits.float().softmax(dim=1).gather(1, labels[:, None]).squeeze(1)
+    return (sigma - p_true).pow(power)
+
+
+def wgan_div_penalty(
+    critic: nn.Module,
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    k: float = 2.0,
+    p: float = 6.0,
+    alpha: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The Wasserstein-divergence term of eq. 8, ``k * E[||grad_x D(x_hat)||^p]``.
+
+    ``x_hat = alpha * real + (1 - alpha) * fake`` with ``alpha ~ U(0, 1)`` per sample unless given. The
+    gradient keeps its graph, so the term trains the critic.
+    """
+    if alpha is None:
+        alpha = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), device=real.device, dtype=real.dtype)
+    x_hat = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
+    score = critic(x_hat)
+    (grad,) = torch.autograd.grad(score.sum(), x_hat, create_graph=True)
+    norm = grad.float().flatten(1).norm(dim=1)
+    return k * norm.pow(p).mean()
+
+
+class HRClassifierMethod(Method):
+    """A feature classifier trained on high-resolution faces (stage ``extractor``, x1) or loaded, then frozen.
+
+    Shared by :class:`FSRFER` and the image-SR baselines (:mod:`lrfer.methods.isr`). A loaded checkpoint
+    may come from an ``fsrfer`` or ``isr`` run (keys ``classifier.*``) or, for ResNet extractors, from a
+    ``baseline`` run (keys ``net.*``).
+    """
+
+    def __init__(
+        self,
+        context: MethodContext,
+        extractor: str = "covpool",
+        extractor_checkpoint: str | None = None,
+        extractor_epochs: int = 40,
+        extractor_optimizer: dict | None = None,
+        extractor_scheduler: dict | None = None,
+        covpool: dict | None = None,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__(context, epochs=extractor_epochs, label_smoothing=label_smoothing)
+        self.extractor_name = extractor
+        self.extractor_optimizer = plain(extractor_optimizer) or None
+        self.extractor_scheduler = plain(extractor_scheduler) or None
+        self.classifier = build_feature_classifier(
+            extractor, context.num_classes, context.input_size, context.in_channels, plain(covpool)
+        )
+        self.classifier_loaded = False
+        self._frozen = False
+        if extractor_checkpoint:
+            self.load_classifier(extractor_checkpoint)
+
+    # -- the high-resolution classifier --------
+    def load_classifier(self, path: str) -> None:
+        """Load the classifier from a run's checkpoint and freeze it (stage ``extractor`` is then skipped)."""
+        state = load_checkpoint(path)
+        weights = state.get("method", state)
+        target = self.classifier.state_dict()
+        for prefix in ("classifier.", "net.", ""):
+            sub = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
+            if prefix == "net." and not any(k.startswith("net.") for k in target):
+                sub = {f"net.{k}": v for k, v in sub.items()}
+            if sub and set(sub) >= set(target):
+                try:
+                    self.classifier.load_state_dict({k: sub[k] for k in target})
+                except RuntimeError as err:
+                    raise UserError(
+                        f"{path}: the classifier's weights do not fit method.extractor={self.extractor_name} "
+                        f"({str(err).splitlines()[-1].strip()})"
+                    ) from None
+                self.classifier_loaded = True
+                self._set_frozen(True)
+                return
+        raise UserError(
+            f"{path} holds no {self.extractor_name} classifier: give the best.pt of an fsrfer or isr run "
+            "trained with the same method.extractor (or of a baseline run for a ResNet extractor)"
+        )
+
+    def _set_frozen(self, frozen: bool) -> None:
+        self._frozen = frozen
+        self.classifier.requires_grad_(not frozen)
+        if frozen:
+            self.classifier.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self._frozen:
+            self.classifier.eval()
+        return self
+
+    def classifier_stages(self) -> list[Stage]:
+        """Stage 1 (``extractor``: cross-entropy on x1), unless the classifier was loaded."""
+        if self.classifier_loaded:
+            return []
+        return [
+            Stage(
+                "extractor",
+                epochs=self.epochs,
+                train_degrade=["x1"],
+                val_degrade=["x1"],
+                optimizer=self.extractor_optimizer,
+                scheduler=self.extractor_scheduler,
+            )
+        ]
+
+    def on_stage_start(self, stage: Stage) -> None:
+        self._set_frozen(self.classifier_loaded or stage.name != "extractor")
+        if self._frozen:
+            self.classifier.eval()
+        self.train(self.training)
+
+    def classifier_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        logits = self.classifier(batch["image"])
+        return {"loss": self.classification_loss(logits, batch), "logits": logits.detach()}
+
+    @staticmethod
+    def labels_of(factors: Iterable[str] | None, context: MethodContext) -> list[str]:
+        """The training factors: ``factors`` or, when null, ``degrade.train``."""
+        labels = list(plain(factors)) if factors else [d.label for d in context.train_degradations]
+        if not labels:
+            raise UserError(
+                "method.factors is empty: give the low-resolution factors to train on, e.g. [x2,x4]"
+            )
+        return labels
+
+
+class FSRFER(HRClassifierMethod):
+    """FSR-FER: frozen feature extractor + RRDB feature generator + WGAN-div critic (module docstring)."""
+
+    def __init__(
+        self,
+        context: MethodContext,
+        extractor: str = "covpool",
+        extractor_checkpoint: str | None = None,
+        extractor_epochs: int = 40,
+        extractor_optimizer: dict | None = None,
+        extractor_scheduler: dict | None = None,
+        covpool: dict | None = None,
+        generator: dict | None = None,
+        critic: dict | None = None,
+        factors: Sequence[str] | None = DEFAULT_FACTORS,
+        pretrain_epochs: int = 116,
+        pretrain_step_epochs: int = 58,
+        gan_epochs: int = 435,
+        gan_milestones: Sequence[int] = (58, 145, 290, 580),
+        schedule_scale: float = 1.0,
+        lr: float = 2e-4,
+        pretrain_betas: Sequence[float] = (0.9, 0.999),
+        gan_betas: Sequence[float] = (0.0, 0.9),
+        adv_weight: float = 1.0,
+        perceptual_weight: float = 1.0,
+        l2_weight: float = 1.0,
+        gp_k: float = 2.0,
+        gp_p: float = 6.0,
+        reweight: bool = True,
+        reweight_sigma: float = 1.5,
+        reweight_power: float = 1.0,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__(
+            context,
+            extractor,
+            extractor_checkpoint,
+            extractor_epochs,
+            extractor_optimizer,
+            extractor_scheduler,
+            covpool,
+            label_smoothing,
+        )
+        channels, side, _ = feature_shape(self.classifier, context.in_channels, context.input_size)
+        self.feature_channels, self.feature_side = channels, side
+        self.generator = RRDBGenerator(channels, **(plain(generator) or {}))
+        self.critic = FeatureCritic(channels, side, **(plain(critic) or {}))
+        self.factors = self.labels_of(factors, context)
+        if schedule_scale <= 0:
+            raise UserError("method.schedule_scale must be positive")
+        self.pretrain_epochs = pretrain_epochs
+        self.pretrain_step_epochs = pretrain_step_epochs
+        self.gan_epochs = gan_epochs
+        self.gan_milestones = list(plain(gan_milestones))
+        self.schedule_scale = float(schedule_scale)
+        self.lr = lr
+        self.pretrain_betas = list(plain(pretrain_betas))
+        self.gan_betas = list(plain(gan_betas))
+        self.adv_weight, self.perceptual_weight, self.l2_weight = adv_weight, perceptual_weight, l2_weight
+        self.gp_k, self.gp_p = gp_k, gp_p
+        self.reweight = bool(reweight)
+        self.reweight_sigma, self.reweight_power = reweight_sigma, reweight_power
+        if self.reweight and reweight_sigma <= 1.0:
+            raise UserError(
+                "method.reweight_sigma must be > 1 so that every weight (sigma - p)^r is positive"
+            )
+        self._cache: tuple[Batch, torch.Tensor, torch.Tensor] | None = None
+
+    # -- stages --------
+    def _scaled(self, epochs: int) -> int:
+        return max(1, round(epochs * self.schedule_scale))
+
+    def stages(self) -> list[Stage]:
+        stages = self.classifier_stages()
+        if self.pretrain_epochs > 0:
+            stages.append(
+                Stage(
+                    "pretrain",
+                    epochs=self._scaled(self.pretrain_epochs),
+                    train_degrade=self.factors,
+                    val_degrade=self.factors,
+                    needs_hr=True,
+                    optimizer={
+                        "name": "adam",
+                        "lr": self.lr,
+                        "betas": self.pretrain_betas,
+                        "weight_decay": 0.0,
+                    },
+                    scheduler={
+                        "name": "step",
+                        "step_size": self._scaled(self.pretrain_step_epochs),
+                        "gamma": 0.5,
+                    },
+                )
+            )
+        if self.gan_epochs > 0:
+            stages.append(
+                Stage(
+                    "gan",
+                    epochs=self._scaled(self.gan_epochs),
+                    steps=("critic", "generator"),
+                    train_degrade=self.factors,
+                    val_degrade=self.factors,
+                    needs_hr=True,
+                    optimizer={"name": "adam", "lr": self.lr, "betas": self.gan_betas, "weight_decay": 0.0},
+                    scheduler={
+                        "name": "multistep",
+                        "milestones": [self._scaled(m) for m in self.gan_milestones],
+                        "gamma": 0.5,
+                    },
+                )
+            )
+        if not stages:
+            raise UserError("fsrfer has nothing to train: pretrain_epochs and gan_epochs are both 0")
+        return stages
+
+    def stage_parameters(self, stage: Stage, step: str) -> Iterable[nn.Parameter]:
+        if stage.name == "extractor":
+            return self.classifier.parameters()
+        return self.critic.parameters() if step == "critic" else self.generator.parameters()
+
+    # -- features --------
+    @torch.no_grad()
+    def _features(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(F_lr, F_hr) of a batch from the frozen extractor, computed once for both GAN steps."""
+        if self._cache is not None and self._cache[0] is batch:
+            return self._cache[1], self._cache[2]
+        n = batch["image"].shape[0]
+        both = self.classifier.feature_map(torch.cat([batch["image"], batch["image_hr"]])).float()
+        f_lr, f_hr = both[:n], both[n:]
+        self._cache = (batch, f_lr, f_hr)
+        return f_lr, f_hr
+
+    def sr_logits(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier.classify(self.classifier.embed(features))
+
+    # -- training --------
+    def training_step(self, batch: Batch, stage: Stage, step: str) -> dict[str, torch.Tensor]:
+        if stage.name == "extractor":
+            return self.classifier_step(batch)
+        if stage.name == "pretrain":
+            return self.pretrain_step(batch)
+        if step == "critic":
+            return self.critic_step(batch)
+        out = self.generator_step(batch)
+        self._cache = None
+        return out
+
+    def pretrain_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        f_lr, f_hr = self._features(batch)
+        self._cache = None
+        f_sr = self.generator(f_lr)
+        loss = F.mse_loss(f_sr.float(), f_hr)
+        with torch.no_grad():
+            logits = self.sr_logits(f_sr.detach())
+        return {"loss": loss, "logits": logits}
+
+    def critic_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Eq. 8: ``E[D(F_hr)] - E[D(F_sr)] + k E[||grad D(x_hat)||^p]``."""
+        f_lr, f_hr = self._features(batch)
+        with torch.no_grad():
+            f_sr = self.generator(f_lr).float()
+        d_real = self.critic(f_hr).float().mean()
+        d_fake = self.critic(f_sr).float().mean()
+        gp = wgan_div_penalty(self.critic, f_hr, f_sr, self.gp_k, self.gp_p)
+        return {
+            "loss": d_real - d_fake + gp,
+            "d_real": d_real.detach(),
+            "d_fake": d_fake.detach(),
+            "div_term": gp.detach(),
+        }
+
+    def generator_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Eq. 10 (+ eq. 11 when ``reweight``): ``w * (L_gan + L_p + L_2)`` per sample, averaged."""
+        f_lr, f_hr = self._features(batch)
+        f_sr = self.generator(f_lr)
+        self.critic.requires_grad_(False)  # gradients flow through D to G only
+        try:
+            adv = self.critic(f_sr).float()  # eq. 7, per sample
+        finally:
+            self.critic.requires_grad_(True)
+        e_sr = self.classifier.embed(f_sr).float()
+        with torch.no_grad():
+            e_hr = self.classifier.embed(f_hr).float()
+        perceptual = (e_sr - e_hr).pow(2).mean(dim=1)  # eq. 9
+        l2 = (f_sr.float() - f_hr).pow(2).flatten(1).mean(dim=1)
+        logits = self.classifier.classify(e_sr).detach()
+        if self.reweight:
+            weight = classification_aware_weights(
+                logits, batch["label"], self.reweight_sigma, self.reweight_power
+            )
+        else:
+            weight = torch.ones_like(adv)
+        per_sample = self.adv_weight * adv + self.perceptual_weight * perceptual + self.l2_weight * l2
+        loss = (weight * per_sample).mean()
+        return {
+            "loss": loss,
+            "adv": adv.mean().detach(),
+            "perceptual": perceptual.mean().detach(),
+            "l2": l2.mean().detach(),
+            "weight": weight.mean(),
+            "logits": logits,
+        }
+
+    # -- prediction --------
+    def predict(self, images: torch.Tensor, factor: torch.Tensor | None = None) -> torch.Tensor:
+        return self.sr_logits(self.generator(self.classifier.feature_map(images)))
+
+    def evaluate_step(self, batch: Batch, stage: Stage | None = None) -> dict[str, torch.Tensor]:
+        if stage is not None and stage.name == "extractor":
+            return {"logits": self.classifier(batch["image"])}
+        features = self.classifier.feature_map(batch["image"])
+        direct = self.sr_logits(features)
+        logits = self.sr_logits(self.generator(features))
+        return {"logits": logits, "direct_acc": (direct.argmax(1) == batch["label"]).float()}

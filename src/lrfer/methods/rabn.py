@@ -1,0 +1,104 @@
+"""``rabn``: resolution-aware BatchNorm (Zhu et al., "Dynamic Resolution Network", NeurIPS 2021), the RA-BN
+baseline of DRGFER's Table 1-2: one ResNet-18 whose convolution and FC weights are shared by all
+resolutions and whose every BatchNorm is replaced by one BatchNorm per resolution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from lrfer.errors import UserError
+from lrfer.methods.base import Batch, Method, MethodContext, Stage
+from lrfer.methods.resolution import ResolutionSet, build_network, resolution_step, selection_logits
+from lrfer.models.rabn import ResolutionAwareBN
+
+BN_SELECT = ("true_factor", "rrn")
+
+
+class ResolutionAwareBNMethod(Method):
+    """RA-BN: shared weights, one BatchNorm per trained resolution.
+
+    Training (stage ``train``): every batch mixes the K resolutions (one random resolution per face) and
+    is split per resolution; each group goes through the network with its own BatchNorms (so each BN's
+    batch statistics and running statistics come from its resolution only); the cross-entropy is taken
+    over the whole batch, one backward pass, one optimiser step.
+
+    Choices the paper leaves open (also in ``experiments/drgfer/README.md``):
+
+    * The BatchNorm used at test time (``bn_select``): ``true_factor`` (default) takes the BN of the
+      image's nearest trained resolution (log scale; the DRGFER paper evaluates RA-BN at each known
+      ratio); ``rrn`` adds a stage ``rrn`` that trains a ResNet-18 Resolution Recognition Network (as in
+      DRGFER, eq. 1-2) whose argmax picks the BN, so that no factor is needed at test time, and reports
+      ``rrn_acc``. ``predict(images, factor=None)`` needs ``bn_select=rrn``.
+    * The resolutions are ``factors`` (default x1, x2, x4, x6, x8), ``null`` = ``degrade.train``.
+    * Every BN of a resolution starts from the same initialisation (weight 1, bias 0).
+    """
+
+    def __init__(
+        self,
+        context: MethodContext,
+        epochs: int = 12,
+        rrn_epochs: int | None = None,
+        factors: Sequence[str] | None = ("x1", "x2", "x4", "x6", "x8"),
+        bn_select: str = "true_factor",
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__(context, epochs=epochs, label_smoothing=label_smoothing)
+        if bn_select not in BN_SELECT:
+            raise UserError(f"unknown method.bn_select {bn_select!r}: choose true_factor or rrn")
+        self.bn_select = bn_select
+        self.resolutions = ResolutionSet.from_config(factors, context)
+        self.rrn_epochs = int(rrn_epochs) if rrn_epochs is not None else int(epochs)
+        self.net = ResolutionAwareBN(build_network(context, context.num_classes), len(self.resolutions))
+        self.rrn = build_network(context, len(self.resolutions)) if bn_select == "rrn" else None
+
+    def stages(self) -> list[Stage]:
+        labels = self.resolutions.labels
+        stages = [Stage("train", epochs=self.epochs, train_degrade=labels, val_degrade=labels)]
+        if self.rrn is not None:
+            stages.append(Stage("rrn", epochs=self.rrn_epochs, train_degrade=labels, val_degrade=labels))
+        return stages
+
+    def stage_parameters(self, stage: Stage, step: str) -> Iterable[nn.Parameter]:
+        module = self.rrn if stage.name == "rrn" else self.net
+        return module.parameters()
+
+    def training_step(self, batch: Batch, stage: Stage, step: str) -> dict[str, torch.Tensor]:
+        if stage.name == "rrn":
+            return resolution_step(self.rrn, batch, self.resolutions)
+        logits = self.net(batch["image"], self.resolutions.index(batch["factor"]))
+        return {"loss": self.classification_loss(logits, batch), "logits": logits.detach()}
+
+    def branch(self, images: torch.Tensor, factor: torch.Tensor | None) -> torch.Tensor:
+        """The BatchNorm index of every image, as ``bn_select`` says."""
+        if self.rrn is not None:
+            return self.rrn(images).argmax(dim=1)
+        if factor is None:
+            raise UserError(
+                "method.bn_select=true_factor needs each image's factor: train with method.bn_select=rrn"
+            )
+        return self.resolutions.index(factor)
+
+    def predict(self, images: torch.Tensor, factor: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(images, self.branch(images, factor))
+
+    def evaluate_step(self, batch: Batch, stage: Stage | None = None) -> dict[str, torch.Tensor]:
+        """The ``train`` stage is validated with the true factor's BN; the ``rrn`` stage on the RRN's own
+        accuracy (as DRGFER's, with the routed ``routed_acc`` beside it); the test uses ``bn_select``
+        (and reports ``rrn_acc`` when there is an RRN)."""
+        truth = self.resolutions.index(batch["factor"])
+        if stage is not None and stage.name == "train":
+            return {"logits": self.net(batch["image"], truth)}
+        branch = self.branch(batch["image"], batch["factor"])
+        logits = self.net(batch["image"], branch)
+        if self.rrn is None:
+            return {"logits": logits}
+        rrn_acc = (branch == truth).float()
+        if stage is not None:  # the rrn stage
+            routed = (logits.argmax(dim=1) == batch["label"]).float()
+            logits = selection_logits(rrn_acc, batch["label"], self.context.num_classes)
+            return {"logits": logits, "rrn_acc": rrn_acc, "routed_acc": routed}
+        return {"logits": logits, "rrn_acc": rrn_acc}

@@ -1,0 +1,134 @@
+"""``voting``: the residual voting network (ResNet-18 at 48x48, 10 crops after module 1/2/3, voting).
+
+Training (Section 3.3): cross-entropy between the FC output of EVERY crop and the image's label (the
+"FC layer output was used instead of the soft voting result"), so each of the 10 crops of a sample is one
+training example. Prediction: soft or hard voting over the 10 crops (Section 3.1, Table 3).
+``split_after=0`` is the paper's baseline (the same ResNet-18 without crops).
+
+``init_from`` (the RAF-DB runs start from the AffectNet weights, Section 3.3): path of a finished run's
+``checkpoints/best.pt`` / ``last.pt`` (or of the run folder, meaning its ``best.pt``). At the start of
+training every tensor whose name and shape match is copied (loaded with ``weights_only=True``); the rest —
+typically the FC layer when the class counts differ — keeps its fresh initialisation and is logged as
+skipped; ``init_exclude`` lists name prefixes never copied (``[net.fc.]``: a fresh classifier when
+the two datasets order their classes differently). Loading happens in :meth:`on_stage_start`, so
+evaluating or exporting the finished run never needs the source checkpoint again, and a resumed run's own
+checkpoint is loaded after it.
+
+Choices the paper leaves open are listed in :mod:`lrfer.models.voting` and experiments/voting/README.md.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from lrfer.errors import UserError
+from lrfer.methods.base import Batch, Method, MethodContext, Stage
+from lrfer.models.voting import VOTING_MODES, VotingResNet, vote
+
+log = logging.getLogger(__name__)
+
+
+class Voting(Method):
+    """Residual voting network: cross-entropy on every crop's FC output, soft/hard voting to predict.
+
+    Choices the paper leaves open: centre crop at ``(side - crop) // 2``; mirrored crops = the same windows
+    of the flipped map; soft voting = mean softmax, hard = majority with ties broken by the mean softmax; the
+    vote never enters the loss; ``init_from`` copies tensors matching in name and shape (``init_exclude``
+    prefixes are skipped) when training starts. Recipe choices (configs/experiment/voting/*.yaml): the
+    learning-rate decay is per epoch; augmentation magnitudes; no horizontal flip; a fresh FC layer when
+    fine-tuning RAF-DB from AffectNet (their class orders differ).
+    """
+
+    def __init__(
+        self,
+        context: MethodContext,
+        epochs: int = 20,
+        label_smoothing: float = 0.0,
+        split_after: int = 1,
+        voting: str = "soft",
+        crop_ratio: float = 5 / 6,
+        arch: str = "resnet18",
+        stem: str = "conv3",
+        init_from: str | None = None,
+        init_exclude: Sequence[str] = (),
+    ) -> None:
+        super().__init__(context, epochs=epochs, label_smoothing=label_smoothing)
+        if voting not in VOTING_MODES:
+            raise UserError(f"unknown method.voting={voting!r}: choose one of {', '.join(VOTING_MODES)}")
+        self.voting = voting
+        self.init_from = init_from
+        self.init_exclude = tuple(init_exclude or ())
+        self.net = VotingResNet(
+            context.num_classes,
+            context.input_size,
+            split_after=split_after,
+            crop_ratio=crop_ratio,
+            arch=arch,
+            stem=stem,
+            in_channels=context.in_channels,
+        )
+
+    # -- training --------
+    def on_stage_start(self, stage: Stage) -> None:
+        if self.init_from:
+            skipped = load_matching_weights(self, self.init_from, self.init_exclude)
+            log.info("initialised from %s; kept fresh: %s", self.init_from, ", ".join(skipped) or "nothing")
+
+    def training_step(self, batch: Batch, stage: Stage, step: str) -> dict[str, torch.Tensor]:
+        crop_logits = self.net(batch["image"])
+        n = self.net.num_crops
+        crop_batch = {"label": batch["label"].repeat_interleave(n, dim=0)}
+        if batch.get("target") is not None:
+            crop_batch["target"] = batch["target"].repeat_interleave(n, dim=0)
+        loss = self.classification_loss(crop_logits, crop_batch)
+        logits = vote(crop_logits.detach(), self.voting, n) if n > 1 else crop_logits.detach()
+        return {"loss": loss, "logits": logits}
+
+    # -- prediction --------
+    def predict(self, images: torch.Tensor, factor: torch.Tensor | None = None) -> torch.Tensor:
+        crop_logits = self.net(images)
+        if self.net.num_crops == 1:
+            return crop_logits
+        return vote(crop_logits, self.voting, self.net.num_crops)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or a run folder (its ``checkpoints/best.pt``, else ``last.pt``)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (path / "checkpoints" / name).is_file():
+                return path / "checkpoints" / name
+        raise UserError(f"method.init_from={path} is a folder without checkpoints/best.pt or last.pt")
+    if not path.is_file():
+        raise UserError(f"method.init_from={path} does not exist: give a run's checkpoints/best.pt")
+    return path
+
+
+def load_matching_weights(
+    method: torch.nn.Module, path: str | Path, exclude: Sequence[str] = ()
+) -> list[str]:
+    """Copy every tensor of a checkpoint whose name and shape match ``method`` and whose name starts with
+    none of ``exclude``; return the names of ``method``'s tensors left as they were."""
+    file = resolve_checkpoint(path)
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise UserError(f"cannot read {file} ({type(err).__name__}): not an lrfer checkpoint") from None
+    source = state.get("method", state) if isinstance(state, dict) else None
+    if not isinstance(source, dict):
+        raise UserError(f"{file} holds no state dict")
+    own = method.state_dict()
+    matched = {
+        k: v
+        for k, v in source.items()
+        if k in own and own[k].shape == v.shape and not any(k.startswith(p) for p in exclude)
+    }
+    if not matched:
+        raise UserError(f"no tensor of {file} matches this method: is it a voting/baseline ResNet run?")
+    method.load_state_dict(matched, strict=False)
+    return sorted(k for k in own if k not in matched)

@@ -1,0 +1,96 @@
+"""torchvision ResNets with the stem adapted to the input size of small faces.
+
+Stems (``stem=``):
+
+* ``imagenet`` — torchvision's 7x7/2 convolution + 3x3/2 max-pool (total stride 4), for 64-224 px inputs;
+* ``conv3_pool`` — 3x3/1 convolution + 3x3/2 max-pool (total stride 2), for 32-64 px inputs;
+* ``conv3`` — 3x3/1 convolution, no max-pool (total stride 1), the CIFAR-style stem the residual-voting
+  paper uses for 48 px inputs;
+* ``auto`` — ``imagenet`` from 64 px up, ``conv3_pool`` from 32 px, ``conv3`` below.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lrfer.compat import torchvision
+from lrfer.errors import UserError
+
+STEMS = ("auto", "imagenet", "conv3_pool", "conv3")
+ARCHS = ("resnet18", "resnet34", "resnet50")
+AUTO_IMAGENET_FROM = 64
+AUTO_POOL_FROM = 32
+
+
+def choose_stem(stem: str, input_size: int) -> str:
+    if stem not in STEMS:
+        raise UserError(f"unknown ResNet stem {stem!r}: choose one of {', '.join(STEMS)}")
+    if stem != "auto":
+        return stem
+    if input_size >= AUTO_IMAGENET_FROM:
+        return "imagenet"
+    return "conv3_pool" if input_size >= AUTO_POOL_FROM else "conv3"
+
+
+def adapt_stem(net: nn.Module, stem: str, in_channels: int = 3) -> nn.Module:
+    """Replace ``conv1``/``maxpool`` of a torchvision ResNet in place for the given stem."""
+    width = net.conv1.out_channels
+    if stem in ("conv3_pool", "conv3"):
+        net.conv1 = nn.Conv2d(in_channels, width, kernel_size=3, stride=1, padding=1, bias=False)
+    elif in_channels != 3:
+        net.conv1 = nn.Conv2d(in_channels, width, kernel_size=7, stride=2, padding=3, bias=False)
+    if stem == "conv3":
+        net.maxpool = nn.Identity()
+    return net
+
+
+class ResNetClassifier(nn.Module):
+    """A torchvision ResNet as ``features(x) -> (N, D)`` plus a linear ``fc`` head.
+
+    ``forward`` returns logits; ``features`` is what feature-level methods (domain adversarial training,
+    feature super-resolution) attach to.
+    """
+
+    def __init__(self, net: nn.Module, num_classes: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.feature_dim = net.fc.in_features
+        net.fc = nn.Identity()
+        self.backbone = net
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.fc = nn.Linear(self.feature_dim, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.dropout(self.features(x)))
+
+
+def build_resnet(
+    num_classes: int,
+    input_size: int,
+    arch: str = "resnet18",
+    stem: str = "auto",
+    pretrained: bool = False,
+    dropout: float = 0.0,
+    in_channels: int = 3,
+) -> ResNetClassifier:
+    """A torchvision ResNet for ``input_size`` px faces (see the module docstring for the stems).
+
+    ``pretrained=True`` loads torchvision's ImageNet weights, which must already be in the torch hub cache
+    (lrfer never downloads); the stem is then kept when it fits, replaced otherwise.
+    """
+    if arch not in ARCHS:
+        raise UserError(f"unknown ResNet arch {arch!r}: choose one of {', '.join(ARCHS)}")
+    weights = None
+    if pretrained:
+        weights = torchvision.models.get_model_weights(arch).DEFAULT
+    try:
+        net = torchvision.models.get_model(arch, weights=weights)
+    except Exception as err:  # no network: weights must be in the local cache
+        raise UserError(
+            f"cannot load ImageNet weights for {arch} ({err}); set model.pretrained=false"
+        ) from None
+    adapt_stem(net, choose_stem(stem, input_size), in_channels)
+    return ResNetClassifier(net, num_classes, dropout)

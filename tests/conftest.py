@@ -1,0 +1,63 @@
+"""Shared helpers: compose lrfer configs in-process and train tiny runs on generated faces."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from lrfer.cli import CONFIG_DIR
+from lrfer.config import register_schemas
+
+REPO = Path(__file__).resolve().parents[1]
+
+register_schemas()
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def compose_cfg(*overrides: str) -> DictConfig:
+    """The composed ``train`` config with overrides, as ``python train.py`` would see it (no Hydra run)."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+def tiny(tmp: Path, *extra: str) -> list[str]:
+    """Overrides for a seconds-long run: few small synthetic faces, tiny batches, no TensorBoard."""
+    return [
+        "dataset.num_train=140",
+        "dataset.num_val=56",
+        "dataset.num_test=70",
+        "dataset.image_size=32",
+        "trainer.batch_size=28",
+        "trainer.eval_batch_size=64",
+        "trainer.max_epochs=2",
+        "trainer.device=cpu",
+        "trainer.optimizer.lr=0.003",
+        "logger=none",
+        f"paths.cache_dir={tmp / 'cache'}",
+        *extra,
+    ]
+
+
+def run_cli(args: list[str], cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run a command-line entry (``train.py ...`` or a script) in a fresh Python process."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """One tiny finished run (through the real CLI) shared by evaluate / predict / report tests."""
+    tmp = tmp_path_factory.mktemp("run")
+    run_dir = tmp / "run"
+    proc = run_cli(["train.py", *tiny(tmp), "degrade.test=[x1,x4]", f"hydra.run.dir={run_dir}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir

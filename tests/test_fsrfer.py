@@ -1,0 +1,288 @@
+"""FSR-FER: WGAN-div term, re-weighting, generator/critic shapes, frozen extractor, stages, a short run."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import compose_cfg, run_cli, tiny
+from omegaconf import OmegaConf
+from torch import nn
+
+from lrfer.data.degrade import parse_degradations
+from lrfer.engine.run import build_parts, run_training
+from lrfer.errors import UserError
+from lrfer.methods.fsrfer import FSRFER, classification_aware_weights, wgan_div_penalty
+from lrfer.models.fsr import FeatureCritic, ResNetFeatureClassifier, RRDBGenerator
+from lrfer.models.resnet import build_resnet
+
+FACTORS = ["x2", "x3", "x4", "x5", "x6", "x7", "x8"]
+TINY_NET = [
+    "method.covpool.widths=[8,8,8,8,16,16]",
+    "method.covpool.bimap_dim=8",
+    "method.covpool.fc_dims=[16,8]",
+    "method.generator.channels=8",
+    "method.generator.blocks=1",
+    "method.generator.growth=4",
+    "method.critic.channels=[4,4]",
+    "method.critic.hidden=8",
+]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _overrides(tmp, *extra):
+    return tiny(
+        tmp,
+        "method=fsrfer",
+        *TINY_NET,
+        "method.extractor_epochs=1",
+        "method.pretrain_epochs=1",
+        "method.gan_epochs=2",
+        "method.gan_milestones=[1]",
+        *extra,
+    )
+
+
+@pytest.fixture(scope="module")
+def fsr_run(tmp_path_factory):
+    """One short fsrfer run (extractor 1 epoch, pretrain 1, GAN 2) on tiny synthetic faces."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    tmp = tmp_path_factory.mktemp("fsr")
+    cfg = compose_cfg(*_overrides(tmp))
+    (tmp / "run" / ".hydra").mkdir(parents=True)
+    OmegaConf.save(cfg, tmp / "run" / ".hydra" / "config.yaml")  # as the CLI writes it
+    metrics = run_training(cfg, tmp / "run")
+    torch.set_num_threads(before)
+    return tmp, metrics
+
+
+# -- losses --------
+def test_wgan_div_term_on_a_linear_critic():
+    critic = nn.Linear(4, 1, bias=True)
+    with torch.no_grad():
+        critic.weight.copy_(torch.tensor([[3.0, 4.0, 0.0, 0.0]]))
+    real, fake = torch.randn(5, 4), torch.randn(5, 4)
+    # grad_x D = w everywhere: k * ||w||^p = 2 * 5^6
+    assert wgan_div_penalty(critic, real, fake, k=2.0, p=6.0).item() == pytest.approx(2 * 5**6)
+
+
+def test_wgan_div_term_on_a_quadratic_critic_uses_the_interpolate():
+    class Quadratic(nn.Module):
+        def forward(self, x):
+            return 0.5 * x.pow(2).flatten(1).sum(1)  # grad = x
+
+    real = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    fake = torch.tensor([[3.0, 0.0], [0.0, 0.0]])
+    alpha = torch.tensor([[0.5], [0.25]])
+    # x_hat = [2, 0] and [0, 0.5]: mean of ||x_hat||^6 = (64 + 1/64) / 2, times k = 2
+    value = wgan_div_penalty(Quadratic(), real, fake, k=2.0, p=6.0, alpha=alpha)
+    assert value.item() == pytest.approx(64 + 1 / 64)
+
+
+def test_wgan_div_term_trains_the_critic():
+    critic = nn.Linear(3, 1)
+    wgan_div_penalty(critic, torch.randn(4, 3), torch.randn(4, 3)).backward()
+    assert critic.weight.grad is not None and critic.weight.grad.abs().sum() > 0
+
+
+def test_reweighting_formula():
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
+    logits = probs.log()
+    labels = torch.tensor([0, 0])
+    w1 = classification_aware_weights(logits, labels, sigma=1.5, power=1.0)
+    w2 = classification_aware_weights(logits, labels, sigma=1.5, power=2.0)
+    assert torch.allclose(w1, torch.tensor([0.8, 1.4]))
+    assert torch.allclose(w2, torch.tensor([0.64, 1.96]))
+
+
+# -- networks --------
+@pytest.mark.parametrize("shape", [(2, 1, 16, 16), (2, 512, 2, 2)])
+def test_generator_output_has_the_input_feature_shape(shape):
+    gen = RRDBGenerator(shape[1], channels=8, blocks=2, growth=4)
+    f = torch.randn(shape)
+    assert gen(f).shape == f.shape
+    critic = FeatureCritic(shape[1], shape[-1], channels=(4, 4, 4), hidden=8)
+    assert critic(f).shape == (2,)
+
+
+def test_paper_generator_and_critic_on_the_128x128_map():
+    gen = RRDBGenerator(1)  # 32 channels, 6 RRDBs of 3 dense blocks, growth 16
+    assert sum(isinstance(m, nn.Conv2d) for m in gen.modules()) == 6 * 3 * 5 + 3
+    critic = FeatureCritic(1, 128)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in critic.modules())
+    assert critic.head[1].in_features == 64 * 4 * 4  # 5 stride-2 levels: 128 -> 4
+    assert critic(torch.randn(2, 1, 128, 128)).shape == (2,)
+
+
+def test_resnet18_feature_split_reproduces_the_classifier():
+    net = build_resnet(7, 64).eval()
+    split = ResNetFeatureClassifier(net)
+    x = torch.randn(2, 3, 64, 64)
+    fmap = split.feature_map(x)
+    assert fmap.shape == (2, 512, 2, 2)
+    assert torch.allclose(split.classify(split.embed(fmap)), net(x), atol=1e-5)
+
+
+# -- the method --------
+def _method(tmp, *extra) -> FSRFER:
+    cfg = compose_cfg(*_overrides(tmp, *extra))
+    return build_parts(cfg)
+
+
+def test_stages_and_their_settings(tmp_path):
+    method = _method(
+        tmp_path, "method.schedule_scale=0.5", "method.gan_epochs=20", "method.gan_milestones=[4,10]"
+    ).method
+    stages = {s.name: s for s in method.stages()}
+    assert list(stages) == ["extractor", "pretrain", "gan"]
+    assert stages["extractor"].train_degrade == ["x1"] and not stages["extractor"].needs_hr
+    for name in ("pretrain", "gan"):
+        assert stages[name].train_degrade == FACTORS and stages[name].needs_hr
+    gan = stages["gan"]
+    assert gan.steps == ("critic", "generator") and gan.epochs == 10
+    assert gan.optimizer["betas"] == [0.0, 0.9] and gan.optimizer["lr"] == 2e-4
+    assert gan.scheduler == {"name": "multistep", "milestones": [2, 5], "gamma": 0.5}
+
+
+def test_extractor_is_frozen_in_stages_2_and_3(tmp_path):
+    parts = _method(tmp_path)
+    method = parts.method
+    extractor, pretrain, gan = method.stages()
+    method.on_stage_start(extractor)
+    assert all(p.requires_grad for p in method.classifier.parameters())
+    for stage in (pretrain, gan):
+        method.on_stage_start(stage)
+        method.train()
+        assert not any(p.requires_grad for p in method.classifier.parameters())
+        assert not method.classifier.training  # BatchNorm statistics stay fixed
+        ids = {id(p) for step in stage.steps for p in method.stage_parameters(stage, step)}
+        assert not ids & {id(p) for p in method.classifier.parameters()}
+    before = {k: v.clone() for k, v in method.classifier.state_dict().items()}
+    batch = next(parts.datamodule.train_batches(parse_degradations(FACTORS), seed=0, need_hr=True))
+    for step in gan.steps:
+        method.training_step(batch, gan, step)["loss"].backward()
+    assert all(p.grad is None for p in method.classifier.parameters())
+    assert all(torch.equal(before[k], v) for k, v in method.classifier.state_dict().items())
+
+
+def test_no_nan_or_inf_in_losses_or_gradients_during_a_short_training(tmp_path):
+    parts = _method(tmp_path)
+    method, dm = parts.method, parts.datamodule
+    torch.manual_seed(0)
+    for stage in method.stages():
+        method.on_stage_start(stage)
+        method.train()
+        degs = parse_degradations(stage.train_degrade)
+        opts = {s: torch.optim.Adam(method.stage_parameters(stage, s), lr=2e-3) for s in stage.steps}
+        for i, batch in enumerate(dm.train_batches(degs, seed=1, need_hr=stage.needs_hr)):
+            if i == 1:  # a near-singular batch: constant faces give (almost) zero covariances
+                batch["image"] = torch.zeros_like(batch["image"])
+                if "image_hr" in batch:
+                    batch["image_hr"] = torch.zeros_like(batch["image_hr"]) + 1e-7
+            if i == 3:
+                break
+            for step in stage.steps:
+                out = method.training_step(batch, stage, step)
+                for key, value in out.items():
+                    assert torch.isfinite(value).all(), (stage.name, step, key)
+                opts[step].zero_grad()
+                out["loss"].backward()
+                grads = [p.grad for p in method.stage_parameters(stage, step) if p.grad is not None]
+                assert grads and all(torch.isfinite(g).all() for g in grads), (stage.name, step)
+                opts[step].step()
+
+
+def test_reweight_switch(tmp_path):
+    for flag in ("true", "false"):
+        parts = _method(tmp_path, f"method.reweight={flag}")
+        method = parts.method
+        gan = method.stages()[-1]
+        method.on_stage_start(gan)
+        batch = next(parts.datamodule.train_batches(parse_degradations(FACTORS), seed=0, need_hr=True))
+        method.training_step(batch, gan, "critic")
+        out = method.training_step(batch, gan, "generator")
+        probs = out["logits"].softmax(1).gather(1, batch["label"][:, None]).squeeze(1)
+        expected = (1.5 - probs).mean() if flag == "true" else torch.tensor(1.0)
+        assert out["weight"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_bare_method_config_tests_x2_to_x8():
+    cfg = compose_cfg("method=fsrfer")
+    assert list(cfg.degrade.test) == FACTORS and list(cfg.method.factors) == FACTORS
+    assert list(compose_cfg("method=fsrfer", "degrade=default").degrade.test) == [
+        "x1",
+        "x2",
+        "x4",
+        "x6",
+        "x8",
+    ]
+
+
+def test_short_run_reports_every_factor_and_keeps_the_validation_history(fsr_run):
+    tmp, metrics = fsr_run
+    assert list(metrics["test"]) == FACTORS
+    for row in metrics["test"].values():
+        assert 0.0 <= row["acc"] <= 1.0 and 0.0 <= row["direct_acc"] <= 1.0
+    stages = metrics["train"]["stages"]
+    assert [stages[s]["epochs"] for s in ("extractor", "pretrain", "gan")] == [1, 1, 2]
+    for key in ("loss_critic", "loss_generator", "adv", "perceptual", "l2", "div_term", "weight"):
+        assert math.isfinite(stages["gan"][key])
+    last = torch.load(tmp / "run" / "checkpoints" / "last.pt", weights_only=True)
+    hist = [(h["stage"], h["epoch"]) for h in last["val_history"]]
+    assert hist == [("extractor", 1), ("pretrain", 1), ("gan", 1), ("gan", 2)]
+    assert list(last["val_history"][-1]["val"]) == FACTORS
+
+
+def test_loading_the_extractor_skips_stage_1_and_freezes_it(fsr_run, tmp_path):
+    tmp, _ = fsr_run
+    ckpt = tmp / "run" / "checkpoints" / "best.pt"
+    method = _method(tmp_path, f"method.extractor_checkpoint={ckpt}").method
+    assert [s.name for s in method.stages()] == ["pretrain", "gan"]
+    saved = torch.load(ckpt, weights_only=True)["method"]
+    assert all(torch.equal(v, saved[f"classifier.{k}"]) for k, v in method.classifier.state_dict().items())
+    assert not any(p.requires_grad for p in method.classifier.parameters())
+    with pytest.raises(UserError, match="extractor"):
+        _method(tmp_path, f"method.extractor_checkpoint={ckpt}", "method.extractor=resnet18")
+
+
+def test_convergence_script_reports_epochs_and_iterations(fsr_run):
+    tmp, _ = fsr_run
+    proc = run_cli(
+        ["scripts/convergence.py", str(tmp / "run"), "--thresholds", "0.0", "1.01", "--of-best", "1.0"]
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    data = lines[lines.index(next(line for line in lines if line.startswith("| run"))) + 2]
+    cells = [c.strip() for c in data.strip("|").split("|")]
+    assert cells[1] == "5" and cells[2] == "2"  # 140 faces // batch 28; two GAN epochs
+    assert cells[5] == "1 (5)" and cells[6] == "-"  # reached 0% at epoch 1 = 5 iterations; never 101%
+
+
+def test_resnet18_extractor_trains_one_gan_step(tmp_path):
+    parts = _method(tmp_path, "method.extractor=resnet18")
+    method = parts.method
+    assert (method.feature_channels, method.feature_side) == (512, 2)  # 32 px faces, conv3_pool stem
+    gan = method.stages()[-1]
+    method.on_stage_start(gan)
+    batch = next(parts.datamodule.train_batches(parse_degradations(FACTORS), seed=0, need_hr=True))
+    for step in gan.steps:
+        loss = method.training_step(batch, gan, step)["loss"]
+        loss.backward()
+        assert torch.isfinite(loss)
+    assert method.predict(batch["image"]).shape == (28, 7)
+
+
+def test_metrics_json_on_disk_matches(fsr_run):
+    tmp, metrics = fsr_run
+    on_disk = json.loads((tmp / "run" / "metrics.json").read_text())
+    assert on_disk["method"] == "fsrfer" and on_disk["test"] == metrics["test"]

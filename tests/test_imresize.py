@@ -1,0 +1,272 @@
+"""lrfer.data.imresize against GNU Octave's imresize (fixtures from scripts/make_imresize_fixtures.py).
+
+Reference keys (see the script's docstring): ``double__*`` is Octave on double input, ``uint8__*`` Octave on
+uint8 input (rounded once, at the end), ``matlab_uint8__*`` MATLAB's uint8 behaviour rebuilt in Octave
+from two 1-D uint8 passes (rounded and clamped between the passes, as MATLAB's imresizemex does).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lrfer.data.imresize import _weight_matrix, imresize, imresize_uint8, output_size
+
+FIXTURE = Path(__file__).parent / "fixtures" / "imresize_octave.npz"
+FACTORS = (2, 3, 4, 6, 8)
+IMAGES = ("rgb100", "grey37x53")
+
+
+@pytest.fixture(scope="module")
+def ref() -> dict[str, np.ndarray]:
+    # Missing fixtures are an error, not a skip: regenerate with scripts/make_imresize_fixtures.py.
+    assert FIXTURE.is_file(), (
+        f"{FIXTURE} is missing: run python scripts/make_imresize_fixtures.py (needs Octave)"
+    )
+    with np.load(FIXTURE) as data:
+        return {k: data[k] for k in data.files}
+
+
+def _chw(a: np.ndarray) -> np.ndarray:
+    """MATLAB layout (H, W[, C]) -> torch layout ((C,) H, W)."""
+    return a.transpose(2, 0, 1) if a.ndim == 3 else a
+
+
+def _input(ref, image: str) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(_chw(ref[f"input__{image}"])))
+
+
+def _expected(ref, kind: str, case: str) -> np.ndarray:
+    return np.ascontiguousarray(_chw(ref[f"{kind}__{case}"]))
+
+
+def _case(ref, case: str) -> tuple[str, dict, str]:
+    i = list(ref["case_names"]).index(case)
+    arg = str(ref["case_arg"][i])
+    if arg.startswith("1/"):
+        kwargs = {"scale": 1 / int(arg[2:])}
+    else:
+        kwargs = {"size": tuple(int(v) for v in arg.strip("[]").split())}
+    return str(ref["case_image"][i]), kwargs, str(ref["case_method"][i])
+
+
+def _rel(actual: np.ndarray, expected: np.ndarray) -> float:
+    return float(np.abs(actual - expected).max() / np.abs(expected).max())
+
+
+def _uint8_diff(actual: torch.Tensor, expected: np.ndarray) -> np.ndarray:
+    return np.abs(actual.numpy().astype(np.int64) - expected.astype(np.int64))
+
+
+def test_fixture_metadata(ref):
+    versions = list(ref["versions"])
+    assert versions[0].startswith("octave ") and versions[1].startswith("image ")
+    major, minor = (int(v) for v in versions[1].split()[1].split(".")[:2])
+    assert (major, minor) >= (2, 14), "image < 2.14 has no MATLAB-compatible (antialiased) imresize"
+    for name in ref["case_names"]:
+        for kind in ("double", "uint8", "matlab_uint8"):
+            assert f"{kind}__{name}" in ref
+
+
+@pytest.mark.parametrize("factor", FACTORS)
+@pytest.mark.parametrize("image", IMAGES)
+def test_output_shapes_are_ceil(ref, image, factor):
+    x = _input(ref, image)
+    h, w = x.shape[-2:]
+    expected = (math.ceil(h / factor), math.ceil(w / factor))
+    assert output_size(h, w, scale=1 / factor) == expected
+    assert tuple(imresize(x.double(), scale=1 / factor).shape[-2:]) == expected
+    assert tuple(imresize_uint8(x, scale=1 / factor).shape[-2:]) == expected
+    assert _expected(ref, "double", f"{image}_x{factor}").shape[-2:] == expected
+
+
+def test_output_shapes_known_values():
+    assert output_size(100, 100, scale=1 / 6) == (17, 17)
+    assert output_size(100, 100, scale=1 / 8) == (13, 13)
+    assert output_size(100, 100, scale=1 / 3) == (34, 34)
+    assert output_size(17, 17, scale=2.0) == (34, 34)
+    assert output_size(37, 53, size=(20, 30)) == (20, 30)
+    assert output_size(37, 53, size=14) == (14, 14)
+
+
+@pytest.mark.parametrize("factor", FACTORS)
+@pytest.mark.parametrize("image", IMAGES)
+def test_double_matches_octave(ref, image, factor):
+    case = f"{image}_x{factor}"
+    out = imresize(_input(ref, image).double(), scale=1 / factor)
+    assert out.dtype == torch.float64
+    assert _rel(out.numpy(), _expected(ref, "double", case)) < 1e-6
+
+
+@pytest.mark.parametrize("factor", FACTORS)
+@pytest.mark.parametrize("image", IMAGES)
+def test_uint8_matches_matlab_behaviour(ref, image, factor):
+    # Default path: rounded + clamped between the passes (MATLAB). Observed: identical (max diff 0).
+    case = f"{image}_x{factor}"
+    out = imresize_uint8(_input(ref, image), scale=1 / factor)
+    diff = _uint8_diff(out, _expected(ref, "matlab_uint8", case))
+    assert diff.max() <= 1
+    assert diff.mean() < 0.01
+
+
+@pytest.mark.parametrize("factor", FACTORS)
+@pytest.mark.parametrize("image", IMAGES)
+def test_uint8_octave_mode_matches_octave(ref, image, factor):
+    # round_intermediate=False rounds once at the end, like Octave. Observed: identical (max diff 0).
+    case = f"{image}_x{factor}"
+    out = imresize_uint8(_input(ref, image), scale=1 / factor, round_intermediate=False)
+    assert out.dtype == torch.uint8
+    diff = _uint8_diff(out, _expected(ref, "uint8", case))
+    assert diff.max() <= 1
+    assert diff.mean() < 0.01
+
+
+def test_intermediate_rounding_matters(ref):
+    # MATLAB's uint8 result differs from Octave's where the first pass overshoots [0, 255] and is clamped.
+    x = _input(ref, "grey37x53")
+    matlab = imresize_uint8(x, scale=1 / 4)
+    octave = imresize_uint8(x, scale=1 / 4, round_intermediate=False)
+    assert (matlab != octave).any()
+    assert _uint8_diff(octave, _expected(ref, "matlab_uint8", "grey37x53_x4")).max() > 1
+
+
+def test_upscale_matches_octave(ref):
+    image, kwargs, method = _case(ref, "grey17_up100")
+    x = _input(ref, image)
+    out = imresize(x.double(), kernel=method, **kwargs)
+    assert out.shape == (100, 100)
+    assert _rel(out.numpy(), _expected(ref, "double", "grey17_up100")) < 1e-6
+    assert _uint8_diff(imresize_uint8(x, **kwargs), _expected(ref, "matlab_uint8", "grey17_up100")).max() <= 1
+    octave_mode = imresize_uint8(x, round_intermediate=False, **kwargs)
+    assert _uint8_diff(octave_mode, _expected(ref, "uint8", "grey17_up100")).max() <= 1
+
+
+@pytest.mark.parametrize("case", ["rgb100_14px", "grey37x53_20x30"])
+def test_absolute_size_matches_octave(ref, case):
+    image, kwargs, method = _case(ref, case)
+    x = _input(ref, image).double()
+    expected = _expected(ref, "double", case)
+    out = imresize(x, kernel=method, **kwargs)
+    assert tuple(out.shape[-2:]) == kwargs["size"]
+    # MATLAB renormalises the weights of every output pixel to sum 1; Octave does not, which only matters
+    # for non-integer shrink factors. Rebuild Octave's arithmetic with unnormalised weights: exact match.
+    h, w = x.shape[-2:]
+    out_h, out_w = kwargs["size"]
+    wh = _weight_matrix(h, out_h, out_h / h, method, True, normalize=False)
+    ww = _weight_matrix(w, out_w, out_w / w, method, True, normalize=False)
+    assert _rel((wh @ x @ ww.T).numpy(), expected) < 1e-6
+    # ... and the normalised (MATLAB) result stays within the size of that normalisation.
+    assert _rel(out.numpy(), expected) < 1e-2
+    row_sums = _weight_matrix(h, out_h, out_h / h, method, True).sum(1)
+    torch.testing.assert_close(row_sums, torch.ones(out_h, dtype=torch.float64))
+
+
+def test_absolute_size_uint8(ref):
+    image, kwargs, _ = _case(ref, "rgb100_14px")
+    x = _input(ref, image)
+    assert _uint8_diff(imresize_uint8(x, **kwargs), _expected(ref, "matlab_uint8", "rgb100_14px")).max() <= 1
+    octave_mode = imresize_uint8(x, round_intermediate=False, **kwargs)
+    assert _uint8_diff(octave_mode, _expected(ref, "uint8", "rgb100_14px")).max() <= 1
+
+
+@pytest.mark.parametrize("factor", [4, 6])
+def test_bilinear_matches_octave(ref, factor):
+    case = f"rgb100_x{factor}_bilinear"
+    x = _input(ref, "rgb100")
+    out = imresize(x.double(), scale=1 / factor, kernel="bilinear")
+    assert _rel(out.numpy(), _expected(ref, "double", case)) < 1e-6
+    matlab = imresize_uint8(x, scale=1 / factor, kernel="bilinear")
+    assert _uint8_diff(matlab, _expected(ref, "matlab_uint8", case)).max() <= 1
+    octave_mode = imresize_uint8(x, scale=1 / factor, kernel="bilinear", round_intermediate=False)
+    assert _uint8_diff(octave_mode, _expected(ref, "uint8", case)).max() <= 1
+
+
+def test_float32_and_value_range(ref):
+    x = _input(ref, "rgb100")
+    expected = _expected(ref, "double", "rgb100_x6")
+    out = imresize(x.float() / 255.0, scale=1 / 6)
+    assert out.dtype == torch.float32
+    assert _rel(out.double().numpy() * 255.0, expected) < 1e-5
+
+
+def test_ranks_and_batch(ref):
+    x = _input(ref, "rgb100").double()
+    single = imresize(x, scale=0.25)
+    assert single.shape == (3, 25, 25)
+    batch = torch.stack([x, x.flip(-1)])
+    out = imresize(batch, scale=0.25)
+    assert out.shape == (2, 3, 25, 25)
+    torch.testing.assert_close(out[0], single)
+    torch.testing.assert_close(out[1], imresize(x.flip(-1), scale=0.25))
+    assert imresize(x[0], scale=0.25).shape == (25, 25)
+    torch.testing.assert_close(imresize(x[0], scale=0.25), single[0])
+    u8 = _input(ref, "grey37x53")
+    assert imresize_uint8(u8, scale=0.5).shape == (19, 27)
+    assert imresize_uint8(u8[None, None], scale=0.5).shape == (1, 1, 19, 27)
+
+
+def test_identity_and_anisotropic(ref):
+    x = _input(ref, "grey37x53").double()
+    torch.testing.assert_close(imresize(x, scale=1.0), x)
+    out = imresize(x, size=(37, 20))  # columns only
+    assert out.shape == (37, 20)
+    torch.testing.assert_close(out, imresize(x.T, size=(20, 37)).T)
+    out = imresize(x, size=(20, 30))  # both dimensions, different scales
+    torch.testing.assert_close(out, imresize(x.T.contiguous(), size=(30, 20)).T)
+
+
+def test_torch_interpolate_differs_at_x6(ref):
+    # torch derives the grid from the output size (100 / 17 = 5.88, not 6) and clamps at the borders.
+    x = _input(ref, "rgb100").double()[None]
+    expected = torch.from_numpy(_expected(ref, "double", "rgb100_x6"))
+    ours = imresize(x, scale=1 / 6)[0]
+    theirs = torch.nn.functional.interpolate(x, size=(17, 17), mode="bicubic", antialias=True)[0]
+    assert (ours - expected).abs().max() < 1e-9
+    diff = (theirs - expected).abs()
+    assert diff.max() > 10.0  # observed ~50 grey levels
+    assert diff.mean() > 1.0  # observed ~5 grey levels
+
+
+def test_weight_cache_is_reused():
+    from lrfer.data.imresize import _cached_weights
+
+    a = _cached_weights(100, 17, 1 / 6, "bicubic", True)
+    b = _cached_weights(100, 17, 1 / 6, "bicubic", True)
+    assert a is b and a.dtype == torch.float64 and a.shape == (17, 100)
+    torch.testing.assert_close(a.sum(1), torch.ones(17, dtype=torch.float64))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({}, "exactly one of scale and size"),
+        ({"scale": 0.5, "size": (10, 10)}, "exactly one of scale and size"),
+        ({"scale": 0.0}, "scale must be positive"),
+        ({"scale": -2.0}, "scale must be positive"),
+        ({"size": (0, 10)}, "size entries must be positive"),
+        ({"size": (10, -1)}, "size entries must be positive"),
+        ({"size": (10, 10, 10)}, "pair of ints"),
+        ({"scale": 0.5, "kernel": "lanczos3"}, "kernel must be one of"),
+    ],
+)
+def test_errors(kwargs, match):
+    x = torch.zeros(1, 1, 8, 8)
+    with pytest.raises(ValueError, match=match):
+        imresize(x, **kwargs)
+    with pytest.raises(ValueError, match=match):
+        imresize_uint8(x.to(torch.uint8), **kwargs)
+
+
+def test_dtype_errors():
+    with pytest.raises(ValueError, match="floating-point tensor"):
+        imresize(torch.zeros(8, 8, dtype=torch.uint8), scale=0.5)
+    with pytest.raises(ValueError, match="floating-point tensor"):
+        imresize(np.zeros((8, 8)), scale=0.5)
+    with pytest.raises(ValueError, match="uint8 tensor"):
+        imresize_uint8(torch.zeros(8, 8), scale=0.5)
+    with pytest.raises(ValueError, match=r"\(H, W\)"):
+        imresize(torch.zeros(8), scale=0.5)

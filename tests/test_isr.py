@@ -1,0 +1,136 @@
+"""ISR baselines of FSR-FER: bicubic / per-factor RCAN / one Meta-SR, routing, shapes, a short run each."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import compose_cfg, tiny
+from torch import nn
+
+from lrfer.data.degrade import parse_degradations
+from lrfer.engine.run import build_parts, run_training
+from lrfer.errors import UserError
+from lrfer.models.image_sr import MetaSRLite, MetaUpscale, RCANLite
+
+FACTORS = ["x2", "x3", "x4", "x5", "x6", "x7", "x8"]
+TINY_NET = [
+    "method.covpool.widths=[8,8,8,8,16,16]",
+    "method.covpool.bimap_dim=8",
+    "method.covpool.fc_dims=[16,8]",
+    "method.rcan.channels=4",
+    "method.rcan.groups=1",
+    "method.rcan.blocks=1",
+    "method.rcan.reduction=2",
+    "method.metasr.channels=4",
+    "method.metasr.blocks=1",
+    "method.metasr.layers=2",
+    "method.metasr.growth=4",
+    "method.metasr.hidden=8",
+]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _overrides(tmp, sr, *extra):
+    return tiny(
+        tmp,
+        "method=isr",
+        f"method.sr={sr}",
+        *TINY_NET,
+        "method.extractor_epochs=1",
+        "method.sr_epochs=1",
+        "trainer.max_epochs=1",
+        *extra,
+    )
+
+
+def _parts(tmp, sr, *extra):
+    return build_parts(compose_cfg(*_overrides(tmp, sr, *extra)))
+
+
+def test_meta_upscale_positions_follow_meta_sr():
+    src, off = MetaUpscale.positions(3, 6, torch.device("cpu"))  # scale 2
+    assert src.tolist() == [0, 0, 1, 1, 2, 2] and off.tolist() == [0.0, 0.5] * 3
+    src, off = MetaUpscale.positions(22, 64, torch.device("cpu"))  # non-integer scale 64 / 22
+    assert src.max().item() == 21 and (off >= 0).all() and (off < 1).all()
+
+
+def test_sr_networks_output_the_input_size_and_start_as_identity():
+    images = torch.randn(2, 3, 20, 20)
+    assert torch.equal(RCANLite(3, channels=4, groups=1, blocks=1)(images), images)
+    lr = torch.randn(2, 3, 7, 7)
+    net = MetaSRLite(3, channels=4, blocks=1, layers=2, growth=4, hidden=8)
+    up = torch.randn(2, 3, 20, 20)
+    assert torch.equal(net(lr, 20, up), up)  # zero-initialised weight prediction: residual 0
+    nn.init.normal_(net.upscale.weight_net[-1].weight)
+    out = net(lr, 20, up)
+    assert out.shape == (2, 3, 20, 20) and not torch.equal(out, up)
+
+
+def test_stages_per_sr_choice(tmp_path):
+    names = {
+        sr: [s.name for s in _parts(tmp_path, sr).method.stages()] for sr in ("bicubic", "rcan", "metasr")
+    }
+    assert names["bicubic"] == ["extractor"]
+    assert names["rcan"] == ["extractor", *[f"sr_{f}" for f in FACTORS]]
+    assert names["metasr"] == ["extractor", "sr"]
+    stage = _parts(tmp_path, "rcan").method.stages()[2]
+    assert stage.train_degrade == ["x3"] and stage.needs_hr
+    with pytest.raises(UserError, match=r"method\.sr"):
+        _parts(tmp_path, "edsr")
+
+
+def test_rcan_routes_each_face_to_its_factors_model(tmp_path):
+    method = _parts(tmp_path, "rcan").method
+
+    class AddConstant(nn.Module):
+        def __init__(self, value):
+            super().__init__()
+            self.value = value
+
+        def forward(self, x):
+            return x + self.value
+
+    for i, f in enumerate(FACTORS):
+        method.rcan[f] = AddConstant(float(i + 1))
+    images = torch.zeros(4, 3, 32, 32)
+    out = method.restore(images, torch.tensor([1.0, 2.0, 8.0, 100 / 14]))
+    assert out[:, 0, 0, 0].tolist() == [0.0, 1.0, 7.0, 6.0]  # x1: no SR; 14 px of 100 -> nearest x7
+
+
+def test_sr_stage_trains_only_its_network(tmp_path):
+    parts = _parts(tmp_path, "rcan")
+    method = parts.method
+    stage = method.stages()[2]  # sr_x3
+    method.on_stage_start(stage)
+    params = {id(p) for p in method.stage_parameters(stage, "main")}
+    assert params == {id(p) for p in method.rcan["x3"].parameters()}
+    batch = next(parts.datamodule.train_batches(parse_degradations(["x3"]), seed=0, need_hr=True))
+    method.training_step(batch, stage, "main")["loss"].backward()
+    assert all(p.grad is None for p in method.classifier.parameters())
+    assert method.rcan["x3"].tail.weight.grad.abs().sum() > 0 and method.rcan["x2"].tail.weight.grad is None
+
+
+@pytest.mark.parametrize("sr", ["bicubic", "rcan", "metasr"])
+def test_short_run_reports_every_factor(tmp_path, sr):
+    metrics = run_training(compose_cfg(*_overrides(tmp_path, sr)), None)
+    assert list(metrics["test"]) == FACTORS
+    expected = ["extractor"] + {"bicubic": [], "rcan": [f"sr_{f}" for f in FACTORS], "metasr": ["sr"]}[sr]
+    assert list(metrics["train"]["stages"]) == expected
+    if sr != "bicubic":
+        assert all(0.0 <= row["direct_acc"] <= 1.0 for row in metrics["test"].values())
+
+
+def test_bicubic_with_a_loaded_classifier_trains_nothing(tmp_path):
+    run_training(compose_cfg(*_overrides(tmp_path, "bicubic")), tmp_path / "hr")
+    ckpt = tmp_path / "hr" / "checkpoints" / "best.pt"
+    metrics = run_training(
+        compose_cfg(*_overrides(tmp_path, "bicubic", f"method.extractor_checkpoint={ckpt}")), None
+    )
+    assert list(metrics["train"]["stages"]) == ["evaluate"] and list(metrics["test"]) == FACTORS

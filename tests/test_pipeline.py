@@ -1,0 +1,145 @@
+"""Batches: keys, shapes, degradations mixed per sample, HR pairs, augmentation, determinism, samplers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from lrfer.config.schema import AugmentConfig, DegradeConfig
+from lrfer.data.degrade import parse_degradations
+from lrfer.data.faces import FaceData, FaceSplit, carve_validation, stratified_split
+from lrfer.data.pipeline import FaceDataModule
+from lrfer.errors import UserError
+
+
+def _data(n=60, size=24, classes=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
+    labels = torch.arange(n) % classes
+    split = FaceSplit(images, labels)
+    return FaceData("toy", [f"c{i}" for i in range(classes)], {"train": split, "val": split, "test": split})
+
+
+def _module(data, train=("x1",), batch_size=16, input_size=None, resize_back=True, sampler="random", **aug):
+    degrade = OmegaConf.structured(
+        DegradeConfig(train=list(train), input_size=input_size, resize_back=resize_back)
+    )
+    augment = OmegaConf.structured(AugmentConfig(**aug))
+    return FaceDataModule(
+        data,
+        degrade_cfg=degrade,
+        augment_cfg=augment,
+        mean=[0.5] * 3,
+        std=[0.25] * 3,
+        batch_size=batch_size,
+        eval_batch_size=32,
+        device=torch.device("cpu"),
+        sampler=sampler,
+    )
+
+
+def test_batch_keys_shapes_and_normalisation():
+    dm = _module(_data(), input_size=40, hflip=0.0)
+    batch = next(dm.train_batches(parse_degradations(["x1"]), seed=0))
+    assert set(batch) == {"image", "label", "index", "factor", "degradation"}
+    assert batch["image"].shape == (16, 3, 40, 40) and batch["image"].dtype == torch.float32
+    assert batch["label"].dtype == torch.int64
+    raw = dm.splits["train"].images[batch["index"]].float() / 255
+    assert torch.allclose(batch["image"] * 0.25 + 0.5, dm_resized(raw, 40), atol=1e-5)
+
+
+def dm_resized(raw, size):
+    from lrfer.data.degrade import resize_to
+
+    return resize_to(raw, size).clamp(0, 1)
+
+
+def test_mixed_degradations_carry_their_factor_and_match_the_cached_view():
+    degs = parse_degradations(["x1", "x2", "x4"])
+    dm = _module(_data(), train=["x1", "x2", "x4"], hflip=0.0)
+    batch = next(dm.train_batches(degs, seed=3))
+    assert set(batch["degradation"].tolist()) == {0, 1, 2}
+    assert torch.equal(batch["factor"], torch.tensor([1.0, 2.0, 4.0])[batch["degradation"]])
+    i = int(torch.nonzero(batch["degradation"] == 2)[0])
+    lr = dm.view("train", degs[2])[batch["index"][i]].float()[None] / 255
+    assert lr.shape[-1] == 6
+    assert torch.allclose(batch["image"][i] * 0.25 + 0.5, dm_resized(lr, 24)[0], atol=1e-5)
+
+
+def test_hr_pairs_get_the_same_augmentation():
+    data = _data()
+    degs = parse_degradations(["x4"])
+    dm = _module(data, train=["x4"], hflip=0.5)
+    batch = next(dm.train_batches(degs, seed=1, need_hr=True))
+    hr = batch["image_hr"] * 0.25 + 0.5
+    native = data.splits["train"].images[batch["index"]].float() / 255
+    flipped = torch.isclose(hr, native.flip(-1), atol=1e-5).flatten(1).all(1)
+    same = torch.isclose(hr, native, atol=1e-5).flatten(1).all(1)
+    assert (flipped | same).all() and flipped.any() and same.any()
+    # the low-resolution image was flipped exactly when its HR partner was
+    lr_raw = dm_resized(dm.view("train", degs[0])[batch["index"]].float() / 255, 24)
+    lr_flipped = torch.isclose(batch["image"] * 0.25 + 0.5, lr_raw.flip(-1), atol=1e-5).flatten(1).all(1)
+    assert torch.equal(lr_flipped, flipped)
+
+
+def test_epochs_are_deterministic_per_seed():
+    dm = _module(_data(), train=["x1", "x2"], translate=0.1, rotate=10, brightness=0.2, erase_p=0.5)
+    degs = parse_degradations(["x1", "x2"])
+    a = [b["image"] for b in dm.train_batches(degs, seed=7)]
+    b = [b["image"] for b in dm.train_batches(degs, seed=7)]
+    c = [b["image"] for b in dm.train_batches(degs, seed=8)]
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not torch.equal(a[0], c[0])
+
+
+def test_eval_batches_cover_the_split_in_order_without_augmentation():
+    dm = _module(_data(n=70), hflip=1.0)
+    deg = parse_degradations(["x2"])[0]
+    batches = list(dm.eval_batches("test", deg))
+    assert torch.equal(torch.cat([b["index"] for b in batches]), torch.arange(70))
+    a, b = list(dm.eval_batches("test", deg)), batches
+    assert all(torch.equal(x["image"], y["image"]) for x, y in zip(a, b))
+
+
+def test_balanced_sampler_evens_out_classes():
+    images = torch.zeros(100, 3, 8, 8, dtype=torch.uint8)
+    labels = torch.tensor([0] * 90 + [1] * 10)
+    split = FaceSplit(images, labels)
+    data = FaceData("imb", ["a", "b"], {"train": split, "val": split, "test": split})
+    dm = _module(data, batch_size=100, sampler="balanced")
+    counts = torch.zeros(2)
+    for seed in range(20):
+        batch = next(dm.train_batches(parse_degradations(["x1"]), seed=seed))
+        counts += torch.bincount(batch["label"], minlength=2)
+    assert abs(counts[1] / counts.sum() - 0.5) < 0.05
+
+
+def test_train_mode_all_sees_every_sample_at_every_degradation():
+    data = _data(n=12)
+    dm = _module(data, train=["x1", "x2", "x3"], batch_size=4)
+    dm.degrade_cfg.train_mode = "all"
+    degs = parse_degradations(["x1", "x2", "x3"])
+    pairs = {
+        (int(i), int(d)) for b in dm.train_batches(degs, seed=0) for i, d in zip(b["index"], b["degradation"])
+    }
+    assert pairs == {(i, d) for i in range(12) for d in range(3)}
+
+
+def test_mixed_sizes_without_resize_back_are_refused():
+    dm = _module(_data(), train=["x1", "x2"], resize_back=False)
+    with pytest.raises(UserError, match="resize_back"):
+        next(dm.train_batches(parse_degradations(["x1", "x2"]), seed=0))
+
+
+def test_stratified_validation_split_is_seeded_and_stratified():
+    labels = torch.arange(100) % 4
+    keep, held = stratified_split(labels, 0.2, seed=5)
+    keep2, held2 = stratified_split(labels, 0.2, seed=5)
+    assert torch.equal(held, held2) and torch.equal(keep, keep2)
+    assert len(set(keep.tolist()) & set(held.tolist())) == 0 and len(keep) + len(held) == 100
+    assert torch.bincount(labels[held]).tolist() == [5, 5, 5, 5]
+    data = _data()
+    del data.splits["val"]
+    carved = carve_validation(data, 0.25, seed=0)
+    assert len(carved.splits["val"]) == 15 and len(carved.splits["train"]) == 45

@@ -1,0 +1,124 @@
+"""DRGFER's baselines: RA-BN (one BatchNorm per resolution), DA (gradient reversal), MSTrain (factor mix)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from conftest import compose_cfg, tiny
+from multires_toys import tiny_classifier
+
+from lrfer.engine.run import method_context, run_training
+from lrfer.errors import UserError
+from lrfer.methods.base import Stage
+from lrfer.methods.da import DomainAdversarial, ganin_coefficient
+from lrfer.methods.mstrain import MultiScaleTraining
+from lrfer.methods.rabn import ResolutionAwareBNMethod
+from lrfer.models.domain import grad_reverse
+from lrfer.models.rabn import MultiBatchNorm2d, ResolutionAwareBN
+
+TINY_MODEL = "model._target_=multires_toys.tiny_classifier"
+
+
+def _bn_stats(net: ResolutionAwareBN) -> list[list[torch.Tensor]]:
+    multi = [m for m in net.modules() if isinstance(m, MultiBatchNorm2d)]
+    return [[torch.cat([m.bns[k].running_mean, m.bns[k].running_var]) for m in multi] for k in range(3)]
+
+
+def test_rabn_shares_weights_and_keeps_one_batchnorm_per_resolution():
+    torch.manual_seed(0)
+    plain = tiny_classifier(7, 16)
+    net = ResolutionAwareBN(copy.deepcopy(plain), 3)
+    bns = [m for m in plain.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    bn_params = sum(p.numel() for m in bns for p in m.parameters())
+    n_plain = sum(p.numel() for p in plain.parameters())
+    assert sum(p.numel() for p in net.parameters()) == n_plain + 2 * bn_params  # only the BNs are duplicated
+    assert len([m for m in net.modules() if isinstance(m, MultiBatchNorm2d)]) == len(bns)
+    assert len([m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]) == 3 * len(bns)
+
+
+def test_a_batch_of_one_factor_moves_only_that_factors_batchnorm_statistics():
+    torch.manual_seed(0)
+    net = ResolutionAwareBN(tiny_classifier(7, 16), 3).train()
+    before = _bn_stats(net)
+    net(torch.randn(6, 3, 16, 16) * 3 + 1, torch.full((6,), 1))
+    after = _bn_stats(net)
+    for k in (0, 2):
+        assert all(torch.equal(a, b) for a, b in zip(before[k], after[k]))
+    assert all(not torch.equal(a, b) for a, b in zip(before[1], after[1]))
+
+
+def test_a_mixed_batch_normalises_each_group_with_its_own_statistics():
+    torch.manual_seed(0)
+    net = ResolutionAwareBN(tiny_classifier(7, 16), 3).train()
+    reference = copy.deepcopy(net)
+    x = torch.randn(9, 3, 16, 16)
+    branch = torch.tensor([2, 0, 1, 2, 0, 0, 1, 2, 2])
+    out = net(x, branch)
+    for k in range(3):
+        rows = torch.nonzero(branch == k).flatten()
+        alone = copy.deepcopy(reference)
+        alone.select(k)
+        expected = alone.net(x[rows])  # group k through BN k alone (train mode: its own batch statistics)
+        assert torch.allclose(out[rows], expected, atol=1e-6)
+        assert all(torch.equal(a, b) for a, b in zip(_bn_stats(net)[k], _bn_stats(alone)[k]))
+
+
+def test_gradient_reversal_flips_the_gradient_sign_with_its_coefficient():
+    x = torch.randn(4, 5, requires_grad=True)
+    w = torch.randn(4, 5)
+    y = grad_reverse(x, 0.3)
+    assert torch.equal(y, x)  # identity forward
+    (y * w).sum().backward()
+    assert torch.allclose(x.grad, -0.3 * w)
+
+
+def test_ganin_schedule():
+    assert ganin_coefficient(0.0) == 0.0
+    assert math.isclose(ganin_coefficient(1.0), 2 / (1 + math.exp(-10)) - 1)
+    assert math.isclose(ganin_coefficient(0.5, gamma=10), 2 / (1 + math.exp(-5)) - 1)
+    values = [ganin_coefficient(p / 10) for p in range(11)]
+    assert values == sorted(values) and ganin_coefficient(2.0) == ganin_coefficient(1.0)
+
+
+def test_da_learns_the_epoch_length_at_the_first_validation_and_ramps_the_coefficient(tmp_path):
+    cfg = compose_cfg(*tiny(tmp_path, "method=da", TINY_MODEL, "method.factors=[x1,x4]", "method.epochs=2",
+                            "method.disc_hidden=16", "degrade.test=[x1,x4]"))
+    metrics = run_training(cfg, None)
+    stage = metrics["train"]["stages"]["train"]
+    assert stage["epochs"] == 2 and 0.0 < stage["grl_coeff"] < 1.0  # epoch 2: p in (1/2, 1]
+    assert {"cls_loss", "domain_loss", "domain_acc"} <= set(stage)
+    method = DomainAdversarial(method_context(compose_cfg(*tiny(tmp_path), TINY_MODEL)), epochs=4,
+                               factors=["x1", "x4"], disc_hidden=8)
+    batch = {"image": torch.randn(6, 3, 32, 32), "label": torch.arange(6) % 7,
+             "factor": torch.tensor([1.0, 4.0] * 3)}
+    st = method.stages()[0]
+    assert method.training_step(batch, st, "main")["grl_coeff"] == 0.0  # first epoch: length unknown yet
+    method.training_step(batch, st, "main")
+    method.evaluate_step(batch, Stage("train", epochs=4))  # end of epoch 1: 2 steps per epoch
+    assert int(method.steps_per_epoch) == 2 and method.progress(st) == 2 / 8
+    coeff = float(method.training_step(batch, st, "main")["grl_coeff"])
+    assert math.isclose(coeff, ganin_coefficient(0.25), rel_tol=1e-6)
+
+
+def test_rabn_with_an_rrn_routes_without_factors_and_reports_rrn_acc(tmp_path):
+    cfg = compose_cfg(*tiny(tmp_path, "method=rabn", TINY_MODEL, "method.factors=[x1,x4]",
+                            "method.bn_select=rrn", "trainer.max_epochs=1", "degrade.test=[x1,x4,x3]"))
+    metrics = run_training(cfg, None)
+    assert list(metrics["train"]["stages"]) == ["train", "rrn"]
+    assert all(0.0 <= r["rrn_acc"] <= 1.0 for r in metrics["test"].values())
+    context = method_context(cfg)
+    with pytest.raises(UserError, match="true_factor"):
+        ResolutionAwareBNMethod(context, factors=["x1", "x4"]).eval().predict(torch.randn(2, 3, 32, 32))
+    both = ResolutionAwareBNMethod(context, factors=["x1", "x4"], bn_select="rrn").eval()
+    assert both.predict(torch.randn(3, 3, 32, 32)).shape == (3, 7)
+
+
+def test_mstrain_trains_and_validates_on_its_factors_by_default():
+    context = method_context(compose_cfg("method=mstrain"))
+    (stage,) = MultiScaleTraining(context).stages()
+    assert stage.train_degrade == stage.val_degrade == ["x1", "x2", "x4", "x6", "x8"]
+    (stage,) = MultiScaleTraining(context, factors=None).stages()
+    assert stage.train_degrade is None  # factors: null = degrade.train, exactly method=baseline

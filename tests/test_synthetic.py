@@ -1,0 +1,92 @@
+"""Tests of the procedurally drawn synthetic face-expression dataset."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lrfer.data.synthetic import CLASS_NAMES, CUE_TABLE, SyntheticDifficulty, make_synthetic_faces
+
+# Everything but the expression held fixed: no pose, lighting, clutter, noise or identity variation,
+# every face at full expression intensity.
+_CONTROLLED = SyntheticDifficulty(
+    max_rotation_deg=0.0,
+    max_translation=0.0,
+    min_scale=1.0,
+    max_scale=1.0,
+    min_ambient=1.0,
+    max_ambient=1.0,
+    light_gradient=0.0,
+    color_cast=0.0,
+    background_blobs=0,
+    clutter_contrast=0.0,
+    noise_std=0.0,
+    identity_variation=0.0,
+    min_cue_strength=1.0,
+    cue_jitter=0.0,
+)
+
+
+def test_class_names_and_cue_table_agree():
+    assert CLASS_NAMES == ("surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral")
+    assert set(CUE_TABLE) == set(CLASS_NAMES)
+
+
+@pytest.mark.parametrize("size", [32, 48, 100, 256])
+def test_shapes_and_dtypes(size):
+    n = 9 if size < 256 else 3
+    images, labels = make_synthetic_faces(n, image_size=size, seed=0)
+    assert images.shape == (n, 3, size, size) and images.dtype == torch.uint8
+    assert labels.shape == (n,) and labels.dtype == torch.int64
+    assert int(labels.min()) >= 0 and int(labels.max()) < len(CLASS_NAMES)
+    # A real picture, not a blank or saturated one.
+    assert 30 < images.float().mean() < 225 and images.float().std() > 20
+
+
+def test_deterministic_for_a_seed():
+    a_images, a_labels = make_synthetic_faces(30, image_size=40, seed=7)
+    b_images, b_labels = make_synthetic_faces(30, image_size=40, seed=7)
+    assert torch.equal(a_images, b_images) and torch.equal(a_labels, b_labels)
+    c_images, _ = make_synthetic_faces(30, image_size=40, seed=8)
+    assert not torch.equal(a_images, c_images)
+    assert (a_images.float() - c_images.float()).abs().mean() > 10
+
+
+def test_classes_are_balanced():
+    _, labels = make_synthetic_faces(70, image_size=32, seed=1)
+    assert torch.bincount(labels, minlength=7).tolist() == [10] * 7
+    _, labels = make_synthetic_faces(23, image_size=32, num_classes=5, seed=1)
+    counts = torch.bincount(labels, minlength=5)
+    assert int(labels.max()) < 5 and int(counts.max() - counts.min()) <= 1 and int(counts.sum()) == 23
+
+
+def test_each_class_draws_a_different_face():
+    images, labels = make_synthetic_faces(14, image_size=64, seed=3, difficulty=_CONTROLLED)
+    # The face's interior (eyes to mouth), away from the randomly coloured background.
+    face = images[:, :, 14:48, 22:42].float()
+    mean = torch.stack([face[labels == c].mean(0) for c in range(7)])
+    for c in range(7):
+        same = face[labels == c]
+        assert (same[0] - same[1]).abs().max() <= 1  # nothing but the expression varies
+    for a in range(7):
+        for b in range(a + 1, 7):
+            diff = (mean[a] - mean[b]).abs()
+            assert diff.max() > 60, (CLASS_NAMES[a], CLASS_NAMES[b])
+
+
+def test_fewer_classes_take_the_first_ones():
+    _, labels = make_synthetic_faces(12, image_size=32, num_classes=3, seed=0)
+    assert set(labels.tolist()) == {0, 1, 2}
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="num_classes"):
+        make_synthetic_faces(10, num_classes=8)
+    with pytest.raises(ValueError, match="num_classes"):
+        make_synthetic_faces(10, num_classes=0)
+    with pytest.raises(ValueError, match="image_size"):
+        make_synthetic_faces(10, image_size=4)
+    with pytest.raises(ValueError):
+        SyntheticDifficulty(min_scale=1.2, max_scale=1.0)
+    images, labels = make_synthetic_faces(0, image_size=32)
+    assert images.shape == (0, 3, 32, 32) and labels.shape == (0,)

@@ -1,0 +1,140 @@
+"""The shared trainer: metrics.json, checkpoints, resume, stages and steps, validation-only selection."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import compose_cfg, tiny
+
+from lrfer.data.pipeline import FaceDataModule
+from lrfer.engine.run import run_training
+from lrfer.errors import UserError
+
+
+def _run(tmp, run_dir, *extra):
+    cfg = compose_cfg(*tiny(tmp, *extra))
+    return run_training(cfg, run_dir)
+
+
+def test_metrics_json_schema(tmp_path):
+    metrics = _run(tmp_path, tmp_path / "run", "degrade.test=[x1,x4,14px]")
+    on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert on_disk["method"] == "baseline" and on_disk["dataset"] == "synthetic"
+    assert list(on_disk["test"]) == ["x1", "x4", "14px"]
+    for row in on_disk["test"].values():
+        assert set(row) >= {"acc", "balanced_acc", "n", "confusion"}
+        assert 0.0 <= row["acc"] <= 1.0 and row["n"] == 70
+        assert sum(map(sum, row["confusion"])) == 70
+    assert list(on_disk["val"]) == ["x1"]
+    assert on_disk["train"]["loss"] > 0 and on_disk["train"]["stages"]["train"]["epochs"] == 2
+    assert on_disk["test"] == metrics["test"]
+    assert (tmp_path / "run" / "checkpoints" / "best.pt").exists()
+
+
+def test_checkpoints_load_with_weights_only_and_leave_no_temporary_files(tmp_path):
+    _run(tmp_path, tmp_path / "run")
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["best.pt", "last.pt"]
+    last = torch.load(ckpt_dir / "last.pt", weights_only=True)
+    assert last["epoch"] == 2 and "method" in last and "optimizers" in last
+
+
+def test_resume_continues_exactly(tmp_path):
+    straight = _run(tmp_path, tmp_path / "a", "trainer.max_epochs=2")
+    _run(tmp_path, tmp_path / "b", "trainer.max_epochs=1")
+    resumed = _run(tmp_path, tmp_path / "b", "trainer.max_epochs=2", "trainer.resume=true")
+    assert resumed["test"] == straight["test"]
+    a = torch.load(tmp_path / "a" / "checkpoints" / "last.pt", weights_only=True)["method"]
+    b = torch.load(tmp_path / "b" / "checkpoints" / "last.pt", weights_only=True)["method"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cpu_runs_repeat_bit_for_bit(tmp_path):
+    first = _run(tmp_path, tmp_path / "a", "trainer.max_epochs=1")
+    second = _run(tmp_path, tmp_path / "b", "trainer.max_epochs=1")
+    assert first["test"] == second["test"] and first["train"] == second["train"]
+
+
+def test_resume_without_a_previous_run_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match=r"last\.pt"):
+        _run(tmp_path, tmp_path / "new", "trainer.resume=true")
+
+
+def test_test_split_is_only_touched_after_training(tmp_path, monkeypatch):
+    seen = []
+    original = FaceDataModule.eval_batches
+
+    def spy(self, split, deg, need_hr=False):
+        seen.append(split)
+        return original(self, split, deg, need_hr)
+
+    monkeypatch.setattr(FaceDataModule, "eval_batches", spy)
+    _run(tmp_path, tmp_path / "run", "degrade.test=[x1,x2]")
+    first_test = seen.index("test")
+    assert all(s == "val" for s in seen[:first_test]) and seen[first_test:] == ["test", "test"]
+
+
+def test_stages_steps_and_their_degradations(tmp_path):
+    cfg = compose_cfg(*tiny(tmp_path, "+method.critic_lr=0.25", "method.epochs=2", "trainer.max_epochs=3"))
+    cfg.method._target_ = "toy_methods.TwoStageToy"
+    from lrfer.engine.run import build_parts
+    from lrfer.engine.trainer import Trainer
+
+    parts = build_parts(cfg)
+    trainer = Trainer(
+        cfg.trainer,
+        parts.method,
+        parts.datamodule,
+        train_degrade=["x1"],
+        val_degrade=None,
+        run_dir=tmp_path / "run",
+        seed=0,
+        device=torch.device("cpu"),
+    )
+    summaries = trainer.fit()
+    calls = parts.method.calls
+    assert [s.name for s in summaries] == ["teacher", "student"]
+    assert [s.epochs for s in summaries] == [2, 3]  # stage epochs, capped by trainer.max_epochs
+    assert {c[2] for c in calls if c[0] == "teacher"} == {(1.0,)}
+    assert {c[2] for c in calls if c[0] == "student"} == {(2.0,)}
+    student_steps = [c[1] for c in calls if c[0] == "student"]
+    assert student_steps[:4] == ["critic", "student", "critic", "student"]
+    assert "loss_critic" in summaries[1].losses and "critic_out" in summaries[1].losses
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert last["optimizers"]["critic"]["param_groups"][0]["lr"] == 0.25
+    assert not any(p.requires_grad for p in parts.method.teacher.parameters())
+    rows = trainer.evaluate("test", ["x1", "x2"])
+    assert rows["x1"]["is_x1"] == 1.0 and rows["x2"]["is_x1"] == 0.0
+
+
+def test_a_diverging_loss_stops_with_a_clear_message(tmp_path):
+    cfg = compose_cfg(*tiny(tmp_path))
+    cfg.method._target_ = "toy_methods.Diverging"
+    with pytest.raises(UserError, match="learning rate"):
+        run_training(cfg, tmp_path / "run")
+
+
+@pytest.mark.parametrize("name", ["none", "step", "multistep", "exponential", "plateau", "cosine"])
+def test_every_scheduler_runs(tmp_path, name):
+    extra = [f"trainer.scheduler.name={name}", "trainer.max_epochs=1", "dataset.num_train=56"]
+    if name == "multistep":
+        extra.append("trainer.scheduler.milestones=[1]")
+    metrics = _run(tmp_path, None, *extra)
+    assert metrics["test"]["x1"]["n"] == 70
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        "trainer.optimizer.name=lion",
+        "trainer.scheduler.name=wavy",
+        "trainer.device=tpu",
+        "trainer.precision=fp8",
+        "dataset.sampler=odd",
+    ],
+)
+def test_unknown_options_are_user_errors(tmp_path, option):
+    with pytest.raises(UserError):
+        _run(tmp_path, None, option, "trainer.max_epochs=1")

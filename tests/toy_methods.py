@@ -1,0 +1,86 @@
+"""Small methods used by the trainer tests (a multi-stage, multi-step method and a diverging one)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lrfer.methods.base import Method, MethodContext, Stage
+
+
+class TinyNet(nn.Module):
+    def __init__(self, classes: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+        )
+        self.fc = nn.Linear(8, classes)
+
+    def forward(self, x):
+        return self.fc(self.body(x))
+
+
+class TwoStageToy(Method):
+    """Stage 1 trains ``teacher`` on x1; stage 2 alternates a critic step and a student step on x2."""
+
+    def __init__(self, context: MethodContext, epochs: int = 2, critic_lr: float = 0.5, **_) -> None:
+        super().__init__(context, epochs=epochs)
+        self.teacher = TinyNet(context.num_classes)
+        self.student = TinyNet(context.num_classes)
+        self.critic = nn.Linear(context.num_classes, 1)
+        self.critic_lr = critic_lr
+        self.calls: list[tuple[str, str, tuple[float, ...]]] = []
+
+    def stages(self):
+        return [
+            Stage("teacher", epochs=self.epochs, train_degrade=["x1"], val_degrade=["x1"]),
+            Stage(
+                "student",
+                epochs=self.epochs + 5,
+                steps=("critic", "student"),
+                train_degrade=["x2"],
+                optimizer={"critic": {"lr": self.critic_lr}},
+                needs_hr=True,
+            ),
+        ]
+
+    def stage_parameters(self, stage, step):
+        module = {"main": self.teacher, "critic": self.critic, "student": self.student}[step]
+        return module.parameters()
+
+    def on_stage_start(self, stage):
+        self.teacher.requires_grad_(stage.name == "teacher")
+
+    def training_step(self, batch, stage, step):
+        self.calls.append((stage.name, step, tuple(sorted(set(batch["factor"].tolist())))))
+        assert (stage.name == "student") == ("image_hr" in batch)
+        if step == "main":
+            logits = self.teacher(batch["image"])
+            return {"loss": self.classification_loss(logits, batch), "logits": logits.detach()}
+        logits = self.student(batch["image"])
+        if step == "critic":
+            return {
+                "loss": self.critic(logits.detach()).mean() ** 2,
+                "critic_out": self.critic(logits).mean(),
+            }
+        return {"loss": self.classification_loss(logits, batch), "logits": logits.detach()}
+
+    def predict(self, images, factor=None):
+        return self.student(images)
+
+    def evaluate_step(self, batch, stage=None):
+        net = self.teacher if stage is not None and stage.name == "teacher" else self.student
+        logits = net(batch["image"])
+        return {"logits": logits, "is_x1": (batch["factor"] == 1.0).float()}
+
+
+class Diverging(Method):
+    def __init__(self, context: MethodContext, epochs: int = 1, **_) -> None:
+        super().__init__(context, epochs=epochs)
+        self.net = TinyNet(context.num_classes)
+
+    def training_step(self, batch, stage, step):
+        return {"loss": self.net(batch["image"]).sum() * torch.tensor(float("nan"))}
+
+    def predict(self, images, factor=None):
+        return self.net(images)
