@@ -3,7 +3,7 @@
 PIL + DataLoader pipeline.
 
     python scripts/bench_train.py [--device auto] [--sizes 100 224] [--methods baseline efc]
-                                  [--batch-size 64] [--steps 6] [--repeats 3] [--optimizations]
+                                  [--batch-size 32] [--steps 4] [--repeats 3] [--optimizations]
 
 For each (method, input size) it measures images per second of
   (a) ``pipeline``: the real training loop — uint8 cache on the device -> MATLAB-bicubic degradation view
@@ -12,9 +12,11 @@ For each (method, input size) it measures images per second of
   (c) ``conventional``: PNG files decoded by PIL per sample in a torch DataLoader with workers, PIL bicubic
       down/up-sampling, random flip and normalisation per sample (what public FER repositories do), then the
       same training step.
-The three are interleaved over ``--repeats`` rounds and the median is reported. ``--optimizations`` adds the
-effect of each trainer optimisation on the model-only step as a ratio to fp32 eager: bf16 autocast,
-channels_last, torch.compile (and CUDA graphs on a GPU). The last stdout line is JSON.
+The three are interleaved over ``--repeats`` rounds (after a warm-up round); images/s = batch / median step
+time, each step including the fetch of its batch (the conventional loader keeps persistent workers, so
+worker start-up is not charged to it). ``--optimizations`` adds the effect of each trainer optimisation on
+the model-only step as a ratio to fp32 eager: bf16 autocast, channels_last, torch.compile (and CUDA graphs
+on a GPU). The last stdout line is JSON.
 """
 
 from __future__ import annotations
@@ -105,6 +107,7 @@ class Bench:
             self.dm.view("train", deg)
         self.fixed = next(self.dm.train_batches(self.degs, seed=1))
         self.size = size
+        self._loader: torch.utils.data.DataLoader | None = None
         self.folder = tmp / f"png{NATIVE}"
         if not self.folder.exists():
             self._write_pngs()
@@ -123,44 +126,46 @@ class Bench:
         loss.backward()
         self.opt.step()
 
-    def run_pipeline(self) -> float:
-        t0 = time.perf_counter()
-        for batch in self.dm.train_batches(self.degs, seed=derive_seed(0, 0, 0)):
+    def _timed_steps(self, batches) -> list[float]:
+        """Seconds of each step (fetching the batch included), synchronised on the device."""
+        times = []
+        it = iter(batches)
+        while True:
+            t0 = time.perf_counter()
+            batch = next(it, None)
+            if batch is None:
+                return times
             self._step(batch)
-        sync(self.device)
-        return self.steps * self.batch / (time.perf_counter() - t0)
+            sync(self.device)
+            times.append(time.perf_counter() - t0)
 
-    def run_model_only(self) -> float:
-        t0 = time.perf_counter()
-        for _ in range(self.steps):
-            self._step(dict(self.fixed))
-        sync(self.device)
-        return self.steps * self.batch / (time.perf_counter() - t0)
+    def run_pipeline(self) -> list[float]:
+        return self._timed_steps(self.dm.train_batches(self.degs, seed=derive_seed(0, 0, 0)))
 
-    def conventional_loader(self, workers: int) -> torch.utils.data.DataLoader:
-        dataset = PngFaces(self.folder, self.dm.splits["train"].labels.cpu(), self.size)
-        return torch.utils.data.DataLoader(
-            dataset,
-            batch_size=self.batch,
-            shuffle=True,
-            num_workers=workers,
-            drop_last=True,
-            pin_memory=self.device.type == "cuda",
-            persistent_workers=False,
-        )
+    def run_model_only(self) -> list[float]:
+        return self._timed_steps(dict(self.fixed) for _ in range(self.steps))
 
-    def run_conventional(self, workers: int) -> float:
-        loader = self.conventional_loader(workers)
-        t0 = time.perf_counter()
-        for images, labels in loader:
-            batch = {
+    def run_conventional(self, workers: int) -> list[float]:
+        if self._loader is None:  # persistent workers: steady state, worker start-up not charged
+            dataset = PngFaces(self.folder, self.dm.splits["train"].labels.cpu(), self.size)
+            self._loader = torch.utils.data.DataLoader(
+                dataset,
+                batch_size=self.batch,
+                shuffle=True,
+                num_workers=workers,
+                drop_last=True,
+                pin_memory=self.device.type == "cuda",
+                persistent_workers=workers > 0,
+            )
+        batches = (
+            {
                 "image": images.to(self.device, non_blocking=True),
                 "label": labels.to(self.device),
                 "factor": torch.ones(len(labels), device=self.device),
             }
-            self._step(batch)
-        sync(self.device)
-        return self.steps * self.batch / (time.perf_counter() - t0)
+            for images, labels in self._loader
+        )
+        return self._timed_steps(batches)
 
 
 class PngFaces(torch.utils.data.Dataset):
@@ -188,15 +193,16 @@ class PngFaces(torch.utils.data.Dataset):
         return self.to_tensor(img), int(self.labels[i])
 
 
-def median_rounds(fns: dict, repeats: int) -> dict[str, float]:
-    """Run every function once per round (interleaved), ``repeats`` rounds after one warm-up round."""
+def median_rounds(fns: dict, repeats: int, batch: int) -> dict[str, float]:
+    """Images/s of each loop from its median step time, loops interleaved over ``repeats`` rounds after one
+    warm-up round (step-level medians are robust to the other jobs of a shared machine)."""
     for fn in fns.values():
         fn()
-    values: dict[str, list[float]] = {k: [] for k in fns}
+    times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            values[name].append(fn())
-    return {k: round(statistics.median(v), 2) for k, v in values.items()}
+            times[name].extend(fn())
+    return {k: round(batch / statistics.median(v), 2) for k, v in times.items()}
 
 
 def optimisation_ratios(bench: Bench, repeats: int) -> dict[str, float]:
@@ -205,29 +211,31 @@ def optimisation_ratios(bench: Bench, repeats: int) -> dict[str, float]:
     variants: dict[str, callable] = {}
 
     def make(amp: torch.dtype | None, channels_last: bool):
-        def run() -> float:
+        def run() -> list[float]:
             ctx = torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext()
             batch = dict(bench.fixed)
             if channels_last:
                 batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
-            t0 = time.perf_counter()
+            times = []
             for _ in range(bench.steps):
+                t0 = time.perf_counter()
                 with ctx:
                     loss = method.training_step(batch, bench.stage, "main")["loss"]
                 bench.opt.zero_grad(set_to_none=True)
                 loss.backward()
                 bench.opt.step()
-            sync(device)
-            return bench.steps * bench.batch / (time.perf_counter() - t0)
+                sync(device)
+                times.append(time.perf_counter() - t0)
+            return times
 
         return run
 
     method.to(memory_format=torch.contiguous_format)
     variants["fp32"] = make(None, False)
     variants["bf16"] = make(torch.bfloat16, False)
-    base = median_rounds(variants, repeats)
+    base = median_rounds(variants, repeats, bench.batch)
     method.to(memory_format=torch.channels_last)
-    cl = median_rounds({"channels_last": make(None, True)}, repeats)
+    cl = median_rounds({"channels_last": make(None, True)}, repeats, bench.batch)
     method.to(memory_format=torch.contiguous_format)
     out = {
         "bf16_vs_fp32": round(base["bf16"] / base["fp32"], 3),
@@ -236,7 +244,7 @@ def optimisation_ratios(bench: Bench, repeats: int) -> dict[str, float]:
     try:
         for child in method.children():
             child.compile()
-        compiled = median_rounds({"compile": make(None, False)}, repeats)
+        compiled = median_rounds({"compile": make(None, False)}, repeats, bench.batch)
         out["compile_vs_fp32"] = round(compiled["compile"] / base["fp32"], 3)
     except Exception as err:  # compilers missing on the machine: report, do not fail the benchmark
         out["compile_vs_fp32"] = f"unavailable: {type(err).__name__}"
@@ -275,6 +283,7 @@ def main(argv: list[str] | None = None) -> dict:
                         "conventional": lambda b=bench: b.run_conventional(args.workers),
                     },
                     args.repeats,
+                    args.batch_size,
                 )
                 row = {
                     "method": method,
