@@ -48,6 +48,7 @@ def _overrides(tmp, *extra):
         "method.pretrain_epochs=1",
         "method.gan_epochs=2",
         "method.gan_milestones=[1]",
+        "method.schedule_scale=1.0",
         *extra,
     )
 
@@ -286,3 +287,14 @@ def test_metrics_json_on_disk_matches(fsr_run):
     tmp, metrics = fsr_run
     on_disk = json.loads((tmp / "run" / "metrics.json").read_text())
     assert on_disk["method"] == "fsrfer" and on_disk["test"] == metrics["test"]
+
+
+def test_defaults_are_reduced_and_the_rafdb_experiment_has_the_paper_networks_and_schedule():
+    quick = compose_cfg("method=fsrfer").method
+    paper = compose_cfg("experiment=fsrfer/rafdb").method
+    assert quick.covpool.bimap_dim < paper.covpool.bimap_dim == 128
+    assert list(paper.covpool.fc_dims) == [2000, 128] and paper.schedule_scale == 1.0
+    assert quick.generator.blocks == paper.generator.blocks == 6
+    assert quick.generator.channels < paper.generator.channels
+    isr = compose_cfg("experiment=fsrfer/rafdb_isr").method
+    assert isr.covpool.bimap_dim == 128 and isr.sr_epochs == 50
