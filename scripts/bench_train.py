@@ -126,8 +126,10 @@ class Bench:
         loss.backward()
         self.opt.step()
 
-    def _timed_steps(self, batches) -> list[float]:
-        """Seconds of each step (fetching the batch included), synchronised on the device."""
+    def _timed_steps(self, batches, step=None) -> list[float]:
+        """Seconds of each ``step`` (default: the trainer's step), fetching its batch included, synchronised
+        on the device."""
+        step = step or self._step
         times = []
         it = iter(batches)
         while True:
@@ -135,7 +137,7 @@ class Bench:
             batch = next(it, None)
             if batch is None:
                 return times
-            self._step(batch)
+            step(batch)
             sync(self.device)
             times.append(time.perf_counter() - t0)
 
@@ -166,6 +168,10 @@ class Bench:
             for images, labels in self._loader
         )
         return self._timed_steps(batches)
+
+    def close(self) -> None:
+        """Stop the conventional loader's persistent workers."""
+        self._loader = None
 
 
 class PngFaces(torch.utils.data.Dataset):
@@ -211,22 +217,19 @@ def optimisation_ratios(bench: Bench, repeats: int) -> dict[str, float]:
     variants: dict[str, callable] = {}
 
     def make(amp: torch.dtype | None, channels_last: bool):
-        def run() -> list[float]:
+        def step(batch) -> None:
             ctx = torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext()
+            with ctx:
+                loss = method.training_step(batch, bench.stage, "main")["loss"]
+            bench.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            bench.opt.step()
+
+        def run() -> list[float]:
             batch = dict(bench.fixed)
             if channels_last:
                 batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
-            times = []
-            for _ in range(bench.steps):
-                t0 = time.perf_counter()
-                with ctx:
-                    loss = method.training_step(batch, bench.stage, "main")["loss"]
-                bench.opt.zero_grad(set_to_none=True)
-                loss.backward()
-                bench.opt.step()
-                sync(device)
-                times.append(time.perf_counter() - t0)
-            return times
+            return bench._timed_steps((batch for _ in range(bench.steps)), step)
 
         return run
 
@@ -299,6 +302,7 @@ def main(argv: list[str] | None = None) -> dict:
                 }
                 if args.optimizations:
                     row["optimizations"] = optimisation_ratios(bench, args.repeats)
+                bench.close()
                 results.append(row)
                 print(json.dumps(row), flush=True)
     first = results[0] if results else {}
