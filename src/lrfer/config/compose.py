@@ -1,7 +1,8 @@
 """Where the Hydra config tree lives, and composing it in-process (scripts, tests, notebooks).
 
-The tree is ``configs/`` at the repository root. A wheel (``pip install .``, not editable) ships the same
-files inside the package as ``lrfer/configs``; :data:`CONFIG_DIR` finds whichever this installation has.
+The tree is ``configs/`` at the repository root; ``src/lrfer/configs`` links to it, so a wheel
+(``pip install .``, not editable) ships the same files inside the package and :data:`CONFIG_DIR` is
+``lrfer/configs`` in every kind of installation.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ _PACKAGE = Path(__file__).resolve().parents[1]
 
 
 def _config_dir() -> Path:
-    shipped = _PACKAGE / "configs"  # inside an installed wheel
+    shipped = _PACKAGE / "configs"  # a wheel's copy, or the link to configs/ in a source checkout
     if (shipped / "train.yaml").is_file():
-        return shipped
-    return _PACKAGE.parents[1] / "configs"  # a source checkout (editable install or `python train.py`)
+        return shipped.resolve()
+    return _PACKAGE.parents[1] / "configs"  # a checkout on a file system without symbolic links
 
 
 #: The Hydra config tree (``train.yaml`` and the group folders).
