@@ -35,10 +35,6 @@ class Degradation:
     size: int | None = None
     operations: tuple[Operation, ...] = ()
 
-    @property
-    def is_identity(self) -> bool:
-        return self.factor == 1.0
-
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """Side lengths of the low-resolution image made from a ``height`` x ``width`` one."""
         if self.size is not None:
