@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import subprocess
 import time
 import warnings
 from collections.abc import Callable
@@ -29,6 +27,7 @@ from collections.abc import Callable
 import torch
 
 from lrfer.config import compose_config
+from lrfer.engine.latency import cpu_model
 from lrfer.engine.predictor import Predictor, build_predictor
 from lrfer.errors import exit_on_user_error
 
@@ -38,17 +37,6 @@ NETWORKS = {
     "mobilenet_v2_small_input": ["method=zoo", "method.arch=mobilenet_v2", "method.small_input=true"],
 }
 PAPER = {"efc_fps": 290.78, "mobilenet_v2_fps": 151.60, "cpu": "Intel Core i7-6700T"}
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return platform.processor() or "unknown"
 
 
 def predictor_for(overrides: list[str], size: int) -> Predictor:

@@ -47,6 +47,17 @@ def expand_shorthands(overrides: Iterable[str]) -> list[str]:
     return items
 
 
+def merge_overrides(*groups: Iterable[str]) -> list[str]:
+    """Concatenate lists of ``key=value`` overrides; a later one replaces an earlier one of the same key."""
+    merged: dict[str, str] = {}
+    for group in groups:
+        for item in group:
+            key = item.split("=", 1)[0].lstrip("+~")
+            merged.pop(key, None)
+            merged[key] = item
+    return list(merged.values())
+
+
 def first_line(err: BaseException) -> str:
     """The first line of a (Hydra / OmegaConf) error, followed by the first line of its cause if any."""
     text = str(err).strip()

@@ -106,3 +106,24 @@ def append_csv(path: Path, row_name: str, stats: dict) -> None:
         if new:
             writer.writeheader()
         writer.writerow({**stats, "name": row_name, "input": "x".join(map(str, stats["input"]))})
+
+
+def method_cost(cfg: DictConfig, latency: dict) -> dict:
+    """What a method costs at its input: parameters, GMACs and CPU batch-1 latency (``latency`` holds
+    :func:`~lrfer.engine.latency.cpu_latency_ms`'s threads / warmup / repeats / iters). Freshly
+    initialised weights: the cost does not depend on them."""
+    from lrfer.engine.latency import cpu_latency_ms, cpu_model
+    from lrfer.engine.predictor import build_predictor
+
+    stats = model_stats(cfg, device="cpu")
+    torch.manual_seed(0)
+    predictor, shape = build_predictor(cfg)
+    return {
+        "params": stats["params"],
+        "gmacs": stats["gmacs"],
+        "input": stats["input"],
+        "native_size": int(cfg.dataset.image_size),
+        "latency": cpu_latency_ms(predictor, shape, **latency),
+        "cpu": cpu_model(),
+        "torch": torch.__version__,
+    }
