@@ -19,23 +19,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import subprocess
-import sys
 import time
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
-from torch import nn
 
-from lrfer.engine.run import build_method, method_context
+from lrfer.config import compose_config
+from lrfer.engine.latency import cpu_model
+from lrfer.engine.predictor import Predictor, build_predictor
 from lrfer.errors import exit_on_user_error
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from model_stats import compose_config  # scripts/ is not a package
 
 NETWORKS = {
     "efc": ["method=efc"],
@@ -45,32 +39,10 @@ NETWORKS = {
 PAPER = {"efc_fps": 290.78, "mobilenet_v2_fps": 151.60, "cpu": "Intel Core i7-6700T"}
 
 
-class Predictor(nn.Module):
-    """``method.predict`` as a module's forward (what is traced / exported)."""
-
-    def __init__(self, method: nn.Module) -> None:
-        super().__init__()
-        self.method = method
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.method.predict(images)
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return platform.processor() or "unknown"
-
-
-def build_predictor(overrides: list[str], size: int) -> Predictor:
+def predictor_for(overrides: list[str], size: int) -> Predictor:
     cfg = compose_config([*overrides, f"input_size={size}", "dataset.num_classes=7"])
     torch.manual_seed(0)
-    return Predictor(build_method(cfg, method_context(cfg))).eval()
+    return build_predictor(cfg)[0]
 
 
 def backends(model: Predictor, example: torch.Tensor) -> dict[str, Callable[[torch.Tensor], object]]:
@@ -127,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
 
     runners = {}
     for name, overrides in NETWORKS.items():
-        for backend, fn in backends(build_predictor(overrides, args.size), x).items():
+        for backend, fn in backends(predictor_for(overrides, args.size), x).items():
             runners[(name, backend)] = fn
     for fn in runners.values():
         time_fps(fn, x, args.warmup)

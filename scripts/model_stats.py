@@ -26,123 +26,14 @@ has no data-dependent control flow); the default ``cpu`` runs the arithmetic.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
-from torch.utils.flop_counter import FlopCounterMode
 
-from lrfer.cli import CONFIG_DIR
-from lrfer.config import register_schemas
-from lrfer.engine.run import build_method, method_context
-from lrfer.errors import UserError, exit_on_user_error
-from lrfer.methods.base import Method
-
-MIB = 2**20
-
-
-def compose_config(overrides: list[str]):
-    """The composed ``train`` config; ``input_size=<px>`` becomes dataset.image_size + degrade.input_size."""
-    items = []
-    for item in overrides:
-        if item.startswith("input_size="):
-            size = item.split("=", 1)[1]
-            items += [f"dataset.image_size={size}", f"degrade.input_size={size}"]
-        else:
-            items.append(item)
-    register_schemas()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        return compose("train", overrides=items)
-
-
-def count_params(method: torch.nn.Module) -> tuple[int, int]:
-    """(parameters, parameters + BatchNorm running statistics)."""
-    params = sum(p.numel() for p in method.parameters())
-    stats = sum(
-        b.numel() for name, b in method.named_buffers() if name.rsplit(".", 1)[-1].startswith("running_")
-    )
-    return params, params + stats
-
-
-def count_macs(method: Method, images: torch.Tensor, factor: torch.Tensor) -> int:
-    """Multiply-accumulates of ``method.predict`` on ``images`` in eval mode (FLOPs / 2)."""
-    method.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        method.predict(images, factor=factor)
-    return counter.get_total_flops() // 2
-
-
-def saved_bytes(method: Method, images: torch.Tensor, factor: torch.Tensor) -> int:
-    """Bytes of the storages autograd saves in train-mode ``method.predict``, less weights and input."""
-    method.train()
-    # storages are told apart by their StorageImpl (shared by views; also on the meta device, where every
-    # data pointer is 0); the saved tensors stay alive until the sum, so no address is reused meanwhile
-    exclude = {t.untyped_storage()._cdata for t in [*method.parameters(), *method.buffers(), images]}
-    seen: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage._cdata not in exclude:
-            seen[storage._cdata] = storage.nbytes()
-        return t
-
-    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = method.predict(images, factor=factor)
-    del out
-    return sum(seen.values())
-
-
-def model_stats(cfg, batch: int = 2, device: str = "cpu") -> dict:
-    """The statistics of the method ``cfg`` describes (see the module docstring).
-
-    ``device="meta"`` counts from shapes alone (no arithmetic, instant even for large networks); it needs a
-    method whose ``predict`` has no data-dependent control flow. ``cpu`` always works.
-    """
-    if batch < 1:
-        raise UserError("--batch must be at least 1")
-    if device not in ("cpu", "meta"):
-        raise UserError(f"--device must be cpu or meta, got {device!r}")
-    with torch.device(device):
-        return _stats(cfg, batch)
-
-
-def _stats(cfg, batch: int) -> dict:
-    ctx = method_context(cfg)
-    torch.manual_seed(int(cfg.seed))
-    method = build_method(cfg, ctx)
-    size = ctx.input_size
-    degs = ctx.train_degradations
-    factor_value = degs[0].effective_factor(ctx.native_size) if degs else 1.0
-    one = torch.randn(1, ctx.in_channels, size, size)
-    params, with_stats = count_params(method)
-    macs = count_macs(method, one, torch.full((1,), float(factor_value)))
-    many = torch.randn(batch, ctx.in_channels, size, size)
-    saved = saved_bytes(method, many, torch.full((batch,), float(factor_value)))
-    return {
-        "method": cfg.method.name,
-        "params": params,
-        "params_with_bn_stats": with_stats,
-        "macs": int(macs),
-        "gmacs": round(macs / 1e9, 4),
-        "gflops": round(2 * macs / 1e9, 4),
-        "saved_mb": round(saved / batch / MIB, 3),
-        "input": [ctx.in_channels, size, size],
-    }
-
-
-def append_csv(path: Path, row_name: str, stats: dict) -> None:
-    """Append one row (``name`` + every statistic) to a CSV file, writing its header when new."""
-    fields = ["name", "method", "input", "params", "params_with_bn_stats", "macs", "gmacs", "gflops"]
-    fields.append("saved_mb")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists()
-    with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        if new:
-            writer.writeheader()
-        writer.writerow({**stats, "name": row_name, "input": "x".join(map(str, stats["input"]))})
+from lrfer.config import compose_config
+from lrfer.engine.model_stats import append_csv, model_stats
+from lrfer.errors import exit_on_user_error
 
 
 @exit_on_user_error

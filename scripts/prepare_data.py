@@ -17,23 +17,8 @@ import json
 import logging
 import sys
 
-from hydra import compose, initialize_config_dir
-from hydra.errors import HydraException
-from omegaconf.errors import OmegaConfBaseException
-
-from lrfer.cli import CONFIG_DIR
-from lrfer.config import register_schemas
-from lrfer.errors import UserError, exit_on_user_error
-
-
-def first_line(err: BaseException) -> str:
-    """The first line of a (Hydra / OmegaConf) error, followed by the first line of its cause if any."""
-    text = str(err).strip()
-    line = text.splitlines()[0] if text else type(err).__name__
-    cause = err.__cause__ or err.__context__
-    if cause is not None and str(cause).strip():
-        line += f" ({str(cause).strip().splitlines()[0]})"
-    return line
+from lrfer.config import compose_config
+from lrfer.errors import exit_on_user_error
 
 
 @exit_on_user_error
@@ -41,13 +26,7 @@ def main(overrides: list[str]) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     from lrfer.engine.run import load_data
 
-    register_schemas()
-    try:
-        with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-            cfg = compose("train", overrides=overrides)
-        summary = load_data(cfg).summary()
-    except (HydraException, OmegaConfBaseException) as err:
-        raise UserError(first_line(err)) from None
+    summary = load_data(compose_config(overrides)).summary()
     print(json.dumps(summary), flush=True)
     return summary
 

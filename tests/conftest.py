@@ -9,11 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from lrfer.cli import CONFIG_DIR
-from lrfer.config import register_schemas
+from lrfer.config import compose_config, register_schemas
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -21,10 +19,21 @@ register_schemas()
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine two OpenMP threads can be many times slower.
+
+    Test modules that train networks use it with ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def compose_cfg(*overrides: str) -> DictConfig:
     """The composed ``train`` config with overrides, as ``python train.py`` would see it (no Hydra run)."""
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
+    return compose_config(overrides, hydra_errors=True)
 
 
 def tiny(tmp: Path, *extra: str) -> list[str]:

@@ -18,12 +18,7 @@ from lrfer.models.covpool import (
 SMALL = dict(widths=(8, 8, 8, 8, 16, 16), bimap_dim=8, fc_dims=(32, 16))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _spd(n: int = 3, d: int = 6, seed: int = 0) -> torch.Tensor:

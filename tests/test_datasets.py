@@ -29,11 +29,9 @@ from dataset_fixtures import (
     write_rafdb_basic,
     write_rafdb_folders,
 )
-from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from lrfer.cli import CONFIG_DIR
-from lrfer.config import register_schemas
+from lrfer.config import compose_config
 from lrfer.data.datasets import build_adapter
 from lrfer.data.datasets.ferplus import process_votes
 from lrfer.engine.run import load_data, run_training
@@ -51,12 +49,8 @@ EXPW_PHOTOS = [[0, 1], [2], [3, 4, 5], [6, 0], [1, 2, 3], [4, 5, 6], [0, 1, 2, 3
 
 
 def compose_cfg(name: str, root, cache_dir, *overrides: str):
-    register_schemas()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        return compose(
-            "train",
-            overrides=[f"dataset={name}", f"dataset.root={root}", f"paths.cache_dir={cache_dir}", *overrides],
-        )
+    overrides = [f"dataset={name}", f"dataset.root={root}", f"paths.cache_dir={cache_dir}", *overrides]
+    return compose_config(overrides, hydra_errors=True)
 
 
 def load(name: str, root, tmp_path: Path, *overrides: str):

@@ -20,13 +20,7 @@ from lrfer.models.zoo import ZOO_ARCHS, build_zoo
 PAPER_PARAMS = 513_484
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine two OpenMP threads can be 100x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _counts(net: torch.nn.Module) -> tuple[int, int]:

@@ -27,13 +27,7 @@ from lrfer.models.gmenet import (
 SMALL = dict(width=8, layers=[1, 1, 1, 1], global_blocks=[1, 1, 1, 1])
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared CPU, 2 OpenMP threads are several times slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _context(size: int = 32, classes: int = 7) -> MethodContext:

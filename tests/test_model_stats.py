@@ -1,18 +1,17 @@
-"""Tools: scripts/model_stats.py (voting Table 2), scripts/export.py, scripts/aggregate_folds.py."""
+"""Tools: model statistics (voting Table 2), export, fold aggregation (and their scripts/ command lines)."""
 
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 import torch
-from conftest import REPO, run_cli, tiny
+from conftest import run_cli, tiny
 
-sys.path.insert(0, str(REPO / "scripts"))
-import aggregate_folds
-import model_stats
-from export import export_run
+from lrfer.config import compose_config
+from lrfer.engine.export import export_run
+from lrfer.engine.model_stats import model_stats
+from lrfer.report.folds import aggregate_folds
 
 
 def test_model_stats_prints_json_on_its_last_line():
@@ -37,7 +36,7 @@ TABLE2 = [
 @pytest.mark.parametrize(("size", "split_after", "gmacs", "saved_mb"), TABLE2)
 def test_model_stats_reproduce_voting_table2_within_two_percent(size, split_after, gmacs, saved_mb):
     overrides = ["method=voting", f"method.split_after={split_after}", f"input_size={size}"]
-    stats = model_stats.model_stats(model_stats.compose_config(overrides), device="meta")
+    stats = model_stats(compose_config(overrides), device="meta")
     assert stats["input"] == [3, size, size]
     assert abs(stats["params"] / 11.17e6 - 1) < 0.02
     assert abs(stats["macs"] / 1e9 / gmacs - 1) < 0.02
@@ -45,13 +44,13 @@ def test_model_stats_reproduce_voting_table2_within_two_percent(size, split_afte
 
 
 def test_meta_device_counts_equal_the_cpu_counts():
-    cfg = model_stats.compose_config(["method=efc", "input_size=20"])
-    assert model_stats.model_stats(cfg, device="meta") == model_stats.model_stats(cfg, device="cpu")
+    cfg = compose_config(["method=efc", "input_size=20"])
+    assert model_stats(cfg, device="meta") == model_stats(cfg, device="cpu")
 
 
 def test_saved_memory_is_per_image_and_leaves_out_the_weights():
-    cfg = model_stats.compose_config(["method=efc", "input_size=16"])
-    two, eight = model_stats.model_stats(cfg, batch=2), model_stats.model_stats(cfg, batch=8)
+    cfg = compose_config(["method=efc", "input_size=16"])
+    two, eight = model_stats(cfg, batch=2), model_stats(cfg, batch=8)
     assert two["saved_mb"] == pytest.approx(eight["saved_mb"], rel=0.05)
     assert two["saved_mb"] * 2**20 < 4 * two["params"]  # far less than the fp32 weights at 16 px
 
@@ -79,22 +78,21 @@ def test_export_fails_above_the_tolerance(efc_run, tmp_path):
     assert not result["ok"]
 
 
-def test_aggregate_folds_gives_mean_and_std_over_folds(tmp_path, capsys):
+def test_aggregate_folds_gives_mean_and_std_over_folds(tmp_path):
     for fold, acc in [(0, 0.90), (1, 0.80), (2, 0.70)]:
         run = tmp_path / str(fold)
         (run / ".hydra").mkdir(parents=True)
         (run / ".hydra" / "overrides.yaml").write_text(f"- dataset.fold={fold}\n- degrade.train=[32px]\n")
         row = {"acc": acc, "balanced_acc": acc, "n": 10}
         (run / "metrics.json").write_text(json.dumps({"method": "efc", "test": {"32px": row}}))
-    aggregate_folds.main([str(tmp_path), "--out", str(tmp_path / "folds")])
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    _, summary, _ = aggregate_folds([str(tmp_path)], out=tmp_path / "folds")
     entry = summary["efc degrade.train=[32px]"]
     assert entry["folds"] == 3
     assert entry["32px"]["mean"] == pytest.approx(80.0) and entry["32px"]["std"] == pytest.approx(10.0)
     assert "80.00 ± 10.00" in (tmp_path / "folds.md").read_text()
 
 
-def test_aggregate_folds_merges_one_method_per_resolution_into_one_row(tmp_path, capsys):
+def test_aggregate_folds_merges_one_method_per_resolution_into_one_row(tmp_path):
     for fold in (0, 1):
         for size, acc in [(32, 0.9), (10, 0.5)]:
             run = tmp_path / f"{fold}_{size}"
@@ -104,8 +102,7 @@ def test_aggregate_folds_merges_one_method_per_resolution_into_one_row(tmp_path,
             )
             row = {"acc": acc, "balanced_acc": acc, "n": 10}
             (run / "metrics.json").write_text(json.dumps({"method": "efc", "test": {f"{size}px": row}}))
-    aggregate_folds.main([str(tmp_path), "--merge", "degrade.train", "--tag", " (synthetic)"])
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    _, summary, _ = aggregate_folds([str(tmp_path)], merge=("degrade.train",), tag=" (synthetic)")
     assert list(summary) == ["efc (synthetic)"]
     assert summary["efc (synthetic)"]["folds"] == 2
     assert summary["efc (synthetic)"]["10px"]["mean"] == pytest.approx(50.0)

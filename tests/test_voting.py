@@ -17,13 +17,7 @@ from lrfer.models.voting import VotingResNet, crop_boxes, ten_crops, vote
 STAGE = Stage(name="train", epochs=1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine two OpenMP threads can be 100x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _method(*overrides: str) -> Voting:

@@ -82,6 +82,7 @@ class DegradeConfig:
     input_size: int | None = None
     resize_back: bool = True
     resize_kernel: str = "bicubic"
+    seed: int = 0
 
 
 @dataclass

@@ -2,8 +2,9 @@
 
 A degradation is written ``x<factor>`` (``x2``, ``x6``, ``x16``: MATLAB ``imresize(I, 1/factor, 'bicubic')``,
 output side ``ceil(side / factor)``) or ``<size>px`` (``14px``: resized to an absolute side). ``x1`` is the
-native image. The network then sees the low-resolution face resized back up to its input size, as in
-every paper lrfer implements.
+native image. Realistic operations can follow the size with ``+``: ``x4+blur1.5``, ``x4+noise8``,
+``x4+jpeg30``, ``12px+blur1+jpeg40`` (:mod:`lrfer.data.realistic`). The network then sees the low-resolution
+face resized back up to its input size, as in every paper lrfer implements.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from lrfer.data.imresize import imresize, imresize_uint8
+from lrfer.data.realistic import Operation, apply_operations, parse_operation
 from lrfer.errors import UserError
 
 __all__ = ["Degradation", "degrade_uint8", "imresize", "parse_degradation", "parse_degradations", "resize_to"]
@@ -26,15 +28,12 @@ KERNELS = ("bicubic", "bilinear")
 
 @dataclass(frozen=True)
 class Degradation:
-    """One low-resolution view: by ``factor`` (x4) or to an absolute ``size`` (14px)."""
+    """One low-resolution view: by ``factor`` (x4) or to an absolute ``size`` (14px), then ``operations``."""
 
     label: str
     factor: float | None = None
     size: int | None = None
-
-    @property
-    def is_identity(self) -> bool:
-        return self.factor == 1.0
+    operations: tuple[Operation, ...] = ()
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """Side lengths of the low-resolution image made from a ``height`` x ``width`` one."""
@@ -57,8 +56,20 @@ class Degradation:
 
 
 def parse_degradation(label: str) -> Degradation:
-    """Parse ``x4`` / ``x1.5`` / ``14px``; anything else is a :class:`UserError` saying what is accepted."""
-    text = str(label).strip().lower()
+    """Parse ``x4`` / ``x1.5`` / ``14px``, optionally followed by ``+blur<s>``, ``+noise<s>``, ``+jpeg<q>``.
+
+    Anything else is a :class:`UserError` saying what is accepted.
+    """
+    head, *tail = str(label).strip().lower().split("+")
+    base = _parse_size(head.strip(), label)
+    if not tail:
+        return base
+    operations = tuple(parse_operation(part.strip(), label) for part in tail)
+    full = base.label + "".join(f"+{op.label}" for op in operations)
+    return Degradation(label=full, factor=base.factor, size=base.size, operations=operations)
+
+
+def _parse_size(text: str, label: str) -> Degradation:
     if m := _FACTOR.match(text):
         factor = float(m.group(1))
         if factor < 1.0:
@@ -72,7 +83,8 @@ def parse_degradation(label: str) -> Degradation:
             raise UserError(f"degradation {label!r}: the size must be a positive number of pixels, e.g. 14px")
         return Degradation(label=f"{size}px", size=size)
     raise UserError(
-        f"cannot read degradation {label!r}: write x<factor> (x1, x2, x6, x16) or <size>px (14px)"
+        f"cannot read degradation {label!r}: write x<factor> (x1, x2, x6, x16) or <size>px (14px), "
+        "optionally followed by +blur<sigma>, +noise<sigma> or +jpeg<quality>"
     )
 
 
@@ -95,11 +107,13 @@ def degrade_uint8(
     kernel: str = "bicubic",
     antialias: bool = True,
     chunk: int = 1024,
+    seed: int = 0,
 ) -> torch.Tensor:
     """Low-resolution uint8 view of uint8 images (N, C, H, W), computed in chunks on their device.
 
     The uint8 result matches MATLAB's ``imresize`` on uint8 images (rounded and clamped), so cached views
-    are exactly the low-resolution files the papers wrote to disk.
+    are exactly the low-resolution files the papers wrote to disk. The degradation's realistic operations
+    follow (noise of image ``i`` drawn from ``(seed, i)``, see :mod:`lrfer.data.realistic`).
     """
     if kernel not in KERNELS:
         raise UserError(f"unknown degradation kernel {kernel!r}: choose one of {', '.join(KERNELS)}")
@@ -107,15 +121,19 @@ def degrade_uint8(
         raise ValueError("degrade_uint8 expects uint8 images of shape (N, C, H, W)")
     height, width = images.shape[-2:]
     out = degradation.output_size(height, width)
-    if out == (height, width):
+    if out == (height, width) and not degradation.operations:
         return images
     # By factor, MATLAB derives the sampling grid from the scale itself (x6: samples 6 px apart), not from
     # the rounded output size (100/17 = 5.88 px apart): pass the scale, and the size only for <size>px.
     how = {"size": out} if degradation.size is not None else {"scale": 1.0 / degradation.factor}
-    parts = [
-        imresize_uint8(images[i : i + chunk], kernel=kernel, antialias=antialias, **how)
-        for i in range(0, images.shape[0], chunk)
-    ]
+
+    def make(start: int) -> torch.Tensor:
+        part = images[start : start + chunk]
+        if out != (height, width):
+            part = imresize_uint8(part, kernel=kernel, antialias=antialias, **how)
+        return apply_operations(part, degradation.operations, seed=seed, first_index=start)
+
+    parts = [make(i) for i in range(0, images.shape[0], chunk)]
     return torch.cat(parts) if parts else images.new_empty((0, images.shape[1], *out))
 
 

@@ -90,6 +90,7 @@ class FaceDataModule:
                 degradation,
                 kernel=self.degrade_cfg.kernel,
                 antialias=self.degrade_cfg.antialias,
+                seed=int(self.degrade_cfg.get("seed", 0)),  # runs made before degrade.seed existed: 0
             )
         return self._views[key]
 

@@ -44,8 +44,8 @@ classifier of ~13 px faces can tell the four mouth groups apart but is close to 
 while at full resolution all seven classes are separable, up to the weak-intensity examples. (With a
 ResNet-18 trained from scratch for 5 epochs on 3,000 faces at 64x64 input: about 91% test accuracy at
 full resolution, about 59% when every face is bicubic-downsampled x8 (100 -> 13 px) and upsampled back,
-chance being 14%; see ``scripts/check_synthetic.py``.) The cue table is :data:`CUE_TABLE`, as overrides
-of :data:`NEUTRAL_EXPRESSION`.
+chance being 14%; ``scripts/check_synthetic.py`` draws a grid of them.) The cue table is
+:data:`CUE_TABLE`, as overrides of :data:`NEUTRAL_EXPRESSION`.
 """
 
 from __future__ import annotations

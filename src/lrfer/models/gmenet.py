@@ -343,8 +343,3 @@ class GMENet(nn.Module):
         fmap, maps = self.feature_map(x)
         logits = self.fc(self.dropout(torch.flatten(F.adaptive_avg_pool2d(fmap, 1), 1)))
         return (logits, maps) if return_maps else logits
-
-
-def build_gmenet(num_classes: int, input_size: int, in_channels: int = 3, **kwargs) -> GMENet:
-    """Builder with the ``build_model`` signature (``model/`` config nodes)."""
-    return GMENet(num_classes, input_size, in_channels=in_channels, **kwargs)

@@ -108,16 +108,3 @@ class VotingResNet(nn.Module):
             if k == self.split_after:
                 x = ten_crops(x, self.crop_ratio)
         return self.fc(torch.flatten(net.avgpool(x), 1))
-
-
-def build_voting_resnet(
-    num_classes: int,
-    input_size: int,
-    split_after: int = 1,
-    crop_ratio: float = 5 / 6,
-    arch: str = "resnet18",
-    stem: str = "conv3",
-    in_channels: int = 3,
-) -> VotingResNet:
-    """Builder for a ``model/`` config node (see :class:`VotingResNet`)."""
-    return VotingResNet(num_classes, input_size, split_after, crop_ratio, arch, stem, in_channels)

@@ -23,13 +23,15 @@ class RunRow:
     source: str = "measured"
 
 
-def degradation_sort_key(label: str) -> tuple[int, float]:
-    """x-factors ascending, then absolute sizes descending (left = sharpest, right = smallest)."""
-    if m := re.fullmatch(r"x(\d+(?:\.\d+)?)", label):
-        return (0, float(m.group(1)))
-    if m := re.fullmatch(r"(\d+)px", label):
-        return (1, -float(m.group(1)))
-    return (2, 0.0)
+def degradation_sort_key(label: str) -> tuple[int, float, str]:
+    """x-factors ascending, then absolute sizes descending (left = sharpest, right = smallest); a realistic
+    variant (``x4+jpeg30``) right after its plain size."""
+    base, _, operations = label.partition("+")
+    if m := re.fullmatch(r"x(\d+(?:\.\d+)?)", base):
+        return (0, float(m.group(1)), operations)
+    if m := re.fullmatch(r"(\d+)px", base):
+        return (1, -float(m.group(1)), operations)
+    return (2, 0.0, label)
 
 
 def run_name(run_dir: Path, metrics: dict) -> str:

@@ -1,0 +1,125 @@
+#!/usr/bin/env python
+"""Train every method under one protocol and write one table: accuracy per face size, and what it costs.
+
+    python scripts/leaderboard.py [key=value ...] [--methods baseline efc ...] [--seeds 2] [--out DIR]
+                                  [--budget 1.0] [--protocol experiments/leaderboard/protocol.yaml]
+
+``key=value`` arguments are Hydra overrides applied to every run (``dataset=rafdb dataset.root=/data/RAF-DB``,
+``trainer.max_epochs=1``, ``trainer.device=cuda``); they win over the protocol's. Each method trains with its
+own recipe (``methods:`` in the protocol: its method config's training degradations, input size and stages;
+epochs scaled by ``--budget``) on the same dataset, split and source image size, and is tested at the
+protocol's degradations. Runs go to ``<out>/runs/<method>/seed<k>/`` (ordinary run folders; a finished one
+is never trained again, an interrupted one resumes), each method's cost (parameters, GMACs at its input,
+CPU batch-1 latency) to ``<out>/runs/<method>/cost.json``, the table to ``<out>/leaderboard.{md,csv,png}``.
+Model selection stays on each run's validation split; the test split is evaluated once per run. The last
+line printed is JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from lrfer.config.compose import compose_config, merge_overrides
+from lrfer.engine.checkpoint import write_json
+from lrfer.engine.latency import cpu_model
+from lrfer.engine.loading import load_run_config
+from lrfer.engine.model_stats import method_cost
+from lrfer.errors import UserError, exit_on_user_error
+from lrfer.report.leaderboard import budget_overrides, collect, load_protocol, write_leaderboard
+
+DEFAULT_PROTOCOL = Path(__file__).resolve().parents[1] / "experiments" / "leaderboard" / "protocol.yaml"
+
+
+def train_one(overrides: list[str], run_dir: Path) -> tuple[bool, float]:
+    """Train one run in a fresh process (its output in ``<run_dir>.log``); (succeeded, wall seconds)."""
+    resume = ["trainer.resume=true"] if (run_dir / "checkpoints" / "last.pt").is_file() else []
+    command = [sys.executable, "-m", "lrfer.cli.train", *overrides, *resume, f"hydra.run.dir={run_dir}"]
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with open(run_dir.with_suffix(".log"), "a") as log:
+        log.write("$ " + " ".join(command) + "\n")
+        log.flush()
+        proc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
+    return proc.returncode == 0, time.perf_counter() - start
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run (dataset=..., ...)")
+    parser.add_argument("--methods", nargs="+", default=None, help="default: every method of the protocol")
+    parser.add_argument("--seeds", type=int, default=2, help="seeds 0..N-1 per method")
+    parser.add_argument("--out", type=Path, default=Path("leaderboard"), help="output folder")
+    parser.add_argument("--budget", type=float, default=None, help="epoch factor (default: the protocol's)")
+    parser.add_argument("--protocol", type=Path, default=DEFAULT_PROTOCOL)
+    args = parser.parse_args(argv)
+    if args.seeds < 1:
+        raise UserError("--seeds must be at least 1")
+    protocol = load_protocol(args.protocol)
+    methods = args.methods or list(protocol["methods"])
+    unknown = [m for m in methods if m not in protocol["methods"]]
+    if unknown:
+        raise UserError(f"unknown method(s) {unknown}: the protocol has {', '.join(protocol['methods'])}")
+    budget = float(args.budget if args.budget is not None else protocol["budget"])
+    test = "[" + ",".join(protocol["test"]) + "]"
+    base = merge_overrides(protocol["common"], [f"degrade.test={test}"], args.overrides)
+    dataset = compose_config(base).dataset.name  # also checks the overrides before anything trains
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+
+    start, failed = time.perf_counter(), []
+    for name in methods:
+        spec = protocol["methods"][name]
+        scaled = budget_overrides(spec, budget, base)
+        for seed in range(args.seeds):
+            run_dir = (out / "runs" / name / f"seed{seed}").resolve()
+            if (run_dir / "metrics.json").is_file():
+                print(f"{name} seed {seed}: finished earlier ({run_dir})", flush=True)
+                continue
+            overrides = merge_overrides(spec["overrides"], scaled, base, [f"seed={seed}"])
+            ok, seconds = train_one(overrides, run_dir)
+            print(f"{name} seed {seed}: {'done' if ok else 'FAILED'} in {seconds / 60:.1f} min", flush=True)
+            if not ok:
+                failed.append(f"{name}/seed{seed} (see {run_dir.with_suffix('.log')})")
+        first = out / "runs" / name / "seed0"
+        cost_file = out / "runs" / name / "cost.json"
+        if (first / "metrics.json").is_file() and not cost_file.is_file():
+            write_json(method_cost(load_run_config(first), protocol["latency"]), cost_file)
+
+    results = collect(out, methods)
+    labels = sorted({lbl for r in results for lbl in r.accuracies})
+    data = "SYNTHETIC faces (not real data)" if dataset == "synthetic" else dataset
+    title = f"lrfer leaderboard on {data}, budget {budget:g}, {args.seeds} seed(s)"
+    md = write_leaderboard(results, labels, out, title)
+    summary = {
+        "dataset": dataset,
+        "budget": budget,
+        "seeds": args.seeds,
+        "methods": methods,
+        "overrides": args.overrides,
+        "wall_s_this_call": round(time.perf_counter() - start, 1),
+        "train_s_total": round(sum(sum(r.durations) for r in results), 1),
+        "failed": failed,
+        "table": str(md),
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count()},
+        "torch": torch.__version__,
+    }
+    write_json(summary, out / "leaderboard.json")
+    print(md.read_text())
+    print(json.dumps(summary))
+    if failed:
+        print(f"error: {len(failed)} run(s) failed: {'; '.join(failed)}", file=sys.stderr)
+        sys.exit(1)
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""Realistic degradations applied after the resize: Gaussian blur, Gaussian noise, JPEG compression.
+
+Real low-resolution faces are not only small: the camera blurs them, the sensor adds noise and the video
+codec compresses them. A degradation label chains these operations after the resize with ``+``:
+``x4+blur1.5`` (Gaussian blur, sigma in low-resolution pixels), ``x4+noise8`` (additive Gaussian noise,
+sigma in grey levels of 0..255), ``x4+jpeg30`` (JPEG at quality 30), ``12px+blur1+jpeg40`` (in that order).
+
+Every operation maps uint8 images (N, C, h, w) to uint8 images of the same shape and is deterministic: the
+noise of image ``i`` is a function of ``(seed, i)`` only (a counter-based hash, identical on every device
+and for every chunking), so a split's view is the same in every run and for every method.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lrfer.errors import UserError
+
+#: operation name -> (what the number means, smallest value, largest value)
+OPERATIONS = {
+    "blur": ("Gaussian sigma in low-resolution pixels", 0.0, 20.0),
+    "noise": ("Gaussian noise sigma in grey levels (0..255)", 0.0, 255.0),
+    "jpeg": ("JPEG quality", 1.0, 100.0),
+}
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One operation after the resize: ``name`` in :data:`OPERATIONS` and its ``value``."""
+
+    name: str
+    value: float
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}{self.value:g}"
+
+
+def parse_operation(text: str, label: str) -> Operation:
+    """``blur1.5`` / ``noise8`` / ``jpeg30`` -> :class:`Operation`; anything else is a UserError."""
+    for name, (meaning, low, high) in OPERATIONS.items():
+        if text.startswith(name):
+            number = text[len(name) :]
+            try:
+                value = float(number)
+            except ValueError:
+                break
+            if not (low <= value <= high) or (name == "jpeg" and value != int(value)):
+                kind = "a whole number" if name == "jpeg" else "a number"
+                raise UserError(
+                    f"degradation {label!r}: {name} takes {kind} from {low:g} to {high:g} ({meaning})"
+                )
+            return Operation(name, value)
+    raise UserError(
+        f"degradation {label!r}: cannot read {text!r}; after the size, chain +blur<sigma>, +noise<sigma> "
+        "or +jpeg<quality>, e.g. x4+blur1.5+jpeg30"
+    )
+
+
+def apply_operations(
+    images: torch.Tensor, operations: tuple[Operation, ...], seed: int = 0, first_index: int = 0
+) -> torch.Tensor:
+    """Apply ``operations`` in order to uint8 images; image ``k`` is sample ``first_index + k`` for noise."""
+    for op in operations:
+        if op.name == "blur":
+            images = gaussian_blur_uint8(images, op.value)
+        elif op.name == "noise":
+            images = gaussian_noise_uint8(images, op.value, seed, first_index)
+        else:
+            images = jpeg_uint8(images, int(op.value))
+    return images
+
+
+def gaussian_blur_uint8(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur (radius ceil(3 sigma), reflected borders), rounded back to uint8."""
+    if sigma <= 0 or images.numel() == 0:
+        return images
+    radius = max(1, math.ceil(3 * sigma))
+    radius = min(radius, min(images.shape[-2:]) - 1) if min(images.shape[-2:]) > 1 else 0
+    if radius == 0:
+        return images
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32, device=images.device)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    n, c, h, w = images.shape
+    flat = images.float().reshape(n * c, 1, h, w)
+    flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
+    flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="reflect"), kernel.view(1, 1, -1, 1))
+    return flat.reshape(n, c, h, w).round().clamp(0, 255).to(torch.uint8)
+
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _hash32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (lowbias32, C. Wellons) of int64 tensors holding values in [0, 2**32)."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _MASK32
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & _MASK32
+    return x ^ (x >> 16)
+
+
+def hashed_normal(seed: int, samples: torch.Tensor, per_sample: int) -> torch.Tensor:
+    """Standard normal numbers (len(samples), per_sample), a pure function of (seed, sample, position)."""
+    position = torch.arange(per_sample, dtype=torch.int64, device=samples.device)
+    sample_key = _hash32((samples.to(torch.int64) * 0x9E3779B1 + seed * 0x85EBCA77) & _MASK32)
+    counters = _hash32((sample_key[:, None] + position[None, :] * 0x632BE5AB) & _MASK32)
+
+    def uniform(stream: int) -> torch.Tensor:
+        bits = _hash32(counters ^ stream * 0x27D4EB2F)
+        return (bits.to(torch.float64) + 0.5) / 2.0**32  # in (0, 1)
+
+    u1, u2 = uniform(1), uniform(2)
+    return (torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)).to(torch.float32)
+
+
+def gaussian_noise_uint8(images: torch.Tensor, sigma: float, seed: int, first_index: int = 0) -> torch.Tensor:
+    """Add N(0, sigma^2) grey levels, the same noise for a sample whatever the batch, then round and clip."""
+    if sigma <= 0 or images.numel() == 0:
+        return images
+    samples = torch.arange(first_index, first_index + images.shape[0], device=images.device)
+    noise = hashed_normal(seed, samples, images[0].numel()).view_as(images)
+    return (images.float() + sigma * noise).round().clamp(0, 255).to(torch.uint8)
+
+
+def jpeg_uint8(images: torch.Tensor, quality: int) -> torch.Tensor:
+    """Encode and decode every image with Pillow's JPEG codec (libjpeg) at ``quality`` (4:2:0 chroma).
+
+    This runs once per split and degradation, when the view is built, never in the training loop.
+    """
+    from PIL import Image
+
+    if images.numel() == 0:
+        return images
+    arrays = images.permute(0, 2, 3, 1).cpu().numpy()
+    out = np.empty_like(arrays)
+    for k, array in enumerate(arrays):
+        mode_array = array[..., 0] if array.shape[-1] == 1 else array
+        buffer = io.BytesIO()
+        Image.fromarray(mode_array).save(buffer, format="JPEG", quality=int(quality))
+        buffer.seek(0)
+        decoded = np.asarray(Image.open(buffer).convert("L" if array.shape[-1] == 1 else "RGB"))
+        out[k] = decoded.reshape(array.shape)
+    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous().to(images.device)

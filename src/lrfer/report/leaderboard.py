@@ -1,0 +1,217 @@
+"""One table for every method under one protocol (``scripts/leaderboard.py``): accuracy per degradation,
+mean +- std over seeds, beside what each method costs (parameters, GMACs, CPU latency, training time).
+
+The runs live in ``<out>/runs/<method>/seed<k>/`` (ordinary run folders: ``scripts/report.py`` reads them
+too) and each method's cost in ``<out>/runs/<method>/cost.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from lrfer.config import compose_config
+from lrfer.errors import UserError
+from lrfer.report.tables import degradation_sort_key
+
+PROTOCOL_KEYS = {"test", "budget", "common", "latency", "methods"}
+
+
+def load_protocol(path: str | Path) -> dict:
+    """The protocol file as a dict, with its keys checked (see ``experiments/leaderboard/protocol.yaml``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(
+            f"protocol file {path} not found: pass --protocol experiments/leaderboard/protocol.yaml"
+        )
+    protocol = OmegaConf.to_container(OmegaConf.load(path))
+    unknown = set(protocol) - PROTOCOL_KEYS
+    missing = PROTOCOL_KEYS - set(protocol)
+    if unknown or missing:
+        raise UserError(f"{path}: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}")
+    for name, spec in protocol["methods"].items():
+        if not spec.get("overrides"):
+            raise UserError(f"{path}: method {name} has no overrides (e.g. [method={name}])")
+    return protocol
+
+
+def budget_overrides(spec: dict, budget: float, base: list[str]) -> list[str]:
+    """``key=value`` overrides that scale a method's epoch keys (and ``scale`` keys) by ``budget``.
+
+    Epoch counts are rounded up and kept >= 1; a key that is null in the composed config stays null (it
+    follows another key, e.g. ``rrn_epochs: null`` = ``epochs``).
+    """
+    if budget <= 0:
+        raise UserError(f"the budget must be positive, got {budget}")
+    if budget == 1.0:
+        return []
+    cfg = compose_config([*base, *spec["overrides"]])
+    out = []
+    for key in spec.get("epochs", []):
+        value = OmegaConf.select(cfg, key)
+        if value is not None:
+            out.append(f"{key}={max(1, math.ceil(float(value) * budget))}")
+    for key in spec.get("scale", []):
+        value = OmegaConf.select(cfg, key)
+        if value is not None:
+            out.append(f"{key}={float(value) * budget:g}")
+    return out
+
+
+@dataclass
+class MethodResult:
+    """One row of the leaderboard: a method's accuracies over its seeds and its cost."""
+
+    name: str
+    accuracies: dict[str, list[float]] = field(default_factory=dict)
+    durations: list[float] = field(default_factory=list)
+    cost: dict = field(default_factory=dict)
+
+    def mean_std(self, label: str) -> tuple[float, float] | None:
+        values = self.accuracies.get(label)
+        if not values:
+            return None
+        mean = 100 * statistics.fmean(values)
+        return mean, (100 * statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def collect(out: Path, methods: list[str]) -> list[MethodResult]:
+    """Read every finished run and cost file of ``methods`` below ``<out>/runs``."""
+    results = []
+    for name in methods:
+        result = MethodResult(name)
+        for metrics_file in sorted((out / "runs" / name).glob("seed*/metrics.json")):
+            metrics = json.loads(metrics_file.read_text())
+            for label, row in metrics.get("test", {}).items():
+                result.accuracies.setdefault(label, []).append(float(row["acc"]))
+            if "duration_s" in metrics:
+                result.durations.append(float(metrics["duration_s"]))
+        cost_file = out / "runs" / name / "cost.json"
+        if cost_file.is_file():
+            result.cost = json.loads(cost_file.read_text())
+        results.append(result)
+    return results
+
+
+def _cell(stats: tuple[float, float] | None) -> str:
+    return "" if stats is None else f"{stats[0]:.1f} ± {stats[1]:.1f}"
+
+
+def _cost_cells(r: MethodResult) -> list[str]:
+    params = r.cost.get("params")
+    gmacs = r.cost.get("gmacs")
+    ms = r.cost.get("latency", {}).get("ms")
+    minutes = statistics.fmean(r.durations) / 60 if r.durations else None
+    return [
+        "" if params is None else f"{params / 1e6:.2f}",
+        "" if gmacs is None else f"{gmacs:.3f}",
+        "" if ms is None else f"{ms:.2f}",
+        "" if minutes is None else f"{minutes:.1f}",
+        "x".join(map(str, r.cost["input"][1:])) if r.cost.get("input") else "",
+    ]
+
+
+COST_COLUMNS = ["params (M)", "GMACs", "CPU ms", "train min", "input"]
+
+
+def write_leaderboard(results: list[MethodResult], labels: list[str], out: Path, title: str) -> Path:
+    """Write ``leaderboard.md``, ``.csv`` and ``.png`` under ``out``; returns the markdown path."""
+    labels = sorted(labels, key=degradation_sort_key)
+    seeds = max((len(v) for r in results for v in r.accuracies.values()), default=0)
+    head = ["method", "seeds", *COST_COLUMNS, *labels]
+    lines = [f"# {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        n = max((len(v) for v in r.accuracies.values()), default=0)
+        cells = [r.name, str(n), *_cost_cells(r), *[_cell(r.mean_std(lbl)) for lbl in labels]]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"Accuracy in % on the test split, mean ± std over up to {seeds} seeds. Cost: parameters, "
+        "multiply-accumulates per image at the method's input, CPU batch-1 latency, training wall time "
+        "per run.",
+    ]
+    md = out / "leaderboard.md"
+    md.write_text("\n".join(lines) + "\n")
+    with (out / "leaderboard.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(
+            ["method", "seeds", "params", "gmacs", "cpu_ms", "train_s"]
+            + [f"{lbl}_{k}" for lbl in labels for k in ("mean", "std")]
+        )
+        for r in results:
+            row = [
+                r.name,
+                max((len(v) for v in r.accuracies.values()), default=0),
+                r.cost.get("params", ""),
+                r.cost.get("gmacs", ""),
+                r.cost.get("latency", {}).get("ms", ""),
+                round(statistics.fmean(r.durations), 1) if r.durations else "",
+            ]
+            for lbl in labels:
+                stats = r.mean_std(lbl)
+                row += [f"{stats[0]:.2f}", f"{stats[1]:.2f}"] if stats else ["", ""]
+            writer.writerow(row)
+    plot_leaderboard(results, labels, out / "leaderboard.png", title)
+    return md
+
+
+def face_side(label: str, native: int) -> float | None:
+    """The side in pixels of the low-resolution face of a plain label (x4 of 100 px: 25; 14px: 14)."""
+    if m := re.fullmatch(r"x(\d+(?:\.\d+)?)", label):
+        return native / float(m.group(1))
+    if m := re.fullmatch(r"(\d+)px", label):
+        return float(m.group(1))
+    return None
+
+
+def plot_leaderboard(results: list[MethodResult], labels: list[str], path: Path, title: str) -> None:
+    """Left: accuracy against face size (plain degradations); right: accuracy at the hardest degradation
+    (lowest mean over methods) against CPU latency."""
+    import matplotlib
+    import matplotlib.ticker
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    native = max((r.cost.get("native_size", 0) for r in results), default=0) or 100
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
+    for r in results:
+        pts = sorted(
+            (face_side(lbl, native), r.mean_std(lbl)[0])
+            for lbl in labels
+            if face_side(lbl, native) is not None and r.mean_std(lbl) is not None
+        )
+        if pts:
+            left.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=r.name)
+    left.set_xscale("log")
+    left.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    left.set_xlabel(f"face side in pixels (of {native} px)")
+    left.set_ylabel("test accuracy (%)")
+    left.grid(alpha=0.3, which="both")
+    left.legend(fontsize=7)
+    means = {lbl: [r.mean_std(lbl)[0] for r in results if r.mean_std(lbl)] for lbl in labels}
+    hardest = min(
+        (lbl for lbl in labels if means[lbl]), key=lambda lbl: statistics.fmean(means[lbl]), default=None
+    )
+    if hardest is not None:
+        for r in results:
+            stats, ms = r.mean_std(hardest), r.cost.get("latency", {}).get("ms")
+            if stats and ms:
+                right.errorbar(ms, stats[0], yerr=stats[1], marker="o", capsize=3)
+                right.annotate(r.name, (ms, stats[0]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        right.set_xscale("log")
+        right.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        right.set_xlabel("CPU batch-1 latency (ms, log scale)")
+        right.set_ylabel(f"accuracy at {hardest} (%)")
+        right.grid(alpha=0.3, which="both")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

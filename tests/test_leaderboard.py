@@ -1,0 +1,86 @@
+"""scripts/leaderboard.py: every method under one protocol, one table, resumable."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import run_cli
+
+from lrfer.config.compose import merge_overrides
+from lrfer.errors import UserError
+from lrfer.report.leaderboard import budget_overrides, face_side, load_protocol
+
+TINY = [
+    "dataset.num_train=56",
+    "dataset.num_val=28",
+    "dataset.num_test=28",
+    "dataset.image_size=24",
+    "trainer.max_epochs=1",
+    "trainer.batch_size=28",
+    "trainer.num_threads=1",
+]
+
+
+@pytest.fixture(scope="module")
+def board(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("board")
+    out = tmp / "lb"
+    args = ["scripts/leaderboard.py", "--methods", "baseline", "efc", "--seeds", "1", "--out", str(out)]
+    proc = run_cli([*args, *TINY, f"paths.cache_dir={tmp / 'cache'}"])
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
+    return out, args + TINY + [f"paths.cache_dir={tmp / 'cache'}"], proc
+
+
+def test_writes_one_table_with_every_method_and_protocol_column(board):
+    out, _, proc = board
+    assert {p.name for p in out.iterdir()} >= {"leaderboard.md", "leaderboard.csv", "leaderboard.png"}
+    protocol = load_protocol("experiments/leaderboard/protocol.yaml")
+    header = (out / "leaderboard.csv").read_text().splitlines()[0].split(",")
+    for label in protocol["test"]:
+        assert f"{label}_mean" in header and f"{label}_std" in header
+    rows = {line.split(",")[0] for line in (out / "leaderboard.csv").read_text().splitlines()[1:]}
+    assert rows == {"baseline", "efc"}
+    assert "SYNTHETIC" in (out / "leaderboard.md").read_text()
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["failed"] == [] and summary["seeds"] == 1
+
+
+def test_cost_columns_come_from_the_methods(board):
+    out, _, _ = board
+    baseline = json.loads((out / "runs" / "baseline" / "cost.json").read_text())
+    efc = json.loads((out / "runs" / "efc" / "cost.json").read_text())
+    assert baseline["params"] > 10 * efc["params"]  # ResNet-18 (11 M) against EFC (0.5 M)
+    assert baseline["latency"]["ms"] > 0 and efc["gmacs"] > 0
+
+
+def test_a_finished_run_is_not_trained_again(board):
+    out, args, _ = board
+    metrics = out / "runs" / "efc" / "seed0" / "metrics.json"
+    before = metrics.stat().st_mtime_ns
+    proc = run_cli([*args[:3], "efc", *args[4:]])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "efc seed 0: finished earlier" in proc.stdout
+    assert metrics.stat().st_mtime_ns == before
+
+
+def test_budget_scales_every_epoch_key_and_keeps_null_ones():
+    spec = {"overrides": ["method=drgfer"], "epochs": ["method.epochs", "method.rrn_epochs"]}
+    assert budget_overrides(spec, 0.5, []) == ["method.epochs=4"]  # drgfer: 8 epochs, rrn_epochs null
+    assert budget_overrides(spec, 1.0, []) == []
+    with pytest.raises(UserError):
+        budget_overrides(spec, 0.0, [])
+
+
+def test_later_overrides_replace_earlier_ones_of_the_same_key():
+    assert merge_overrides(["a=1", "b=2"], ["+a=3"]) == ["b=2", "+a=3"]
+
+
+def test_face_side_of_plain_labels_only():
+    assert face_side("x4", 100) == 25.0 and face_side("14px", 100) == 14.0
+    assert face_side("x4+jpeg30", 100) is None
+
+
+def test_unknown_method_stops_with_one_line(tmp_path):
+    proc = run_cli(["scripts/leaderboard.py", "--methods", "nope", "--out", str(tmp_path)])
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "nope" in proc.stderr
