@@ -12,6 +12,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from lrfer.config.schema import parse_auto_bool
 from lrfer.data.cache import load_or_build
 from lrfer.data.datasets import build_adapter
 from lrfer.data.degrade import parse_degradations
@@ -57,12 +58,10 @@ def load_data(cfg: DictConfig) -> FaceData:
 
 def storage_device(cfg: DictConfig, data: FaceData, device: torch.device) -> torch.device:
     """Keep the uint8 images on the training device when they fit (``dataset.on_device``)."""
-    mode = cfg.dataset.on_device
-    if mode not in ("auto", "true", "false"):
-        raise UserError("dataset.on_device must be auto, true or false")
-    if device.type != "cuda" or mode == "false":
-        return device if mode != "false" else torch.device("cpu")
-    if mode == "true":
+    mode = parse_auto_bool(cfg.dataset.on_device, "dataset.on_device")  # None = auto
+    if mode is False:
+        return torch.device("cpu")
+    if device.type != "cuda" or mode is True:
         return device
     nbytes = sum(s.images.numel() for s in data.splits.values())
     total = torch.cuda.get_device_properties(device).total_memory

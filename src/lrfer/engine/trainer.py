@@ -21,6 +21,7 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
+from lrfer.config.schema import resolve_auto_bool
 from lrfer.data.degrade import Degradation, parse_degradations
 from lrfer.data.pipeline import FaceDataModule
 from lrfer.engine import distributed as dist
@@ -101,17 +102,21 @@ class Trainer:
             self.amp_dtype = torch.bfloat16
         elif cfg.precision == "bf16":
             self.amp_dtype = torch.bfloat16  # bf16 autocast on the CPU when asked for explicitly
-        self.channels_last = cfg.channels_last == "true" or (
-            cfg.channels_last == "auto" and device.type == "cuda"
+        self.channels_last = resolve_auto_bool(
+            cfg.channels_last, auto=device.type == "cuda", key="trainer.channels_last"
         )
-        if cfg.channels_last not in ("auto", "true", "false"):
-            raise UserError("trainer.channels_last must be auto, true or false")
         if cfg.monitor not in ("acc", "balanced_acc"):
             raise UserError(f"unknown trainer.monitor {cfg.monitor!r}: choose acc or balanced_acc")
         self.method = method.to(device)
         if self.channels_last:
             self.method = self.method.to(memory_format=torch.channels_last)
         self.model: torch.nn.Module = self.method  # wrapped in DDP per stage under torchrun
+        log.info(
+            "device %s, %s, channels_last=%s",
+            device,
+            "bf16 autocast" if self.amp_dtype is not None else "fp32",
+            str(self.channels_last).lower(),
+        )
         if cfg.compile:
             for child in self.method.children():
                 child.compile()
@@ -133,8 +138,8 @@ class Trainer:
         return batch
 
     def _progress(self, iterable, total: int, desc: str):
-        mode = self.cfg.progress
-        disable = (mode == "off") or (mode == "auto" and not sys.stderr.isatty()) or not dist.is_main()
+        show = resolve_auto_bool(self.cfg.progress, auto=sys.stderr.isatty(), key="trainer.progress")
+        disable = not show or not dist.is_main()
         return tqdm(iterable, total=total, desc=desc, disable=disable, leave=False, dynamic_ncols=True)
 
     def _stage_epochs(self, stage: Stage) -> int:
