@@ -39,12 +39,14 @@ def first_line(err: BaseException) -> str:
 @exit_on_user_error
 def main(overrides: list[str]) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from lrfer.config.validate import validate_config
     from lrfer.engine.run import load_data
 
     register_schemas()
     try:
         with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
             cfg = compose("train", overrides=overrides)
+        validate_config(cfg)
         summary = load_data(cfg).summary()
     except (HydraException, OmegaConfBaseException) as err:
         raise UserError(first_line(err)) from None

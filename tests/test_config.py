@@ -10,6 +10,7 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 
 from lrfer.cli import CONFIG_DIR
 from lrfer.config.schema import auto_bool_keys, parse_auto_bool, resolve_auto_bool
+from lrfer.config.validate import validate_config
 from lrfer.errors import UserError
 
 GROUPS = ["method", "model", "dataset", "trainer", "degrade", "augment", "logger", "paths", "launcher"]
@@ -24,6 +25,7 @@ def test_every_group_option_composes(group, option):
     cfg = compose_cfg(f"{group}={option}")
     OmegaConf.resolve(cfg)  # every interpolation resolves
     assert cfg.seed == 0
+    validate_config(cfg)  # and every value is in range
 
 
 def _experiments() -> list[str]:
@@ -37,6 +39,7 @@ def _experiments() -> list[str]:
 def test_every_experiment_composes(experiment):
     cfg = compose_cfg(f"experiment={experiment}")
     OmegaConf.resolve(cfg)
+    validate_config(cfg)
 
 
 def test_defaults_are_the_quick_start():

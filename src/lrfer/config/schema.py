@@ -124,6 +124,7 @@ class TrainerConfig:
     compile: bool = False
     grad_clip: float | None = None
     resume: bool = False
+    overwrite: bool = False
     monitor: str = "acc"
     restore_best: bool = True
     val_every: int = 1

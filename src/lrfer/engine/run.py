@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lrfer.config.schema import parse_auto_bool
+from lrfer.config.validate import validate_config
 from lrfer.data.cache import load_or_build
 from lrfer.data.datasets import build_adapter
 from lrfer.data.degrade import parse_degradations
@@ -20,6 +21,7 @@ from lrfer.data.faces import FaceData, carve_validation
 from lrfer.data.pipeline import FaceDataModule
 from lrfer.engine import distributed as dist
 from lrfer.engine.checkpoint import write_json
+from lrfer.engine.runfolder import open_run_folder, run_identity
 from lrfer.engine.tblog import RunLogger
 from lrfer.engine.trainer import Trainer, resolve_device
 from lrfer.errors import UserError
@@ -169,6 +171,8 @@ def format_table(metrics: dict, split: str = "test") -> str:
 def run_training(cfg: DictConfig, run_dir: Path | None) -> dict:
     """Train ``cfg.method`` on ``cfg.dataset``, test once at ``degrade.test`` and write ``metrics.json``."""
     t0 = time.perf_counter()
+    validate_config(cfg)
+    open_run_folder(cfg, run_dir)  # refuses to lose a finished run or to resume another one
     parts = build_parts(cfg)
     main = dist.is_main()
     logger = RunLogger(run_dir, enabled=bool(cfg.logger.tensorboard) and main and run_dir is not None)
@@ -183,6 +187,7 @@ def run_training(cfg: DictConfig, run_dir: Path | None) -> dict:
             seed=int(cfg.seed),
             device=parts.device,
             logger=logger,
+            identity=run_identity(cfg),
         )
         if cfg.logger.log_images and main:
             log_sample_faces(logger, parts.datamodule, list(cfg.degrade.test), cfg.logger.num_sample_images)

@@ -29,12 +29,24 @@ from lrfer.engine.checkpoint import load_checkpoint, save_checkpoint
 from lrfer.engine.metrics import confusion_matrix, metrics_from_confusion
 from lrfer.engine.optim import EpochScheduler, build_optimizer
 from lrfer.engine.tblog import RunLogger
-from lrfer.errors import UserError
+from lrfer.errors import ProcessError, UserError
 from lrfer.methods.base import Method, Stage
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_VERSION = 1
+#: What ``last.pt`` must hold to be resumed from.
+RESUME_KEYS = (
+    "version",
+    "stage_index",
+    "epoch",
+    "global_step",
+    "method",
+    "optimizers",
+    "schedulers",
+    "summary",
+    "summaries",
+)
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -84,8 +96,11 @@ class Trainer:
         seed: int,
         device: torch.device,
         logger: RunLogger | None = None,
+        identity: dict | None = None,
     ) -> None:
         self.cfg = cfg
+        #: What a resume must match (method, model, dataset shape), stored in every checkpoint as "config".
+        self.identity = identity
         self.data = data
         self.device = device
         self.seed = seed
@@ -215,10 +230,16 @@ class Trainer:
                 f"trainer.resume=true but {path} does not exist: run once without resume, "
                 "or set hydra.run.dir to the run you want to continue"
             )
-        state = load_checkpoint(path)
+        state = load_checkpoint(path, require=RESUME_KEYS)
         if state.get("version") != CHECKPOINT_VERSION:
             raise UserError(f"{path} was written by another lrfer checkpoint version: cannot resume from it")
-        self.method.load_state_dict(state["method"])
+        try:
+            self.method.load_state_dict(state["method"])
+        except (RuntimeError, KeyError, TypeError) as err:
+            raise UserError(
+                f"{path} does not fit this method ({str(err).splitlines()[0]}): resume with the run's own "
+                "method and model, or train into a new hydra.run.dir"
+            ) from None
         self.global_step = int(state["global_step"])
         self.val_history = list(state.get("val_history", []))
         log.info("resuming from %s (stage %d, epoch %d)", path, state["stage_index"], state["epoch"])
@@ -245,7 +266,9 @@ class Trainer:
         if state is not None:
             for step in stage.steps:
                 optimizers[step].load_state_dict(state["optimizers"][step])
-                schedulers[step].load_state_dict(state["schedulers"][step])
+                rebuilt = schedulers[step].load_state_dict(state["schedulers"][step])
+                if rebuilt:
+                    log.warning("stage %s, step %s: %s", stage.name, step, rebuilt)
             start_epoch = int(state["epoch"])
             summary = StageSummary(**state["summary"])
         log.info("stage %s: %d epochs on %s", stage.name, epochs, [d.label for d in train_degs])
@@ -309,7 +332,7 @@ class Trainer:
                     out = self.model(batch, stage, step)
                 loss = out["loss"]
                 if not torch.isfinite(loss.detach()):
-                    raise UserError(
+                    raise ProcessError(  # may happen on one torchrun rank only: every rank reports it
                         f"the {step} loss of stage {stage.name} became {loss.item()} at epoch {epoch + 1}: "
                         "lower the learning rate (trainer.optimizer.lr) or enable trainer.grad_clip"
                     )
@@ -361,6 +384,7 @@ class Trainer:
                 "score": score,
                 "val": val,
                 "method": self.method.state_dict(),
+                "config": self.identity,
             },
             path,
         )
@@ -373,7 +397,7 @@ class Trainer:
                 self.method.load_state_dict(best)
             return
         dist.barrier()
-        state = load_checkpoint(path)
+        state = load_checkpoint(path, require=("method", "stage_index"))
         if int(state["stage_index"]) == si:
             self.method.load_state_dict(state["method"])
 
@@ -393,6 +417,7 @@ class Trainer:
                 "summary": summary.__dict__,
                 "summaries": [s.__dict__ for s in self.summaries],
                 "val_history": self.val_history,
+                "config": self.identity,
             },
             path,
         )
