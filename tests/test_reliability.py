@@ -26,10 +26,11 @@ from lrfer.data.datasets import build_adapter
 from lrfer.data.datasets.common import decode_image
 from lrfer.data.images import to_square
 from lrfer.engine.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint, write_json
+from lrfer.engine.loading import load_run_config
 from lrfer.engine.optim import EpochScheduler
 from lrfer.engine.run import run_training
 from lrfer.engine.runfolder import open_run_folder, run_identity
-from lrfer.errors import UserError
+from lrfer.errors import UserError, disk_error
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +158,29 @@ def test_a_full_disk_while_writing_is_one_line_and_leaves_no_temporary_file(tmp_
     with pytest.raises(UserError, match=r"cannot write .*last\.pt: no space left on the device"):
         save_checkpoint({"method": {}}, tmp_path / "last.pt")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_inside_torch_save_is_recognised_through_its_wrapped_cause(tmp_path):
+    try:
+        try:
+            raise OSError(27, "File too large")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos") from None
+    except RuntimeError as wrapped:  # what torch.save raises when the file cannot grow
+        err = disk_error(wrapped, tmp_path / "best.pt")
+    assert err is not None and "cannot write" in str(err) and "file size limit" in str(err)
+    assert disk_error(RuntimeError("a bug"), tmp_path / "best.pt") is None
+
+
+def test_evaluate_overrides_are_parsed_as_on_hydras_command_line(base_cfg, tmp_path):
+    run_dir = tmp_path / "run"
+    _finished_run(run_dir, base_cfg)
+    cfg = load_run_config(run_dir, ["trainer.eval_batch_size=64", "degrade.test=[x1,x2]", "+extra='7'"])
+    assert cfg.trainer.eval_batch_size == 64 and list(cfg.degrade.test) == ["x1", "x2"] and cfg.extra == "7"
+    with pytest.raises(UserError, match=r"trainer\.eval_batch_size=0 must be"):
+        load_run_config(run_dir, ["trainer.eval_batch_size=0"])
+    with pytest.raises(UserError, match="cannot read the overrides"):
+        load_run_config(run_dir, ["trainer.eval_batch_size"])
 
 
 def test_written_files_and_cache_folders_respect_the_umask(base_cfg, tmp_path):
