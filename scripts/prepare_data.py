@@ -24,9 +24,12 @@ from lrfer.errors import exit_on_user_error
 @exit_on_user_error
 def main(overrides: list[str]) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from lrfer.config.validate import validate_config
     from lrfer.engine.run import load_data
 
-    summary = load_data(compose_config(overrides)).summary()
+    cfg = compose_config(overrides)
+    validate_config(cfg)
+    summary = load_data(cfg).summary()
     print(json.dumps(summary), flush=True)
     return summary
 

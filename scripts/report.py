@@ -12,6 +12,7 @@ Prints a markdown table (rows = runs, columns = degradations, accuracy in %) and
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from lrfer.errors import UserError, exit_on_user_error
@@ -22,7 +23,9 @@ from lrfer.report.tables import collect_runs, columns_of, markdown_table, read_p
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("dirs", nargs="+", help="run or multirun folders (searched recursively)")
+    parser.add_argument(
+        "dirs", nargs="+", help="run or multirun folders (searched recursively; missing ones are skipped)"
+    )
     parser.add_argument(
         "--out", default=None, help="output prefix for .md/.csv/.png (default: <first dir>/report)"
     )
@@ -35,7 +38,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--title", default="")
     args = parser.parse_args(argv)
 
-    rows = collect_runs(args.dirs, split=args.split, metric=args.metric)
+    dirs = [d for d in args.dirs if Path(d).exists()]
+    for missing in sorted(set(args.dirs) - set(dirs)):  # e.g. multirun/ before any sweep has run
+        print(f"warning: {missing} does not exist: skipped", file=sys.stderr, flush=True)
+    rows = collect_runs(dirs, split=args.split, metric=args.metric)
     if not rows:
         raise UserError(f"no metrics.json found under {', '.join(args.dirs)}")
     paper_rows = [r for p in args.paper for r in read_paper_csv(p)]

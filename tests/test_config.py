@@ -9,6 +9,9 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from lrfer.cli import CONFIG_DIR
+from lrfer.config.schema import auto_bool_keys, parse_auto_bool, resolve_auto_bool
+from lrfer.config.validate import validate_config
+from lrfer.errors import UserError
 
 GROUPS = ["method", "model", "dataset", "trainer", "degrade", "augment", "logger", "paths", "launcher"]
 
@@ -22,6 +25,7 @@ def test_every_group_option_composes(group, option):
     cfg = compose_cfg(f"{group}={option}")
     OmegaConf.resolve(cfg)  # every interpolation resolves
     assert cfg.seed == 0
+    validate_config(cfg)  # and every value is in range
 
 
 def _experiments() -> list[str]:
@@ -35,6 +39,7 @@ def _experiments() -> list[str]:
 def test_every_experiment_composes(experiment):
     cfg = compose_cfg(f"experiment={experiment}")
     OmegaConf.resolve(cfg)
+    validate_config(cfg)
 
 
 def test_defaults_are_the_quick_start():
@@ -72,3 +77,30 @@ def test_unknown_dataset_lists_the_choices():
     proc = run_cli(["train.py", "dataset=nosuchdata"])
     assert proc.returncode != 0
     assert "synthetic" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# -- auto | true | false options (issue 17) --------
+AUTO_BOOL_KEYS = auto_bool_keys()
+
+
+def test_every_documented_auto_bool_option_is_typed_as_one():
+    assert {"trainer.channels_last", "trainer.progress", "dataset.on_device"} <= set(AUTO_BOOL_KEYS)
+
+
+@pytest.mark.parametrize("key", AUTO_BOOL_KEYS)
+@pytest.mark.parametrize("word,expected", [("true", True), ("false", False), ("auto", None), ("null", None)])
+def test_auto_bool_options_take_true_false_and_auto(key, word, expected):
+    cfg = compose_cfg(f"{key}={word}")  # as typed on the command line
+    assert parse_auto_bool(OmegaConf.select(cfg, key), key) is expected
+    group, name = key.split(".", 1)
+    from_yaml = OmegaConf.merge(compose_cfg(), OmegaConf.create(f"{group}:\n  {name}: {word}\n"))
+    assert parse_auto_bool(OmegaConf.select(from_yaml, key), key) is expected  # as written in a YAML file
+    assert resolve_auto_bool(OmegaConf.select(cfg, key), auto=True, key=key) is (
+        True if expected is None else expected
+    )
+
+
+@pytest.mark.parametrize("value", ["maybe", 2, 0.5])
+def test_an_auto_bool_option_refuses_other_values_in_one_line(value):
+    with pytest.raises(UserError, match=r"trainer\.channels_last must be auto, true or false"):
+        parse_auto_bool(value, "trainer.channels_last")

@@ -1,11 +1,23 @@
-"""User-facing errors: one clear line, never a traceback."""
+"""User-facing errors: one clear line, never a traceback.
+
+Exit status of every lrfer command (``python train.py``, ``lrfer-train``, ``lrfer-evaluate``,
+``lrfer-predict`` and the scripts):
+
+- 0: success;
+- 1: a Hydra/config error (a misspelt key, a value of the wrong type, an unknown group option) or a crash;
+- 2: a user error: an invalid value, a missing or corrupt file, a protected run folder, a full disk, ...
+  (one ``error: ...`` line on stderr; for training also in the run's ``train.log``);
+- 130: interrupted (Ctrl-C).
+"""
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 log = logging.getLogger(__name__)
@@ -14,10 +26,53 @@ F = TypeVar("F", bound=Callable)
 
 #: Exit status of a command stopped by a user error (bad option, missing folder, corrupt file, ...).
 USER_ERROR_EXIT_CODE = 2
+#: Exit status Hydra uses for a config error (and Python for a crash).
+CONFIG_ERROR_EXIT_CODE = 1
+
+#: ``errno`` values of a write that failed because of the disk, not because of lrfer.
+_DISK_ERRNOS = {
+    getattr(errno, name): reason
+    for name, reason in (
+        ("ENOSPC", "no space left on the device"),
+        ("EDQUOT", "the disk quota is exceeded"),
+        ("EFBIG", "the file is larger than allowed (a file size limit)"),
+        ("EROFS", "the file system is read-only"),
+        ("EACCES", "permission denied"),
+        ("EPERM", "permission denied"),
+    )
+    if hasattr(errno, name)
+}
 
 
 class UserError(Exception):
     """An error the user caused and can fix: the message says what is wrong and what to do."""
+
+
+class ProcessError(UserError):
+    """A user error that may concern one process only (e.g. its GPU): printed by every torchrun rank.
+
+    Other user errors (an invalid value, a missing dataset) are the same on every rank and printed once,
+    by rank 0.
+    """
+
+
+def disk_error(err: BaseException, path: str | Path, what: str = "write") -> UserError | None:
+    """A :class:`UserError` for a write that failed for want of disk (``err`` or an exception it wraps).
+
+    ``torch.save`` wraps the ``OSError`` of a full disk in a ``RuntimeError``, so the cause and context
+    chain is searched. Returns None when the failure is not a disk problem.
+    """
+    seen = set()
+    cause: BaseException | None = err
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and cause.errno in _DISK_ERRNOS:
+            return UserError(
+                f"cannot {what} {path}: {_DISK_ERRNOS[cause.errno]} ([Errno {cause.errno}]); "
+                "free some space or write elsewhere (hydra.run.dir=..., paths.cache_dir=...)"
+            )
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def exit_on_user_error(fn: F) -> F:
@@ -35,3 +90,18 @@ def exit_on_user_error(fn: F) -> F:
             raise SystemExit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def console_script(main: Callable) -> Callable[[], int]:
+    """The function a ``[project.scripts]`` entry calls: runs ``main()`` and returns exit status 0.
+
+    The wrapper that pip writes passes the return value to ``sys.exit``; ``main`` returns its results
+    (for Python callers), which ``sys.exit`` would print on stderr with status 1.
+    """
+
+    @functools.wraps(main)
+    def entry() -> int:
+        main()
+        return 0
+
+    return entry

@@ -4,7 +4,8 @@
                    [-o dataset.root=/data/rafdb ...]
 
 Writes ``RUN_DIR/eval_<split>.json`` (or ``--out``) with the same per-degradation rows as metrics.json
-and prints the table. metrics.json itself is never modified.
+and prints the table on stdout. metrics.json itself is never modified. ``-o`` overrides are parsed as on
+Hydra's command line (``-o trainer.eval_batch_size=64`` is an int). Exit status: 0 success, 2 a user error.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from lrfer.engine.checkpoint import write_json
 from lrfer.engine.loading import load_method_weights, load_run_config
 from lrfer.engine.run import build_parts, format_table
 from lrfer.engine.trainer import Trainer
-from lrfer.errors import exit_on_user_error
+from lrfer.errors import console_script, exit_on_user_error
 
 
 @exit_on_user_error
@@ -60,6 +61,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"wrote {out}")
     return result
 
+
+#: The ``lrfer-evaluate`` console script: exit status 0 on success (``main`` returns the result).
+cli = console_script(main)
 
 if __name__ == "__main__":
     main()

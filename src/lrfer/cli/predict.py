@@ -2,10 +2,13 @@
 
     lrfer-predict RUN_DIR IMAGE_OR_FOLDER... [--out predictions.csv] [--checkpoint best] [--skip-corrupt]
 
-Each face is preprocessed as the run's method expects: resized (MATLAB bicubic) to the network input
-size, normalised with the dataset's mean and std. Its downsampling factor (native size / face side) is
+Each face is preprocessed as the run's method expects: decoded to 8-bit RGB (16-bit images are scaled, not
+clipped), made square (``--square``: ``crop`` the centred square, the default; ``pad`` onto a black square;
+``stretch`` squashes it), resized (MATLAB bicubic) to the network input size, normalised with the dataset's
+mean and std. Faces shorter than 3 px get a warning. Its downsampling factor (native size / face side) is
 passed to methods that use one; methods that infer the resolution themselves (DRGFER's router) ignore it.
 Columns: path, width, height, factor, prediction, confidence, then one probability per class.
+Exit status: 0 success (results in the CSV and one summary line on stdout), 2 a user error.
 """
 
 from __future__ import annotations
@@ -19,11 +22,15 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from lrfer.config.validate import MIN_FACE_SIDE
 from lrfer.data.degrade import resize_to
+from lrfer.data.images import SQUARE_MODES, to_rgb8, to_square
 from lrfer.engine.loading import load_method_weights, load_run_config
 from lrfer.engine.run import build_method, method_context
 from lrfer.engine.trainer import resolve_device
-from lrfer.errors import UserError, exit_on_user_error
+from lrfer.errors import UserError, console_script, exit_on_user_error
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 
@@ -45,12 +52,23 @@ def list_images(inputs: list[Path]) -> list[Path]:
 
 
 def read_rgb(path: Path) -> torch.Tensor:
-    """uint8 (3, H, W); a :class:`UserError` naming the file when it cannot be decoded."""
+    """uint8 (3, H, W) (16-bit images scaled to 8 bits); a :class:`UserError` naming an unreadable file.
+
+    A face shorter than :data:`~lrfer.config.validate.MIN_FACE_SIDE` px gets a warning.
+    """
     try:
         with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"))
+            arr = np.asarray(to_rgb8(im))
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise UserError(f"cannot read image {path}: {err}") from None
+    if min(arr.shape[:2]) < MIN_FACE_SIDE:
+        log.warning(
+            "%s is %dx%d px: below %d px a face carries no expression, its prediction means little",
+            path,
+            arr.shape[1],
+            arr.shape[0],
+            MIN_FACE_SIDE,
+        )
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)
 
 
@@ -65,6 +83,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument(
         "--skip-corrupt", action="store_true", help="skip unreadable images instead of stopping"
+    )
+    parser.add_argument(
+        "--square", default="crop", choices=SQUARE_MODES, help="non-square images: centre crop, pad, stretch"
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -91,17 +112,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     with torch.inference_mode():
         for start in range(0, len(faces), args.batch_size):
             chunk = faces[start : start + args.batch_size]
+            squares = [to_square(img, args.square) for _, img in chunk]
             images = torch.stack(
                 [
                     resize_to(
-                        img.float()[None].to(device) / 255.0, context.input_size, cfg.degrade.resize_kernel
+                        sq.float()[None].to(device) / 255.0, context.input_size, cfg.degrade.resize_kernel
                     )[0]
-                    for _, img in chunk
+                    for sq in squares
                 ]
             ).clamp(0, 1)
-            sides = torch.tensor(
-                [min(img.shape[-2:]) for _, img in chunk], dtype=torch.float32, device=device
-            )
+            sides = torch.tensor([min(sq.shape[-2:]) for sq in squares], dtype=torch.float32, device=device)
             factor = (context.native_size / sides).clamp(min=1.0)
             probs = method.predict((images - mean) / std, factor=factor).float().softmax(dim=1).cpu()
             for (path, img), p, f in zip(chunk, probs, factor.cpu()):
@@ -123,6 +143,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"classified {len(rows)} faces ({skipped} unreadable skipped) -> {args.out}")
     return rows
 
+
+#: The ``lrfer-predict`` console script: exit status 0 on success (``main`` returns the rows).
+cli = console_script(main)
 
 if __name__ == "__main__":
     main()

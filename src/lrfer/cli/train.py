@@ -1,10 +1,16 @@
-"""``python train.py method=<m> dataset=<d> [key=value ...]``: train, test once, write metrics.json."""
+"""``python train.py method=<m> dataset=<d> [key=value ...]``: train, test once, write metrics.json.
+
+Also installed as ``lrfer-train``. Exit status: 0 success, 1 a Hydra/config error (or a crash), 2 a user
+error (one ``error: ...`` line on stderr, also written to the run's ``train.log``); see :mod:`lrfer.errors`.
+"""
 
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 import tempfile
+import traceback
 from pathlib import Path
 
 import hydra
@@ -12,11 +18,20 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from lrfer.cli import CONFIG_DIR
+from lrfer.cli.guard import report_user_error
 from lrfer.config import register_schemas
 from lrfer.engine.distributed import env_rank
 from lrfer.errors import USER_ERROR_EXIT_CODE, UserError
 
 log = logging.getLogger("lrfer")
+
+
+def log_to_files(level: int, message: str) -> None:
+    """Write a record to the log files only (the run's ``train.log``), not to the console."""
+    record = log.makeRecord(log.name, level, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def _task(cfg: DictConfig) -> float | None:
@@ -31,8 +46,12 @@ def _task(cfg: DictConfig) -> float | None:
         metrics = run_training(cfg, run_dir)
         main_rank = dist.is_main()
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
+        log_to_files(logging.ERROR, f"error: {err}")
+        report_user_error(err)
         sys.exit(USER_ERROR_EXIT_CODE)
+    except Exception:
+        log_to_files(logging.ERROR, "the run crashed:\n" + traceback.format_exc().rstrip())
+        raise
     finally:
         dist.cleanup()
     if main_rank:
@@ -44,12 +63,17 @@ def _task(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     register_schemas()
+    scratch = None
     if env_rank() > 0:
         # torchrun: ranks other than 0 must not create run folders or logs of their own.
         scratch = tempfile.mkdtemp(prefix=f"lrfer-rank{env_rank()}-")
         sys.argv += [f"hydra.run.dir={scratch}", "hydra.output_subdir=null", "hydra/job_logging=disabled"]
     app = hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")(_task)
-    app()
+    try:
+        app()
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -3,14 +3,83 @@
 They are registered in Hydra's ConfigStore under ``schema/<group>/<name>`` and named at the top of each
 YAML file's defaults list, so a misspelt key or a value of the wrong type stops the run at start-up with
 Hydra's one-line message instead of being silently ignored.
+
+``auto | true | false`` options
+-------------------------------
+An option that is either switched on, switched off or left to lrfer (``auto``) is declared with the
+:data:`AutoBool` type and the :func:`auto_bool` field, and read with :func:`resolve_auto_bool`::
+
+    @dataclass
+    class TrainerConfig:
+        sync_bn: AutoBool = auto_bool()          # YAML: ``sync_bn: auto  # auto | true | false``
+
+    enabled = resolve_auto_bool(cfg.trainer.sync_bn, auto=device.type == "cuda", key="trainer.sync_bn")
+
+Hydra parses ``true``/``false`` on the command line (and YAML parses them in files) as booleans, while
+``auto`` stays a word, so the field accepts both kinds: ``true``/``false`` (also ``on``/``off``,
+``yes``/``no``, in any case, and the strings ``'true'``/``'false'``), ``auto`` or ``null`` (both meaning
+auto). Anything else is refused with one line when the config is validated. Never type such an option
+``str`` (``true`` would arrive as ``'True'``) or ``bool`` (``auto`` would be refused). :func:`auto_bool_keys`
+finds every such option in the schemas, so the validation and the tests cover a new one automatically.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass, field
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
+
+from lrfer.errors import UserError
+
+#: The type of an ``auto | true | false`` option: ``True``, ``False``, ``"auto"`` or ``None`` (= auto).
+#: (OmegaConf 2.3 has no union types, so the schema accepts any value and :func:`parse_auto_bool`, run by the
+#: config validation, refuses the rest.)
+AutoBool = Any
+
+_AUTO_BOOL = "lrfer_auto_bool"
+_TRUE_WORDS = ("true", "on", "yes", "1")
+_FALSE_WORDS = ("false", "off", "no", "0")
+
+
+def auto_bool(default: bool | str | None = "auto") -> Any:
+    """A dataclass field for an ``auto | true | false`` option (see the module docstring)."""
+    return field(default=default, metadata={_AUTO_BOOL: True})
+
+
+def parse_auto_bool(value: Any, key: str = "option") -> bool | None:
+    """``True``/``False`` for an explicit choice, ``None`` for auto; :class:`UserError` for anything else."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in ("auto", "null", "none", ""):
+            return None
+        if word in _TRUE_WORDS:
+            return True
+        if word in _FALSE_WORDS:
+            return False
+    raise UserError(f"{key} must be auto, true or false, got {value!r}")
+
+
+def resolve_auto_bool(value: Any, auto: bool, key: str = "option") -> bool:
+    """The effective setting of an ``auto | true | false`` option: ``auto`` (or ``null``) gives ``auto``."""
+    parsed = parse_auto_bool(value, key)
+    return bool(auto) if parsed is None else parsed
+
+
+def _auto_bool_fields(node: type, prefix: str) -> list[str]:
+    hints = typing.get_type_hints(node)
+    keys = []
+    for f in dataclasses.fields(node):
+        if f.metadata.get(_AUTO_BOOL):
+            keys.append(f"{prefix}{f.name}")
+        elif dataclasses.is_dataclass(hints.get(f.name)):
+            keys += _auto_bool_fields(hints[f.name], f"{prefix}{f.name}.")
+    return keys
 
 
 @dataclass
@@ -51,15 +120,16 @@ class TrainerConfig:
     eval_batch_size: int = 256
     device: str = "auto"
     precision: str = "auto"
-    channels_last: str = "auto"
+    channels_last: AutoBool = auto_bool()
     compile: bool = False
     grad_clip: float | None = None
     resume: bool = False
+    overwrite: bool = False
     monitor: str = "acc"
     restore_best: bool = True
     val_every: int = 1
     log_every_n_steps: int = 10
-    progress: str = "auto"
+    progress: AutoBool = auto_bool()
     num_threads: int | None = None
     deterministic: bool = True
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -120,7 +190,7 @@ class DatasetConfig:
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     skip_corrupt: bool = False
-    on_device: str = "auto"
+    on_device: AutoBool = auto_bool()
 
 
 @dataclass
@@ -162,3 +232,14 @@ def register_dataset_schema(name: str, node: type) -> None:
     """Register an adapter's dataset schema (a :class:`DatasetConfig` subclass) under ``schema/dataset``."""
     _SCHEMAS["dataset"][name] = node
     ConfigStore.instance().store(group="schema/dataset", name=name, node=node)
+
+
+def auto_bool_keys() -> list[str]:
+    """Every ``auto | true | false`` option in the schemas, as dotted keys (``trainer.channels_last``)."""
+    import lrfer.data.datasets  # noqa: F401  (adapters register their dataset schemas on import)
+
+    keys: list[str] = []
+    for group, nodes in _SCHEMAS.items():
+        for node in nodes.values():
+            keys += [k for k in _auto_bool_fields(node, f"{group}.") if k not in keys]
+    return keys

@@ -2,30 +2,47 @@
 
 A cache entry is a folder ``<cache_dir>/<dataset>/<key>/`` holding ``<split>_images.npy`` (N, 3, H, W) uint8,
 ``<split>_labels.npy``, optional ``<split>_targets.npy`` and ``manifest.json`` (source fingerprint, class
-names, counts, content hash). ``key`` hashes the adapter's fingerprint (its options and the size and
-modification time of its source files), so the cache is rebuilt exactly when those change. The entry is
-written into a temporary folder and renamed into place, so an interrupted or failed build leaves nothing
-half-written.
+names, counts, content hash, and the size, modification time and CRC-32 of every file). ``key`` hashes the
+adapter's fingerprint (its options and the size and modification time of its source files), so the cache is
+rebuilt exactly when those change.
+
+Nothing in the cache is trusted: every load checks the manifest, the files' sizes, the arrays' shapes, dtypes,
+counts and label range, the stored content hash (labels and a sample of images) and, for every file whose
+modification time is not the one recorded, its CRC-32 (so bytes overwritten in place are found, and an
+unchanged cache costs no full read). A damaged entry is logged in one line and rebuilt.
+
+Writes are safe with several processes building and reading one entry at once (sweep jobs, torchrun ranks):
+an entry is written into a private temporary folder and renamed into place, once. When another process got
+there first the rename fails, and that counts as success (the data are identical); a damaged entry is first
+renamed aside, then deleted. Folders and files get the permissions the umask allows.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
+import secrets
 import shutil
-import tempfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from lrfer.data.faces import FaceData, FaceSplit
+from lrfer.errors import disk_error
 
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
+_CHUNK = 1 << 24
+
+
+class CacheDamaged(Exception):
+    """A cache entry that cannot be used as it is (the message says why); it is rebuilt."""
 
 
 def fingerprint_key(fingerprint: dict) -> str:
@@ -46,16 +63,42 @@ def _content_hash(data: FaceData) -> str:
     return h.hexdigest()
 
 
-def write_cache(path: Path, data: FaceData, fingerprint: dict) -> None:
-    """Write ``data`` to ``path`` atomically (temporary sibling folder, then rename)."""
+def _crc32(path: Path) -> int:
+    crc = 0
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def _file_record(path: Path) -> dict:
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "crc32": _crc32(path)}
+
+
+def _scratch(path: Path, kind: str) -> Path:
+    return path.parent / f".{path.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def write_cache(path: Path, data: FaceData, fingerprint: dict) -> bool:
+    """Write ``data`` to ``path`` once: into a temporary sibling folder, then renamed into place.
+
+    Returns False when another process had already written the entry (the rename found it there): that
+    entry is kept and the copy discarded. A damaged entry must be removed first (:func:`discard_entry`).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp = _scratch(path, "tmp")
+    tmp.mkdir()
     try:
+        files = {}
         for split_name, split in data.splits.items():
-            np.save(tmp / f"{split_name}_images.npy", split.images.cpu().numpy())
-            np.save(tmp / f"{split_name}_labels.npy", split.labels.cpu().numpy())
-            if split.targets is not None:
-                np.save(tmp / f"{split_name}_targets.npy", split.targets.cpu().numpy())
+            arrays = {"images": split.images, "labels": split.labels, "targets": split.targets}
+            for kind, tensor in arrays.items():
+                if tensor is None:
+                    continue
+                name = f"{split_name}_{kind}.npy"
+                np.save(tmp / name, tensor.cpu().numpy())
+                files[name] = _file_record(tmp / name)
         manifest = {
             "format": CACHE_FORMAT,
             "dataset": data.name,
@@ -63,47 +106,119 @@ def write_cache(path: Path, data: FaceData, fingerprint: dict) -> None:
             "splits": {k: len(v) for k, v in data.splits.items()},
             "image_size": list(data.image_size),
             "content_hash": _content_hash(data),
+            "files": files,
             "fingerprint": fingerprint,
             "info": data.info,
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        try:
+            os.rename(tmp, path)
+        except OSError as err:
+            if err.errno in (errno.EEXIST, errno.ENOTEMPTY) or path.is_dir():
+                log.debug("%s was written by another process meanwhile: keeping it", path)
+                shutil.rmtree(tmp, ignore_errors=True)
+                return False
+            raise
+        return True
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
+def discard_entry(path: Path) -> None:
+    """Remove a damaged entry: renamed aside first (atomic, so no reader sees half of it), then deleted."""
+    aside = _scratch(path, "damaged")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return  # another process removed it already
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _check(condition: bool, reason: str) -> None:
+    if not condition:
+        raise CacheDamaged(reason)
+
+
 def read_cache(path: Path) -> FaceData:
-    """Load a cache entry (images memory-mapped, so nothing is read until used)."""
+    """Load and verify a cache entry (images memory-mapped); :class:`CacheDamaged` says what is wrong."""
+    try:
+        return _read_verified(path)
+    except CacheDamaged:
+        raise
+    except Exception as err:  # a truncated .npy, a missing file, a manifest that is not JSON, ...
+        text = " ".join(str(err).split()) or type(err).__name__
+        raise CacheDamaged(f"{type(err).__name__}: {text}") from None
+
+
+def _read_verified(path: Path) -> FaceData:
     manifest = json.loads((path / "manifest.json").read_text())
+    _check(isinstance(manifest, dict), "manifest.json is not a JSON object")
+    _check(manifest.get("format") == CACHE_FORMAT, f"manifest format {manifest.get('format')!r}")
+    counts, class_names, size = manifest["splits"], manifest["class_names"], manifest["image_size"]
+    _check(isinstance(counts, dict) and counts, "manifest.json lists no splits")
+    _check(isinstance(class_names, list) and class_names, "manifest.json lists no classes")
+    _check(isinstance(size, list) and len(size) == 2, "manifest.json has no image size")
+    for name, record in (manifest.get("files") or {}).items():
+        file = path / name
+        st = file.stat()
+        _check(st.st_size == record["size"], f"{name} has {st.st_size} bytes, not {record['size']}")
+        if st.st_mtime_ns != record["mtime_ns"]:  # changed since written: check every byte
+            _check(_crc32(file) == record["crc32"], f"{name} does not match its checksum")
     splits = {}
-    for split_name in manifest["splits"]:
+    for split_name, n in counts.items():
         # Copy-on-write memory map: pages are read from disk when used, nothing is copied up front.
-        images = torch.from_numpy(np.load(path / f"{split_name}_images.npy", mmap_mode="c"))
-        labels = torch.from_numpy(np.load(path / f"{split_name}_labels.npy")).long()
+        images = np.load(path / f"{split_name}_images.npy", mmap_mode="c")
+        labels = np.load(path / f"{split_name}_labels.npy")
+        _check(
+            images.dtype == np.uint8 and images.ndim == 4 and images.shape[0] == n,
+            f"{split_name}_images.npy is {images.dtype} {images.shape}, not {n} uint8 images",
+        )
+        _check(list(images.shape[2:]) == list(size), f"{split_name} images are not {size[0]}x{size[1]}")
+        _check(
+            labels.shape == (n,) and labels.dtype.kind in "iu", f"{split_name}_labels.npy is not {n} labels"
+        )
+        _check(
+            n == 0 or (labels.min() >= 0 and labels.max() < len(class_names)),
+            f"{split_name} labels outside 0..{len(class_names) - 1}",
+        )
         targets_file = path / f"{split_name}_targets.npy"
-        targets = torch.from_numpy(np.load(targets_file)).float() if targets_file.exists() else None
-        splits[split_name] = FaceSplit(images, labels, targets)
-    return FaceData(
-        manifest["dataset"], list(manifest["class_names"]), splits, dict(manifest.get("info", {}))
-    )
+        targets = None
+        if targets_file.exists():
+            targets = torch.from_numpy(np.load(targets_file)).float()
+            _check(targets.shape[0] == n, f"{split_name}_targets.npy does not have {n} rows")
+        splits[split_name] = FaceSplit(torch.from_numpy(images), torch.from_numpy(labels).long(), targets)
+    data = FaceData(manifest["dataset"], list(class_names), splits, dict(manifest.get("info", {})))
+    _check(_content_hash(data) == manifest["content_hash"], "the content hash does not match")
+    return data
 
 
 def load_or_build(adapter, cache_dir: str | Path | None) -> FaceData:
-    """Return the adapter's data from the cache, building the cache first if needed.
+    """Return the adapter's data from the cache, building (or rebuilding) the cache first if needed.
 
-    ``cache_dir=None`` skips the cache (the adapter is decoded every time).
+    ``cache_dir=None`` skips the cache (the adapter is decoded every time). A cache that cannot be written
+    (full disk, read-only folder) is a warning: the decoded data are used without it.
     """
     if cache_dir is None:
         return adapter.load()
     fingerprint = adapter.fingerprint()
     path = cache_path(cache_dir, adapter.name, fingerprint)
-    if (path / "manifest.json").exists():
-        log.info("using cached %s at %s", adapter.name, path)
-        return read_cache(path)
-    log.info("building the %s cache at %s", adapter.name, path)
+    if path.exists():
+        try:
+            data = read_cache(path)
+            log.info("using cached %s at %s", adapter.name, path)
+            return data
+        except CacheDamaged as err:
+            log.warning("the %s cache at %s is damaged (%s): rebuilding it", adapter.name, path, err)
+            discard_entry(path)
+    else:
+        log.info("building the %s cache at %s", adapter.name, path)
     data = adapter.load()
-    write_cache(path, data, fingerprint)
+    try:
+        write_cache(path, data, fingerprint)
+    except OSError as err:
+        problem = disk_error(err, path)
+        if problem is None:
+            raise
+        log.warning("%s; continuing without a cache", problem)
     return data

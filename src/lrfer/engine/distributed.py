@@ -16,7 +16,7 @@ import torch
 import torch.distributed as tdist
 from torch import nn
 
-from lrfer.errors import UserError
+from lrfer.errors import ProcessError
 
 
 def env_world_size() -> int:
@@ -53,7 +53,7 @@ def init_from_env(device: torch.device) -> torch.device:
     if device.type == "cuda":
         local = int(os.environ.get("LOCAL_RANK", "0"))
         if local >= torch.cuda.device_count():
-            raise UserError(
+            raise ProcessError(  # one rank's problem: printed by that rank (lrfer.cli.guard)
                 f"LOCAL_RANK {local} but only {torch.cuda.device_count()} CUDA devices are visible"
             )
         torch.cuda.set_device(local)

@@ -11,19 +11,53 @@ from lrfer.errors import UserError
 from lrfer.methods.base import Method
 
 
+def apply_overrides(cfg: DictConfig, overrides: list[str]) -> None:
+    """Apply ``key=value`` overrides as Hydra's command line does.
+
+    ``64`` is an int, ``[x1,x2]`` a list, ``null`` None, ``'64'`` a string; ``+key=value`` adds and ``~key``
+    deletes. A bad override is a :class:`UserError`.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"cannot read the overrides {' '.join(overrides)}: {first}") from None
+    for override in parsed:
+        key, text = override.key_or_group, override.input_line
+        if override.is_sweep_override():
+            raise UserError(f"override {text}: give one value, not a sweep")
+        value = override.value()
+        if override.is_delete():
+            parent, _, leaf = key.rpartition(".")
+            node = OmegaConf.select(cfg, parent) if parent else cfg
+            if not isinstance(node, DictConfig) or leaf not in node:
+                raise UserError(f"override {text}: {key} is not in the run's config")
+            del node[leaf]
+            continue
+        if isinstance(OmegaConf.select(cfg, key), DictConfig) and not isinstance(value, dict):
+            raise UserError(f"override {text}: {key} is a config group; set its keys ({key}.<key>=...)")
+        OmegaConf.update(cfg, key, value, merge=True)
+
+
 def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> DictConfig:
-    """The config a run was trained with, with ``key=value`` overrides applied (e.g. ``dataset.root=...``)."""
+    """The config a run was trained with, with ``key=value`` overrides applied (e.g. ``dataset.root=...``),
+    parsed as Hydra parses its command line and validated (:func:`lrfer.config.validate.validate_config`).
+    """
+    from lrfer.config.validate import validate_config
+
     run_dir = Path(run_dir)
     path = run_dir / ".hydra" / "config.yaml"
     if not path.is_file():
         raise UserError(f"{run_dir} is not an lrfer run folder: {path} is missing")
-    cfg = OmegaConf.load(path)
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as err:
+        raise UserError(f"cannot read {path}: {' '.join(str(err).split())}") from None
     OmegaConf.set_struct(cfg, False)
-    for item in overrides or []:
-        if "=" not in item:
-            raise UserError(f"cannot read override {item!r}: write key=value")
-        key, value = item.split("=", 1)
-        OmegaConf.update(cfg, key, OmegaConf.create({"v": value}).v if value else None, merge=True)
+    apply_overrides(cfg, overrides or [])
+    validate_config(cfg, warn=False)
     return cfg
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 
 import torch
@@ -34,6 +35,16 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], cfg) -> torch.optim.Op
     raise UserError(f"unknown optimizer {cfg.name!r}: choose one of {', '.join(OPTIMIZERS)}")
 
 
+#: The state entries that fix a schedule's shape; when a resumed run asks for another shape (a longer cosine,
+#: other milestones), the schedule is rebuilt for it instead of continuing the stored one.
+_SHAPE = {
+    "step": ("step_size", "gamma"),
+    "multistep": ("milestones", "gamma"),
+    "exponential": ("gamma",),
+    "cosine": ("T_max", "eta_min"),
+}
+
+
 class EpochScheduler:
     """A torch scheduler stepped once per epoch; ``plateau`` receives the monitored accuracy."""
 
@@ -41,26 +52,32 @@ class EpochScheduler:
         name = cfg.name.lower()
         self.name = name
         self.monitor = cfg.monitor
+        self.optimizer = optimizer
+        self.epochs = epochs
+        self.cfg = cfg
+        self.sched = self._build(optimizer, cfg, epochs)
+
+    def _build(self, optimizer, cfg, epochs: int):
+        name = self.name
         if name == "none":
-            self.sched = None
-        elif name == "step":
-            self.sched = lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
-        elif name == "multistep":
-            self.sched = lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.milestones), gamma=cfg.gamma)
-        elif name == "exponential":
-            self.sched = lr_scheduler.ExponentialLR(optimizer, gamma=cfg.gamma)
-        elif name == "cosine":
-            self.sched = lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs), eta_min=cfg.min_lr)
-        elif name == "plateau":
+            return None
+        if name == "step":
+            return lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+        if name == "multistep":
+            return lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.milestones), gamma=cfg.gamma)
+        if name == "exponential":
+            return lr_scheduler.ExponentialLR(optimizer, gamma=cfg.gamma)
+        if name == "cosine":
+            return lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs), eta_min=cfg.min_lr)
+        if name == "plateau":
             if cfg.monitor not in PLATEAU_MONITORS:
                 raise UserError(
                     f"unknown scheduler.monitor {cfg.monitor!r}: choose one of {', '.join(PLATEAU_MONITORS)}"
                 )
-            self.sched = lr_scheduler.ReduceLROnPlateau(
+            return lr_scheduler.ReduceLROnPlateau(
                 optimizer, mode="max", factor=cfg.factor, patience=cfg.patience, min_lr=cfg.min_lr
             )
-        else:
-            raise UserError(f"unknown scheduler {cfg.name!r}: choose one of {', '.join(SCHEDULERS)}")
+        raise UserError(f"unknown scheduler {cfg.name!r}: choose one of {', '.join(SCHEDULERS)}")
 
     def step(self, val_acc: float | None, train_acc: float | None) -> None:
         if self.sched is None:
@@ -75,6 +92,32 @@ class EpochScheduler:
     def state_dict(self) -> dict:
         return {} if self.sched is None else self.sched.state_dict()
 
-    def load_state_dict(self, state: dict) -> None:
-        if self.sched is not None and state:
+    def load_state_dict(self, state: dict) -> str | None:
+        """Continue a stored schedule. Call after the optimiser's state is loaded.
+
+        When the stored schedule has another shape than this one (a cosine planned for fewer epochs: the run
+        is being extended), the schedule is rebuilt for the new shape and fast-forwarded to the stored epoch
+        instead, and a sentence saying so is returned (None when the stored schedule simply continues).
+        """
+        if self.sched is None or not state:
+            return None
+        fresh = self.sched.state_dict()
+        changed = [k for k in _SHAPE.get(self.name, ()) if k in state and state[k] != fresh.get(k)]
+        if not changed:
             self.sched.load_state_dict(state)
+            return None
+        epoch = int(state.get("last_epoch", 0))
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"]
+        with warnings.catch_warnings():  # stepping without optimizer.step(): only the learning rate moves
+            warnings.simplefilter("ignore", UserWarning)
+            self.sched = self._build(self.optimizer, self.cfg, self.epochs)
+            for _ in range(epoch):
+                self.sched.step()
+        was = ", ".join(f"{k}={state[k]}" for k in changed)
+        now = ", ".join(f"{k}={fresh[k]}" for k in changed)
+        return (
+            f"the {self.name} schedule was stored with {was} and is rebuilt with {now}, fast-forwarded to "
+            f"epoch {epoch}: the epochs already trained followed the old schedule, so this is not the run a "
+            "single training with the new settings would give"
+        )

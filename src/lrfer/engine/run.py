@@ -12,6 +12,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from lrfer.config.schema import parse_auto_bool
+from lrfer.config.validate import validate_config
 from lrfer.data.cache import load_or_build
 from lrfer.data.datasets import build_adapter
 from lrfer.data.degrade import parse_degradations
@@ -19,6 +21,7 @@ from lrfer.data.faces import FaceData, carve_validation
 from lrfer.data.pipeline import FaceDataModule
 from lrfer.engine import distributed as dist
 from lrfer.engine.checkpoint import write_json
+from lrfer.engine.runfolder import open_run_folder, run_identity
 from lrfer.engine.tblog import RunLogger
 from lrfer.engine.trainer import Trainer, resolve_device
 from lrfer.errors import UserError
@@ -57,12 +60,10 @@ def load_data(cfg: DictConfig) -> FaceData:
 
 def storage_device(cfg: DictConfig, data: FaceData, device: torch.device) -> torch.device:
     """Keep the uint8 images on the training device when they fit (``dataset.on_device``)."""
-    mode = cfg.dataset.on_device
-    if mode not in ("auto", "true", "false"):
-        raise UserError("dataset.on_device must be auto, true or false")
-    if device.type != "cuda" or mode == "false":
-        return device if mode != "false" else torch.device("cpu")
-    if mode == "true":
+    mode = parse_auto_bool(cfg.dataset.on_device, "dataset.on_device")  # None = auto
+    if mode is False:
+        return torch.device("cpu")
+    if device.type != "cuda" or mode is True:
         return device
     nbytes = sum(s.images.numel() for s in data.splits.values())
     total = torch.cuda.get_device_properties(device).total_memory
@@ -170,6 +171,8 @@ def format_table(metrics: dict, split: str = "test") -> str:
 def run_training(cfg: DictConfig, run_dir: Path | None) -> dict:
     """Train ``cfg.method`` on ``cfg.dataset``, test once at ``degrade.test`` and write ``metrics.json``."""
     t0 = time.perf_counter()
+    validate_config(cfg)
+    open_run_folder(cfg, run_dir)  # refuses to lose a finished run or to resume another one
     parts = build_parts(cfg)
     main = dist.is_main()
     logger = RunLogger(run_dir, enabled=bool(cfg.logger.tensorboard) and main and run_dir is not None)
@@ -184,6 +187,7 @@ def run_training(cfg: DictConfig, run_dir: Path | None) -> dict:
             seed=int(cfg.seed),
             device=parts.device,
             logger=logger,
+            identity=run_identity(cfg),
         )
         if cfg.logger.log_images and main:
             log_sample_faces(logger, parts.datamodule, list(cfg.degrade.test), cfg.logger.num_sample_images)

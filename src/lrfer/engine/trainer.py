@@ -21,6 +21,7 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
+from lrfer.config.schema import resolve_auto_bool
 from lrfer.data.degrade import Degradation, parse_degradations
 from lrfer.data.pipeline import FaceDataModule
 from lrfer.engine import distributed as dist
@@ -28,12 +29,24 @@ from lrfer.engine.checkpoint import load_checkpoint, save_checkpoint
 from lrfer.engine.metrics import confusion_matrix, metrics_from_confusion
 from lrfer.engine.optim import EpochScheduler, build_optimizer
 from lrfer.engine.tblog import RunLogger
-from lrfer.errors import UserError
+from lrfer.errors import ProcessError, UserError
 from lrfer.methods.base import Method, Stage
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_VERSION = 1
+#: What ``last.pt`` must hold to be resumed from.
+RESUME_KEYS = (
+    "version",
+    "stage_index",
+    "epoch",
+    "global_step",
+    "method",
+    "optimizers",
+    "schedulers",
+    "summary",
+    "summaries",
+)
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -83,8 +96,11 @@ class Trainer:
         seed: int,
         device: torch.device,
         logger: RunLogger | None = None,
+        identity: dict | None = None,
     ) -> None:
         self.cfg = cfg
+        #: What a resume must match (method, model, dataset shape), stored in every checkpoint as "config".
+        self.identity = identity
         self.data = data
         self.device = device
         self.seed = seed
@@ -101,17 +117,21 @@ class Trainer:
             self.amp_dtype = torch.bfloat16
         elif cfg.precision == "bf16":
             self.amp_dtype = torch.bfloat16  # bf16 autocast on the CPU when asked for explicitly
-        self.channels_last = cfg.channels_last == "true" or (
-            cfg.channels_last == "auto" and device.type == "cuda"
+        self.channels_last = resolve_auto_bool(
+            cfg.channels_last, auto=device.type == "cuda", key="trainer.channels_last"
         )
-        if cfg.channels_last not in ("auto", "true", "false"):
-            raise UserError("trainer.channels_last must be auto, true or false")
         if cfg.monitor not in ("acc", "balanced_acc"):
             raise UserError(f"unknown trainer.monitor {cfg.monitor!r}: choose acc or balanced_acc")
         self.method = method.to(device)
         if self.channels_last:
             self.method = self.method.to(memory_format=torch.channels_last)
         self.model: torch.nn.Module = self.method  # wrapped in DDP per stage under torchrun
+        log.info(
+            "device %s, %s, channels_last=%s",
+            device,
+            "bf16 autocast" if self.amp_dtype is not None else "fp32",
+            str(self.channels_last).lower(),
+        )
         if cfg.compile:
             for child in self.method.children():
                 child.compile()
@@ -133,8 +153,8 @@ class Trainer:
         return batch
 
     def _progress(self, iterable, total: int, desc: str):
-        mode = self.cfg.progress
-        disable = (mode == "off") or (mode == "auto" and not sys.stderr.isatty()) or not dist.is_main()
+        show = resolve_auto_bool(self.cfg.progress, auto=sys.stderr.isatty(), key="trainer.progress")
+        disable = not show or not dist.is_main()
         return tqdm(iterable, total=total, desc=desc, disable=disable, leave=False, dynamic_ncols=True)
 
     def _stage_epochs(self, stage: Stage) -> int:
@@ -210,10 +230,16 @@ class Trainer:
                 f"trainer.resume=true but {path} does not exist: run once without resume, "
                 "or set hydra.run.dir to the run you want to continue"
             )
-        state = load_checkpoint(path)
+        state = load_checkpoint(path, require=RESUME_KEYS)
         if state.get("version") != CHECKPOINT_VERSION:
             raise UserError(f"{path} was written by another lrfer checkpoint version: cannot resume from it")
-        self.method.load_state_dict(state["method"])
+        try:
+            self.method.load_state_dict(state["method"])
+        except (RuntimeError, KeyError, TypeError) as err:
+            raise UserError(
+                f"{path} does not fit this method ({str(err).splitlines()[0]}): resume with the run's own "
+                "method and model, or train into a new hydra.run.dir"
+            ) from None
         self.global_step = int(state["global_step"])
         self.val_history = list(state.get("val_history", []))
         log.info("resuming from %s (stage %d, epoch %d)", path, state["stage_index"], state["epoch"])
@@ -240,7 +266,9 @@ class Trainer:
         if state is not None:
             for step in stage.steps:
                 optimizers[step].load_state_dict(state["optimizers"][step])
-                schedulers[step].load_state_dict(state["schedulers"][step])
+                rebuilt = schedulers[step].load_state_dict(state["schedulers"][step])
+                if rebuilt:
+                    log.warning("stage %s, step %s: %s", stage.name, step, rebuilt)
             start_epoch = int(state["epoch"])
             summary = StageSummary(**state["summary"])
         log.info("stage %s: %d epochs on %s", stage.name, epochs, [d.label for d in train_degs])
@@ -304,7 +332,7 @@ class Trainer:
                     out = self.model(batch, stage, step)
                 loss = out["loss"]
                 if not torch.isfinite(loss.detach()):
-                    raise UserError(
+                    raise ProcessError(  # may happen on one torchrun rank only: every rank reports it
                         f"the {step} loss of stage {stage.name} became {loss.item()} at epoch {epoch + 1}: "
                         "lower the learning rate (trainer.optimizer.lr) or enable trainer.grad_clip"
                     )
@@ -356,6 +384,7 @@ class Trainer:
                 "score": score,
                 "val": val,
                 "method": self.method.state_dict(),
+                "config": self.identity,
             },
             path,
         )
@@ -368,7 +397,7 @@ class Trainer:
                 self.method.load_state_dict(best)
             return
         dist.barrier()
-        state = load_checkpoint(path)
+        state = load_checkpoint(path, require=("method", "stage_index"))
         if int(state["stage_index"]) == si:
             self.method.load_state_dict(state["method"])
 
@@ -388,6 +417,7 @@ class Trainer:
                 "summary": summary.__dict__,
                 "summaries": [s.__dict__ for s in self.summaries],
                 "val_history": self.val_history,
+                "config": self.identity,
             },
             path,
         )

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from lrfer.data.datasets.base import DatasetAdapter
 from lrfer.data.faces import SPLITS, FaceData, FaceSplit, stratified_split
+from lrfer.data.images import to_rgb8
 from lrfer.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -208,8 +209,7 @@ def to_face_array(image: Image.Image, size: int, crop: Box | None = None) -> np.
                 f"the face box {crop} is empty inside the {image.size[0]}x{image.size[1]} image"
             )
         image = image.crop(box)
-    if image.mode != "RGB":
-        image = image.convert("RGB")
+    image = to_rgb8(image)  # 16-bit grey scaled to 8 bits, not clipped to white
     if image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BICUBIC)
     return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)

@@ -1,0 +1,234 @@
+"""The single validation pass over a composed config: values the schemas' types cannot check.
+
+The schemas (``lrfer.config.schema``) check keys and types when Hydra composes the config; this pass checks
+ranges and choices (a negative learning rate, a probability of 2, a validation fraction of 1.5, an unknown
+optimiser, an ``auto | true | false`` option set to something else, impossible degradations) right after
+composition, before anything is built or written. Every problem found is reported at once, in one line
+(a :class:`~lrfer.errors.UserError`). Values that are legal but degenerate (a 1-pixel face made by
+``x1000``, a single class, a learning rate of 0) are logged as warnings.
+
+``python train.py`` runs it before Hydra creates the run folder (:mod:`lrfer.cli.guard`) and again at the
+start of :func:`lrfer.engine.run.run_training`; ``lrfer-evaluate``, ``lrfer-predict`` and the scripts
+run it on the run's config with their overrides. A key that a config does not have (an old run's config,
+a method without ``label_smoothing``) is skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from lrfer.config.schema import auto_bool_keys, parse_auto_bool
+from lrfer.errors import UserError
+
+log = logging.getLogger(__name__)
+
+#: Below this side (pixels) a face carries no expression: degradations that go lower get a warning.
+MIN_FACE_SIDE = 3
+
+_MISSING = object()
+
+
+def _get(cfg: DictConfig, key: str) -> Any:
+    try:
+        return OmegaConf.select(cfg, key, default=_MISSING, throw_on_missing=True)
+    except Exception:  # a mandatory value left unset, or an interpolation that does not resolve: not ours
+        return _MISSING
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class _Checker:
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg = cfg
+        self.errors: list[str] = []
+        self.warnings: list[str] = []
+
+    def check(self, key: str, ok: Callable[[Any], bool], what: str, *, optional: bool = False) -> Any:
+        """Record ``key=<value> <what>`` unless ``ok(value)``; ``optional``: null is allowed."""
+        value = _get(self.cfg, key)
+        if value is _MISSING or (optional and value is None):
+            return None
+        try:
+            good = ok(value)
+        except (TypeError, ValueError):
+            good = False
+        if not good:
+            shown = OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
+            self.errors.append(f"{key}={shown} {what}")
+            return None
+        return value
+
+    def at_least(self, key: str, low: float, *, optional: bool = False, integer: bool = False) -> Any:
+        kind = "an integer" if integer else "a number"
+        return self.check(
+            key,
+            lambda v: _number(v) and v >= low and (not integer or float(v).is_integer()),
+            f"must be {kind} >= {low:g}" + (" (or null)" if optional else ""),
+            optional=optional,
+        )
+
+    def above(self, key: str, low: float, *, optional: bool = False) -> Any:
+        return self.check(
+            key,
+            lambda v: _number(v) and v > low,
+            f"must be > {low:g}" + (" (or null)" if optional else ""),
+            optional=optional,
+        )
+
+    def between(self, key: str, low: float, high: float, *, high_open: bool = False) -> Any:
+        closing = ")" if high_open else "]"
+        return self.check(
+            key,
+            lambda v: _number(v) and low <= v and (v < high if high_open else v <= high),
+            f"must be in [{low:g}, {high:g}{closing}",
+        )
+
+    def choice(self, key: str, choices: tuple[str, ...], *, any_case: bool = False) -> Any:
+        return self.check(
+            key,
+            lambda v: isinstance(v, str) and (v.lower() if any_case else v) in choices,
+            f"must be one of {', '.join(choices)}",
+        )
+
+
+def validate_config(cfg: DictConfig, *, warn: bool = True) -> list[str]:
+    """Check the values of a composed config; raise one :class:`UserError` listing every problem.
+
+    Returns the warnings (degenerate but legal values), which are also logged when ``warn``.
+    """
+    from lrfer.data.degrade import KERNELS
+    from lrfer.engine.optim import OPTIMIZERS, PLATEAU_MONITORS, SCHEDULERS
+    from lrfer.engine.trainer import PRECISIONS
+
+    c = _Checker(cfg)
+    # -- auto | true | false options --------
+    for key in auto_bool_keys():
+        value = _get(cfg, key)
+        if value is not _MISSING:
+            try:
+                parse_auto_bool(value, key)
+            except UserError as err:
+                c.errors.append(str(err))
+    # -- trainer --------
+    t = "trainer."
+    c.at_least(t + "max_epochs", 1, optional=True, integer=True)
+    for key in ("batch_size", "eval_batch_size", "val_every", "log_every_n_steps"):
+        c.at_least(t + key, 1, integer=True)
+    c.at_least(t + "num_threads", 1, optional=True, integer=True)
+    c.above(t + "grad_clip", 0, optional=True)
+    c.choice(t + "precision", PRECISIONS)
+    c.choice(t + "monitor", ("acc", "balanced_acc"))
+    c.check(
+        t + "device",
+        lambda v: isinstance(v, str) and (v in ("auto", "cpu", "cuda") or v.startswith("cuda:")),
+        "must be auto, cpu, cuda or cuda:<index>",
+    )
+    o = t + "optimizer."
+    c.choice(o + "name", OPTIMIZERS, any_case=True)
+    lr = c.at_least(o + "lr", 0)
+    if lr == 0:
+        c.warnings.append(f"{o}lr=0: the weights will not change")
+    c.at_least(o + "weight_decay", 0)
+    c.between(o + "momentum", 0, 1, high_open=True)
+    c.above(o + "eps", 0)
+    c.check(
+        o + "betas",
+        lambda v: len(v) == 2 and all(_number(b) and 0 <= b < 1 for b in v),
+        "must be two numbers in [0, 1)",
+    )
+    s = t + "scheduler."
+    c.choice(s + "name", SCHEDULERS, any_case=True)
+    c.choice(s + "monitor", PLATEAU_MONITORS)
+    c.at_least(s + "step_size", 1, integer=True)
+    c.above(s + "gamma", 0)
+    c.at_least(s + "patience", 0, integer=True)
+    c.check(s + "factor", lambda v: _number(v) and 0 < v < 1, "must be in (0, 1)")
+    c.at_least(s + "min_lr", 0)
+    c.check(s + "milestones", lambda v: all(_number(m) and m >= 1 for m in v), "must be epochs >= 1")
+    # -- method --------
+    c.between("method.label_smoothing", 0, 1, high_open=True)
+    c.at_least("method.epochs", 1, integer=True)
+    # -- dataset --------
+    d = "dataset."
+    num_classes = c.at_least(d + "num_classes", 1, integer=True)
+    if num_classes == 1:
+        c.warnings.append("dataset.num_classes=1: a single class makes every accuracy 100%")
+    names = _get(cfg, d + "class_names")
+    if num_classes and isinstance(names, (list, ListConfig)) and len(names) < num_classes:
+        c.errors.append(f"dataset.num_classes={num_classes} but dataset.class_names has {len(names)} names")
+    image_size = c.at_least(d + "image_size", 1, integer=True)
+    if image_size is not None and image_size < 2 * MIN_FACE_SIDE:
+        c.warnings.append(f"dataset.image_size={image_size}: faces this small carry little expression")
+    c.check(
+        d + "val_fraction",
+        lambda v: _number(v) and 0 < v < 1,
+        "must be in (0, 1): the share of train held out",
+    )
+    c.choice(d + "sampler", ("random", "balanced"))
+    for key in ("num_train", "num_val", "num_test"):
+        c.at_least(d + key, 0, integer=True)
+    for key in ("mean", "std"):
+        c.check(d + key, lambda v: len(v) in (1, 3) and all(_number(x) for x in v), "must be 1 or 3 numbers")
+    c.check(d + "std", lambda v: all(x > 0 for x in v), "must be > 0")
+    # -- augment --------
+    a = "augment."
+    for key in ("hflip", "erase_p", "blur_p", "translate"):
+        c.between(a + key, 0, 1)
+    for key in ("rotate", "brightness", "contrast", "saturation", "blur_sigma_max"):
+        c.at_least(a + key, 0)
+    low, high = c.above(a + "scale_min", 0), c.above(a + "scale_max", 0)
+    if low is not None and high is not None and low > high:
+        c.errors.append(f"augment.scale_min={low} must not exceed augment.scale_max={high}")
+    low, high = c.between(a + "erase_area_min", 0, 1), c.between(a + "erase_area_max", 0, 1)
+    if low is not None and high is not None and low > high:
+        c.errors.append(f"augment.erase_area_min={low} must not exceed augment.erase_area_max={high}")
+    # -- degrade --------
+    g = "degrade."
+    c.choice(g + "train_mode", ("random", "all"))
+    c.choice(g + "kernel", KERNELS)
+    c.choice(g + "resize_kernel", (*KERNELS, "nearest"))
+    c.at_least(g + "input_size", 1, optional=True, integer=True)
+    _check_degradations(c, image_size)
+    # -- logger --------
+    c.at_least("logger.num_sample_images", 0, integer=True)
+
+    if c.errors:
+        raise UserError("; ".join(c.errors))
+    if warn:
+        for message in c.warnings:
+            log.warning("%s", message)
+    return c.warnings
+
+
+def _check_degradations(c: _Checker, image_size: int | None) -> None:
+    from lrfer.data.degrade import parse_degradations
+
+    for part in ("train", "val", "test"):
+        labels = _get(c.cfg, f"degrade.{part}")
+        if labels is _MISSING or (labels is None and part == "val"):
+            continue
+        try:
+            degs = parse_degradations(list(labels) if isinstance(labels, (list, ListConfig)) else labels)
+        except UserError as err:
+            c.errors.append(f"degrade.{part}: {err}")
+            continue
+        if not image_size:
+            continue
+        for deg in degs:
+            try:
+                side = min(deg.output_size(image_size, image_size))
+            except UserError as err:
+                c.errors.append(f"degrade.{part}: {err}")
+                continue
+            if side < MIN_FACE_SIDE:
+                c.warnings.append(
+                    f"degradation {deg.label} turns the {image_size}-px faces into {side}x{side} px "
+                    f"(below {MIN_FACE_SIDE} px a face carries no expression)"
+                )
