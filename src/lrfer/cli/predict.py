@@ -6,6 +6,9 @@ Each face is preprocessed as the run's method expects: resized (MATLAB bicubic) 
 size, normalised with the dataset's mean and std. Its downsampling factor (native size / face side) is
 passed to methods that use one; methods that infer the resolution themselves (DRGFER's router) ignore it.
 Columns: path, width, height, factor, prediction, confidence, then one probability per class.
+
+With ``--detect`` the inputs are photos: every face is detected, cropped and classified, one CSV row per
+face, and ``--annotate DIR`` draws them (see :mod:`lrfer.detect.photos`; needs ``pip install 'lrfer[faces]'``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from lrfer.data.degrade import resize_to
+from lrfer.detect import photos
 from lrfer.engine.loading import load_method_weights, load_run_config
 from lrfer.engine.run import build_method, method_context
 from lrfer.engine.trainer import resolve_device
@@ -66,7 +70,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument(
         "--skip-corrupt", action="store_true", help="skip unreadable images instead of stopping"
     )
+    photos.add_arguments(parser)
     args = parser.parse_args(argv)
+    photos.check_arguments(args)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     cfg = load_run_config(args.run_dir)
@@ -77,6 +83,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     method.to(device).eval()
     mean = torch.tensor(list(cfg.dataset.mean), device=device).view(1, -1, 1, 1)
     std = torch.tensor(list(cfg.dataset.std), device=device).view(1, -1, 1, 1)
+    if args.detect:
+        return photos.predict_photos(args, cfg, context, method, device, list_images(args.inputs))
 
     faces, skipped = [], 0
     for path in list_images(args.inputs):

@@ -56,6 +56,8 @@ def write_cache(path: Path, data: FaceData, fingerprint: dict) -> None:
             np.save(tmp / f"{split_name}_labels.npy", split.labels.cpu().numpy())
             if split.targets is not None:
                 np.save(tmp / f"{split_name}_targets.npy", split.targets.cpu().numpy())
+        for name, text in data.files.items():  # e.g. crop_boxes.csv of dataset.crop=detect
+            (tmp / name).write_text(text)
         manifest = {
             "format": CACHE_FORMAT,
             "dataset": data.name,
