@@ -45,14 +45,15 @@ def head(height: int, mirror: bool = False) -> tuple[np.ndarray, tuple[float, fl
 def background(width: int, height: int) -> np.ndarray:
     """A soft colour gradient (no structure a detector could take for a face)."""
     yy, xx = np.mgrid[0:height, 0:width]
-    return np.stack(
-        [150 + 40 * xx / width, 160 + 30 * yy / height, 170 - 20 * xx / width], axis=-1
-    ).astype(np.uint8)
+    return np.stack([150 + 40 * xx / width, 160 + 30 * yy / height, 170 - 20 * xx / width], axis=-1).astype(
+        np.uint8
+    )
 
 
 def group_photo(sizes: Sequence[int] = (24, 48, 96), gap: int = 30) -> tuple[np.ndarray, np.ndarray]:
     """A "group photo": the astronaut's head pasted side by side with faces ``sizes`` px tall on a plain
-    background. Returns the RGB uint8 (H, W, 3) canvas and the face boxes (N, 4) [left, top, width, height]."""
+    background. Returns the RGB uint8 (H, W, 3) canvas and the face boxes (N, 4), [left, top, width,
+    height]."""
     heads = [head(s) for s in sizes]
     width = gap + sum(p.shape[1] + gap for p, _ in heads)
     height = max(p.shape[0] for p, _ in heads) + 2 * gap
@@ -88,7 +89,8 @@ KDEF_VIEWS = (("S", 250, (281, 330), False), ("HL", 220, (250, 360), True), ("FR
 
 def write_kdef_photos(root, subjects=("F01", "M01"), expressions=("AF", "HA", "NE"), empty: int = 2):
     """``root/KDEF/<A><subject>/<stem>.JPG`` portraits of the real face, plus ``empty`` pictures with no face
-    (named as KDEF names them, angle S, expression SU). Returns (dataset.root, {file name: face box or None})."""
+    (named as KDEF names them, angle S, expression SU). Returns (dataset.root, {file name: face box or
+    None})."""
     from pathlib import Path
 
     truth: dict = {}

@@ -12,8 +12,8 @@ import sys
 import numpy as np
 import pytest
 from conftest import REPO, compose_cfg
-from PIL import Image
 from photo_fixtures import background, group_photo, head, write_kdef_photos
+from PIL import Image
 
 from lrfer.detect import HaarDetector, YuNetDetector, box_iou, build_detector, crop_box
 from lrfer.detect.detectors import import_cv2
@@ -68,7 +68,9 @@ def test_yunet_maps_its_faces_back_to_the_photo(monkeypatch, tmp_path):
             faces[:, 14] = [0.7, 0.95, 0.9]
             return 1, faces
 
-    monkeypatch.setattr(cv2, "FaceDetectorYN", type("YN", (), {"create": staticmethod(lambda *a: FakeYuNet())}))
+    monkeypatch.setattr(
+        cv2, "FaceDetectorYN", type("YN", (), {"create": staticmethod(lambda *a: FakeYuNet())})
+    )
     model = tmp_path / "yunet.onnx"
     model.write_bytes(b"onnx")
     detector = build_detector({"model": str(model), "min_face": 24})
@@ -89,7 +91,9 @@ def test_crop_box_is_a_square_with_margin_kept_inside_the_photo():
 
 # -- lrfer-predict --detect --------
 def load_predict():
-    spec = importlib.util.spec_from_file_location("predict_cli", REPO / "src" / "lrfer" / "cli" / "predict.py")
+    spec = importlib.util.spec_from_file_location(
+        "predict_cli", REPO / "src" / "lrfer" / "cli" / "predict.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -103,7 +107,17 @@ def test_predict_detect_classifies_every_face_and_draws_them(trained_run, canvas
     Image.fromarray(background(120, 90)).save(photos / "wall.png")  # a photo without a face
     (photos / "broken.jpg").write_bytes(b"not an image")
     out, ann = tmp_path / "faces.csv", tmp_path / "annotated"
-    argv = [str(trained_run), str(photos), "--detect", "--annotate", str(ann), "--out", str(out), "--device", "cpu"]
+    argv = [
+        str(trained_run),
+        str(photos),
+        "--detect",
+        "--annotate",
+        str(ann),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+    ]
     load_predict().main(argv)
     printed = capsys.readouterr()
     assert "found 3 faces in 2 photos (1 without a face, 1 skipped)" in printed.out
@@ -121,7 +135,10 @@ def test_predict_detect_classifies_every_face_and_draws_them(trained_run, canvas
         assert f"p_{r['prediction']}" in r and float(r["confidence"]) == float(r[f"p_{r['prediction']}"])
 
     drawn = np.asarray(Image.open(ann / "canvas_faces.png").convert("RGB"))
-    assert drawn.shape == image.shape and sorted(p.name for p in ann.iterdir()) == ["canvas_faces.png", "wall_faces.png"]
+    assert drawn.shape == image.shape and sorted(p.name for p in ann.iterdir()) == [
+        "canvas_faces.png",
+        "wall_faces.png",
+    ]
     changed = (drawn != image).any(axis=-1)
     for x, y, w, h in boxes.astype(int):  # the box outline is drawn, the face inside is left as it was
         assert changed[y + h // 2, x : x + 2].all() and not changed[y + h // 2, x + w // 2]
@@ -133,7 +150,11 @@ def test_predict_skips_a_photo_over_max_pixels_and_annotate_needs_detect(trained
     base = [str(trained_run), str(tmp_path / "big.png"), "--out", str(tmp_path / "p.csv"), "--device", "cpu"]
     predict.main([*base, "--detect", "--max-pixels", "1000"])
     printed = capsys.readouterr()
-    assert "big.png: " in printed.err and "--max-pixels=1000" in printed.err and "0 faces in 0 photos" in printed.out
+    assert (
+        "big.png: " in printed.err
+        and "--max-pixels=1000" in printed.err
+        and "0 faces in 0 photos" in printed.out
+    )
     with pytest.raises(SystemExit) as exit_:
         predict.main([*base, "--annotate", str(tmp_path / "a")])
     assert exit_.value.code == 2 and "add --detect" in capsys.readouterr().err
@@ -170,7 +191,7 @@ def test_kdef_crop_detect_crops_every_found_face_and_skips_pictures_without_one(
     fixed = load_dataset(root, tmp_path, "dataset=kdef", "dataset.crop=fixed", "dataset.num_folds=2")
     assert fixed.info["crop"] == {"mode": "fixed"} and sum(len(s) for s in fixed.splits.values()) == 8
     assert len(list((tmp_path / "cache" / "kdef").iterdir())) == 2  # the crop mode is part of the cache key
-    with pytest.raises(UserError, match="dataset.crop"):
+    with pytest.raises(UserError, match=r"dataset\.crop"):
         load_dataset(root, tmp_path, "dataset=kdef", "dataset.crop=guess", "dataset.num_folds=2")
 
 
@@ -188,15 +209,19 @@ def test_expw_crop_detect_keeps_labelled_faces_the_detector_confirms(tmp_path):
     Image.fromarray(photo).save(tmp_path / "expw" / "image" / "origin" / "group.jpg", quality=92)
     (tmp_path / "expw" / "label").mkdir()
     (tmp_path / "expw" / "label" / "label.lst").write_text("\n".join(lines) + "\n")
-    data = load_dataset(tmp_path / "expw", tmp_path, "dataset=expw", "dataset.crop=detect", "dataset.test_fraction=0.5")
+    data = load_dataset(
+        tmp_path / "expw", tmp_path, "dataset=expw", "dataset.crop=detect", "dataset.test_fraction=0.5"
+    )
     assert (data.info["crop"]["detected"], data.info["crop"]["not_found"]) == (2, 1)
     (entry,) = (tmp_path / "cache" / "expw").iterdir()
     rows = list(csv.DictReader((entry / "crop_boxes.csv").open()))
     assert [r["label"] for r in rows if r["status"] == "not_found"] == ["6"]
     found = sorted((r for r in rows if r["status"] == "detected"), key=lambda r: int(r["left"]))
-    for r, (x, y, w, h) in zip(found, faces, strict=True):
+    for r, (x, _, w, h) in zip(found, faces, strict=True):
         side = int(r["bottom"]) - int(r["top"])
-        assert abs((int(r["left"]) + int(r["right"])) / 2 - (x + w / 2)) < 0.15 * h and 1.1 * h < side < 1.8 * h
+        assert (
+            abs((int(r["left"]) + int(r["right"])) / 2 - (x + w / 2)) < 0.15 * h and 1.1 * h < side < 1.8 * h
+        )
 
 
 def test_prepare_data_reports_crops_and_skips(tmp_path, capsys):

@@ -8,7 +8,7 @@ passed to methods that use one; methods that infer the resolution themselves (DR
 Columns: path, width, height, factor, prediction, confidence, then one probability per class.
 
 With ``--detect`` the inputs are photos: every face is detected, cropped and classified, one CSV row per
-face, and ``--annotate DIR`` draws them (see :mod:`lrfer.detect.photos`; needs ``pip install 'lrfer[faces]'``).
+face, and ``--annotate DIR`` draws them (:mod:`lrfer.detect.photos`; needs ``pip install 'lrfer[faces]'``).
 """
 
 from __future__ import annotations

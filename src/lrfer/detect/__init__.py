@@ -13,4 +13,12 @@ from lrfer.detect.detectors import (
     crop_box,
 )
 
-__all__ = ["DetectorConfig", "FaceDetector", "HaarDetector", "YuNetDetector", "box_iou", "build_detector", "crop_box"]
+__all__ = [
+    "DetectorConfig",
+    "FaceDetector",
+    "HaarDetector",
+    "YuNetDetector",
+    "box_iou",
+    "build_detector",
+    "crop_box",
+]

@@ -83,7 +83,7 @@ def import_cv2():
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box of ``a`` (N, 4) with every box of ``b`` (M, 4), both ``[left, top, width, height]``."""
+    """IoU of every box of ``a`` (N, 4) with every box of ``b`` (M, 4), as ``[left, top, width, height]``."""
     a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
     left = np.maximum(a[:, None, 0], b[None, :, 0])
     top = np.maximum(a[:, None, 1], b[None, :, 1])
@@ -146,7 +146,11 @@ class HaarDetector:
                 f"{scale_factor}, {min_neighbors}"
             )
         self.cv2 = cv2
-        self.min_face, self.scale_factor, self.min_neighbors = int(min_face), float(scale_factor), min_neighbors
+        self.min_face, self.scale_factor, self.min_neighbors = (
+            int(min_face),
+            float(scale_factor),
+            min_neighbors,
+        )
         self.frontal = self._load(self.FRONTAL)
         self.profile = self._load(self.PROFILE) if profile else None
 
@@ -154,7 +158,9 @@ class HaarDetector:
         path = Path(self.cv2.data.haarcascades) / name
         cascade = self.cv2.CascadeClassifier(str(path))
         if cascade.empty():
-            raise UserError(f"detector: cannot load OpenCV's cascade {path}; reinstall opencv-python-headless")
+            raise UserError(
+                f"detector: cannot load OpenCV's cascade {path}; reinstall opencv-python-headless"
+            )
         return cascade
 
     def _run(self, cascade, grey, scale: float, lo: float, hi: float | None, mirror: bool, strict: int = 0):
@@ -163,7 +169,11 @@ class HaarDetector:
         max_size = (0, 0) if hi is None else (math.ceil(hi * scale),) * 2
         img = grey[:, ::-1].copy() if mirror else grey
         found, hits = cascade.detectMultiScale2(
-            img, self.scale_factor, self.min_neighbors + strict, minSize=(min_size, min_size), maxSize=max_size
+            img,
+            self.scale_factor,
+            self.min_neighbors + strict,
+            minSize=(min_size, min_size),
+            maxSize=max_size,
         )
         boxes = np.asarray(found, np.float64).reshape(-1, 4)
         if mirror and len(boxes):
@@ -212,11 +222,18 @@ class YuNetDetector:
         if not path.is_file():
             raise UserError(f"detector.model={model} is not a file: give YuNet's .onnx (cv2.FaceDetectorYN)")
         if not hasattr(cv2, "FaceDetectorYN"):
-            raise UserError(f"OpenCV {cv2.__version__} has no FaceDetectorYN: pip install 'opencv-python-headless>=4.8,<5'")
+            raise UserError(
+                f"OpenCV {cv2.__version__} has no FaceDetectorYN: "
+                "pip install 'opencv-python-headless>=4.8,<5'"
+            )
         try:
-            self.net = cv2.FaceDetectorYN.create(str(path), "", (320, 320), float(score_threshold), NMS_IOU, 5000)
+            self.net = cv2.FaceDetectorYN.create(
+                str(path), "", (320, 320), float(score_threshold), NMS_IOU, 5000
+            )
         except cv2.error as err:
-            raise UserError(f"detector.model={model}: OpenCV cannot load it as YuNet ({str(err).strip()[:120]})") from None
+            raise UserError(
+                f"detector.model={model}: OpenCV cannot load it as YuNet ({str(err).strip()[:120]})"
+            ) from None
         self.cv2, self.min_face = cv2, int(min_face)
 
     def detect(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -60,7 +60,9 @@ class FaceClassifier:
     device: torch.device
 
     @torch.inference_mode()
-    def classify(self, crops: Sequence[torch.Tensor], batch_size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    def classify(
+        self, crops: Sequence[torch.Tensor], batch_size: int = 128
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Class probabilities (N, K) and factors (N,) of uint8 (3, h, w) crops at their real sizes."""
         mean = torch.tensor(list(self.mean), device=self.device).view(1, -1, 1, 1)
         std = torch.tensor(list(self.std), device=self.device).view(1, -1, 1, 1)
@@ -140,12 +142,12 @@ def annotate(photo: np.ndarray, rows: Sequence[dict], class_names: Sequence[str]
         x, y, bw, bh = row["left"], row["top"], row["width"], row["height"]
         draw.rectangle([x, y, x + bw, y + bh], outline=colour, width=width)
         text = f"{row['face']}: {row['prediction']} {row['confidence']:.2f}"
-        l, t, r, b = draw.textbbox((0, 0), text, font=font)
-        tw, th = r - l + 6, b - t + 6
+        x0, y0, x1, y1 = draw.textbbox((0, 0), text, font=font)
+        tw, th = x1 - x0 + 6, y1 - y0 + 6
         ty = y - th if y - th >= 0 else min(y + bh, h - th)
         tx = min(max(0, x), max(0, w - tw))
         draw.rectangle([tx, ty, tx + tw, ty + th], fill=colour)
-        draw.text((tx + 3 - l, ty + 3 - t), text, fill=(255, 255, 255), font=font)
+        draw.text((tx + 3 - x0, ty + 3 - y0), text, fill=(255, 255, 255), font=font)
     return image
 
 
@@ -255,8 +257,11 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise UserError(f"need --margin >= 0 and --max-pixels > 0, got {args.margin} and {args.max_pixels}")
 
 
-def predict_photos(args: argparse.Namespace, cfg, context, method, device, paths: Sequence[Path]) -> list[dict]:
-    """``lrfer-predict --detect``: classify every face of the photos, write the CSV (and annotations)."""
+def predict_photos(args: argparse.Namespace, cfg, context, method, device, paths: Sequence[Path]) -> None:
+    """``lrfer-predict --detect``: classify every face of the photos, write the CSV (and annotations).
+
+    Returns None, so that the console script exits 0 (``sys.exit`` of a list would print it and exit 1).
+    """
     detector = build_detector(
         DetectorConfig(model=args.detector_model, min_face=args.min_face, margin=args.margin)
     )
@@ -270,10 +275,10 @@ def predict_photos(args: argparse.Namespace, cfg, context, method, device, paths
     )  # fmt: skip
     write_rows(report.rows, args.out, classifier.class_names)
     line = (
-        f"found {len(report.rows)} faces in {report.photos} photos ({report.without_face} without a face, "
+        f"found {len(report.rows)} faces in {report.photos} photo{'' if report.photos == 1 else 's'} "
+        f"({report.without_face} without a face, "
         f"{report.skipped} skipped) -> {args.out}"
     )
     if args.annotate is not None:
         line += f"; {report.annotated} annotated photos -> {args.annotate}"
     print(line)
-    return report.rows

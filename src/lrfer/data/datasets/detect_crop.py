@@ -50,7 +50,8 @@ CROP_MODES = ("fixed", "detect")
 @dataclass
 class DatasetDetectorConfig(DetectorConfig):
     """``dataset.detector.*``: a :class:`DetectorConfig` whose smallest face is 48 px, since dataset
-    pictures are searched at :data:`WORK_SIDE` px where their faces are 85-110 px tall (no small-face pass)."""
+    pictures are searched at :data:`WORK_SIDE` px, where their faces are 85-110 px tall (so no small-face
+    pass)."""
 
     min_face: int = 48
 
@@ -138,7 +139,9 @@ def detect_crops(
             )
     bar.close()
     if missed:
-        log.warning("%s: no face found in %d of %d images, skipped (e.g. %s)", dataset, len(missed), total, missed[0])
+        log.warning(
+            "%s: no face found in %d of %d images, skipped (e.g. %s)", dataset, len(missed), total, missed[0]
+        )
     info = {
         "mode": "detect",
         "detector": "yunet" if detector_cfg.get("model") else "haar",
@@ -178,4 +181,8 @@ class DetectCrop:
     def source_files(self):
         files = super().source_files()
         model = self.cfg.get("detector", {}).get("model") if crop_mode(self.cfg) == "detect" else None
-        return [*files, Path(str(model)).expanduser()] if model and Path(str(model)).expanduser().is_file() else files
+        return (
+            [*files, Path(str(model)).expanduser()]
+            if model and Path(str(model)).expanduser().is_file()
+            else files
+        )

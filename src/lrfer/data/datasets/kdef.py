@@ -104,8 +104,8 @@ class Kdef(DetectCrop, FileDataset):
         crop = [float(v) for v in self.cfg.crop_box]
         if len(crop) != 4 or min(crop) < 0 or crop[0] + crop[2] > 1 or crop[1] + crop[3] > 1 or 0 in crop[2:]:
             raise UserError(
-                f"kdef: dataset.crop_box={crop} must be [top, left, height, width] as fractions of the portrait, "
-                "with top + height <= 1 and left + width <= 1"
+                f"kdef: dataset.crop_box={crop} must be [top, left, height, width] as fractions of the "
+                "portrait, with top + height <= 1 and left + width <= 1"
             )
         top, left, height, width = crop
         return Box(top, left, top + height, left + width, relative=True)
