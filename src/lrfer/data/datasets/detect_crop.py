@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 from tqdm import tqdm
 
 from lrfer.data.datasets.common import Box, Face, Faces, check_choice, one_line
@@ -61,8 +61,9 @@ def crop_mode(cfg) -> str:
 
 
 def _open_rgb(source) -> np.ndarray:
+    """The picture as the dataset decoder sees it (no EXIF rotation: label boxes are in stored pixels)."""
     with Image.open(source) as im:
-        return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+        return np.asarray(im.convert("RGB"))
 
 
 def find_face(detector, image: np.ndarray, region: Box | None = None) -> tuple[np.ndarray, float] | None:
