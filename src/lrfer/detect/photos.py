@@ -131,24 +131,38 @@ def _font(size: int):
 
 
 def annotate(photo: np.ndarray, rows: Sequence[dict], class_names: Sequence[str]) -> Image.Image:
-    """A copy of the photo with every face's box, label and confidence drawn on it."""
+    """A copy of the photo with every face's box, number, label and confidence drawn on it.
+
+    Boxes are drawn first, then each label in the first place next to its box (above, below, right, left)
+    where it covers no other label or box; where every place is taken, above the box.
+    """
     image = Image.fromarray(photo).convert("RGB")
     draw = ImageDraw.Draw(image)
     h, w = photo.shape[:2]
-    font_size = max(11, round(min(h, w) / 30))
-    font, width = _font(font_size), max(2, round(min(h, w) / 300))
-    for row in rows:
-        colour = PALETTE[list(class_names).index(row["prediction"]) % len(PALETTE)]
-        x, y, bw, bh = row["left"], row["top"], row["width"], row["height"]
-        draw.rectangle([x, y, x + bw, y + bh], outline=colour, width=width)
+    font = _font(max(11, round(min(h, w) / 45)))
+    width = max(2, round(min(h, w) / 300))
+    boxes = [(r["left"], r["top"], r["left"] + r["width"], r["top"] + r["height"]) for r in rows]
+    colours = [PALETTE[list(class_names).index(r["prediction"]) % len(PALETTE)] for r in rows]
+    for box, colour in zip(boxes, colours):
+        draw.rectangle(box, outline=colour, width=width)
+    taken: list[tuple[int, int, int, int]] = list(boxes)
+    for i, (row, (x, y, right, bottom), colour) in enumerate(zip(rows, boxes, colours)):
         text = f"{row['face']}: {row['prediction']} {row['confidence']:.2f}"
         x0, y0, x1, y1 = draw.textbbox((0, 0), text, font=font)
         tw, th = x1 - x0 + 6, y1 - y0 + 6
-        ty = y - th if y - th >= 0 else min(y + bh, h - th)
-        tx = min(max(0, x), max(0, w - tw))
+        places = [(x, y - th), (x, bottom), (right + 2, y), (x - tw - 2, y)]
+        places = [(min(max(0, px), max(0, w - tw)), min(max(0, py), max(0, h - th))) for px, py in places]
+        others = [t for j, t in enumerate(taken) if j != i]
+        tx, ty = next((p for p in places if not any(_overlap(p, tw, th, t) for t in others)), places[0])
+        taken.append((tx, ty, tx + tw, ty + th))
         draw.rectangle([tx, ty, tx + tw, ty + th], fill=colour)
         draw.text((tx + 3 - x0, ty + 3 - y0), text, fill=(255, 255, 255), font=font)
     return image
+
+
+def _overlap(place: tuple[int, int], tw: int, th: int, rect: tuple[int, int, int, int]) -> bool:
+    x, y = place
+    return x < rect[2] and rect[0] < x + tw and y < rect[3] and rect[1] < y + th
 
 
 def annotation_path(out_dir: Path, photo: Path, taken: set[Path]) -> Path:
