@@ -249,8 +249,8 @@ def test_kdef_folds_group_subjects(tmp_path):
     assert_faces_match_labels(data)
     with pytest.raises(UserError, match=r"fewer than dataset\.num_folds"):
         load("kdef", root, tmp_path)  # 4 subjects, 10 folds
-    with pytest.raises(UserError, match=r"dataset\.crop"):
-        load("kdef", root, tmp_path, "dataset.num_folds=2", "dataset.crop=[0.5,0,0.6,1]")
+    with pytest.raises(UserError, match=r"dataset\.crop_box"):
+        load("kdef", root, tmp_path, "dataset.num_folds=2", "dataset.crop_box=[0.5,0,0.6,1]")
 
 
 # -- ExpW --------

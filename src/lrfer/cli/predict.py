@@ -9,6 +9,9 @@ mean and std. Faces shorter than 3 px get a warning. Its downsampling factor (na
 passed to methods that use one; methods that infer the resolution themselves (DRGFER's router) ignore it.
 Columns: path, width, height, factor, prediction, confidence, then one probability per class.
 Exit status: 0 success (results in the CSV and one summary line on stdout), 2 a user error.
+
+With ``--detect`` the inputs are photos: every face is detected, cropped and classified, one CSV row per
+face, and ``--annotate DIR`` draws them (:mod:`lrfer.detect.photos`; needs ``pip install 'lrfer[faces]'``).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from PIL import Image, UnidentifiedImageError
 from lrfer.config.validate import MIN_FACE_SIDE
 from lrfer.data.degrade import resize_to
 from lrfer.data.images import SQUARE_MODES, to_rgb8, to_square
+from lrfer.detect import photos
 from lrfer.engine.loading import load_method_weights, load_run_config
 from lrfer.engine.run import build_method, method_context
 from lrfer.engine.trainer import resolve_device
@@ -87,7 +91,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument(
         "--square", default="crop", choices=SQUARE_MODES, help="non-square images: centre crop, pad, stretch"
     )
+    photos.add_arguments(parser)
     args = parser.parse_args(argv)
+    photos.check_arguments(args)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     cfg = load_run_config(args.run_dir)
@@ -98,6 +104,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     method.to(device).eval()
     mean = torch.tensor(list(cfg.dataset.mean), device=device).view(1, -1, 1, 1)
     std = torch.tensor(list(cfg.dataset.std), device=device).view(1, -1, 1, 1)
+    if args.detect:
+        return photos.predict_photos(args, cfg, context, method, device, list_images(args.inputs))
 
     faces, skipped = [], 0
     for path in list_images(args.inputs):

@@ -99,6 +99,9 @@ def write_cache(path: Path, data: FaceData, fingerprint: dict) -> bool:
                 name = f"{split_name}_{kind}.npy"
                 np.save(tmp / name, tensor.cpu().numpy())
                 files[name] = _file_record(tmp / name)
+        for name, text in data.files.items():  # e.g. crop_boxes.csv of dataset.crop=detect
+            (tmp / name).write_text(text)
+            files[name] = _file_record(tmp / name)
         manifest = {
             "format": CACHE_FORMAT,
             "dataset": data.name,

@@ -58,6 +58,8 @@ class FaceData:
     class_names: list[str]
     splits: dict[str, FaceSplit]
     info: dict = field(default_factory=dict)
+    #: Text files written beside the cache arrays at build time (name -> content), e.g. crop_boxes.csv.
+    files: dict[str, str] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -69,7 +71,9 @@ class FaceData:
         return int(first.images.shape[-2]), int(first.images.shape[-1])
 
     def summary(self) -> dict:
-        """``{"dataset": name, "splits": {split: {"n": N, "per_class": {class: count}}}}``."""
+        """``{"dataset": name, "splits": {split: {"n": N, "per_class": {class: count}}}}``, plus ``"crop"``
+        (mode, faces detected and not found) when the adapter reports how it cropped."""
+        crop = {"crop": self.info["crop"]} if "crop" in self.info else {}
         return {
             "dataset": self.name,
             "splits": {
@@ -79,6 +83,7 @@ class FaceData:
                 }
                 for name, split in self.splits.items()
             },
+            **crop,
         }
 
 

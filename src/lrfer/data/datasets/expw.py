@@ -5,13 +5,17 @@ them). One line per face: ``image_name face_id top left right bottom confidence 
 ``image[top:bottom, left:right]``. Exact duplicate lines are removed (their count is kept in the manifest).
 Labels 0..6 = angry, disgust, fear, happy, sad, surprise, neutral.
 
+``dataset.crop``: ``fixed`` (default) crops the labelled box as it is; ``detect`` crops a square around the
+face a detector finds in and around the labelled box (faces it does not find are skipped and counted; see
+:mod:`lrfer.data.datasets.detect_crop`).
+
 There is no official split: a seeded, stratified ``dataset.test_fraction`` (default 0.1) of the faces is the
 test split (``dataset.test_seed``), and lrfer carves the validation split from the rest.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lrfer.config.schema import DatasetConfig, register_dataset_schema
@@ -28,6 +32,7 @@ from lrfer.data.datasets.common import (
     stratified_holdout,
     to_number,
 )
+from lrfer.data.datasets.detect_crop import DatasetDetectorConfig, DetectCrop
 
 CLASS_NAMES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 LABELS = LabelTable.consecutive(0, CLASS_NAMES)
@@ -37,20 +42,24 @@ LAYOUT = "label/label.lst and image/origin/<image_name>"
 
 @dataclass
 class ExpwConfig(DatasetConfig):
-    """``test_fraction`` of every class (seeded by ``test_seed``) is held out as the test split."""
+    """``test_fraction`` of every class (seeded by ``test_seed``) is held out as the test split; ``crop`` is
+    ``fixed`` (the labelled boxes) or ``detect`` (the ``detector``'s face in and around each box)."""
 
     test_fraction: float = 0.1
     test_seed: int = 0
+    crop: str = "fixed"
+    detector: DatasetDetectorConfig = field(default_factory=DatasetDetectorConfig)
 
 
 register_dataset_schema("expw", ExpwConfig)
 
 
-class Expw(FileDataset):
+class Expw(DetectCrop, FileDataset):
     """ExpW: a seeded stratified test split of the faces; the rest is train."""
 
     name = "expw"
     class_names = CLASS_NAMES
+    use_label_box = True
 
     def layout(self) -> tuple[str, list[Path]]:
         root = self.root()
@@ -81,4 +90,4 @@ class Expw(FileDataset):
         fraction, seed = float(self.cfg.test_fraction), int(self.cfg.test_seed)
         train, test = stratified_holdout([f.label for f in faces], fraction, seed)
         info = {"duplicate_lines_removed": duplicates, "test_split": {"fraction": fraction, "seed": seed}}
-        return {"train": [faces[i] for i in train], "test": [faces[i] for i in test]}, info
+        return self.crop_faces({"train": [faces[i] for i in train], "test": [faces[i] for i in test]}, info)

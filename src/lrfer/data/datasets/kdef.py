@@ -10,8 +10,11 @@ There is no official split: lrfer makes subject-independent k-fold cross-validat
 (``dataset.num_folds``, default 10). A subject is gender + id, so both sessions of a person (AF01 and
 BF01) are always in the same fold; subjects are dealt to folds in an order shuffled by ``dataset.fold_seed``.
 ``dataset.fold`` (0..k-1) is the test fold, the other folds are train (lrfer carves val from them).
-Faces are cropped with ``dataset.crop`` = [top, left, height, width] as fractions of the portrait (the
-default is a square around the face of a frontal picture) and resized to ``dataset.image_size``.
+Faces are cropped (``dataset.crop``) with the fixed box ``dataset.crop_box`` = [top, left, height, width] as
+fractions of the portrait (``fixed``, the default: a square around the face of a frontal picture, the same
+for all five camera angles) or where a face detector finds the face (``detect``: profile views included,
+pictures without a found face skipped and counted; see :mod:`lrfer.data.datasets.detect_crop`), then
+resized to ``dataset.image_size``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import torch
 
 from lrfer.config.schema import DatasetConfig, register_dataset_schema
 from lrfer.data.datasets.common import Box, Face, Faces, FileDataset, missing
+from lrfer.data.datasets.detect_crop import DatasetDetectorConfig, DetectCrop
 from lrfer.errors import UserError
 
 EXPRESSIONS = {
@@ -53,13 +57,16 @@ PLACEHOLDER_SPREAD = 8
 
 @dataclass
 class KdefConfig(DatasetConfig):
-    """Cross-validation (``num_folds``, test ``fold``, ``fold_seed``), the face ``crop`` as fractions
-    [top, left, height, width] of the portrait and the camera ``angles`` kept."""
+    """Cross-validation (``num_folds``, test ``fold``, ``fold_seed``), the face ``crop`` (``fixed``: the box
+    ``crop_box`` as fractions [top, left, height, width] of the portrait; ``detect``: found by the
+    ``detector``) and the camera ``angles`` kept."""
 
     num_folds: int = 10
     fold: int = 0
     fold_seed: int = 0
-    crop: list[float] = field(default_factory=lambda: [0.2, 0.1, 0.59, 0.8])
+    crop: str = "fixed"
+    crop_box: list[float] = field(default_factory=lambda: [0.2, 0.1, 0.59, 0.8])
+    detector: DatasetDetectorConfig = field(default_factory=DatasetDetectorConfig)
     angles: list[str] = field(default_factory=lambda: list(ANGLES))
 
 
@@ -73,7 +80,7 @@ def subject_folds(subjects: list[str], num_folds: int, seed: int) -> dict[str, i
     return {ordered[j]: i % num_folds for i, j in enumerate(perm)}
 
 
-class Kdef(FileDataset):
+class Kdef(DetectCrop, FileDataset):
     """KDEF: one subject-independent cross-validation fold as test, the rest as train."""
 
     name = "kdef"
@@ -94,11 +101,11 @@ class Kdef(FileDataset):
         return int(face.max()) - int(face.min()) >= PLACEHOLDER_SPREAD
 
     def crop_box(self) -> Box:
-        crop = [float(v) for v in self.cfg.crop]
+        crop = [float(v) for v in self.cfg.crop_box]
         if len(crop) != 4 or min(crop) < 0 or crop[0] + crop[2] > 1 or crop[1] + crop[3] > 1 or 0 in crop[2:]:
             raise UserError(
-                f"kdef: dataset.crop={crop} must be [top, left, height, width] as fractions of the portrait, "
-                "with top + height <= 1 and left + width <= 1"
+                f"kdef: dataset.crop_box={crop} must be [top, left, height, width] as fractions of the "
+                "portrait, with top + height <= 1 and left + width <= 1"
             )
         top, left, height, width = crop
         return Box(top, left, top + height, left + width, relative=True)
@@ -140,4 +147,4 @@ class Kdef(FileDataset):
             "folds": {"num_folds": k, "fold": fold, "seed": seed},
             "test_subjects": sorted(s for s, f in folds.items() if f == fold),
         }
-        return faces, info
+        return self.crop_faces(faces, info)
