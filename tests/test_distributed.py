@@ -19,7 +19,14 @@ from collections import Counter
 import pytest
 import shard_worker
 import torch
+import torch.distributed as tdist
 from conftest import REPO, tiny
+from torch import nn
+from toy_methods import TwoStageToy
+
+from lrfer.data.degrade import parse_degradations
+from lrfer.engine import distributed as dist
+from lrfer.methods.base import MethodContext
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 
@@ -115,9 +122,78 @@ def test_an_interrupted_torchrun_run_resumes_exactly(toy_runs):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_submitit_job_with_two_tasks_is_one_two_process_ddp_run(toy_runs):
+    """launcher=submitit_local with tasks_per_node=2 (the SLURM launcher's path): one DDP training."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    tmp, common = toy_runs
+    overrides = [*common, f"+method.record={tmp / 'slurm'}", f"hydra.sweep.dir={tmp / 'sweep'}"]
+    _run(
+        [
+            sys.executable,
+            "train.py",
+            "-m",
+            "launcher=submitit_local",
+            "hydra.launcher.tasks_per_node=2",
+            *overrides,
+        ]
+    )
+    found = list((tmp / "sweep").rglob("metrics.json"))
+    assert len(found) == 1
+    metrics = json.loads(found[0].read_text())
+    assert metrics["environment"]["world_size"] == 2
+    for stage in ("teacher", "student"):
+        seen = json.loads((tmp / "one" / f"rank0-{stage}.json").read_text())
+        ranks = [json.loads((tmp / "slurm" / f"rank{r}-{stage}.json").read_text()) for r in range(2)]
+        assert_disjoint_shares(seen, ranks, unique=True)
+    two = json.loads((tmp / "two" / "metrics.json").read_text())
+    assert metrics["test"] == two["test"]  # the same training as torchrun's two processes
+
+
 def test_torchrun_baseline_writes_one_metrics_file(tmp_path):
     run_dir = tmp_path / "run"
     proc = _run([*TORCHRUN, "train.py", *tiny(tmp_path, "trainer.max_epochs=1"), f"hydra.run.dir={run_dir}"])
     assert json.loads((run_dir / "metrics.json").read_text())["environment"]["world_size"] == 2
     assert proc.stdout.count("degradation  acc %") == 1  # only rank 0 prints the table
     assert len(list(tmp_path.rglob("metrics.json"))) == 1
+
+
+@pytest.fixture
+def gloo_world_of_one(tmp_path):
+    tdist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    yield
+    tdist.destroy_process_group()
+
+
+def test_ddp_wraps_only_the_modules_the_stage_trains(gloo_world_of_one):
+    context = MethodContext(3, 16, 16, 3, parse_degradations(["x1"]))
+    toy = TwoStageToy(context)
+    teacher, student = toy.stages()
+    for stage, owned in ((teacher, [toy.teacher]), (student, [toy.student, toy.critic])):
+        params = [p for step in stage.steps for p in toy.stage_parameters(stage, step)]
+        assert [id(m) for m in dist.trained_modules(toy, params)] == [id(m) for m in owned]
+        ddp = dist.wrap_stage(toy, params, torch.device("cpu"), find_unused_parameters=True, sync_bn=False)
+        assert isinstance(ddp, nn.parallel.DistributedDataParallel)
+        assert isinstance(ddp.module, dist.StageModules)
+        assert {id(p) for p in ddp.parameters()} == {id(p) for p in params}  # not the other stage's
+        assert ddp.module.method is toy and id(toy) not in {id(m) for m in ddp.modules()}
+
+
+def test_a_parameter_beside_untrained_ones_makes_the_whole_method_the_ddp_module(gloo_world_of_one):
+    root = nn.Module()
+    root.scale = nn.Parameter(torch.ones(()))
+    root.net, root.frozen = nn.Linear(2, 2), nn.Linear(2, 2)
+    assert dist.trained_modules(root, [root.scale, *root.net.parameters()]) is None
+    assert [id(m) for m in dist.trained_modules(root, root.net.parameters())] == [id(root.net)]
+    ddp = dist.wrap_stage(
+        root, [root.scale], torch.device("cpu"), find_unused_parameters=False, sync_bn=False
+    )
+    assert ddp.module is root and ddp.find_unused_parameters
+
+
+def test_sync_batchnorm_keeps_the_parameters_and_checkpoint_keys():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Sequential(nn.Flatten(), nn.BatchNorm1d(4)))
+    params, keys = [id(p) for p in net.parameters()], list(net.state_dict())
+    assert dist.convert_sync_batchnorm([net]) == 2
+    assert isinstance(net[1], nn.SyncBatchNorm) and isinstance(net[2][1], nn.SyncBatchNorm)
+    assert [id(p) for p in net.parameters()] == params and list(net.state_dict()) == keys
+    assert dist.convert_sync_batchnorm([net]) == 0

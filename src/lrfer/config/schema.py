@@ -56,6 +56,7 @@ class TrainerConfig:
     grad_clip: float | None = None
     resume: bool = False
     monitor: str = "acc"
+    sync_bn: bool | None = None
     restore_best: bool = True
     val_every: int = 1
     log_every_n_steps: int = 10

@@ -19,6 +19,7 @@ from lrfer.data.faces import FaceData, carve_validation
 from lrfer.data.pipeline import FaceDataModule
 from lrfer.engine import distributed as dist
 from lrfer.engine.checkpoint import write_json
+from lrfer.engine.metrics import check_metric_name, named_metric
 from lrfer.engine.tblog import RunLogger
 from lrfer.engine.trainer import Trainer, resolve_device
 from lrfer.errors import UserError
@@ -170,6 +171,8 @@ def format_table(metrics: dict, split: str = "test") -> str:
 def run_training(cfg: DictConfig, run_dir: Path | None) -> dict:
     """Train ``cfg.method`` on ``cfg.dataset``, test once at ``degrade.test`` and write ``metrics.json``."""
     t0 = time.perf_counter()
+    val_labels = [d.label for d in parse_degradations(list(cfg.degrade.val or cfg.degrade.train))]
+    check_metric_name(cfg.get("objective", "acc"), val_labels, "objective")
     parts = build_parts(cfg)
     main = dist.is_main()
     logger = RunLogger(run_dir, enabled=bool(cfg.logger.tensorboard) and main and run_dir is not None)
@@ -189,6 +192,8 @@ def run_training(cfg: DictConfig, run_dir: Path | None) -> dict:
             log_sample_faces(logger, parts.datamodule, list(cfg.degrade.test), cfg.logger.num_sample_images)
         summaries = trainer.fit()
         val = trainer.evaluate("val", list(cfg.degrade.val or cfg.degrade.train))
+        objective = str(cfg.get("objective", "acc"))
+        objective_value = named_metric(val, objective, "objective")
         test = trainer.evaluate("test", list(cfg.degrade.test), keep_confusion=True)
         final = summaries[-1]
         metrics = {
@@ -196,6 +201,7 @@ def run_training(cfg: DictConfig, run_dir: Path | None) -> dict:
             "dataset": cfg.dataset.name,
             "seed": int(cfg.seed),
             "degrade": {"train": list(cfg.degrade.train), "test": list(cfg.degrade.test)},
+            "objective": {"name": objective, "split": "val", "over": list(val), "value": objective_value},
             "val": val,
             "test": test,
             "train": {
