@@ -93,7 +93,11 @@ def worker(args) -> None:
     stage = parts.method.stages()[0]
     params = list(parts.method.stage_parameters(stage, "main"))
     trainer.model = dist.wrap_stage(
-        parts.method, params, parts.device, find_unused_parameters=False, sync_bn=trainer._stage_sync_bn(stage)
+        parts.method,
+        params,
+        parts.device,
+        find_unused_parameters=False,
+        sync_bn=trainer._stage_sync_bn(stage),
     )
     optimizers = {"main": build_optimizer(params, cfg.trainer.optimizer)}
     degs = parse_degradations(DEGRADATIONS)
