@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+import yaml
 from conftest import REPO, run_cli, tiny
 from PIL import Image
 
@@ -181,3 +182,20 @@ def test_the_submitit_launcher_runs_a_sweep_through_its_local_executor(tmp_path)
                     f"hydra.sweep.dir={sweep}"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len(list(sweep.glob("*/metrics.json"))) == 2
+
+
+def test_optuna_search_maximises_the_validation_objective(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    sweep = tmp_path / "sweep"
+    overrides = tiny(tmp_path, "trainer.max_epochs=1", "dataset.num_train=56", "degrade.test=[x1]")
+    proc = run_cli(["train.py", "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2", *overrides,
+                    "degrade.val=[x1,x2]", f"hydra.sweep.dir={sweep}"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    trials = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))]
+    assert len(trials) == 2
+    for m in trials:  # the objective: mean validation accuracy over degrade.val
+        assert m["objective"]["name"] == "acc" and m["objective"]["split"] == "val"
+        assert m["objective"]["value"] == pytest.approx((m["val"]["x1"]["acc"] + m["val"]["x2"]["acc"]) / 2)
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert best["best_value"] == max(m["objective"]["value"] for m in trials)
+    assert set(best["best_params"]) == {"trainer.optimizer.lr", "trainer.optimizer.weight_decay"}

@@ -171,6 +171,26 @@ def test_extractor_is_frozen_in_stages_2_and_3(tmp_path):
     assert all(torch.equal(before[k], v) for k, v in method.classifier.state_dict().items())
 
 
+def test_the_feature_cache_hits_when_ddp_rebuilds_the_batch_dict(tmp_path, monkeypatch):
+    from torch.distributed.utils import _to_kwargs
+
+    parts = _method(tmp_path)
+    method = parts.method
+    gan = method.stages()[-1]
+    method.on_stage_start(gan)
+    method.train()
+    batch = next(parts.datamodule.train_batches(parse_degradations(FACTORS), seed=0, need_hr=True))
+    calls = []
+    original = method.classifier.feature_map
+    monkeypatch.setattr(method.classifier, "feature_map", lambda x: calls.append(len(x)) or original(x))
+    for step in gan.steps:
+        # what DistributedDataParallel does to a forward's inputs on CUDA: a new dict, the same tensors
+        (args,), _ = _to_kwargs((batch, gan, step), {}, batch["image"].device, False)
+        assert args[0] is not batch and args[0]["image"] is batch["image"]
+        method.training_step(*args)
+    assert len(calls) == 1  # the extractor ran once for the critic and the generator step
+
+
 def test_no_nan_or_inf_in_losses_or_gradients_during_a_short_training(tmp_path):
     parts = _method(tmp_path)
     method, dm = parts.method, parts.datamodule

@@ -9,6 +9,7 @@ import torch
 from conftest import compose_cfg, run_cli, tiny
 
 from lrfer.data.pipeline import FaceDataModule
+from lrfer.engine.metrics import named_metric
 from lrfer.engine.run import run_training
 from lrfer.errors import UserError
 
@@ -55,6 +56,50 @@ def test_cpu_runs_repeat_bit_for_bit(tmp_path):
     first = _run(tmp_path, tmp_path / "a", "trainer.max_epochs=1")
     second = _run(tmp_path, tmp_path / "b", "trainer.max_epochs=1")
     assert first["test"] == second["test"] and first["train"] == second["train"]
+
+
+def test_selection_and_the_objective_use_named_validation_metrics(tmp_path):
+    metrics = _run(
+        tmp_path,
+        tmp_path / "run",
+        "trainer.max_epochs=1",
+        "degrade.val=[x1,x4]",
+        "trainer.monitor=x4/balanced_acc",
+    )
+    val = metrics["val"]
+    objective = metrics["objective"]  # default: mean validation accuracy over degrade.val
+    assert objective == {"name": "acc", "split": "val", "over": ["x1", "x4"], "value": objective["value"]}
+    assert objective["value"] == pytest.approx((val["x1"]["acc"] + val["x4"]["acc"]) / 2)
+    on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert on_disk["objective"] == objective
+    history = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["val_history"]
+    assert [h["monitor"] for h in history] == ["x4/balanced_acc"]
+    assert history[0]["score"] == history[0]["val"]["x4"]["balanced_acc"]
+    assert named_metric(val, "x4/balanced_acc") == val["x4"]["balanced_acc"]
+    assert named_metric(val, "balanced_acc") == pytest.approx(
+        (val["x1"]["balanced_acc"] + val["x4"]["balanced_acc"]) / 2
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("objective=x8/acc", "x8 is not a validated degradation"),
+        ("objective=a/b/c", "give <metric>"),
+        ("trainer.monitor=x3/acc", "x3 is not a validated degradation"),
+    ],
+)
+def test_unknown_metric_names_are_user_errors_before_training(tmp_path, override, needle):
+    with pytest.raises(UserError, match=needle):
+        _run(tmp_path, tmp_path / "run", override)
+
+
+def test_a_metric_the_validation_does_not_report_is_a_user_error():
+    rows = {"x1": {"acc": 0.5, "balanced_acc": 0.4, "n": 10}}
+    with pytest.raises(UserError, match="reports no 'rrn_acc'; it reports \\['acc', 'balanced_acc'\\]"):
+        named_metric(rows, "rrn_acc")
+    with pytest.raises(UserError, match="reports no 'n'"):
+        named_metric(rows, "n")
 
 
 def test_resume_without_a_previous_run_is_a_user_error(tmp_path):

@@ -41,6 +41,10 @@ def _task(cfg: DictConfig) -> float | None:
 
     try:
         dist.init_from_env(resolve_device(cfg.trainer.device))
+        if not dist.is_main():
+            # a SLURM task of rank > 0 runs inside the same Hydra job folder: leave its log to rank 0
+            for handler in [h for h in logging.root.handlers if isinstance(h, logging.FileHandler)]:
+                logging.root.removeHandler(handler)
         # Under torchrun every rank works in rank 0's run folder (only rank 0 writes into it).
         run_dir = Path(dist.broadcast_object(HydraConfig.get().runtime.output_dir))
         metrics = run_training(cfg, run_dir)
@@ -57,8 +61,8 @@ def _task(cfg: DictConfig) -> float | None:
     if main_rank:
         print(f"\n{metrics['method']} on {metrics['dataset']} (test split), run dir: {run_dir}")
         print(format_table(metrics), flush=True)
-    rows = metrics["test"].values()
-    return sum(r["acc"] for r in rows) / max(1, len(rows))
+    # What sweepers optimise: the validation objective (metrics.json "objective"), never the test split.
+    return metrics["objective"]["value"]
 
 
 def main() -> None:

@@ -126,6 +126,7 @@ class TrainerConfig:
     resume: bool = False
     overwrite: bool = False
     monitor: str = "acc"
+    sync_bn: AutoBool = auto_bool()
     restore_best: bool = True
     val_every: int = 1
     log_every_n_steps: int = 10

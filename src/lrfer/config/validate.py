@@ -124,7 +124,11 @@ def validate_config(cfg: DictConfig, *, warn: bool = True) -> list[str]:
     c.at_least(t + "num_threads", 1, optional=True, integer=True)
     c.above(t + "grad_clip", 0, optional=True)
     c.choice(t + "precision", PRECISIONS)
-    c.choice(t + "monitor", ("acc", "balanced_acc"))
+    c.check(  # which names the validation reports is checked by the trainer (lrfer.engine.metrics)
+        t + "monitor",
+        lambda v: isinstance(v, str) and v.strip() != "" and v.count("/") <= 1 and not v.endswith("/"),
+        "must name a validation metric: acc, balanced_acc, a method's own (rrn_acc) or x4/acc",
+    )
     c.check(
         t + "device",
         lambda v: isinstance(v, str) and (v in ("auto", "cpu", "cuda") or v.startswith("cuda:")),

@@ -1,10 +1,13 @@
 """Thin helpers over ``torch.distributed`` for runs started by ``torchrun``.
 
 Every helper is a no-op in a single-process run. Under torchrun (``WORLD_SIZE`` > 1) the process group is
-initialised from the environment: NCCL with one GPU per process when CUDA is used, gloo on the CPU. The
-global batch (``trainer.batch_size``) is split evenly across ranks, gradients are averaged by
-DistributedDataParallel, evaluation shards the split and sums the confusion matrices, and only rank 0 writes
-files.
+initialised from the environment: NCCL with one GPU per process when CUDA is used, gloo on the CPU. Every
+global batch (``trainer.batch_size``) is split into disjoint equal shares, one per rank; gradients are
+averaged by DistributedDataParallel, which wraps only the modules the current stage trains; evaluation
+shards the split and sums the confusion matrices; only rank 0 writes files.
+
+A SLURM (submitit) task sets no torchrun variables: :func:`init_from_env` takes rank, world size and
+master address from ``submitit.helpers.TorchDistributedEnvironment`` when the job has several tasks.
 """
 
 from __future__ import annotations
@@ -43,8 +46,21 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def export_submitit_env() -> None:
+    """In a SLURM / submitit task of a job with several tasks, set torchrun's variables (``RANK``,
+    ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) from submitit's own helpers, so that
+    every task of the job is one DDP process. A no-op under torchrun or outside submitit."""
+    if "WORLD_SIZE" in os.environ or not os.environ.get("SUBMITIT_EXECUTOR"):
+        return
+    import submitit
+
+    if submitit.JobEnvironment().num_tasks > 1:
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+
+
 def init_from_env(device: torch.device) -> torch.device:
-    """Join the torchrun process group if there is one; returns the device this rank trains on."""
+    """Join the torchrun (or multi-task SLURM) process group if there is one; returns this rank's device."""
+    export_submitit_env()
     if env_world_size() <= 1:
         return device
     if not is_distributed():
@@ -52,6 +68,8 @@ def init_from_env(device: torch.device) -> torch.device:
         tdist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
     if device.type == "cuda":
         local = int(os.environ.get("LOCAL_RANK", "0"))
+        if torch.cuda.device_count() == 1:
+            local = 0  # the scheduler bound one GPU to this task (CUDA_VISIBLE_DEVICES)
         if local >= torch.cuda.device_count():
             raise ProcessError(  # one rank's problem: printed by that rank (lrfer.cli.guard)
                 f"LOCAL_RANK {local} but only {torch.cuda.device_count()} CUDA devices are visible"
@@ -89,16 +107,90 @@ def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
     return all_reduce_sum(t) / world_size()
 
 
-def wrap_ddp(module: nn.Module, device: torch.device) -> nn.Module:
-    """Wrap in DistributedDataParallel when running under torchrun, else return the module itself.
+class StageModules(nn.Module):
+    """The modules one stage trains, as one module whose forward is the method's training step.
 
-    ``find_unused_parameters`` is on because multi-stage methods train one part at a time (one expert, the
-    student while the teacher is frozen, the critic then the generator).
+    DistributedDataParallel wraps this rather than the whole method, so it registers, broadcasts and
+    all-reduces only what the stage trains (not a frozen teacher, not the experts of other stages).
     """
-    if not is_distributed():
-        return module
+
+    def __init__(self, method: nn.Module, modules: list[nn.Module]) -> None:
+        super().__init__()
+        self.trained = nn.ModuleList(modules)
+        self.__dict__["method"] = method  # not a submodule: DDP must not see the rest of the method
+
+    def forward(self, batch, stage, step):
+        return self.method.training_step(batch, stage, step)
+
+
+def trained_modules(root: nn.Module, params) -> list[nn.Module] | None:
+    """The largest submodules of ``root`` all of whose parameters are in ``params`` and that together hold
+    every one of them; None when a parameter of ``params`` sits directly on a module that also holds
+    parameters outside it (then only the whole ``root`` can be wrapped)."""
+    wanted = {id(p) for p in params}
+    found: dict[int, nn.Module] = {}
+
+    def visit(module: nn.Module) -> bool:
+        if any(id(p) in wanted for p in module.parameters(recurse=False)):
+            return False
+        for child in module.children():
+            ids = [id(p) for p in child.parameters()]
+            if not ids or not any(i in wanted for i in ids):
+                continue
+            if all(i in wanted for i in ids):
+                found.setdefault(id(child), child)
+            elif not visit(child):
+                return False
+        return True
+
+    if not visit(root):
+        return None
+    return list(found.values())
+
+
+def convert_sync_batchnorm(modules: list[nn.Module]) -> int:
+    """Replace (in place) every BatchNorm inside ``modules`` by a SyncBatchNorm holding the same parameters
+    and running statistics (so checkpoints and optimisers are unaffected); returns how many."""
+    count = 0
+    for module in modules:
+        for name, child in list(module.named_children()):
+            if isinstance(child, nn.SyncBatchNorm):
+                continue
+            if isinstance(child, nn.modules.batchnorm._BatchNorm):
+                setattr(module, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
+                count += 1
+            else:
+                count += convert_sync_batchnorm([child])
+    return count
+
+
+def wrap_stage(
+    method: nn.Module,
+    params,
+    device: torch.device,
+    *,
+    find_unused_parameters: bool,
+    sync_bn: bool,
+) -> nn.Module:
+    """What the trainer calls for a training step of a stage that trains ``params``.
+
+    One process: the method itself. Under torchrun: DistributedDataParallel over the stage's trained
+    modules (:class:`StageModules`; their BatchNorms made synchronous when ``sync_bn``). When the trained
+    parameters cannot be separated into whole modules, the whole method is wrapped, with
+    ``find_unused_parameters`` (its untrained parameters get no gradient).
+    """
+    params = [p for p in params if p.requires_grad]
+    if not is_distributed() or not params:
+        return method
     ids = [device.index] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
+    modules = trained_modules(method, params)
+    if modules is None:
+        return nn.parallel.DistributedDataParallel(method, device_ids=ids, find_unused_parameters=True)
+    if sync_bn:
+        convert_sync_batchnorm(modules)
+    return nn.parallel.DistributedDataParallel(
+        StageModules(method, modules), device_ids=ids, find_unused_parameters=find_unused_parameters
+    )
 
 
 def cleanup() -> None:

@@ -1,8 +1,10 @@
-"""Classification metrics from a confusion matrix: accuracy, balanced (mean per-class) accuracy."""
+"""Classification metrics from a confusion matrix (accuracy, balanced accuracy) and named metric look-up."""
 
 from __future__ import annotations
 
 import torch
+
+from lrfer.errors import UserError
 
 
 def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -23,3 +25,38 @@ def metrics_from_confusion(cm: torch.Tensor) -> dict[str, float | int]:
         "balanced_acc": float(recall.mean().item()) if present.any() else 0.0,
         "n": int(n),
     }
+
+
+#: Keys of a per-degradation metrics row that are not metrics one can select on.
+NOT_METRICS = ("n", "confusion")
+
+
+def check_metric_name(name: str, labels: list[str], what: str) -> None:
+    """Refuse a malformed metric name, or one naming a degradation that is not in ``labels``, at start-up.
+
+    Whether the metric itself exists (``rrn_acc`` is reported by some methods only) is checked when the
+    first validation has run, by :func:`named_metric`.
+    """
+    label, _, metric = str(name).rpartition("/")
+    if not metric or "/" in label:
+        raise UserError(f"{what}={name!r}: give <metric> (e.g. acc) or <degradation>/<metric> (e.g. x4/acc)")
+    if label and label not in labels:
+        raise UserError(f"{what}={name!r}: {label} is not a validated degradation (they are {labels})")
+
+
+def named_metric(rows: dict[str, dict], name: str, what: str = "metric") -> float:
+    """The value of the validation metric ``name`` in per-degradation ``rows`` (as evaluation returns them).
+
+    ``<metric>`` (``acc``, ``balanced_acc``, a method's own ``rrn_acc``, ...) is the mean of that metric
+    over every evaluated degradation; ``<degradation>/<metric>`` (``x4/acc``) is its value at one.
+    """
+    label, _, metric = str(name).rpartition("/")
+    if label:
+        check_metric_name(name, list(rows), what)
+        chosen = [rows[label]]
+    else:
+        chosen = list(rows.values())
+    available = sorted({k for r in chosen for k in r if k not in NOT_METRICS})
+    if not chosen or metric in NOT_METRICS or any(metric not in r for r in chosen):
+        raise UserError(f"{what}={name!r}: the validation reports no {metric!r}; it reports {available}")
+    return float(sum(float(r[metric]) for r in chosen) / len(chosen))

@@ -21,6 +21,7 @@ from lrfer.data.faces import FaceData, carve_validation
 from lrfer.data.pipeline import FaceDataModule
 from lrfer.engine import distributed as dist
 from lrfer.engine.checkpoint import write_json
+from lrfer.engine.metrics import check_metric_name, named_metric
 from lrfer.engine.runfolder import open_run_folder, run_identity
 from lrfer.engine.tblog import RunLogger
 from lrfer.engine.trainer import Trainer, resolve_device
@@ -172,6 +173,8 @@ def run_training(cfg: DictConfig, run_dir: Path | None) -> dict:
     """Train ``cfg.method`` on ``cfg.dataset``, test once at ``degrade.test`` and write ``metrics.json``."""
     t0 = time.perf_counter()
     validate_config(cfg)
+    val_labels = [d.label for d in parse_degradations(list(cfg.degrade.val or cfg.degrade.train))]
+    check_metric_name(cfg.get("objective", "acc"), val_labels, "objective")
     open_run_folder(cfg, run_dir)  # refuses to lose a finished run or to resume another one
     parts = build_parts(cfg)
     main = dist.is_main()
@@ -193,6 +196,8 @@ def run_training(cfg: DictConfig, run_dir: Path | None) -> dict:
             log_sample_faces(logger, parts.datamodule, list(cfg.degrade.test), cfg.logger.num_sample_images)
         summaries = trainer.fit()
         val = trainer.evaluate("val", list(cfg.degrade.val or cfg.degrade.train))
+        objective = str(cfg.get("objective", "acc"))
+        objective_value = named_metric(val, objective, "objective")
         test = trainer.evaluate("test", list(cfg.degrade.test), keep_confusion=True)
         final = summaries[-1]
         metrics = {
@@ -200,6 +205,7 @@ def run_training(cfg: DictConfig, run_dir: Path | None) -> dict:
             "dataset": cfg.dataset.name,
             "seed": int(cfg.seed),
             "degrade": {"train": list(cfg.degrade.train), "test": list(cfg.degrade.test)},
+            "objective": {"name": objective, "split": "val", "over": list(val), "value": objective_value},
             "val": val,
             "test": test,
             "train": {

@@ -4,8 +4,10 @@ Per stage it builds one optimiser and one epoch scheduler per optimisation step,
 epochs (capped by ``trainer.max_epochs``), validates on the validation split, keeps ``best.pt`` (best
 validation score of the stage, never the test split) and ``last.pt`` (everything needed to continue:
 method, optimisers, schedulers, position, best score), and restores the best epoch at the end of the
-stage. Every epoch's randomness derives from ``(seed, stage, epoch)``, so a resumed run repeats the
-uninterrupted one exactly.
+stage. Every epoch's randomness derives from ``(seed, stage, epoch, rank)``, so a resumed run repeats the
+uninterrupted one exactly. Under torchrun each rank trains on its own share of every global batch
+(:meth:`~lrfer.data.pipeline.FaceDataModule.train_batches`), with its own augmentation and its own global
+RNG stream (dropout, random interpolation weights), and DDP averages the gradients.
 """
 
 from __future__ import annotations
@@ -21,12 +23,12 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from lrfer.config.schema import resolve_auto_bool
+from lrfer.config.schema import parse_auto_bool, resolve_auto_bool
 from lrfer.data.degrade import Degradation, parse_degradations
 from lrfer.data.pipeline import FaceDataModule
 from lrfer.engine import distributed as dist
 from lrfer.engine.checkpoint import load_checkpoint, save_checkpoint
-from lrfer.engine.metrics import confusion_matrix, metrics_from_confusion
+from lrfer.engine.metrics import check_metric_name, confusion_matrix, metrics_from_confusion, named_metric
 from lrfer.engine.optim import EpochScheduler, build_optimizer
 from lrfer.engine.tblog import RunLogger
 from lrfer.errors import ProcessError, UserError
@@ -120,8 +122,15 @@ class Trainer:
         self.channels_last = resolve_auto_bool(
             cfg.channels_last, auto=device.type == "cuda", key="trainer.channels_last"
         )
-        if cfg.monitor not in ("acc", "balanced_acc"):
-            raise UserError(f"unknown trainer.monitor {cfg.monitor!r}: choose acc or balanced_acc")
+        check_metric_name(
+            cfg.monitor, [d.label for d in parse_degradations(self.val_degrade)], "trainer.monitor"
+        )
+        self.sync_bn = parse_auto_bool(cfg.get("sync_bn"), "trainer.sync_bn")  # None: auto
+        if self.sync_bn and device.type != "cuda" and dist.world_size() > 1:
+            raise UserError(
+                "trainer.sync_bn=true needs CUDA (torch's SyncBatchNorm does not train on the CPU): "
+                "leave it null (auto) or set false"
+            )
         self.method = method.to(device)
         if self.channels_last:
             self.method = self.method.to(memory_format=torch.channels_last)
@@ -170,6 +179,30 @@ class Trainer:
         elif any(isinstance(v, dict) for v in override.values()):
             override = override.get(step, {})
         return OmegaConf.merge(base, override)
+
+    def _monitor(self, stage: Stage, val_labels: list[str]) -> str | None:
+        """The validation metric that picks the stage's best epoch, or None (no selection)."""
+        if stage.monitor is False or stage.monitor is None:
+            return None
+        if stage.monitor is True:
+            label, _, metric = str(self.cfg.monitor).rpartition("/")
+            if label and label not in val_labels:
+                # a stage validated at its own degradations (a teacher on x1): the metric over those
+                log.info("stage %s is validated on %s: it selects on %s", stage.name, val_labels, metric)
+                return metric
+            return str(self.cfg.monitor)
+        check_metric_name(stage.monitor, val_labels, f"the monitor of stage {stage.name}")
+        return str(stage.monitor)
+
+    def _stage_sync_bn(self, stage: Stage) -> bool:
+        """``trainer.sync_bn`` for this stage: null (auto) synchronises on CUDA with several processes."""
+        if dist.world_size() <= 1:
+            return False
+        want = self.device.type == "cuda" if self.sync_bn is None else bool(self.sync_bn)
+        if want and not stage.sync_bn:
+            log.info("stage %s keeps per-process BatchNorm (it cannot be synchronised)", stage.name)
+            return False
+        return want
 
     def _ckpt(self, name: str) -> Path | None:
         return None if self.run_dir is None else self.run_dir / "checkpoints" / name
@@ -253,8 +286,17 @@ class Trainer:
         self.method.on_stage_start(stage)
         if state is not None:
             self.method.load_state_dict(state["method"])
-        # (Re)wrap per stage: DDP synchronises the parameters that require gradients when it is built.
-        self.model = dist.wrap_ddp(self.method, self.device)
+        monitor = self._monitor(stage, val_degs)
+        # (Re)wrap per stage: DDP over the modules this stage trains, synchronised when it is built.
+        trained = [p for step in stage.steps for p in self.method.stage_parameters(stage, step)]
+        find_unused = stage.find_unused_parameters
+        self.model = dist.wrap_stage(
+            self.method,
+            trained,
+            self.device,
+            find_unused_parameters=len(stage.steps) > 1 if find_unused is None else bool(find_unused),
+            sync_bn=self._stage_sync_bn(stage),
+        )
         optimizers, schedulers = {}, {}
         for step in stage.steps:
             opt_cfg = self._merged(self.cfg.optimizer, stage.optimizer, step)
@@ -276,15 +318,21 @@ class Trainer:
             t0 = time.perf_counter()
             losses, train_acc = self._train_epoch(si, stage, epoch, train_degs, optimizers)
             val_acc = None
-            do_val = stage.monitor and ((epoch + 1) % self.cfg.val_every == 0 or epoch + 1 == epochs)
+            do_val = monitor and ((epoch + 1) % self.cfg.val_every == 0 or epoch + 1 == epochs)
             if do_val:
                 val = self.evaluate("val", val_degs, stage)
-                val_acc = sum(v[self.cfg.monitor] for v in val.values()) / len(val)
+                val_acc = named_metric(val, monitor, "the monitored metric")
                 self.val_history.append(
-                    {"stage": stage.name, "epoch": epoch + 1, "score": val_acc, "val": val}
+                    {
+                        "stage": stage.name,
+                        "epoch": epoch + 1,
+                        "monitor": monitor,
+                        "score": val_acc,
+                        "val": val,
+                    }
                 )
                 self.logger.scalars(
-                    {f"{lbl}/{k}": v[k] for lbl, v in val.items() for k in ("acc", "balanced_acc")},
+                    {f"{lbl}/{k}": v[k] for lbl, v in val.items() for k in v if k not in ("n", "confusion")},
                     self.global_step,
                     prefix=f"val/{stage.name}/",
                 )
@@ -306,17 +354,17 @@ class Trainer:
                 epoch + 1,
                 epochs,
                 msg,
-                f" val_{self.cfg.monitor}={val_acc:.4f}" if val_acc is not None else "",
+                f" val {monitor}={val_acc:.4f}" if val_acc is not None else "",
                 time.perf_counter() - t0,
             )
-        if self.cfg.restore_best and stage.monitor and summary.best_epoch is not None:
+        if self.cfg.restore_best and monitor and summary.best_epoch is not None:
             self._restore_best(si)
         self.method.on_stage_end(stage)
         self.summaries.append(summary)
 
     def _train_epoch(self, si, stage, epoch, degs: list[Degradation], optimizers):
         seed = derive_seed(self.seed, si, epoch)
-        seed_everything(seed)
+        seed_everything(seed + dist.rank())  # per rank: dropout masks etc. must differ between shares
         self.method.train()
         sums: dict[str, torch.Tensor] = {}
         correct = torch.zeros((), device=self.device)

@@ -45,7 +45,14 @@ class Stage:
     ``trainer.optimizer``/``trainer.scheduler`` (per step: ``{step: {...}}`` also accepted).
     ``train_degrade``/``val_degrade``: degradation labels replacing ``degrade.train``/``degrade.val``
     for this stage (e.g. a high-resolution teacher trains on ``[x1]``). ``needs_hr``: batches carry
-    ``image_hr``. ``monitor``: whether validation picks the best epoch of this stage.
+    ``image_hr``. ``monitor``: the validation metric that picks the best epoch of this stage — True for
+    ``trainer.monitor``, a name (``rrn_acc``, ``balanced_acc``, ``x4/acc``: see
+    :func:`~lrfer.engine.metrics.named_metric`), or False for no selection (the last epoch is kept).
+
+    Under torchrun: ``find_unused_parameters`` (None = only when the stage has several steps) must be True
+    when a forward may leave some trained parameter without a gradient (e.g. a branch per resolution
+    that a batch may not visit); ``sync_bn`` False keeps per-process BatchNorm even with
+    ``trainer.sync_bn`` (needed when a rank may skip a BatchNorm another rank runs, which would block).
     """
 
     name: str
@@ -56,7 +63,9 @@ class Stage:
     train_degrade: list[str] | None = None
     val_degrade: list[str] | None = None
     needs_hr: bool = False
-    monitor: bool = True
+    monitor: bool | str = True
+    find_unused_parameters: bool | None = None
+    sync_bn: bool = True
 
 
 class Method(nn.Module):

@@ -17,7 +17,7 @@ from torch import nn
 from lrfer.data.degrade import parse_degradation
 from lrfer.errors import UserError
 from lrfer.methods.base import Batch, Method, MethodContext, Stage
-from lrfer.methods.resolution import ResolutionSet, build_network, resolution_step, selection_logits
+from lrfer.methods.resolution import ResolutionSet, build_network, resolution_step
 from lrfer.models.mrafer import MRAFER, binarize, fuse_max, fuse_mean
 
 ROUTINGS = ("rrn", "oracle", "mean", "max")
@@ -46,11 +46,10 @@ class DRGFER(Method):
 
     * The experts and the RRN are trained separately (the paper never trains them jointly), experts
       first. Each expert's best epoch is picked on validation accuracy at its own resolution; the RRN's
-      on its own validation accuracy over the K resolutions (the validation ``acc`` of the ``rrn``
-      stage is the RRN's accuracy, see :func:`~lrfer.methods.resolution.selection_logits`; the routed
-      expression accuracy is logged beside it as ``routed_acc``). Picking the RRN on the routed accuracy
-      instead chose a poor RRN on the synthetic set: with weak low-resolution experts, routing mistakes
-      among x4-x8 barely change the routed accuracy, so that score is mostly noise.
+      on its own validation accuracy over the K resolutions (the ``rrn`` stage monitors ``rrn_acc``; the
+      stage's validation ``acc`` is the RRN-routed expression accuracy). Picking the RRN on the routed
+      accuracy instead chose a poor RRN on the synthetic set: with weak low-resolution experts, routing
+      mistakes among x4-x8 barely change the routed accuracy, so that score is mostly noise.
     * The resolutions are ``factors`` (default x1, x2, x4, x6, x8 as in the paper), not ``degrade.train``,
       so ``python train.py method=drgfer`` trains DRGFER with the default degradation config;
       ``factors: null`` uses ``degrade.train``.
@@ -116,7 +115,10 @@ class DRGFER(Method):
             for label in self.resolutions.labels
         ]
         labels = self.resolutions.labels
-        return [*experts, Stage(RRN_STAGE, epochs=self.rrn_epochs, train_degrade=labels, val_degrade=labels)]
+        rrn = Stage(
+            RRN_STAGE, epochs=self.rrn_epochs, train_degrade=labels, val_degrade=labels, monitor="rrn_acc"
+        )
+        return [*experts, rrn]
 
     def _expert_index(self, stage: Stage | None) -> int | None:
         if stage is None or not stage.name.startswith(EXPERT_PREFIX):
@@ -167,9 +169,8 @@ class DRGFER(Method):
     def evaluate_step(self, batch: Batch, stage: Stage | None = None) -> dict[str, torch.Tensor]:
         """Test (``stage`` None): the prediction routed as ``routing`` says and the per-face ``rrn_acc``.
 
-        Validation of an expert stage: that expert alone. Validation of the RRN stage: logits scoring the
-        RRN's accuracy (its best epoch is the most accurate RRN), ``rrn_acc`` and the RRN-routed
-        expression accuracy ``routed_acc``.
+        Validation of an expert stage: that expert alone. Validation of the RRN stage: the RRN-routed
+        prediction and ``rrn_acc``, which the stage monitors (its best epoch is the most accurate RRN).
         """
         images = batch["image"]
         k = self._expert_index(stage)
@@ -179,9 +180,7 @@ class DRGFER(Method):
         truth = self.resolutions.index(batch["factor"])
         rrn_acc = (onehot.argmax(dim=1) == truth).float()
         if stage is not None:
-            routed = self.mrafer(images, onehot).argmax(dim=1) == batch["label"]
-            logits = selection_logits(rrn_acc, batch["label"], self.context.num_classes)
-            return {"logits": logits, "rrn_acc": rrn_acc, "routed_acc": routed.float()}
+            return {"logits": self.mrafer(images, onehot), "rrn_acc": rrn_acc}
         if self.eval_all_routings:
             out = self._all_routings(images, batch["label"], onehot.argmax(dim=1), truth)
             return {**out, "rrn_acc": rrn_acc}

@@ -270,7 +270,7 @@ class FSRFER(HRClassifierMethod):
             raise UserError(
                 "method.reweight_sigma must be > 1 so that every weight (sigma - p)^r is positive"
             )
-        self._cache: tuple[Batch, torch.Tensor, torch.Tensor] | None = None
+        self._cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     # -- stages --------
     def _scaled(self, epochs: int) -> int:
@@ -328,13 +328,17 @@ class FSRFER(HRClassifierMethod):
     # -- features --------
     @torch.no_grad()
     def _features(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(F_lr, F_hr) of a batch from the frozen extractor, computed once for both GAN steps."""
-        if self._cache is not None and self._cache[0] is batch:
+        """(F_lr, F_hr) of a batch from the frozen extractor, computed once for both GAN steps.
+
+        The cache is keyed on the batch's image tensor, not on the dict: DistributedDataParallel on CUDA
+        passes each step a rebuilt dict holding the same tensors.
+        """
+        if self._cache is not None and self._cache[0] is batch["image"]:
             return self._cache[1], self._cache[2]
         n = batch["image"].shape[0]
         both = self.classifier.feature_map(torch.cat([batch["image"], batch["image_hr"]])).float()
         f_lr, f_hr = both[:n], both[n:]
-        self._cache = (batch, f_lr, f_hr)
+        self._cache = (batch["image"], f_lr, f_hr)
         return f_lr, f_hr
 
     def sr_logits(self, features: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ from torch import nn
 
 from lrfer.errors import UserError
 from lrfer.methods.base import Batch, Method, MethodContext, Stage
-from lrfer.methods.resolution import ResolutionSet, build_network, resolution_step, selection_logits
+from lrfer.methods.resolution import ResolutionSet, build_network, resolution_step
 from lrfer.models.rabn import ResolutionAwareBN
 
 BN_SELECT = ("true_factor", "rrn")
@@ -57,9 +57,24 @@ class ResolutionAwareBNMethod(Method):
 
     def stages(self) -> list[Stage]:
         labels = self.resolutions.labels
-        stages = [Stage("train", epochs=self.epochs, train_degrade=labels, val_degrade=labels)]
+        # Under torchrun a rank's share may hold no face of some resolution: that resolution's BatchNorms get
+        # no gradient there (find_unused_parameters) and must not be synchronised (the other ranks would
+        # wait for a rank that never runs them).
+        train = Stage(
+            "train",
+            epochs=self.epochs,
+            train_degrade=labels,
+            val_degrade=labels,
+            find_unused_parameters=True,
+            sync_bn=False,
+        )
+        stages = [train]
         if self.rrn is not None:
-            stages.append(Stage("rrn", epochs=self.rrn_epochs, train_degrade=labels, val_degrade=labels))
+            stages.append(
+                Stage(
+                    "rrn", epochs=self.rrn_epochs, train_degrade=labels, val_degrade=labels, monitor="rrn_acc"
+                )
+            )
         return stages
 
     def stage_parameters(self, stage: Stage, step: str) -> Iterable[nn.Parameter]:
@@ -86,9 +101,9 @@ class ResolutionAwareBNMethod(Method):
         return self.net(images, self.branch(images, factor))
 
     def evaluate_step(self, batch: Batch, stage: Stage | None = None) -> dict[str, torch.Tensor]:
-        """The ``train`` stage is validated with the true factor's BN; the ``rrn`` stage on the RRN's own
-        accuracy (as DRGFER's, with the routed ``routed_acc`` beside it); the test uses ``bn_select``
-        (and reports ``rrn_acc`` when there is an RRN)."""
+        """The ``train`` stage is validated with the true factor's BN; the ``rrn`` stage with the BN the RRN
+        picks, reporting ``rrn_acc``, which it monitors (as DRGFER's); the test uses ``bn_select`` (and
+        reports ``rrn_acc`` when there is an RRN)."""
         truth = self.resolutions.index(batch["factor"])
         if stage is not None and stage.name == "train":
             return {"logits": self.net(batch["image"], truth)}
@@ -96,9 +111,4 @@ class ResolutionAwareBNMethod(Method):
         logits = self.net(batch["image"], branch)
         if self.rrn is None:
             return {"logits": logits}
-        rrn_acc = (branch == truth).float()
-        if stage is not None:  # the rrn stage
-            routed = (logits.argmax(dim=1) == batch["label"]).float()
-            logits = selection_logits(rrn_acc, batch["label"], self.context.num_classes)
-            return {"logits": logits, "rrn_acc": rrn_acc, "routed_acc": routed}
-        return {"logits": logits, "rrn_acc": rrn_acc}
+        return {"logits": logits, "rrn_acc": (branch == truth).float()}

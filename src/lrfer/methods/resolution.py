@@ -4,8 +4,8 @@
   factors, and the nearest-factor index of any image (in log scale, so x3 goes to x4, 14 px of 100 px =
   x7.14 goes to x8, x12 and x16 go to x8).
 * :func:`build_network` — a classifier from the run's ``model/`` config (ResNet-18 by default).
-* :func:`resolution_step` — the Resolution Recognition Network's loss (DRGFER eq. 1-2).
-* :func:`selection_logits` — lets the trainer pick an RRN stage's best epoch on the RRN's own accuracy.
+* :func:`resolution_step` — the Resolution Recognition Network's loss (DRGFER eq. 1-2). An RRN stage
+  selects its best epoch on ``rrn_acc`` (``Stage(monitor="rrn_acc")``).
 """
 
 from __future__ import annotations
@@ -72,15 +72,3 @@ def resolution_step(rrn: nn.Module, batch: Batch, resolutions: ResolutionSet) ->
     scores = rrn(batch["image"])
     loss = F.cross_entropy(scores.float(), target)
     return {"loss": loss, "rrn_acc": (scores.argmax(dim=1) == target).float().mean().detach()}
-
-
-def selection_logits(correct: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Logits whose argmax is the expression label exactly where ``correct`` is true.
-
-    The trainer picks a stage's best epoch on the validation accuracy of the ``logits`` an evaluation
-    step returns, measured against the expression labels. A stage that trains the RRN returns these, so
-    that its "acc" in the validation history is the RRN's resolution accuracy and its best epoch is the
-    most accurate RRN. (A per-stage monitored key in the trainer would make this unnecessary.)
-    """
-    wrong = (labels + 1) % num_classes
-    return F.one_hot(torch.where(correct.bool(), labels, wrong), num_classes).float()
