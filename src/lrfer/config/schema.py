@@ -53,6 +53,7 @@ class TrainerConfig:
     precision: str = "auto"
     channels_last: str = "auto"
     compile: bool = False
+    compile_mode: str = "default"
     grad_clip: float | None = None
     resume: bool = False
     monitor: str = "acc"
@@ -61,7 +62,8 @@ class TrainerConfig:
     log_every_n_steps: int = 10
     progress: str = "auto"
     num_threads: int | None = None
-    deterministic: bool = True
+    deterministic: bool = False
+    tf32: bool = True
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lrfer.data.cache import load_or_build
 from lrfer.data.datasets import build_adapter
-from lrfer.data.degrade import parse_degradations
+from lrfer.data.degrade import parse_degradation, parse_degradations
 from lrfer.data.faces import FaceData, carve_validation
 from lrfer.data.pipeline import FaceDataModule
 from lrfer.engine import distributed as dist
@@ -26,7 +26,8 @@ from lrfer.methods.base import Method, MethodContext
 
 log = logging.getLogger(__name__)
 
-#: Dataset sizes (bytes of uint8 images) above which ``dataset.on_device=auto`` keeps data on the host.
+#: ``dataset.on_device=auto`` keeps the data on the GPU when the uint8 images and the low-resolution views
+#: the run will cache take less than this fraction of the GPU's *free* memory.
 ON_DEVICE_MAX_FRACTION = 0.4
 
 
@@ -64,9 +65,32 @@ def storage_device(cfg: DictConfig, data: FaceData, device: torch.device) -> tor
         return device if mode != "false" else torch.device("cpu")
     if mode == "true":
         return device
-    nbytes = sum(s.images.numel() for s in data.splits.values())
-    total = torch.cuda.get_device_properties(device).total_memory
-    return device if nbytes < ON_DEVICE_MAX_FRACTION * total else torch.device("cpu")
+    nbytes = cached_bytes(cfg, data)
+    free, _total = torch.cuda.mem_get_info(device)
+    return device if nbytes < ON_DEVICE_MAX_FRACTION * free else torch.device("cpu")
+
+
+def cached_bytes(cfg: DictConfig, data: FaceData) -> int:
+    """Bytes a run keeps per device: the uint8 images of every split plus the low-resolution views it
+    will cache (training and validation degradations, the method's ``factors``, the test degradations)."""
+    factors = cfg.method.get("factors") if "method" in cfg else None
+    extra = list(factors) if isinstance(factors, (list, ListConfig)) else []
+    train = [*cfg.degrade.train, *extra]
+    val = [*(cfg.degrade.val or cfg.degrade.train), *extra]
+    per_split = {"train": train, "val": val, "test": list(cfg.degrade.test)}
+    total = 0
+    for name, split in data.splits.items():
+        n, c, h, w = split.images.shape
+        total += split.images.numel()
+        degs = {parse_degradation(str(lbl)) for lbl in per_split.get(name, train)}
+        for deg in degs:
+            try:
+                oh, ow = deg.output_size(h, w)
+            except UserError:
+                continue
+            if (oh, ow) != (h, w):
+                total += n * c * oh * ow
+    return total
 
 
 def build_method(cfg: DictConfig, context: MethodContext) -> Method:
