@@ -1,53 +1,93 @@
-"""torchrun: two CPU processes (gloo) train like one process with the same global batch.
+"""torchrun: two CPU processes (gloo) divide every global batch and train like one process.
 
-Tolerance: with no random augmentation and a network without BatchNorm, averaging the two half-batch
-gradients equals the full-batch gradient up to float rounding, so test accuracies must agree exactly
-and training losses within 1e-4 (relative). Networks with BatchNorm normalise per process (no SyncBatchNorm
-on the CPU), so they are only required to run and write one metrics.json.
+Each rank receives its own disjoint share of every global batch (``trainer.batch_size``), and the shares
+together are exactly the one-process batch. Tolerance of the equality test: with no random augmentation
+and a network without BatchNorm, averaging the two half-batch gradients equals the full-batch gradient up
+to float rounding, so test accuracies must agree exactly and training losses within 1e-4 (relative).
+Networks with BatchNorm normalise per process (no SyncBatchNorm on the CPU), so they are only required to
+run and write one metrics.json.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
+from collections import Counter
 
 import pytest
+import shard_worker
+import torch
 from conftest import REPO, tiny
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 
 
-def _run(cmd, tmp):
+def _run(cmd, check=True):
     env = {
         **os.environ,
         "PYTHONPATH": f"{REPO / 'tests'}:{os.environ.get('PYTHONPATH', '')}",
         "OMP_NUM_THREADS": "1",
     }
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None and sys.platform == "win32", reason="needs torchrun")
-def test_two_processes_match_one_process_for_a_multi_stage_method(tmp_path):
-    common = [
-        *tiny(
-            tmp_path,
-            "augment=none",
-            "method._target_=toy_methods.TwoStageToy",
-            "method.epochs=2",
-            "trainer.batch_size=28",
-            "degrade.test=[x1,x2]",
-            "trainer.num_threads=1",
-        )
-    ]
-    _run([sys.executable, "train.py", *common, f"hydra.run.dir={tmp_path / 'one'}"], tmp_path)
-    _run([*TORCHRUN, "train.py", *common, f"hydra.run.dir={tmp_path / 'two'}"], tmp_path)
-    one = json.loads((tmp_path / "one" / "metrics.json").read_text())
-    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+def assert_disjoint_shares(one: list, ranks: list[list], unique: bool) -> None:
+    """``one``: the one-process batches, ``ranks[r]``: rank r's; each a list of [indices, degradations].
+
+    Every batch: each rank holds its own part (equal sizes), and the parts together are exactly the
+    one-process global batch. ``unique``: the global batch has no repeated (index, degradation) pair, so the
+    ranks' pairs must also be disjoint as sets (balanced sampling draws with replacement, so it may repeat).
+    """
+    assert len(one) > 1 and all(len(r) == len(one) for r in ranks)
+    for b, (index, which) in enumerate(one):
+        parts = [list(zip(*r[b])) for r in ranks]
+        assert all(len(p) == len(index) // len(ranks) for p in parts), f"batch {b}: shares are not split"
+        assert Counter(pair for p in parts for pair in p) == Counter(zip(index, which)), f"batch {b}"
+        if unique:
+            assert not set(parts[0]) & set(parts[1]), f"batch {b}: the ranks share samples"
+
+
+def test_each_rank_gets_a_disjoint_share_of_every_batch(tmp_path):
+    """Random and balanced sampling, degrade.train_mode random and all, two epochs."""
+    _run([*TORCHRUN, str(REPO / "tests" / "shard_worker.py"), str(tmp_path)])
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    for key, one in shard_worker.shares(0, 1).items():
+        assert_disjoint_shares(one, [r[key] for r in ranks], unique=key.startswith("random/"))
+
+
+@pytest.fixture(scope="module")
+def toy_runs(tmp_path_factory):
+    """The two-stage toy trained by one process and by two (torchrun), each recording its batches."""
+    tmp = tmp_path_factory.mktemp("toy")
+    common = tiny(
+        tmp,
+        "augment=none",
+        "method._target_=toy_methods.TwoStageToy",
+        "method.epochs=2",
+        "trainer.batch_size=28",
+        "degrade.test=[x1,x2]",
+        "trainer.num_threads=1",
+    )
+    _run(
+        [sys.executable, "train.py", *common, f"+method.record={tmp / 'one'}", f"hydra.run.dir={tmp / 'one'}"]
+    )
+    _run([*TORCHRUN, "train.py", *common, f"+method.record={tmp / 'two'}", f"hydra.run.dir={tmp / 'two'}"])
+    return tmp, common
+
+
+def test_two_processes_match_one_process_for_a_multi_stage_method(toy_runs):
+    tmp, _ = toy_runs
+    one = json.loads((tmp / "one" / "metrics.json").read_text())
+    two = json.loads((tmp / "two" / "metrics.json").read_text())
+    for stage in ("teacher", "student"):  # each rank trained on its own half of every batch
+        seen = json.loads((tmp / "one" / f"rank0-{stage}.json").read_text())
+        ranks = [json.loads((tmp / "two" / f"rank{r}-{stage}.json").read_text()) for r in range(2)]
+        assert_disjoint_shares(seen, ranks, unique=True)
     assert two["environment"]["world_size"] == 2 and one["environment"]["world_size"] == 1
     for label in ("x1", "x2"):
         assert two["test"][label]["n"] == one["test"][label]["n"] == 70
@@ -59,11 +99,25 @@ def test_two_processes_match_one_process_for_a_multi_stage_method(tmp_path):
                 assert b[key] == pytest.approx(a[key], rel=1e-4)
 
 
+def test_an_interrupted_torchrun_run_resumes_exactly(toy_runs):
+    """Killed in the second stage's second epoch, then resumed: the same weights and metrics as ``two``."""
+    tmp, common = toy_runs
+    run = [*TORCHRUN, "train.py", *common, f"hydra.run.dir={tmp / 'cut'}"]
+    assert _run([*run, "+method.crash_after=15"], check=False).returncode != 0
+    last = torch.load(tmp / "cut" / "checkpoints" / "last.pt", weights_only=True)
+    assert (last["stage_index"], last["epoch"]) == (1, 1)
+    _run([*run, "trainer.resume=true"])
+    cut = json.loads((tmp / "cut" / "metrics.json").read_text())
+    two = json.loads((tmp / "two" / "metrics.json").read_text())
+    assert cut["test"] == two["test"] and cut["train"] == two["train"]
+    a = torch.load(tmp / "two" / "checkpoints" / "last.pt", weights_only=True)["method"]
+    b = torch.load(tmp / "cut" / "checkpoints" / "last.pt", weights_only=True)["method"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_torchrun_baseline_writes_one_metrics_file(tmp_path):
     run_dir = tmp_path / "run"
-    proc = _run(
-        [*TORCHRUN, "train.py", *tiny(tmp_path, "trainer.max_epochs=1"), f"hydra.run.dir={run_dir}"], tmp_path
-    )
+    proc = _run([*TORCHRUN, "train.py", *tiny(tmp_path, "trainer.max_epochs=1"), f"hydra.run.dir={run_dir}"])
     assert json.loads((run_dir / "metrics.json").read_text())["environment"]["world_size"] == 2
     assert proc.stdout.count("degradation  acc %") == 1  # only rank 0 prints the table
     assert len(list(tmp_path.rglob("metrics.json"))) == 1

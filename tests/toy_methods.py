@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -23,8 +27,20 @@ class TinyNet(nn.Module):
 class TwoStageToy(Method):
     """Stage 1 trains ``teacher`` on x1; stage 2 alternates a critic step and a student step on x2."""
 
-    def __init__(self, context: MethodContext, epochs: int = 2, critic_lr: float = 0.5, **_) -> None:
+    def __init__(
+        self,
+        context: MethodContext,
+        epochs: int = 2,
+        critic_lr: float = 0.5,
+        record: str | None = None,
+        crash_after: int | None = None,
+        **_,
+    ) -> None:
         super().__init__(context, epochs=epochs)
+        self.crash_after = crash_after  # raise at training batch crash_after + 1 (an interrupted run)
+        # record=<dir>: every training batch's (index, degradation) goes to <dir>/rank<r>-<stage>.json
+        self.record = record
+        self.seen: list[list[list[int]]] = []
         self.teacher = TinyNet(context.num_classes)
         self.student = TinyNet(context.num_classes)
         self.critic = nn.Linear(context.num_classes, 1)
@@ -50,17 +66,30 @@ class TwoStageToy(Method):
 
     def on_stage_start(self, stage):
         self.teacher.requires_grad_(stage.name == "teacher")
+        self.seen = []
+
+    def on_stage_end(self, stage):
+        if self.record:
+            path = Path(self.record) / f"rank{os.environ.get('RANK', '0')}-{stage.name}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(self.seen))
 
     def training_step(self, batch, stage, step):
         self.calls.append((stage.name, step, tuple(sorted(set(batch["factor"].tolist())))))
         assert (stage.name == "student") == ("image_hr" in batch)
+        if step != "critic":
+            self.seen.append([batch["index"].tolist(), batch["degradation"].tolist()])
+            self.batches = getattr(self, "batches", 0) + 1
+            if self.crash_after is not None and self.batches > self.crash_after:
+                raise RuntimeError("interrupted")
         if step == "main":
             logits = self.teacher(batch["image"])
             return {"loss": self.classification_loss(logits, batch), "logits": logits.detach()}
         logits = self.student(batch["image"])
         if step == "critic":
             return {
-                "loss": self.critic(logits.detach()).mean() ** 2,
+                # a mean of per-sample terms, so the ranks' averaged gradients equal the full batch's
+                "loss": (self.critic(logits.detach()) ** 2).mean(),
                 "critic_out": self.critic(logits).mean(),
             }
         return {"loss": self.classification_loss(logits, batch), "logits": logits.detach()}

@@ -194,15 +194,26 @@ class FaceDataModule:
         return max(1, n // self.batch_size) if n >= self.batch_size else 1
 
     def train_batches(self, degs: Sequence[Degradation], seed: int, need_hr: bool = False) -> Iterator[Batch]:
-        """One epoch of augmented training batches; everything random comes from ``seed``."""
+        """One epoch of augmented training batches: this rank's share of every global batch.
+
+        The epoch's order of samples (and of degradations, for a mixed training set) comes from ``seed``
+        alone, so it is the same on every rank; global batch b is ``trainer.batch_size`` consecutive entries
+        of it, and rank r takes the contiguous slice :func:`shard_range` gives it, so the ranks' shares are
+        disjoint and together exactly the one-process batch. The augmentation stream comes from ``seed``
+        and the rank (``seed + 1 + rank``; ``seed`` itself derives from the run seed, stage and epoch), so
+        ranks do not augment their shares with the same random numbers.
+        """
         self.check_trainable(degs)
         cpu_gen = torch.Generator().manual_seed(seed)
-        dev_gen = torch.Generator(device=self.device).manual_seed(seed + 1)
+        dev_gen = torch.Generator(device=self.device).manual_seed(seed + 1 + self.rank)
         rows, which = self._epoch_order(degs, cpu_gen, self.degrade_cfg.train_mode)
         n_batches = self.num_train_batches(degs)
         bs = self.batch_size if len(rows) >= self.batch_size else len(rows)
+        first, stop = shard_range(bs, self.rank, self.world_size)
+        if stop == first:
+            raise UserError(f"{len(rows)} training samples cannot be shared by {self.world_size} processes")
         for b in range(n_batches):
-            sl = slice(b * bs, (b + 1) * bs)
+            sl = slice(b * bs + first, b * bs + stop)
             yield self.make_batch(
                 "train", rows[sl], which[sl], degs, augment=True, need_hr=need_hr, generator=dev_gen
             )

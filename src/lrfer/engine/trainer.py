@@ -4,8 +4,10 @@ Per stage it builds one optimiser and one epoch scheduler per optimisation step,
 epochs (capped by ``trainer.max_epochs``), validates on the validation split, keeps ``best.pt`` (best
 validation score of the stage, never the test split) and ``last.pt`` (everything needed to continue:
 method, optimisers, schedulers, position, best score), and restores the best epoch at the end of the
-stage. Every epoch's randomness derives from ``(seed, stage, epoch)``, so a resumed run repeats the
-uninterrupted one exactly.
+stage. Every epoch's randomness derives from ``(seed, stage, epoch, rank)``, so a resumed run repeats the
+uninterrupted one exactly. Under torchrun each rank trains on its own share of every global batch
+(:meth:`~lrfer.data.pipeline.FaceDataModule.train_batches`), with its own augmentation and its own global
+RNG stream (dropout, random interpolation weights), and DDP averages the gradients.
 """
 
 from __future__ import annotations
@@ -353,7 +355,7 @@ class Trainer:
         finite-loss check accumulate on the device and are read once, at the end of the epoch (and every
         ``log_every_n_steps`` steps only when a logger is writing)."""
         seed = derive_seed(self.seed, si, epoch)
-        seed_everything(seed)
+        seed_everything(seed + dist.rank())  # per rank: dropout masks etc. must differ between shares
         self.method.train()
         sums: dict[str, torch.Tensor] = {}
         correct = torch.zeros((), device=self.device)
