@@ -95,11 +95,15 @@ def degrade_uint8(
     kernel: str = "bicubic",
     antialias: bool = True,
     chunk: int = 1024,
+    device: torch.device | None = None,
 ) -> torch.Tensor:
-    """Low-resolution uint8 view of uint8 images (N, C, H, W), computed in chunks on their device.
+    """Low-resolution uint8 view of uint8 images (N, C, H, W), computed in chunks.
 
-    The uint8 result matches MATLAB's ``imresize`` on uint8 images (rounded and clamped), so cached views
-    are exactly the low-resolution files the papers wrote to disk.
+    The chunks are computed on ``device`` (default: the images' own) and the view is kept beside the
+    images: host-resident images (a memory-mapped cache too large for the GPU) are resized on the GPU a
+    chunk at a time and come back to the host. The uint8 result matches MATLAB's ``imresize`` on uint8
+    images (rounded and clamped), so cached views are exactly the low-resolution files the papers wrote
+    to disk.
     """
     if kernel not in KERNELS:
         raise UserError(f"unknown degradation kernel {kernel!r}: choose one of {', '.join(KERNELS)}")
@@ -112,6 +116,12 @@ def degrade_uint8(
     # By factor, MATLAB derives the sampling grid from the scale itself (x6: samples 6 px apart), not from
     # the rounded output size (100/17 = 5.88 px apart): pass the scale, and the size only for <size>px.
     how = {"size": out} if degradation.size is not None else {"scale": 1.0 / degradation.factor}
+    if device is not None and torch.device(device) != images.device:
+        view = images.new_empty((images.shape[0], images.shape[1], *out))
+        for i in range(0, images.shape[0], chunk):
+            part = images[i : i + chunk].to(device, non_blocking=True)
+            view[i : i + chunk] = imresize_uint8(part, kernel=kernel, antialias=antialias, **how)
+        return view
     parts = [
         imresize_uint8(images[i : i + chunk], kernel=kernel, antialias=antialias, **how)
         for i in range(0, images.shape[0], chunk)

@@ -78,11 +78,15 @@ def cached_bytes(cfg: DictConfig, data: FaceData) -> int:
     train = [*cfg.degrade.train, *extra]
     val = [*(cfg.degrade.val or cfg.degrade.train), *extra]
     per_split = {"train": train, "val": val, "test": list(cfg.degrade.test)}
-    total = 0
+    # Views are made per image tensor: splits carved from one tensor (train / val) share them.
+    per_base: dict[int, tuple[torch.Tensor, set]] = {}
     for name, split in data.splits.items():
-        n, c, h, w = split.images.shape
-        total += split.images.numel()
-        degs = {parse_degradation(str(lbl)) for lbl in per_split.get(name, train)}
+        _, degs = per_base.setdefault(id(split.base), (split.base, set()))
+        degs.update(parse_degradation(str(lbl)) for lbl in per_split.get(name, train))
+    total = 0
+    for base, degs in per_base.values():
+        n, c, h, w = base.shape
+        total += base.numel()
         for deg in degs:
             try:
                 oh, ow = deg.output_size(h, w)
@@ -149,6 +153,9 @@ def build_parts(cfg: DictConfig) -> RunParts:
         eval_batch_size=cfg.trainer.eval_batch_size,
         device=device,
         storage_device=storage_device(cfg, data, device),
+        # on_device=false: the prefetching host path, also on a CPU (where it overlaps gathering with the
+        # step); auto on a GPU with data too large for it: the same, chosen by the data module.
+        prefetch=True if str(cfg.dataset.on_device).lower() == "false" else None,
         sampler=cfg.dataset.sampler,
         rank=dist.rank(),
         world_size=dist.world_size(),
@@ -159,7 +166,7 @@ def build_parts(cfg: DictConfig) -> RunParts:
             f"the cached {cfg.dataset.name} images are {data.image_size[0]}x{data.image_size[1]} but "
             f"dataset.image_size={side}: rebuild the cache (delete it under {cfg.paths.cache_dir})"
         )
-    context = method_context(cfg, in_channels=int(data.splits["train"].images.shape[1]))
+    context = method_context(cfg, in_channels=int(data.splits["train"].image_shape[0]))
     torch.manual_seed(cfg.seed)
     method = build_method(cfg, context)
     return RunParts(cfg, device, data, datamodule, method)
