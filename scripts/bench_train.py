@@ -1,28 +1,40 @@
 #!/usr/bin/env python
-"""Training throughput, side by side in one process: lrfer's loop vs the model-only limit vs a conventional
-PIL + DataLoader pipeline.
+"""Training throughput through the real Trainer loop: lrfer's batches (data on the device, and on the host)
+vs the model-only limit vs a conventional PIL + DataLoader pipeline, and the trainer's optimisations.
 
     python scripts/bench_train.py [--device auto] [--sizes 100 224] [--methods baseline efc]
-                                  [--batch-size 32] [--steps 4] [--repeats 3] [--optimizations]
+                                  [--batch-size 32] [--n-train 4096] [--steps 8] [--repeats 3]
+                                  [--optimizations] [--no-conventional] [--workers 4]
 
-For each (method, input size) it measures images per second of
-  (a) ``pipeline``: the real training loop — uint8 cache on the device -> MATLAB-bicubic degradation view
-      (x1, x2, x4 mixed per sample) -> resize back -> batched augmentation -> training step (lrfer's Trainer);
-  (b) ``model_only``: the same method, batch and precision on one pre-made batch already on the device;
-  (c) ``conventional``: PNG files decoded by PIL per sample in a torch DataLoader with workers, PIL bicubic
-      down/up-sampling, random flip and normalisation per sample (what public FER repositories do), then the
-      same training step.
-The three are interleaved over ``--repeats`` rounds (after a warm-up round); images/s = batch / median step
-time, each step including the fetch of its batch (the conventional loader keeps persistent workers, so
-worker start-up is not charged to it). ``--optimizations`` adds the effect of each trainer optimisation on
-the model-only step as a ratio to fp32 eager: bf16 autocast, channels_last, torch.compile (and CUDA graphs
-on a GPU). The last stdout line is JSON.
+Every loop is ``Trainer._train_epoch`` itself (logging off, progress bars off): batch assembly, the
+forward/backward/optimiser step of every optimisation step, the on-device loss sums and finite check, and
+the epoch's single read at its end. A timed run is K = ``--steps`` steps with the device synchronised only
+before the first and after the last, so the host may run ahead of the GPU as it does in training. Loops, per
+(method, input size):
+
+  (a) ``trainer``: ``dataset.on_device=true`` — uint8 cache on the device -> MATLAB-bicubic views (x1, x2, x4
+      mixed per sample) -> resize back -> batched augmentation -> step;
+  (b) ``host``: ``dataset.on_device=false`` — the images stay on the host; the prefetching thread gathers the
+      next batches into pinned buffers and copies them without blocking;
+  (c) ``model_only``: the same Trainer stepping on one pre-made batch already on the device;
+  (d) ``conventional``: PNG files decoded by PIL per sample in a torch DataLoader with persistent workers,
+      PIL bicubic down/up-sampling, random flip and normalisation per sample (what public FER repositories
+      do), fed to the same Trainer loop.
+
+The training split has ``--n-train`` 100 px faces (4096 = 123 MB of uint8 images plus their views: more than
+a CPU's last-level cache or a GPU's L2, so batches are gathered from memory, not from cache). Every loop
+first runs one untimed warm-up of K steps (views, allocator, cuDNN autotuning, torch.compile); the
+``--repeats`` timed rounds are interleaved across loops and images/s = batch * K / median round time.
+
+``--optimizations`` times the trainer loop (a) again with each optimisation of the trainer and reports
+its speed relative to fp32 eager: bf16 autocast (``trainer.precision=bf16``), channels_last
+(``trainer.channels_last=true``), ``trainer.compile=true``, and all three together; the compile time
+(the warm-up minus a timed run) is reported separately. The last stdout line is JSON.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -40,7 +52,7 @@ from lrfer.cli import CONFIG_DIR
 from lrfer.compat import torchvision
 from lrfer.config import register_schemas
 from lrfer.data.degrade import parse_degradations
-from lrfer.engine.run import build_parts
+from lrfer.engine.run import build_method, build_parts, method_context
 from lrfer.engine.trainer import Trainer, derive_seed
 from lrfer.methods.base import Stage
 
@@ -51,6 +63,16 @@ METHOD_OVERRIDES = {
     "efc": ["method=efc"],
     "voting": ["method=voting", "method.split_after=2"],
 }
+OPTIMISATIONS = {
+    "bf16": ["trainer.precision=bf16"],
+    "channels_last": ["trainer.channels_last=true"],
+    "compile": ["trainer.compile=true"],
+    "bf16+channels_last+compile": [
+        "trainer.precision=bf16",
+        "trainer.channels_last=true",
+        "trainer.compile=true",
+    ],
+}
 
 
 def sync(device: torch.device) -> None:
@@ -58,120 +80,79 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def compose_parts(method: str, size: int, batch: int, n_train: int, device: str, cache: str, extra=()):
+def compose_cfg(method: str, size: int, args, cache: str, extra=()):
     overrides = [
         *METHOD_OVERRIDES[method],
-        f"dataset.num_train={n_train}",
-        f"dataset.num_val={batch}",
-        f"dataset.num_test={batch}",
+        f"dataset.num_train={args.n_train}",
+        f"dataset.num_val={args.batch_size}",
+        f"dataset.num_test={args.batch_size}",
         f"dataset.image_size={NATIVE}",
         f"degrade.input_size={size}",
         f"degrade.train=[{','.join(DEGRADATIONS)}]",
-        f"trainer.batch_size={batch}",
-        f"trainer.device={device}",
+        f"trainer.batch_size={args.batch_size}",
+        f"trainer.device={args.device}",
+        "trainer.progress=off",
         "logger=none",
         f"paths.cache_dir={cache}",
         "augment=default",
         *extra,
     ]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
-    return cfg, build_parts(cfg)
+        return compose("train", overrides=overrides)
 
 
-class Bench:
-    """Holds one method's three loops; each ``run_*`` times ``steps`` optimisation steps."""
+class Loop:
+    """One Trainer and a source of batches; :meth:`run` times K steps of ``Trainer._train_epoch``."""
 
-    def __init__(self, method: str, size: int, args, tmp: Path) -> None:
-        self.steps, self.batch = args.steps, args.batch_size
-        n_train = self.batch * self.steps
-        self.cfg, self.parts = compose_parts(
-            method, size, self.batch, n_train, args.device, str(tmp / "cache")
-        )
-        self.device = self.parts.device
+    def __init__(self, cfg, parts, steps: int, batches=None, method=None) -> None:
+        self.cfg, self.parts, self.steps = cfg, parts, steps
+        self.dm = parts.datamodule
+        self.device = parts.device
         self.trainer = Trainer(
-            self.cfg.trainer,
-            self.parts.method,
-            self.parts.datamodule,
+            cfg.trainer,
+            method if method is not None else parts.method,
+            self.dm,
             train_degrade=DEGRADATIONS,
             val_degrade=None,
             run_dir=None,
             seed=0,
             device=self.device,
         )
+        self.memory_format = self.dm.memory_format  # the trainer set it; loops sharing data restore it
         self.stage = Stage("bench", epochs=1)
-        self.opt = torch.optim.Adam(self.parts.method.parameters(), lr=1e-4)
         self.degs = parse_degradations(DEGRADATIONS)
-        self.dm = self.parts.datamodule
-        for deg in self.degs:  # the views are cached once per run, as in training: not part of the loop
-            self.dm.view("train", deg)
-        self.fixed = next(self.dm.train_batches(self.degs, seed=1))
-        self.size = size
-        self._loader: torch.utils.data.DataLoader | None = None
-        self.folder = tmp / f"png{NATIVE}"
-        if not self.folder.exists():
-            self._write_pngs()
+        self.optimizers, _ = self.trainer.build_optimizers(self.stage, epochs=1)
+        self.batches = batches  # None: the data module's own (a fresh epoch each run)
+        self.epoch = 0
 
-    def _write_pngs(self) -> None:
-        self.folder.mkdir(parents=True)
-        split = self.dm.splits["train"]
-        for i in range(len(split)):
-            Image.fromarray(split.images[i].permute(1, 2, 0).cpu().numpy()).save(self.folder / f"{i:06d}.png")
+    def _source(self, *args, **kwargs):
+        gen = self.batches() if self.batches is not None else self.real(*args, **kwargs)
+        return (b for _, b in zip(range(self.steps), gen))
 
-    def _step(self, batch) -> None:
-        batch = self.trainer._prepare(batch)
-        with self.trainer._autocast():
-            loss = self.parts.method.training_step(batch, self.stage, "main")["loss"]
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-
-    def _timed_steps(self, batches, step=None) -> list[float]:
-        """Seconds of each ``step`` (default: the trainer's step), fetching its batch included, synchronised
-        on the device."""
-        step = step or self._step
-        times = []
-        it = iter(batches)
-        while True:
-            t0 = time.perf_counter()
-            batch = next(it, None)
-            if batch is None:
-                return times
-            step(batch)
+    def run(self) -> float:
+        """Seconds for K steps, the device synchronised only before and after them."""
+        self.dm.memory_format = self.memory_format
+        self.real = type(self.dm).train_batches.__get__(self.dm)
+        self.dm.train_batches = self._source
+        try:
             sync(self.device)
-            times.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            self.trainer._train_epoch(0, self.stage, self.epoch, self.degs, self.optimizers)
+            sync(self.device)
+            return time.perf_counter() - t0
+        finally:
+            del self.dm.train_batches
+            self.epoch += 1
 
-    def run_pipeline(self) -> list[float]:
-        return self._timed_steps(self.dm.train_batches(self.degs, seed=derive_seed(0, 0, 0)))
 
-    def run_model_only(self) -> list[float]:
-        return self._timed_steps(dict(self.fixed) for _ in range(self.steps))
-
-    def run_conventional(self, workers: int) -> list[float]:
-        if self._loader is None:  # persistent workers: steady state, worker start-up not charged
-            dataset = PngFaces(self.folder, self.dm.splits["train"].labels.cpu(), self.size)
-            self._loader = torch.utils.data.DataLoader(
-                dataset,
-                batch_size=self.batch,
-                shuffle=True,
-                num_workers=workers,
-                drop_last=True,
-                pin_memory=self.device.type == "cuda",
-                persistent_workers=workers > 0,
-            )
-        batches = (
-            {
-                "image": images.to(self.device, non_blocking=True),
-                "label": labels.to(self.device),
-                "factor": torch.ones(len(labels), device=self.device),
-            }
-            for images, labels in self._loader
-        )
-        return self._timed_steps(batches)
-
-    def close(self) -> None:
-        """Stop the conventional loader's persistent workers."""
-        self._loader = None
+def interleaved(loops: dict[str, Loop], repeats: int) -> tuple[dict[str, float], dict[str, float]]:
+    """(median seconds per K steps, warm-up seconds) of every loop, rounds interleaved after a warm-up."""
+    warmup = {name: loop.run() for name, loop in loops.items()}
+    times: dict[str, list[float]] = {k: [] for k in loops}
+    for _ in range(repeats):
+        for name, loop in loops.items():
+            times[name].append(loop.run())
+    return {k: statistics.median(v) for k, v in times.items()}, warmup
 
 
 class PngFaces(torch.utils.data.Dataset):
@@ -199,60 +180,103 @@ class PngFaces(torch.utils.data.Dataset):
         return self.to_tensor(img), int(self.labels[i])
 
 
-def median_rounds(fns: dict, repeats: int, batch: int) -> dict[str, float]:
-    """Images/s of each loop from its median step time, loops interleaved over ``repeats`` rounds after one
-    warm-up round (step-level medians are robust to the other jobs of a shared machine)."""
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            times[name].extend(fn())
-    return {k: round(batch / statistics.median(v), 2) for k, v in times.items()}
+def conventional_batches(parts, size: int, batch: int, workers: int, folder: Path):
+    """A callable giving an endless stream of DataLoader batches (persistent workers, steady state)."""
+    split = parts.datamodule.splits["train"]
+    if not folder.exists():
+        folder.mkdir(parents=True)
+        images = split.images.cpu()
+        for i in range(len(split)):
+            Image.fromarray(images[i].permute(1, 2, 0).numpy()).save(folder / f"{i:06d}.png")
+    device = parts.device
+    loader = torch.utils.data.DataLoader(
+        PngFaces(folder, split.labels.cpu(), size),
+        batch_size=batch,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+    )
+    state = {"it": None}
+
+    def batches():
+        while True:
+            if state["it"] is None:
+                state["it"] = iter(loader)
+            for images, labels in state["it"]:
+                yield {
+                    "image": images.to(device, non_blocking=True),
+                    "label": labels.to(device, non_blocking=True),
+                    "factor": torch.ones(len(labels), device=device),
+                }
+            state["it"] = None
+
+    return batches, loader
 
 
-def optimisation_ratios(bench: Bench, repeats: int) -> dict[str, float]:
-    """Model-only speed of each optimisation relative to fp32 eager on the same machine."""
-    method, device = bench.parts.method, bench.device
-    variants: dict[str, callable] = {}
-
-    def make(amp: torch.dtype | None, channels_last: bool):
-        def step(batch) -> None:
-            ctx = torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext()
-            with ctx:
-                loss = method.training_step(batch, bench.stage, "main")["loss"]
-            bench.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            bench.opt.step()
-
-        def run() -> list[float]:
-            batch = dict(bench.fixed)
-            if channels_last:
-                batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
-            return bench._timed_steps((batch for _ in range(bench.steps)), step)
-
-        return run
-
-    method.to(memory_format=torch.contiguous_format)
-    variants["fp32"] = make(None, False)
-    variants["bf16"] = make(torch.bfloat16, False)
-    base = median_rounds(variants, repeats, bench.batch)
-    method.to(memory_format=torch.channels_last)
-    cl = median_rounds({"channels_last": make(None, True)}, repeats, bench.batch)
-    method.to(memory_format=torch.contiguous_format)
-    out = {
-        "bf16_vs_fp32": round(base["bf16"] / base["fp32"], 3),
-        "channels_last_vs_fp32": round(cl["channels_last"] / base["fp32"], 3),
+def bench(method: str, size: int, args, tmp: Path) -> dict:
+    cache = str(tmp / "cache")
+    cfg = compose_cfg(method, size, args, cache, ["dataset.on_device='true'"])
+    parts = build_parts(cfg)
+    host_cfg = compose_cfg(method, size, args, cache, ["dataset.on_device='false'"])
+    host_parts = build_parts(host_cfg)
+    steps, batch = args.steps, args.batch_size
+    loops = {"trainer": Loop(cfg, parts, steps)}
+    fixed = next(parts.datamodule.train_batches(parse_degradations(DEGRADATIONS), seed=derive_seed(0, 0, 0)))
+    loops["model_only"] = Loop(cfg, parts, steps, batches=lambda: (dict(fixed) for _ in range(steps)))
+    loops["host"] = Loop(host_cfg, host_parts, steps)
+    loader = None
+    if args.conventional:
+        stream, loader = conventional_batches(parts, size, batch, args.workers, tmp / f"png{NATIVE}")
+        loops["conventional"] = Loop(cfg, parts, steps, batches=stream)
+    seconds, _ = interleaved(loops, args.repeats)
+    speed = {k: round(batch * steps / v, 2) for k, v in seconds.items()}
+    row = {
+        "method": method,
+        "input_size": size,
+        "batch_size": batch,
+        "n_train": args.n_train,
+        "trainer_imgs_per_s": speed["trainer"],
+        "host_imgs_per_s": speed["host"],
+        "model_only_imgs_per_s": speed["model_only"],
+        "trainer_vs_model_only": round(speed["trainer"] / speed["model_only"], 3),
+        "host_vs_trainer": round(speed["host"] / speed["trainer"], 3),
+        "precision": str(loops["trainer"].trainer.amp_dtype or "fp32"),
+        "channels_last": loops["trainer"].trainer.channels_last,
+        "host_prefetch": host_parts.datamodule.prefetch,
+        "host_pinned": host_parts.datamodule.pin,
     }
+    if args.conventional:
+        row["conventional_imgs_per_s"] = speed["conventional"]
+        row["trainer_vs_conventional"] = round(speed["trainer"] / speed["conventional"], 3)
+        del loader
+    if args.optimizations:
+        row["optimizations"] = optimisation_ratios(method, size, args, cache, parts)
+    return row
+
+
+def optimisation_ratios(method: str, size: int, args, cache: str, parts) -> dict:
+    """Speed of the trainer loop with each optimisation relative to fp32 eager, same data, same machine."""
+    base = ["dataset.on_device='true'", "trainer.precision=fp32", "trainer.channels_last=false"]
+    loops, cfgs = {}, {}
+    for name, extra in {"fp32": [], **OPTIMISATIONS}.items():
+        cfg = compose_cfg(method, size, args, cache, [*base, *extra])
+        torch.manual_seed(cfg.seed)
+        fresh = build_method(cfg, method_context(cfg, in_channels=parts.datamodule.channels))
+        cfgs[name] = cfg
+        loops[name] = Loop(cfg, parts, args.steps, method=fresh)
     try:
-        for child in method.children():
-            child.compile()
-        compiled = median_rounds({"compile": make(None, False)}, repeats, bench.batch)
-        out["compile_vs_fp32"] = round(compiled["compile"] / base["fp32"], 3)
-    except Exception as err:  # compilers missing on the machine: report, do not fail the benchmark
-        out["compile_vs_fp32"] = f"unavailable: {type(err).__name__}"
-    if device.type != "cuda":
-        out["cuda_graphs_vs_fp32"] = "n/a on CPU"
+        seconds, warmup = interleaved(loops, args.repeats)
+    except Exception as err:  # no compiler on the machine: report, do not fail the benchmark
+        return {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"}
+    out = {f"{k}_vs_fp32": round(seconds["fp32"] / v, 3) for k, v in seconds.items() if k != "fp32"}
+    out["fp32_imgs_per_s"] = round(args.batch_size * args.steps / seconds["fp32"], 2)
+    for name in loops:
+        if cfgs[name].trainer.compile:
+            out[f"{name}_compile_s"] = round(warmup[name] - seconds[name], 1)
+    if parts.device.type != "cuda":
+        out["note"] = "bf16 on a CPU without AMX/AVX512-BF16 is emulated"
     return out
 
 
@@ -262,65 +286,52 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 224])
     parser.add_argument("--methods", nargs="+", default=["baseline", "efc"], choices=sorted(METHOD_OVERRIDES))
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--n-train", type=int, default=4096)
+    parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
     parser.add_argument("--optimizations", action="store_true")
+    parser.add_argument("--no-conventional", dest="conventional", action="store_false")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     register_schemas()
     results = []
+    t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for method in args.methods:
             if not (CONFIG_DIR / "method" / f"{method}.yaml").exists():
                 print(json.dumps({"method": method, "skipped": f"no configs/method/{method}.yaml"}))
                 continue
             for size in args.sizes:
-                bench = Bench(method, size, args, Path(tmp))
-                speeds = median_rounds(
-                    {
-                        "pipeline": bench.run_pipeline,
-                        "model_only": bench.run_model_only,
-                        "conventional": lambda b=bench: b.run_conventional(args.workers),
-                    },
-                    args.repeats,
-                    args.batch_size,
-                )
-                row = {
-                    "method": method,
-                    "input_size": size,
-                    "batch_size": args.batch_size,
-                    "pipeline_imgs_per_s": speeds["pipeline"],
-                    "model_only_imgs_per_s": speeds["model_only"],
-                    "conventional_imgs_per_s": speeds["conventional"],
-                    "pipeline_vs_model_only": round(speeds["pipeline"] / speeds["model_only"], 3),
-                    "pipeline_vs_conventional": round(speeds["pipeline"] / speeds["conventional"], 3),
-                    "precision": str(bench.trainer.amp_dtype or "fp32"),
-                    "channels_last": bench.trainer.channels_last,
-                }
-                if args.optimizations:
-                    row["optimizations"] = optimisation_ratios(bench, args.repeats)
-                bench.close()
+                row = bench(method, size, args, Path(tmp))
                 results.append(row)
                 print(json.dumps(row), flush=True)
-    first = results[0] if results else {}
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else args.device)
     summary = {
         "results": results,
-        "device": str(bench.device) if results else args.device,
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != "cpu" else None,
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
         "cpu": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
         "workers": args.workers,
         "torch": torch.__version__,
         "steps": args.steps,
         "repeats": args.repeats,
+        "n_train": args.n_train,
         "degradations": DEGRADATIONS,
+        "load_average_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "wall_s": round(time.perf_counter() - t0, 1),
     }
-    for key in ("pipeline_imgs_per_s", "model_only_imgs_per_s", "conventional_imgs_per_s"):
-        if first:  # the first row's headline numbers at top level, for quick checks
-            summary[key] = first[key]
+    if results:  # the first row's headline numbers at top level, for quick checks
+        for key in (
+            "trainer_imgs_per_s",
+            "model_only_imgs_per_s",
+            "host_imgs_per_s",
+            "trainer_vs_model_only",
+        ):
+            summary[key] = results[0][key]
     print(json.dumps(summary))
     return summary
 

@@ -143,3 +143,92 @@ def test_stratified_validation_split_is_seeded_and_stratified():
     del data.splits["val"]
     carved = carve_validation(data, 0.25, seed=0)
     assert len(carved.splits["val"]) == 15 and len(carved.splits["train"]) == 45
+
+
+def _prefetching(data, **kwargs):
+    dm = _module(data, **kwargs)
+    return FaceDataModule(
+        data,
+        degrade_cfg=dm.degrade_cfg,
+        augment_cfg=dm.augment_cfg,
+        mean=[0.5] * 3,
+        std=[0.25] * 3,
+        batch_size=dm.batch_size,
+        eval_batch_size=32,
+        device=torch.device("cpu"),
+        sampler=dm.sampler,
+        prefetch=True,
+    )
+
+
+@pytest.mark.parametrize("need_hr", [False, True])
+def test_the_prefetching_host_path_gives_the_device_path_batches(need_hr):
+    data = _data(n=70)
+    degs = parse_degradations(["x1", "x2", "x4"])
+    aug = {"translate": 0.1, "erase_p": 0.5}
+    plain, prefetched = (
+        _module(data, train=degs_labels(degs), **aug),
+        _prefetching(data, train=degs_labels(degs), **aug),
+    )
+    assert prefetched.prefetch and not plain.prefetch
+    a = list(plain.train_batches(degs, seed=4, need_hr=need_hr))
+    b = list(prefetched.train_batches(degs, seed=4, need_hr=need_hr))
+    assert len(a) == len(b) == 4
+    for x, y in zip(a, b):
+        assert set(x) == set(y) and all(torch.equal(x[k], y[k]) for k in x)
+
+
+def degs_labels(degs):
+    return [d.label for d in degs]
+
+
+def test_a_prefetching_epoch_stopped_early_stops_its_thread():
+    import threading
+
+    dm = _prefetching(_data(n=70))
+    it = dm.train_batches(parse_degradations(["x1"]), seed=0)
+    next(it)
+    it.close()
+    assert not any(t.name == "lrfer-prefetch" and t.is_alive() for t in threading.enumerate())
+
+
+def test_batches_of_one_degradation_and_of_a_mix_match_per_sample_assembly():
+    """Grouping rows by degradation per epoch gives exactly the per-sample images (no reordering)."""
+    data = _data(n=64)
+    degs = parse_degradations(["x1", "x3", "x4"])
+    dm = _module(data, train=degs_labels(degs), hflip=0.0)
+    for batch in dm.train_batches(degs, seed=2):
+        for i in range(len(batch["index"])):
+            one = dm.make_batch(
+                "train", batch["index"][i : i + 1], batch["degradation"][i : i + 1], degs, augment=False
+            )
+            assert torch.equal(one["image"][0], batch["image"][i])
+
+
+def test_channels_last_batches_come_straight_from_the_normalisation():
+    data = _data()
+    dm = _module(data, train=["x1", "x2"], hflip=0.5)
+    degs = parse_degradations(["x1", "x2"])
+    plain = next(dm.train_batches(degs, seed=0, need_hr=True))
+    dm.memory_format = torch.channels_last
+    cl = next(dm.train_batches(degs, seed=0, need_hr=True))
+    for key in ("image", "image_hr"):
+        assert cl[key].is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(cl[key], plain[key])
+
+
+def test_carved_validation_shares_the_training_images():
+    data = _data()
+    del data.splits["val"]
+    carved = carve_validation(data, 0.25, seed=0)
+    train, val = carved.splits["train"], carved.splits["val"]
+    assert train.base is val.base is data.splits["train"].images  # selected by index, not copied
+    assert torch.equal(val.images, data.splits["train"].images[val.rows])
+    dm = _module(carved, train=["x2"], hflip=0.0)
+    assert dm.splits["train"].base is dm.splits["val"].base
+    x2 = parse_degradations(["x2"])[0]
+    assert dm.view("train", x2) is dm.view("val", x2)  # one view for both
+    batch = next(dm.eval_batches("val", x2))
+    direct = dm_resized(dm.view("val", x2)[val.rows[: len(batch["index"])]].float() / 255, 24)
+    assert torch.allclose(batch["image"] * 0.25 + 0.5, direct, atol=1e-5)
+    assert torch.equal(batch["label"], val.labels[: len(batch["index"])])

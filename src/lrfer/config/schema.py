@@ -122,6 +122,7 @@ class TrainerConfig:
     precision: str = "auto"
     channels_last: AutoBool = auto_bool()
     compile: bool = False
+    compile_mode: str = "default"
     grad_clip: float | None = None
     resume: bool = False
     overwrite: bool = False
@@ -132,7 +133,8 @@ class TrainerConfig:
     log_every_n_steps: int = 10
     progress: AutoBool = auto_bool()
     num_threads: int | None = None
-    deterministic: bool = True
+    deterministic: bool = False
+    tf32: bool = True
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 

@@ -108,12 +108,16 @@ def degrade_uint8(
     antialias: bool = True,
     chunk: int = 1024,
     seed: int = 0,
+    device: torch.device | None = None,
 ) -> torch.Tensor:
-    """Low-resolution uint8 view of uint8 images (N, C, H, W), computed in chunks on their device.
+    """Low-resolution uint8 view of uint8 images (N, C, H, W), computed in chunks.
 
-    The uint8 result matches MATLAB's ``imresize`` on uint8 images (rounded and clamped), so cached views
-    are exactly the low-resolution files the papers wrote to disk. The degradation's realistic operations
-    follow (noise of image ``i`` drawn from ``(seed, i)``, see :mod:`lrfer.data.realistic`).
+    The chunks are computed on ``device`` (default: the images' own) and the view is kept beside the
+    images: host-resident images (a memory-mapped cache too large for the GPU) are resized on the GPU a
+    chunk at a time and come back to the host. The uint8 result matches MATLAB's ``imresize`` on uint8
+    images (rounded and clamped), so cached views are exactly the low-resolution files the papers wrote
+    to disk. The degradation's realistic operations follow (noise of image ``i`` drawn from ``(seed, i)``,
+    see :mod:`lrfer.data.realistic`).
     """
     if kernel not in KERNELS:
         raise UserError(f"unknown degradation kernel {kernel!r}: choose one of {', '.join(KERNELS)}")
@@ -129,10 +133,17 @@ def degrade_uint8(
 
     def make(start: int) -> torch.Tensor:
         part = images[start : start + chunk]
+        if device is not None:
+            part = part.to(device, non_blocking=True)
         if out != (height, width):
             part = imresize_uint8(part, kernel=kernel, antialias=antialias, **how)
         return apply_operations(part, degradation.operations, seed=seed, first_index=start)
 
+    if device is not None and torch.device(device) != images.device:
+        view = images.new_empty((images.shape[0], images.shape[1], *out))
+        for i in range(0, images.shape[0], chunk):
+            view[i : i + chunk] = make(i)
+        return view
     parts = [make(i) for i in range(0, images.shape[0], chunk)]
     return torch.cat(parts) if parts else images.new_empty((0, images.shape[1], *out))
 

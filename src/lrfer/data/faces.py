@@ -9,41 +9,69 @@ import torch
 SPLITS = ("train", "val", "test")
 
 
-@dataclass
 class FaceSplit:
-    """One split: ``images`` uint8 (N, 3, H, W), ``labels`` int64 (N,), optional ``targets`` float (N, C).
+    """One split: uint8 images (N, 3, H, W), ``labels`` int64 (N,), optional ``targets`` float (N, C).
 
     ``targets`` holds soft training targets (FERPlus probability / cross-entropy / multi-target modes); when
     it is None the one-hot of ``labels`` is the target.
+
+    A split can also be a selection of rows of a larger image tensor (``rows``: sample i is
+    ``base[rows[i]]``), which is how the validation split is carved from a training split without copying
+    it (the cache is memory-mapped: indexing it would read the whole split into memory, on every rank).
+    ``images`` is then made on demand (a copy); the data pipeline reads ``base`` and ``rows`` instead.
     """
 
-    images: torch.Tensor
-    labels: torch.Tensor
-    targets: torch.Tensor | None = None
-
-    def __post_init__(self) -> None:
-        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
-            raise ValueError(
-                f"images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}"
-            )
-        if self.labels.shape != (self.images.shape[0],):
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        rows: torch.Tensor | None = None,
+    ) -> None:
+        self.base, self.labels, self.targets, self.rows = images, labels, targets, rows
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+        n = images.shape[0] if rows is None else rows.shape[0]
+        if labels.shape != (n,):
             raise ValueError("labels must have one entry per image")
-        if self.targets is not None and self.targets.shape[0] != self.images.shape[0]:
+        if targets is not None and targets.shape[0] != n:
             raise ValueError("targets must have one row per image")
+
+    @property
+    def images(self) -> torch.Tensor:
+        """The split's images (N, C, H, W); a copy when the split selects rows of a larger tensor."""
+        return self.base if self.rows is None else self.base[self.rows.to(self.base.device)]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.base.shape[1:])  # type: ignore[return-value]
+
+    def base_index(self, index: torch.Tensor) -> torch.Tensor:
+        """Rows of ``base`` holding samples ``index`` of the split."""
+        return index if self.rows is None else self.rows[index]
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
     def subset(self, index: torch.Tensor) -> FaceSplit:
+        """Samples ``index`` of the split, sharing its images (no copy of them)."""
+        rows = index if self.rows is None else self.rows[index]
         return FaceSplit(
-            self.images[index], self.labels[index], None if self.targets is None else self.targets[index]
+            self.base, self.labels[index], None if self.targets is None else self.targets[index], rows=rows
         )
 
-    def to(self, device: torch.device | str) -> FaceSplit:
+    def to(self, device: torch.device | str, moved: dict | None = None) -> FaceSplit:
+        """The split on ``device``; ``moved`` (id of a base tensor -> its copy) shares one copy of a base
+        between splits carved from it."""
+        moved = {} if moved is None else moved
+        key = id(self.base)
+        if key not in moved:
+            moved[key] = self.base.to(device)
         return FaceSplit(
-            self.images.to(device),
+            moved[key],
             self.labels.to(device),
             None if self.targets is None else self.targets.to(device),
+            None if self.rows is None else self.rows.to(device),
         )
 
     def per_class(self, num_classes: int) -> list[int]:
@@ -68,7 +96,7 @@ class FaceData:
     @property
     def image_size(self) -> tuple[int, int]:
         first = next(iter(self.splits.values()))
-        return int(first.images.shape[-2]), int(first.images.shape[-1])
+        return int(first.base.shape[-2]), int(first.base.shape[-1])
 
     def summary(self) -> dict:
         """``{"dataset": name, "splits": {split: {"n": N, "per_class": {class: count}}}}``, plus ``"crop"``
@@ -109,7 +137,9 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
 
 
 def carve_validation(data: FaceData, fraction: float, seed: int) -> FaceData:
-    """Add a seeded, stratified ``val`` split carved from ``train`` when the dataset has none."""
+    """Add a seeded, stratified ``val`` split carved from ``train`` when the dataset has none.
+
+    Both splits select rows of the training images (no copy of them: see :class:`FaceSplit`)."""
     if "val" in data.splits:
         return data
     train = data.splits["train"]

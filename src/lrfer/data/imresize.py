@@ -26,8 +26,8 @@ GNU Octave (image package 2.14) implements the same grid, kernels and padding, w
 input in single precision without rounding the intermediate image, and it does not renormalise the
 weights (identical for integer shrink factors and for enlarging, off by up to ~1e-3 relative otherwise).
 
-Each dimension's resampling is a dense ``(out, in)`` matrix (cached on the CPU in float64), applied to the
-whole batch with two matrix products.
+Each dimension's resampling is a dense ``(out, in)`` matrix (computed on the CPU in float64, then cached on
+every device and dtype it is used with), applied to the whole batch with two matrix products.
 """
 
 from __future__ import annotations
@@ -101,10 +101,20 @@ def _cached_weights(in_len: int, out_len: int, scale: float, kernel: str, antial
     return _weight_matrix(in_len, out_len, scale, kernel, antialias)
 
 
+@functools.lru_cache(maxsize=512)
+def _device_weights(
+    in_len: int, out_len: int, scale: float, kernel: str, antialias: bool, device: torch.device, dtype
+) -> torch.Tensor:
+    # Built once in float64 on the CPU, then kept on each (device, dtype) it is used with: the copy to a
+    # GPU (a blocking transfer) happens once per run, not at every batch.
+    weights = _cached_weights(in_len, out_len, scale, kernel, antialias)
+    return weights.to(device=device, dtype=dtype)
+
+
 def _weights_for(
     in_len: int, out_len: int, scale: float, kernel: str, antialias: bool, like: torch.Tensor
 ) -> torch.Tensor:
-    return _cached_weights(in_len, out_len, scale, kernel, antialias).to(device=like.device, dtype=like.dtype)
+    return _device_weights(in_len, out_len, scale, kernel, antialias, like.device, like.dtype)
 
 
 def _resolve(

@@ -1,9 +1,19 @@
 """From cached uint8 faces to training batches, entirely with batched tensor operations on the device.
 
-For every (split, degradation) the low-resolution uint8 view is computed once, in chunks, on the device
-that holds the data, and kept. A batch then gathers its images from the views (samples of one batch may
-come from different degradations), resizes them back to the network input size, augments them on the
-device and normalises them. No per-sample Python and no image decoding happen in the loop.
+For every (split, degradation) the low-resolution uint8 view is computed once, in chunks, on the training
+device, and kept beside the images. A batch then gathers its images from the views (samples of one batch
+may come from different degradations), resizes them back to the network input size, augments them on
+the device and normalises them (straight into the memory format the networks want). No per-sample Python
+and no image decoding happen in the loop.
+
+Nothing in the loop waits for the device: the epoch's order is drawn on the host, every batch's rows are
+grouped by degradation there, once per epoch, and the index tensors are moved to the device in one copy,
+so a batch is assembled from slices whose sizes the host already knows (no ``nonzero``, no ``.item()``).
+
+When the images stay on the host (``dataset.on_device=false``, or ``auto`` with data too large for the
+GPU), a background thread gathers the next batches' uint8 rows into two pinned buffers in turn while the
+device trains on the current one; the copies to the device are non-blocking, and a buffer is refilled only
+once its copy has finished.
 
 A batch is a dict: ``image`` (float, normalised, N x C x S x S), ``label`` (int64), ``target`` (soft
 targets, only when the dataset has them), ``index`` (row in the split), ``factor`` (effective
@@ -14,14 +24,19 @@ augmentation).
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 
 from lrfer.data.augment import augment_batch
 from lrfer.data.degrade import Degradation, degrade_uint8, resize_to
-from lrfer.data.faces import FaceData
+from lrfer.data.faces import FaceData, FaceSplit
 from lrfer.errors import UserError
+
+X1 = Degradation("x1", factor=1.0)
 
 
 def shard_range(n: int, rank: int, world: int) -> tuple[int, int]:
@@ -32,10 +47,44 @@ def shard_range(n: int, rank: int, world: int) -> tuple[int, int]:
 
 
 Batch = dict[str, torch.Tensor]
+#: One group of a batch: (index into the degradations, positions in the batch or None for all of it).
+Group = tuple[int, "torch.Tensor | None"]
+
+
+@dataclass
+class EpochPlan:
+    """This rank's share of every batch of an epoch, with its rows grouped by degradation (on the host).
+
+    ``rows`` / ``which``: split rows and degradation indices, batch after batch (``share`` per batch);
+    ``pos``: within every batch, the positions sorted by degradation (stable, so ascending within a
+    degradation); ``counts[b][k]``: how many samples of batch b are at degradation k.
+    """
+
+    rows: torch.Tensor
+    which: torch.Tensor
+    pos: torch.Tensor
+    counts: list[list[int]]
+    share: int
+
+    def groups(self, b: int, pos: torch.Tensor) -> list[Group]:
+        """Batch b's groups, ``pos`` being batch b's slice of :attr:`pos` (on any device)."""
+        out: list[Group] = []
+        offset = 0
+        for k, count in enumerate(self.counts[b]):
+            if count == self.share:
+                return [(k, None)]
+            if count:
+                out.append((k, pos[offset : offset + count]))
+                offset += count
+        return out
 
 
 class FaceDataModule:
-    """Serves training and evaluation batches of one dataset at any list of degradations."""
+    """Serves training and evaluation batches of one dataset at any list of degradations.
+
+    ``prefetch``: serve training batches through the background thread of the host path (see the module
+    docstring). None (default): when the images are on the host and training on a GPU.
+    """
 
     def __init__(
         self,
@@ -52,6 +101,7 @@ class FaceDataModule:
         sampler: str = "random",
         rank: int = 0,
         world_size: int = 1,
+        prefetch: bool | None = None,
     ) -> None:
         if batch_size % world_size:
             raise UserError(
@@ -68,29 +118,44 @@ class FaceDataModule:
         self.augment_cfg = augment_cfg
         self.device = device
         self.storage_device = storage_device or device
-        self.splits = {name: split.to(self.storage_device) for name, split in data.splits.items()}
+        moved: dict = {}  # splits carved from one image tensor share one copy of it
+        self.splits: dict[str, FaceSplit] = {
+            name: split.to(self.storage_device, moved) for name, split in data.splits.items()
+        }
+        self._host_labels = {name: split.labels.cpu() for name, split in data.splits.items()}
+        on_host = self.storage_device.type == "cpu"
+        self.prefetch = on_host and (device.type != "cpu" if prefetch is None else bool(prefetch))
+        self.pin = self.prefetch and device.type == "cuda"
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.sampler = sampler
         self.native_size = data.image_size[0]
         self.input_size = int(degrade_cfg.input_size or self.native_size)
         self.resize_back = bool(degrade_cfg.resize_back)
-        channels = next(iter(self.splits.values())).images.shape[1]
-        self.mean = torch.tensor(list(mean), device=device).view(1, -1, 1, 1)[:, :channels]
-        self.std = torch.tensor(list(std), device=device).view(1, -1, 1, 1)[:, :channels]
-        self._views: dict[tuple[str, str], torch.Tensor] = {}
+        self.channels = next(iter(self.splits.values())).image_shape[0]
+        self.mean = torch.tensor(list(mean), device=device).view(1, -1, 1, 1)[:, : self.channels]
+        self.std = torch.tensor(list(std), device=device).view(1, -1, 1, 1)[:, : self.channels]
+        #: Layout of the ``image`` tensors (the trainer sets channels_last when the networks use it).
+        self.memory_format = torch.contiguous_format
+        self._views: dict[tuple[int, str], torch.Tensor] = {}
+        self._factor_tables: dict[tuple[str, ...], torch.Tensor] = {}
 
     # -- views --------
     def view(self, split: str, degradation: Degradation) -> torch.Tensor:
-        """The uint8 low-resolution view of a split (computed once on the storage device, then kept)."""
-        key = (split, degradation.label)
+        """The uint8 low-resolution view of a split's images, indexed like them (rows of
+        ``splits[split].base``; splits carved from one tensor share it). Computed once, on the training
+        device in chunks, and kept where the images are."""
+        base = self.splits[split].base
+        key = (id(base), degradation.label)
         if key not in self._views:
+            compute = self.device if base.device != self.device else None
             self._views[key] = degrade_uint8(
-                self.splits[split].images,
+                base,
                 degradation,
                 kernel=self.degrade_cfg.kernel,
                 antialias=self.degrade_cfg.antialias,
                 seed=int(self.degrade_cfg.get("seed", 0)),  # runs made before degrade.seed existed: 0
+                device=compute,
             )
         return self._views[key]
 
@@ -109,22 +174,123 @@ class FaceDataModule:
                 f"{[d.label for d in degradations]}: train on one size or set degrade.resize_back=true"
             )
 
+    def _factors(self, degs: Sequence[Degradation]) -> torch.Tensor:
+        """Effective factor of each degradation, a float32 table kept on the device."""
+        key = tuple(d.label for d in degs)
+        if key not in self._factor_tables:
+            values = [d.effective_factor(self.native_size) for d in degs]
+            self._factor_tables[key] = torch.tensor(values, dtype=torch.float32).to(self.device)
+        return self._factor_tables[key]
+
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        """A host tensor on the device without waiting for it (pinned, non-blocking on a GPU)."""
+        if self.device.type == "cuda" and t.device.type == "cpu":
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t.to(self.device)
+
     # -- batch assembly --------
-    def _gather(self, split: str, index: torch.Tensor, which: torch.Tensor, degs: Sequence[Degradation]):
-        size = self.network_size(degs[int(which[0])]) if len(degs) else self.input_size
-        channels = self.splits[split].images.shape[1]
-        out = torch.empty((len(index), channels, size, size), device=self.device)
-        for k, deg in enumerate(degs):
-            rows = torch.nonzero(which == k).flatten()
-            if rows.numel() == 0:
-                continue
-            lr = self.view(split, deg)[index[rows].to(self.storage_device)].to(self.device, non_blocking=True)
+    def _images(self, n: int, parts: list[tuple[Degradation, torch.Tensor | None, torch.Tensor]]):
+        """Float images in [0, 1] at the network size from uint8 low-resolution ``parts`` (degradation,
+        batch positions or None for the whole batch, uint8 rows on the device)."""
+        size = self.network_size(parts[0][0])
+        out = None
+        for _deg, pos, lr in parts:
             lr = lr.float().div_(255.0)
-            out[rows] = resize_to(lr, size, self.degrade_cfg.resize_kernel) if self.resize_back else lr
+            lr = resize_to(lr, size, self.degrade_cfg.resize_kernel) if self.resize_back else lr
+            if pos is None:
+                out = lr
+                break
+            if out is None:
+                out = torch.empty((n, self.channels, size, size), device=self.device)
+            out.index_copy_(0, pos, lr)
         return out.clamp_(0.0, 1.0)
 
     def _normalise(self, images: torch.Tensor) -> torch.Tensor:
-        return (images - self.mean) / self.std
+        if self.memory_format == torch.contiguous_format:
+            return (images - self.mean) / self.std
+        out = torch.empty_like(images, memory_format=self.memory_format)
+        return torch.sub(images, self.mean, out=out).div_(self.std)
+
+    def _finish(
+        self,
+        split: str,
+        parts,
+        hr_rows: torch.Tensor | None,
+        *,
+        index: torch.Tensor,
+        which: torch.Tensor,
+        label: torch.Tensor,
+        target: torch.Tensor | None,
+        degs: Sequence[Degradation],
+        augment: bool,
+        generator: torch.Generator | None,
+    ) -> Batch:
+        """Resize, augment and normalise on the device; everything given is already there."""
+        n = index.shape[0]
+        images = self._images(n, parts)
+        hr = None if hr_rows is None else self._images(n, [(X1, None, hr_rows)])
+        if augment:
+            assert generator is not None
+            state = generator.get_state()
+            images = augment_batch(images, self.augment_cfg, generator)
+            if hr is not None:
+                after = generator.get_state()
+                generator.set_state(state)
+                hr = augment_batch(hr, self.augment_cfg, generator)
+                generator.set_state(after)
+        batch: Batch = {
+            "image": self._normalise(images),
+            "label": label,
+            "index": index,
+            "factor": self._factors(degs)[which],
+            "degradation": which,
+        }
+        if target is not None:
+            batch["target"] = target
+        if hr is not None:
+            batch["image_hr"] = self._normalise(hr)
+        return batch
+
+    def _assemble(
+        self,
+        split: str,
+        index: torch.Tensor,
+        which: torch.Tensor,
+        groups: list[Group],
+        degs: Sequence[Degradation],
+        *,
+        augment: bool,
+        need_hr: bool,
+        generator: torch.Generator | None,
+        base_rows: torch.Tensor | None = None,
+    ) -> Batch:
+        """A batch from index tensors (split rows on the storage device, degradations on the device)
+        already grouped by degradation: no value is read back from the device."""
+        data = self.splits[split]
+        if base_rows is None:
+            base_rows = data.base_index(index)
+        parts = []
+        for k, pos in groups:
+            rows = base_rows if pos is None else base_rows[pos.to(base_rows.device)]
+            lr = self.view(split, degs[k])[rows]
+            parts.append((degs[k], None if pos is None else pos.to(self.device), self._on_device(lr)))
+        hr = self._on_device(self.view(split, X1)[base_rows]) if need_hr else None
+        target = None if data.targets is None else self._on_device(data.targets[index])
+        return self._finish(
+            split,
+            parts,
+            hr,
+            index=self._on_device(index),
+            which=self._on_device(which),
+            label=self._on_device(data.labels[index]),
+            target=target,
+            degs=degs,
+            augment=augment,
+            generator=generator,
+        )
+
+    def _on_device(self, t: torch.Tensor) -> torch.Tensor:
+        return t if t.device == self.device else t.to(self.device, non_blocking=True)
 
     def make_batch(
         self,
@@ -137,46 +303,37 @@ class FaceDataModule:
         need_hr: bool = False,
         generator: torch.Generator | None = None,
     ) -> Batch:
-        """Assemble the batch of rows ``index`` of ``split``, row i at degradation ``degs[which[i]]``."""
-        index = index.to(self.device)
-        which = which.to(self.device)
-        images = self._gather(split, index, which, degs)
-        hr = None
-        if need_hr:
-            x1 = Degradation("x1", factor=1.0)
-            hr = self._gather(split, index, torch.zeros_like(which), [x1])
-        if augment:
-            assert generator is not None
-            state = generator.get_state()
-            images = augment_batch(images, self.augment_cfg, generator)
-            if hr is not None:
-                after = generator.get_state()
-                generator.set_state(state)
-                hr = augment_batch(hr, self.augment_cfg, generator)
-                generator.set_state(after)
-        split_data = self.splits[split]
-        rows = index.to(self.storage_device)
-        factors = torch.tensor([d.effective_factor(self.native_size) for d in degs], device=self.device)
-        batch: Batch = {
-            "image": self._normalise(images),
-            "label": split_data.labels[rows].to(self.device),
-            "index": index,
-            "factor": factors[which],
-            "degradation": which,
-        }
-        if split_data.targets is not None:
-            batch["target"] = split_data.targets[rows].to(self.device)
-        if hr is not None:
-            batch["image_hr"] = self._normalise(hr)
-        return batch
+        """Assemble the batch of rows ``index`` of ``split``, row i at degradation ``degs[which[i]]``.
+
+        A convenience for one-off batches (it reads ``which`` on the host); the training loop uses
+        :meth:`train_batches`, whose groups are planned once per epoch."""
+        which_host = which.cpu()
+        groups: list[Group] = []
+        for k in range(len(degs)):
+            pos = torch.nonzero(which_host == k).flatten()
+            if len(pos) == len(which_host):
+                groups = [(k, None)]
+                break
+            if len(pos):
+                groups.append((k, pos))
+        return self._assemble(
+            split,
+            index.to(self.storage_device),
+            which.to(self.device),
+            groups,
+            degs,
+            augment=augment,
+            need_hr=need_hr,
+            generator=generator,
+        )
 
     # -- iteration --------
     def _epoch_order(self, degs: Sequence[Degradation], generator: torch.Generator, mode: str):
-        labels = self.splits["train"].labels
+        labels = self._host_labels["train"]
         n = len(labels)
         if self.sampler == "balanced":
-            counts = torch.bincount(labels.cpu(), minlength=self.data.num_classes).clamp(min=1).float()
-            weights = (1.0 / counts)[labels.cpu()]
+            counts = torch.bincount(labels, minlength=self.data.num_classes).clamp(min=1).float()
+            weights = (1.0 / counts)[labels]
             rows = torch.multinomial(weights, n, replacement=True, generator=generator)
         else:
             rows = torch.randperm(n, generator=generator)
@@ -194,6 +351,25 @@ class FaceDataModule:
         n = len(self.splits["train"]) * (len(degs) if self.degrade_cfg.train_mode == "all" else 1)
         return max(1, n // self.batch_size) if n >= self.batch_size else 1
 
+    def epoch_plan(self, degs: Sequence[Degradation], seed: int) -> EpochPlan:
+        """This rank's share of every batch of the epoch of ``seed``, grouped by degradation (host)."""
+        rows, which = self._epoch_order(
+            degs, torch.Generator().manual_seed(seed), self.degrade_cfg.train_mode
+        )
+        n_batches = self.num_train_batches(degs)
+        bs = self.batch_size if len(rows) >= self.batch_size else len(rows)
+        first, stop = shard_range(bs, self.rank, self.world_size)
+        if stop == first:
+            raise UserError(f"{len(rows)} training samples cannot be shared by {self.world_size} processes")
+        share = stop - first
+        take = (torch.arange(n_batches)[:, None] * bs + torch.arange(first, stop)[None, :]).flatten()
+        rows, which = rows[take], which[take]
+        batch_of = torch.arange(n_batches).repeat_interleave(share)
+        key = batch_of * len(degs) + which
+        pos = torch.argsort(key, stable=True) - batch_of * share
+        counts = torch.bincount(key, minlength=n_batches * len(degs)).view(n_batches, len(degs)).tolist()
+        return EpochPlan(rows, which, pos, counts, share)
+
     def train_batches(self, degs: Sequence[Degradation], seed: int, need_hr: bool = False) -> Iterator[Batch]:
         """One epoch of augmented training batches: this rank's share of every global batch.
 
@@ -205,25 +381,185 @@ class FaceDataModule:
         ranks do not augment their shares with the same random numbers.
         """
         self.check_trainable(degs)
-        cpu_gen = torch.Generator().manual_seed(seed)
+        plan = self.epoch_plan(degs, seed)
         dev_gen = torch.Generator(device=self.device).manual_seed(seed + 1 + self.rank)
-        rows, which = self._epoch_order(degs, cpu_gen, self.degrade_cfg.train_mode)
-        n_batches = self.num_train_batches(degs)
-        bs = self.batch_size if len(rows) >= self.batch_size else len(rows)
-        first, stop = shard_range(bs, self.rank, self.world_size)
-        if stop == first:
-            raise UserError(f"{len(rows)} training samples cannot be shared by {self.world_size} processes")
-        for b in range(n_batches):
-            sl = slice(b * bs + first, b * bs + stop)
-            yield self.make_batch(
-                "train", rows[sl], which[sl], degs, augment=True, need_hr=need_hr, generator=dev_gen
+        for deg in [*degs, *([X1] if need_hr else [])]:
+            self.view("train", deg)  # made here, in order, before any batch (and any prefetching thread)
+        if self.prefetch:
+            yield from self._host_batches(plan, degs, need_hr, dev_gen)
+            return
+        # One copy per epoch of the index tensors (pinned, non-blocking), then only slices of them.
+        rows = self._to_device(plan.rows) if self.storage_device == self.device else plan.rows
+        base = self.splits["train"].base_index(rows)
+        which, pos = self._to_device(plan.which), self._to_device(plan.pos)
+        s = plan.share
+        for b in range(len(plan.counts)):
+            sl = slice(b * s, (b + 1) * s)
+            yield self._assemble(
+                "train",
+                rows[sl],
+                which[sl],
+                plan.groups(b, pos[sl]),
+                degs,
+                augment=True,
+                need_hr=need_hr,
+                generator=dev_gen,
+                base_rows=base[sl],
             )
+
+    # -- the host path --------
+    def _host_batches(self, plan: EpochPlan, degs, need_hr: bool, generator) -> Iterator[Batch]:
+        """Training batches of host-resident images, gathered ahead by a background thread."""
+        loader = _Prefetcher(self, plan, degs, need_hr)
+        try:
+            for _ in range(len(plan.counts)):
+                slot, host = loader.next()
+                dev = {
+                    k: (v if v is None else self._to_device_async(v)) for k, v in host.items() if k != "lr"
+                }
+                parts = [
+                    (degs[k], None if pos is None else self._to_device_async(pos), self._to_device_async(lr))
+                    for k, pos, lr in host["lr"]
+                ]
+                loader.release(slot)  # the slot is refilled only once these copies are done
+                yield self._finish(
+                    "train",
+                    parts,
+                    dev["hr"],
+                    index=dev["index"],
+                    which=dev["which"],
+                    label=dev["label"],
+                    target=dev["target"],
+                    degs=degs,
+                    augment=True,
+                    generator=generator,
+                )
+        finally:
+            loader.close()
+
+    def _to_device_async(self, t: torch.Tensor) -> torch.Tensor:
+        return t.to(self.device, non_blocking=True)
 
     def eval_batches(self, split: str, deg: Degradation, need_hr: bool = False) -> Iterator[Batch]:
         """The whole split (this rank's shard under torchrun) at one degradation, in order, unaugmented."""
         first, stop = shard_range(len(self.splits[split]), self.rank, self.world_size)
         for start in range(first, stop, self.eval_batch_size):
-            index = torch.arange(start, min(stop, start + self.eval_batch_size))
-            yield self.make_batch(
-                split, index, torch.zeros_like(index), [deg], augment=False, need_hr=need_hr
+            index = torch.arange(start, min(stop, start + self.eval_batch_size), device=self.storage_device)
+            which = torch.zeros(index.shape, dtype=torch.long, device=self.device)
+            yield self._assemble(
+                split, index, which, [(0, None)], [deg], augment=False, need_hr=need_hr, generator=None
             )
+
+
+class _Prefetcher:
+    """A thread gathering the host path's next batches into ``SLOTS`` buffers in turn (pinned on a GPU).
+
+    The worker fills a free slot with batch b's uint8 rows (one tensor per degradation group, plus the
+    native rows for ``image_hr``), labels, targets and indices; the training loop takes it, starts its
+    non-blocking copies to the device and releases the slot with a CUDA event marking the copies' end;
+    the worker waits for that event before it overwrites the slot. The epoch's order and grouping come
+    from the :class:`EpochPlan`; the random augmentation stays on the training thread, so batches are
+    the ones the device path gives.
+    """
+
+    SLOTS = 2
+
+    def __init__(self, dm: FaceDataModule, plan: EpochPlan, degs, need_hr: bool) -> None:
+        self.dm, self.plan, self.degs, self.need_hr = dm, plan, degs, need_hr
+        self.free: queue.Queue = queue.Queue()
+        self.ready: queue.Queue = queue.Queue()
+        self.stop = threading.Event()
+        self.buffers: list[dict] = [{} for _ in range(self.SLOTS)]
+        for slot in range(self.SLOTS):
+            self.free.put((slot, None))
+        self.thread = threading.Thread(target=self._run, name="lrfer-prefetch", daemon=True)
+        self.thread.start()
+
+    def _buffer(self, slot: int, name: str, like: torch.Tensor, n: int) -> torch.Tensor | None:
+        """Slot ``slot``'s pinned buffer ``name`` for ``n`` rows like ``like`` (None: allocate per batch)."""
+        if not self.dm.pin:
+            return None
+        buf = self.buffers[slot].get(name)
+        shape = (self.plan.share, *like.shape[1:])
+        if buf is None or buf.shape != shape or buf.dtype != like.dtype:
+            buf = torch.empty(shape, dtype=like.dtype, pin_memory=True)
+            self.buffers[slot][name] = buf
+        return buf[:n]
+
+    def _gather(self, slot: int, name: str, source: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        out = self._buffer(slot, name, source, len(rows))
+        return (
+            torch.index_select(source, 0, rows)
+            if out is None
+            else torch.index_select(source, 0, rows, out=out)
+        )
+
+    def _fill(self, b: int, slot: int) -> dict:
+        dm, plan, s = self.dm, self.plan, self.plan.share
+        train = dm.splits["train"]
+        rows = plan.rows[b * s : (b + 1) * s]
+        base = train.base_index(rows)
+        pos = plan.pos[b * s : (b + 1) * s]
+        lr = []
+        for k, p in plan.groups(b, pos):
+            sel = base if p is None else base[p]
+            view = dm.view("train", self.degs[k])
+            lr.append(
+                (
+                    k,
+                    None if p is None else self._copy(slot, f"pos{k}", p),
+                    self._gather(slot, f"lr{k}", view, sel),
+                )
+            )
+        return {
+            "lr": lr,
+            "hr": self._gather(slot, "hr", dm.view("train", X1), base) if self.need_hr else None,
+            "index": self._copy(slot, "index", rows),
+            "which": self._copy(slot, "which", plan.which[b * s : (b + 1) * s]),
+            "label": self._gather(slot, "label", train.labels, rows),
+            "target": None if train.targets is None else self._gather(slot, "target", train.targets, rows),
+        }
+
+    def _copy(self, slot: int, name: str, t: torch.Tensor) -> torch.Tensor:
+        out = self._buffer(slot, name, t, len(t))
+        return t.clone() if out is None else out.copy_(t)
+
+    def _run(self) -> None:
+        try:
+            for b in range(len(self.plan.counts)):
+                while True:
+                    if self.stop.is_set():
+                        return
+                    try:
+                        slot, event = self.free.get(timeout=0.1)
+                        break
+                    except queue.Empty:
+                        continue
+                if event is not None:
+                    event.synchronize()  # the device has finished copying this slot's previous batch
+                self.ready.put((slot, self._fill(b, slot)))
+        except BaseException as err:  # surfaced on the training thread
+            self.ready.put((None, err))
+
+    def next(self) -> tuple[int, dict]:
+        while True:
+            try:
+                slot, item = self.ready.get(timeout=1.0)
+                break
+            except queue.Empty:
+                if not self.thread.is_alive():
+                    raise RuntimeError("the prefetching thread stopped") from None
+        if slot is None:
+            raise item
+        return slot, item
+
+    def release(self, slot: int) -> None:
+        event = None
+        if self.dm.device.type == "cuda":
+            event = torch.cuda.Event()
+            event.record()
+        self.free.put((slot, event))
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=10)

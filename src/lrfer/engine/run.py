@@ -10,13 +10,13 @@ from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lrfer.config.schema import parse_auto_bool
 from lrfer.config.validate import validate_config
 from lrfer.data.cache import load_or_build
 from lrfer.data.datasets import build_adapter
-from lrfer.data.degrade import parse_degradations
+from lrfer.data.degrade import parse_degradation, parse_degradations
 from lrfer.data.faces import FaceData, carve_validation
 from lrfer.data.pipeline import FaceDataModule
 from lrfer.engine import distributed as dist
@@ -30,7 +30,8 @@ from lrfer.methods.base import Method, MethodContext
 
 log = logging.getLogger(__name__)
 
-#: Dataset sizes (bytes of uint8 images) above which ``dataset.on_device=auto`` keeps data on the host.
+#: ``dataset.on_device=auto`` keeps the data on the GPU when the uint8 images and the low-resolution views
+#: the run will cache take less than this fraction of the GPU's *free* memory.
 ON_DEVICE_MAX_FRACTION = 0.4
 
 
@@ -66,9 +67,36 @@ def storage_device(cfg: DictConfig, data: FaceData, device: torch.device) -> tor
         return torch.device("cpu")
     if device.type != "cuda" or mode is True:
         return device
-    nbytes = sum(s.images.numel() for s in data.splits.values())
-    total = torch.cuda.get_device_properties(device).total_memory
-    return device if nbytes < ON_DEVICE_MAX_FRACTION * total else torch.device("cpu")
+    nbytes = cached_bytes(cfg, data)
+    free, _total = torch.cuda.mem_get_info(device)
+    return device if nbytes < ON_DEVICE_MAX_FRACTION * free else torch.device("cpu")
+
+
+def cached_bytes(cfg: DictConfig, data: FaceData) -> int:
+    """Bytes a run keeps per device: the uint8 images of every split plus the low-resolution views it
+    will cache (training and validation degradations, the method's ``factors``, the test degradations)."""
+    factors = cfg.method.get("factors") if "method" in cfg else None
+    extra = list(factors) if isinstance(factors, (list, ListConfig)) else []
+    train = [*cfg.degrade.train, *extra]
+    val = [*(cfg.degrade.val or cfg.degrade.train), *extra]
+    per_split = {"train": train, "val": val, "test": list(cfg.degrade.test)}
+    # Views are made per image tensor: splits carved from one tensor (train / val) share them.
+    per_base: dict[int, tuple[torch.Tensor, set]] = {}
+    for name, split in data.splits.items():
+        _, degs = per_base.setdefault(id(split.base), (split.base, set()))
+        degs.update(parse_degradation(str(lbl)) for lbl in per_split.get(name, train))
+    total = 0
+    for base, degs in per_base.values():
+        n, c, h, w = base.shape
+        total += base.numel()
+        for deg in degs:
+            try:
+                oh, ow = deg.output_size(h, w)
+            except UserError:
+                continue
+            if (oh, ow) != (h, w):
+                total += n * c * oh * ow
+    return total
 
 
 def build_method(cfg: DictConfig, context: MethodContext) -> Method:
@@ -127,6 +155,9 @@ def build_parts(cfg: DictConfig) -> RunParts:
         eval_batch_size=cfg.trainer.eval_batch_size,
         device=device,
         storage_device=storage_device(cfg, data, device),
+        # on_device=false: the prefetching host path, also on a CPU (where it overlaps gathering with the
+        # step); auto on a GPU with data too large for it: the same, chosen by the data module.
+        prefetch=True if str(cfg.dataset.on_device).lower() == "false" else None,
         sampler=cfg.dataset.sampler,
         rank=dist.rank(),
         world_size=dist.world_size(),
@@ -137,7 +168,7 @@ def build_parts(cfg: DictConfig) -> RunParts:
             f"the cached {cfg.dataset.name} images are {data.image_size[0]}x{data.image_size[1]} but "
             f"dataset.image_size={side}: rebuild the cache (delete it under {cfg.paths.cache_dir})"
         )
-    context = method_context(cfg, in_channels=int(data.splits["train"].images.shape[1]))
+    context = method_context(cfg, in_channels=int(data.splits["train"].image_shape[0]))
     torch.manual_seed(cfg.seed)
     method = build_method(cfg, context)
     return RunParts(cfg, device, data, datamodule, method)

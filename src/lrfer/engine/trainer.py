@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -50,6 +51,9 @@ RESUME_KEYS = (
     "summaries",
 )
 PRECISIONS = ("auto", "fp32", "bf16")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+#: ``torch.compile`` backend of ``trainer.compile`` (the tests swap in a recording backend).
+COMPILE_BACKEND = "inductor"
 
 
 def derive_seed(*parts: int) -> int:
@@ -62,6 +66,48 @@ def derive_seed(*parts: int) -> int:
 
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
+
+
+def apply_backend_settings(cfg, device: torch.device) -> None:
+    """cuDNN / TF32 / determinism flags for training on ``device`` (nothing to set on a CPU).
+
+    ``trainer.deterministic=false`` (default) lets cuDNN benchmark its convolution algorithms for the
+    shapes it meets (``cudnn.benchmark``): faster, but two GPU runs of the same seed can differ in the last
+    bits, and so can a resumed run from the uninterrupted one. ``trainer.deterministic=true`` asks for
+    deterministic kernels (cuDNN, cuBLAS workspace, ``torch.use_deterministic_algorithms`` with warnings
+    for ops that have none): the price of exact resume on a GPU. ``trainer.tf32=true`` (default) lets
+    float32 matrix products and convolutions use TensorFloat-32 (``set_float32_matmul_precision('high')``);
+    ``false`` keeps full float32 ('highest'). CPU runs repeat bit for bit whatever these say.
+    """
+    if device.type != "cuda":
+        return
+    deterministic = bool(cfg.deterministic)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.set_float32_matmul_precision("high" if cfg.tf32 else "highest")
+    torch.backends.cudnn.allow_tf32 = bool(cfg.tf32)
+
+
+def compile_networks(networks, mode: str) -> None:
+    """``torch.compile`` every network in place: its ``forward`` and the methods its class lists in
+    ``compiled_methods`` (entry points a method calls directly, such as a feature classifier's
+    ``feature_map`` / ``embed`` / ``classify``), each replaced on the instance by its compiled version.
+    State dicts keep their keys. (``nn.Module.compile`` is not used: it compiles ``_call_impl``, which
+    dynamo skips for torch's own modules, so a bare ``nn.Linear`` head would stay eager.)"""
+    kwargs = {"backend": COMPILE_BACKEND}
+    if mode != "default":
+        kwargs["mode"] = mode
+    seen: set[int] = set()
+    for net in networks:
+        if id(net) in seen:
+            continue
+        seen.add(id(net))
+        for name in ("forward", *getattr(net, "compiled_methods", ())):
+            bound = getattr(type(net), name).__get__(net)
+            setattr(net, name, torch.compile(bound, **kwargs))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -131,9 +177,16 @@ class Trainer:
                 "trainer.sync_bn=true needs CUDA (torch's SyncBatchNorm does not train on the CPU): "
                 "leave it null (auto) or set false"
             )
+        if cfg.compile_mode not in COMPILE_MODES:
+            raise UserError(
+                f"unknown trainer.compile_mode {cfg.compile_mode!r}: choose one of {', '.join(COMPILE_MODES)}"
+            )
+        apply_backend_settings(cfg, device)
         self.method = method.to(device)
         if self.channels_last:
             self.method = self.method.to(memory_format=torch.channels_last)
+        # Batches are normalised straight into the layout the networks want (no extra copy per step).
+        data.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.model: torch.nn.Module = self.method  # wrapped in DDP per stage under torchrun
         log.info(
             "device %s, %s, channels_last=%s",
@@ -142,8 +195,7 @@ class Trainer:
             str(self.channels_last).lower(),
         )
         if cfg.compile:
-            for child in self.method.children():
-                child.compile()
+            compile_networks(self.method.networks(), cfg.compile_mode)
         self.global_step = 0
         self.summaries: list[StageSummary] = []
         self.val_history: list[dict] = []
@@ -297,12 +349,12 @@ class Trainer:
             find_unused_parameters=len(stage.steps) > 1 if find_unused is None else bool(find_unused),
             sync_bn=self._stage_sync_bn(stage),
         )
-        optimizers, schedulers = {}, {}
-        for step in stage.steps:
-            opt_cfg = self._merged(self.cfg.optimizer, stage.optimizer, step)
-            sched_cfg = self._merged(self.cfg.scheduler, stage.scheduler, step)
-            optimizers[step] = build_optimizer(self.method.stage_parameters(stage, step), opt_cfg)
-            schedulers[step] = EpochScheduler(optimizers[step], sched_cfg, epochs)
+        if self.cfg.compile and self.model is not self.method:
+            # Compile the DDP-wrapped module, so that its gradient buckets' all-reduce overlaps the
+            # compiled backward (the networks inside are compiled too, for what dynamo cannot inline).
+            kwargs = {} if self.cfg.compile_mode == "default" else {"mode": self.cfg.compile_mode}
+            self.model = torch.compile(self.model, backend=COMPILE_BACKEND, **kwargs)
+        optimizers, schedulers = self.build_optimizers(stage, epochs)
         summary = StageSummary(stage.name)
         start_epoch = 0
         if state is not None:
@@ -362,60 +414,109 @@ class Trainer:
         self.method.on_stage_end(stage)
         self.summaries.append(summary)
 
+    def build_optimizers(self, stage: Stage, epochs: int):
+        """One optimiser and one epoch scheduler per optimisation step of ``stage``."""
+        optimizers, schedulers = {}, {}
+        for step in stage.steps:
+            opt_cfg = self._merged(self.cfg.optimizer, stage.optimizer, step)
+            sched_cfg = self._merged(self.cfg.scheduler, stage.scheduler, step)
+            optimizers[step] = build_optimizer(self.method.stage_parameters(stage, step), opt_cfg)
+            schedulers[step] = EpochScheduler(optimizers[step], sched_cfg, epochs)
+        return optimizers, schedulers
+
     def _train_epoch(self, si, stage, epoch, degs: list[Degradation], optimizers):
+        """One epoch of ``stage``. Nothing in a step waits for the device: losses, accuracy and the
+        finite-loss check accumulate on the device and are read once, at the end of the epoch (and every
+        ``log_every_n_steps`` steps only when a logger is writing)."""
         seed = derive_seed(self.seed, si, epoch)
         seed_everything(seed + dist.rank())  # per rank: dropout masks etc. must differ between shares
         self.method.train()
         sums: dict[str, torch.Tensor] = {}
         correct = torch.zeros((), device=self.device)
+        # Per step: whether its loss was ever non-finite, and the first non-finite value.
+        bad = {step: torch.zeros((), dtype=torch.bool, device=self.device) for step in stage.steps}
+        bad_value = {step: torch.zeros((), device=self.device) for step in stage.steps}
         seen = 0
         has_logits = False
+        logging_on = self.logger.writer is not None
         n_batches = self.data.num_train_batches(degs)
         batches = self.data.train_batches(degs, seed=seed, need_hr=stage.needs_hr)
         bar = self._progress(batches, n_batches, f"{stage.name} {epoch + 1}")
-        for batch in bar:
-            batch = self._prepare(batch)
-            for step in stage.steps:
-                with self._autocast():
-                    out = self.model(batch, stage, step)
-                loss = out["loss"]
-                if not torch.isfinite(loss.detach()):
-                    raise ProcessError(  # may happen on one torchrun rank only: every rank reports it
-                        f"the {step} loss of stage {stage.name} became {loss.item()} at epoch {epoch + 1}: "
-                        "lower the learning rate (trainer.optimizer.lr) or enable trainer.grad_clip"
+        try:
+            for batch in bar:
+                batch = self._prepare(batch)
+                for step in stage.steps:
+                    with self._autocast():
+                        out = self.model(batch, stage, step)
+                    loss = out["loss"]
+                    finite = torch.isfinite(loss.detach())
+                    bad_value[step] = torch.where(bad[step], bad_value[step], loss.detach().float())
+                    bad[step] = bad[step] | ~finite
+                    opt = optimizers[step]
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if self.cfg.grad_clip:
+                        params = [p for g in opt.param_groups for p in g["params"]]
+                        torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+                    opt.step()
+                    for key, value in out.items():
+                        if key == "logits" or value.dim() > 0:
+                            continue
+                        name = key if len(stage.steps) == 1 or key != "loss" else f"loss_{step}"
+                        sums[name] = sums.get(name, 0) + value.detach().float()
+                    if "logits" in out:
+                        has_logits = True
+                        correct += (out["logits"].argmax(1) == batch["label"]).sum()
+                seen += batch["label"].shape[0]
+                self.global_step += 1
+                if logging_on and self.global_step % self.cfg.log_every_n_steps == 0:
+                    self.logger.scalars(
+                        {k: v.item() for k, v in out.items() if k != "logits" and v.dim() == 0},
+                        self.global_step,
+                        prefix=f"train/{stage.name}/",
                     )
-                opt = optimizers[step]
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if self.cfg.grad_clip:
-                    params = [p for g in opt.param_groups for p in g["params"]]
-                    torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
-                opt.step()
-                for key, value in out.items():
-                    if key == "logits" or value.dim() > 0:
-                        continue
-                    name = key if len(stage.steps) == 1 or key != "loss" else f"loss_{step}"
-                    sums[name] = sums.get(name, 0) + value.detach().float()
-                if "logits" in out:
-                    has_logits = True
-                    correct += (out["logits"].argmax(1) == batch["label"]).sum()
-            seen += batch["label"].shape[0]
-            self.global_step += 1
-            if self.global_step % self.cfg.log_every_n_steps == 0:
-                self.logger.scalars(
-                    {k: v.item() for k, v in out.items() if k != "logits" and v.dim() == 0},
-                    self.global_step,
-                    prefix=f"train/{stage.name}/",
-                )
+        except Exception:
+            # A non-finite loss may break the method before the epoch ends (an eigendecomposition of NaNs):
+            # report the loss, not its consequence.
+            self._check_finite(stage, epoch, bad, bad_value)
+            raise
+        # One read of everything the epoch accumulated (and one all-reduce under torchrun).
+        keys = list(sums)
+        values = [sums[k] for k in keys] + [correct.float(), torch.full((), float(seen), device=self.device)]
+        flags = [bad[step].float() for step in stage.steps]
+        totals = dist.all_reduce_sum(torch.stack(values + flags)).tolist()
+        self._check_finite(stage, epoch, bad, bad_value, totals[len(values) :])
+        world = dist.world_size()
         n_steps = max(1, n_batches)
-        losses = {k: float(dist.all_reduce_mean(v).item()) / n_steps for k, v in sums.items()}
+        losses = {}
+        for k, total in zip(keys, totals):
+            mean = total if world == 1 else (torch.tensor(total) / world).item()  # all_reduce_mean's float32
+            losses[k] = float(mean) / n_steps
         train_acc = None
         if has_logits:
-            total = dist.all_reduce_sum(torch.tensor(float(seen), device=self.device))
-            train_acc = float(dist.all_reduce_sum(correct.float()).item() / total.item())
+            hits, total = totals[len(keys)], totals[len(keys) + 1]
+            train_acc = float(hits / total)
             losses["train_acc"] = train_acc
         self.logger.scalars(losses, self.global_step, prefix=f"epoch/{stage.name}/")
         return losses, train_acc
+
+    def _check_finite(self, stage, epoch, bad, bad_value, flags: list[float] | None = None) -> None:
+        """The usual one-line error if a loss of this epoch was non-finite. ``flags``: per step, the
+        number of processes that saw one (read at the end of the epoch); None: read this process's."""
+        for i, step in enumerate(stage.steps):
+            if flags is not None and not flags[i]:
+                continue
+            here = bool(bad[step])
+            if not here and flags is None:
+                continue
+            value = bad_value[step].item() if here else "non-finite on another process"
+            # read at the epoch's end, every process knows (one message); on the way out of a failed step,
+            # only this one does (a ProcessError is printed by every torchrun rank)
+            error = UserError if flags is not None else ProcessError
+            raise error(
+                f"the {step} loss of stage {stage.name} became {value} at epoch {epoch + 1}: "
+                "lower the learning rate (trainer.optimizer.lr) or enable trainer.grad_clip"
+            )
 
     # -- checkpoints --------
     def _save_best(self, si: int, stage: Stage, epoch: int, score: float, val: dict) -> None:

@@ -9,6 +9,7 @@ optimisers, schedulers, checkpoints and logging; the method owns losses and pred
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,6 +87,23 @@ class Method(nn.Module):
         """Parameters the optimiser of (stage, step) updates. Default: all that require gradients."""
         return [p for p in self.parameters() if p.requires_grad]
 
+    def networks(self) -> list[nn.Module]:
+        """The networks the stages run, each compiled by ``trainer.compile=true``.
+
+        Default: the method's direct children, with a ``ModuleList`` / ``ModuleDict`` child (which is never
+        called itself) replaced by its members. A method that calls networks deeper in its tree (DRGFER's
+        experts inside MRAFER) lists them itself. Methods a network's class names in ``compiled_methods``
+        (``feature_map``, ``embed``, ...) are compiled along with its ``forward``.
+        """
+        nets: list[nn.Module] = []
+        for child in self.children():
+            if isinstance(child, (nn.ModuleList, nn.ModuleDict)):
+                members = child.values() if isinstance(child, nn.ModuleDict) else child
+                nets.extend(m for m in members if any(True for _ in m.parameters()))
+            elif any(True for _ in child.parameters()):
+                nets.append(child)
+        return nets
+
     def on_stage_start(self, stage: Stage) -> None:
         """Hook before a stage's first epoch (freeze a teacher, copy weights, ...)."""
 
@@ -128,8 +146,14 @@ class Method(nn.Module):
     @staticmethod
     def factor_index(factor: torch.Tensor, factors: Sequence[float]) -> torch.Tensor:
         """Index of the nearest of ``factors`` (in log scale) for each entry of ``factor``."""
-        table = torch.tensor(list(factors), device=factor.device, dtype=torch.float32).log()
+        table = log_factor_table(tuple(float(f) for f in factors), factor.device)
         return (factor.float().log()[:, None] - table[None]).abs().argmin(dim=1)
+
+
+@functools.lru_cache(maxsize=64)
+def log_factor_table(factors: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """``log(factors)`` as a float32 tensor kept on ``device`` (built once: no host copy per batch)."""
+    return torch.tensor(factors, dtype=torch.float32).log().to(device)
 
 
 def classification_loss(logits: torch.Tensor, batch: Batch, label_smoothing: float = 0.0) -> torch.Tensor:

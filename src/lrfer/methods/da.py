@@ -73,6 +73,10 @@ class DomainAdversarial(Method):
         self.register_buffer("trained_steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("steps_per_epoch", torch.zeros((), dtype=torch.long))
 
+    def networks(self) -> list[nn.Module]:
+        """The classifier, its ``fc`` head (called on the features directly) and the discriminator."""
+        return [*super().networks(), self.net.fc]
+
     def stages(self) -> list[Stage]:
         labels = self.resolutions.labels
         return [Stage("train", epochs=self.epochs, train_degrade=labels, val_degrade=labels)]
@@ -98,7 +102,7 @@ class DomainAdversarial(Method):
             "cls_loss": cls_loss.detach(),
             "domain_loss": domain_loss.detach(),
             "domain_acc": (domain_logits.argmax(dim=1) == domain).float().mean().detach(),
-            "grl_coeff": torch.tensor(coeff, device=logits.device),
+            "grl_coeff": torch.full((), coeff, device=logits.device),
             "logits": logits.detach(),
         }
 

@@ -132,6 +132,10 @@ class DRGFER(Method):
     def stage_parameters(self, stage: Stage, step: str) -> Iterable[nn.Parameter]:
         return self._stage_module(stage).parameters()
 
+    def networks(self) -> list[nn.Module]:
+        """The RRN and every expert: the stages call the experts directly, MRAFER only routes to them."""
+        return [self.rrn, *self.mrafer.experts]
+
     def training_step(self, batch: Batch, stage: Stage, step: str) -> dict[str, torch.Tensor]:
         k = self._expert_index(stage)
         if k is None:

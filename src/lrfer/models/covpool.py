@@ -179,6 +179,9 @@ class CovPoolFER(nn.Module):
     equals ``LogEig(ReEig(X))`` exactly (ReEig keeps the eigenvectors).
     """
 
+    #: Entry points FSR-FER calls directly, compiled with ``forward`` by ``trainer.compile=true``.
+    compiled_methods = ("feature_map", "embed", "classify")
+
     def __init__(
         self,
         num_classes: int,

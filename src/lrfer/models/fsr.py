@@ -132,6 +132,8 @@ class ResNetFeatureClassifier(nn.Module):
     loss in place of CovPoolFER's fc-128 output.
     """
 
+    compiled_methods = ("feature_map", "embed", "classify")
+
     def __init__(self, net: ResNetClassifier) -> None:
         super().__init__()
         self.net = net

@@ -52,6 +52,8 @@ class ResNetClassifier(nn.Module):
     feature super-resolution) attach to.
     """
 
+    compiled_methods = ("features",)
+
     def __init__(self, net: nn.Module, num_classes: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.feature_dim = net.fc.in_features
