@@ -31,11 +31,12 @@ from lrfer.methods.base import MethodContext
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 
 
-def _run(cmd, check=True):
+def _run(cmd, check=True, **extra_env):
     env = {
         **os.environ,
         "PYTHONPATH": f"{REPO / 'tests'}:{os.environ.get('PYTHONPATH', '')}",
         "OMP_NUM_THREADS": "1",
+        **extra_env,
     }
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     if check:
@@ -110,7 +111,7 @@ def test_an_interrupted_torchrun_run_resumes_exactly(toy_runs):
     """Killed in the second stage's second epoch, then resumed: the same weights and metrics as ``two``."""
     tmp, common = toy_runs
     run = [*TORCHRUN, "train.py", *common, f"hydra.run.dir={tmp / 'cut'}"]
-    assert _run([*run, "+method.crash_after=15"], check=False).returncode != 0
+    assert _run(run, check=False, LRFER_TOY_CRASH_AFTER="15").returncode != 0
     last = torch.load(tmp / "cut" / "checkpoints" / "last.pt", weights_only=True)
     assert (last["stage_index"], last["epoch"]) == (1, 1)
     _run([*run, "trainer.resume=true"])

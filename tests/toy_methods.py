@@ -37,7 +37,10 @@ class TwoStageToy(Method):
         **_,
     ) -> None:
         super().__init__(context, epochs=epochs)
-        self.crash_after = crash_after  # raise at training batch crash_after + 1 (an interrupted run)
+        # raise at training batch crash_after + 1 (an interrupted run); also from the environment, so that a
+        # test can interrupt a run without changing its config (a resume must use the run's own config)
+        env_crash = os.environ.get("LRFER_TOY_CRASH_AFTER")
+        self.crash_after = int(env_crash) if env_crash else crash_after
         # record=<dir>: every training batch's (index, degradation) goes to <dir>/rank<r>-<stage>.json
         self.record = record
         self.seen: list[list[list[int]]] = []
