@@ -62,6 +62,8 @@ class RunGuard(Callback):
         with one_line_errors():
             task = task_config(config)
             validate_config(task, warn=False)  # warnings are logged by the run itself, into train.log
+            if env_rank() > 0:
+                return  # torchrun: this rank's hydra.run.dir is a scratch folder; rank 0 checks the run's
             run_dir = Path(str(OmegaConf.select(config, "hydra.run.dir")))
             check_run_folder(task, run_dir)
             resuming = bool(OmegaConf.select(task, "trainer.resume", default=False))
