@@ -4,8 +4,9 @@
     python scripts/convergence.py RUN_DIR... [--stage gan] [--thresholds 0.5 0.6] [--of-best 0.95 0.99]
         [--train-count N] [--curves] [--out FILE.md]
 
-Reads ``val_history`` (one entry per validated epoch: stage, epoch, score = mean validation accuracy over
-the stage's degradations, per-degradation rows) from each run's ``checkpoints/last.pt``
+Reads ``val_history`` (one entry per validated epoch: stage, epoch, monitor, score = the stage's monitored
+validation metric, by default the mean accuracy over the stage's degradations, per-degradation rows) from
+each run's ``checkpoints/last.pt``
 (``torch.load(weights_only=True)``) and prints a markdown table: per run (named by its folder), the
 first epoch of the stage at which the score reached each threshold, with the iterations of the stage up
 to then (``epoch * batches per epoch``). ``--thresholds`` are absolute accuracies; ``--of-best`` are
