@@ -65,11 +65,11 @@ METHOD_OVERRIDES = {
 }
 OPTIMISATIONS = {
     "bf16": ["trainer.precision=bf16"],
-    "channels_last": ["trainer.channels_last=true"],
+    "channels_last": ["trainer.channels_last='true'"],
     "compile": ["trainer.compile=true"],
     "bf16+channels_last+compile": [
         "trainer.precision=bf16",
-        "trainer.channels_last=true",
+        "trainer.channels_last='true'",
         "trainer.compile=true",
     ],
 }
@@ -252,21 +252,22 @@ def bench(method: str, size: int, args, tmp: Path) -> dict:
         row["trainer_vs_conventional"] = round(speed["trainer"] / speed["conventional"], 3)
         del loader
     if args.optimizations:
+        print(json.dumps(row), flush=True)  # the loops' figures, before the (long) optimisation runs
         row["optimizations"] = optimisation_ratios(method, size, args, cache, parts)
     return row
 
 
 def optimisation_ratios(method: str, size: int, args, cache: str, parts) -> dict:
     """Speed of the trainer loop with each optimisation relative to fp32 eager, same data, same machine."""
-    base = ["dataset.on_device='true'", "trainer.precision=fp32", "trainer.channels_last=false"]
+    base = ["dataset.on_device='true'", "trainer.precision=fp32", "trainer.channels_last='false'"]
     loops, cfgs = {}, {}
-    for name, extra in {"fp32": [], **OPTIMISATIONS}.items():
-        cfg = compose_cfg(method, size, args, cache, [*base, *extra])
-        torch.manual_seed(cfg.seed)
-        fresh = build_method(cfg, method_context(cfg, in_channels=parts.datamodule.channels))
-        cfgs[name] = cfg
-        loops[name] = Loop(cfg, parts, args.steps, method=fresh)
     try:
+        for name, extra in {"fp32": [], **OPTIMISATIONS}.items():
+            cfg = compose_cfg(method, size, args, cache, [*base, *extra])
+            torch.manual_seed(cfg.seed)
+            fresh = build_method(cfg, method_context(cfg, in_channels=parts.datamodule.channels))
+            cfgs[name] = cfg
+            loops[name] = Loop(cfg, parts, args.steps, method=fresh)
         seconds, warmup = interleaved(loops, args.repeats)
     except Exception as err:  # no compiler on the machine: report, do not fail the benchmark
         return {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"}
