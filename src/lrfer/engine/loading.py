@@ -19,6 +19,14 @@ def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> 
         raise UserError(f"{run_dir} is not an lrfer run folder: {path} is missing")
     cfg = OmegaConf.load(path)
     OmegaConf.set_struct(cfg, False)
+    # The run's checkpoint replaces every weight: initialisation files need not exist any more.
+    if cfg.get("model") is not None:
+        if cfg.model.get("weights"):
+            cfg.model.weights = None
+        if cfg.model.get("pretrained"):
+            cfg.model.pretrained = False
+    if cfg.get("method") is not None and cfg.method.get("extractor_weights"):
+        cfg.method.extractor_weights = None
     for item in overrides or []:
         if "=" not in item:
             raise UserError(f"cannot read override {item!r}: write key=value")
@@ -32,6 +40,9 @@ def load_method_weights(method: Method, run_dir: str | Path, checkpoint: str = "
     if checkpoint not in ("best", "last"):
         raise UserError(f"unknown checkpoint {checkpoint!r}: choose best or last")
     path = Path(run_dir) / "checkpoints" / f"{checkpoint}.pt"
+    last = path.with_name("last.pt")
+    if checkpoint == "best" and not path.is_file() and last.is_file():
+        path = last  # a run without validation split (dataset.val_fraction=0) keeps its last epoch only
     state = load_checkpoint(path)
     try:
         method.load_state_dict(state["method"])

@@ -4,8 +4,9 @@ Per stage it builds one optimiser and one epoch scheduler per optimisation step,
 epochs (capped by ``trainer.max_epochs``), validates on the validation split, keeps ``best.pt`` (best
 validation score of the stage, never the test split) and ``last.pt`` (everything needed to continue:
 method, optimisers, schedulers, position, best score), and restores the best epoch at the end of the
-stage. Every epoch's randomness derives from ``(seed, stage, epoch)``, so a resumed run repeats the
-uninterrupted one exactly.
+stage. A run without a validation split (``dataset.val_fraction=0``, ``dataset.merge_val=true``) writes no
+``best.pt`` and keeps every stage's last epoch. Every epoch's randomness derives from
+``(seed, stage, epoch)``, so a resumed run repeats the uninterrupted one exactly.
 """
 
 from __future__ import annotations
@@ -115,6 +116,7 @@ class Trainer:
         if cfg.compile:
             for child in self.method.children():
                 child.compile()
+        self.has_val = "val" in data.splits and len(data.splits["val"]) > 0
         self.global_step = 0
         self.summaries: list[StageSummary] = []
         self.val_history: list[dict] = []
@@ -235,6 +237,12 @@ class Trainer:
             sched_cfg = self._merged(self.cfg.scheduler, stage.scheduler, step)
             optimizers[step] = build_optimizer(self.method.stage_parameters(stage, step), opt_cfg)
             schedulers[step] = EpochScheduler(optimizers[step], sched_cfg, epochs)
+            if not self.has_val and sched_cfg.name == "plateau" and sched_cfg.monitor == "val_acc":
+                raise UserError(
+                    "trainer.scheduler=plateau watches val_acc but this run has no validation split "
+                    "(dataset.val_fraction=0 or dataset.merge_val=true): "
+                    "set trainer.scheduler.monitor=train_acc"
+                )
         summary = StageSummary(stage.name)
         start_epoch = 0
         if state is not None:
@@ -247,8 +255,13 @@ class Trainer:
         for epoch in range(start_epoch, epochs):
             t0 = time.perf_counter()
             losses, train_acc = self._train_epoch(si, stage, epoch, train_degs, optimizers)
+            self.method.on_epoch_end(stage, epoch + 1)
             val_acc = None
-            do_val = stage.monitor and ((epoch + 1) % self.cfg.val_every == 0 or epoch + 1 == epochs)
+            do_val = (
+                self.has_val
+                and stage.monitor
+                and ((epoch + 1) % self.cfg.val_every == 0 or epoch + 1 == epochs)
+            )
             if do_val:
                 val = self.evaluate("val", val_degs, stage)
                 val_acc = sum(v[self.cfg.monitor] for v in val.values()) / len(val)
