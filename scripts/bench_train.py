@@ -61,7 +61,7 @@ NATIVE = 100
 METHOD_OVERRIDES = {
     "baseline": [],
     "efc": ["method=efc"],
-    "voting": ["method=voting", "method.split_after=2"],
+    "voting": ["method=voting", "method.stem=conv3", "method.split_after=2"],
 }
 OPTIMISATIONS = {
     "bf16": ["trainer.precision=bf16"],

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Parameters, multiply-accumulates and forward-pass memory of any method, from its config alone.
 
-    python scripts/model_stats.py method=voting method.split_after=1 input_size=48
+    python scripts/model_stats.py method=voting method.stem=conv3 method.split_after=1 input_size=48
     python scripts/model_stats.py method=efc input_size=32 [--csv table.csv --row EFC]
 
 ``key=value`` arguments are Hydra overrides of the ``train`` config (as for ``train.py``); ``input_size=<px>``

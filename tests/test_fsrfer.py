@@ -14,7 +14,14 @@ from torch import nn
 from lrfer.data.degrade import parse_degradations
 from lrfer.engine.run import build_parts, run_training
 from lrfer.errors import UserError
-from lrfer.methods.fsrfer import FSRFER, classification_aware_weights, wgan_div_penalty
+from lrfer.methods.fsrfer import (
+    FSRFER,
+    classification_aware_weights,
+    feature_l2,
+    generator_objective,
+    perceptual_distance,
+    wgan_div_penalty,
+)
 from lrfer.models.fsr import FeatureCritic, ResNetFeatureClassifier, RRDBGenerator
 from lrfer.models.resnet import build_resnet
 
@@ -262,13 +269,13 @@ def test_short_run_reports_every_factor_and_keeps_the_validation_history(fsr_run
 def test_loading_the_extractor_skips_stage_1_and_freezes_it(fsr_run, tmp_path):
     tmp, _ = fsr_run
     ckpt = tmp / "run" / "checkpoints" / "best.pt"
-    method = _method(tmp_path, f"method.extractor_checkpoint={ckpt}").method
+    method = _method(tmp_path, f"method.extractor_weights={ckpt}").method
     assert [s.name for s in method.stages()] == ["pretrain", "gan"]
     saved = torch.load(ckpt, weights_only=True)["method"]
     assert all(torch.equal(v, saved[f"classifier.{k}"]) for k, v in method.classifier.state_dict().items())
     assert not any(p.requires_grad for p in method.classifier.parameters())
     with pytest.raises(UserError, match="extractor"):
-        _method(tmp_path, f"method.extractor_checkpoint={ckpt}", "method.extractor=resnet18")
+        _method(tmp_path, f"method.extractor_weights={ckpt}", "method.extractor=resnet18")
 
 
 def test_convergence_script_reports_epochs_and_iterations(fsr_run):
@@ -313,3 +320,109 @@ def test_defaults_are_reduced_and_the_rafdb_experiment_has_the_paper_networks_an
     assert quick.generator.channels < paper.generator.channels
     isr = compose_cfg("experiment=fsrfer/rafdb_isr").method
     assert isr.covpool.bimap_dim == 128 and isr.sr_epochs == 50
+
+
+# -- eq. 9 / eq. 10 by hand --------
+def _two_samples():
+    """Two samples, worked by hand: 2-d embeddings, 1x2x2 feature maps, 3 classes, both labelled 0."""
+    e_sr = torch.tensor([[1.0, 2.0], [0.0, 0.0]])
+    e_hr = torch.tensor([[0.0, 0.0], [1.0, 1.0]])
+    f_sr = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]], [[[0.0, 0.0], [0.0, 0.0]]]])
+    f_hr = torch.tensor([[[[0.0, 0.0], [0.0, 0.0]]], [[[1.0, 1.0], [1.0, 1.0]]]])
+    adv = torch.tensor([0.5, -1.0])  # the critic's scores D(F_sr_i)
+    logits = torch.log(torch.tensor([[2.0, 1.0, 1.0], [1.0, 1.0, 2.0]]))  # p_true = 0.5 and 0.25
+    return e_sr, e_hr, f_sr, f_hr, adv, logits, torch.tensor([0, 0])
+
+
+def test_eq9_perceptual_loss_is_a_per_sample_squared_norm_averaged_over_the_batch():
+    e_sr, e_hr, f_sr, f_hr, *_ = _two_samples()
+    # ||(1,2) - (0,0)||^2 = 5 and ||(0,0) - (1,1)||^2 = 2 (sums over the dimensions, not means)
+    assert perceptual_distance(e_sr, e_hr).tolist() == [5.0, 2.0]
+    # the feature L2 of eq. 10: 1 + 1 = 2 and 4 x 1 = 4 (sums over the 4 elements, not means)
+    assert feature_l2(f_sr, f_hr).tolist() == [2.0, 4.0]
+    # L_p = 1/m sum_i ||.||^2 = (5 + 2) / 2
+    assert perceptual_distance(e_sr, e_hr).mean().item() == pytest.approx(3.5)
+
+
+def test_eq10_with_eq11_by_hand():
+    e_sr, e_hr, f_sr, f_hr, adv, logits, labels = _two_samples()
+    p, l2 = perceptual_distance(e_sr, e_hr), feature_l2(f_sr, f_hr)
+    # eq. 10 without re-weighting: ((0.5 + 5 + 2) + (-1 + 2 + 4)) / 2 = (7.5 + 5) / 2
+    assert generator_objective(adv, p, l2).item() == pytest.approx(6.25)
+    # eq. 11, sigma 1.5, r 1: w = (1.5 - 0.5, 1.5 - 0.25) = (1, 1.25): (7.5 + 1.25 * 5) / 2
+    w = classification_aware_weights(logits, labels, 1.5, 1.0)
+    assert w.tolist() == pytest.approx([1.0, 1.25])
+    assert generator_objective(adv, p, l2, w).item() == pytest.approx(6.875)
+    # the official code's weights (1, 10, 0.01) and r = 2: w = (1, 1.5625)
+    # s_0 = 0.5 + 10 * 5 + 0.01 * 2 = 50.52, s_1 = -1 + 10 * 2 + 0.01 * 4 = 19.04
+    w2 = classification_aware_weights(logits, labels, 1.5, 2.0)
+    official = generator_objective(adv, p, l2, w2, 1.0, 10.0, 0.01)
+    assert official.item() == pytest.approx((50.52 + 1.5625 * 19.04) / 2)
+
+
+def test_generator_step_computes_eq10_on_the_method_networks(tmp_path):
+    """The method's generator loss equals eq. 10/11 recomputed from its own networks' outputs."""
+    weights = ("method.perceptual_weight=10", "method.l2_weight=0.01", "method.reweight_power=2")
+    parts = _method(tmp_path, *weights)
+    method = parts.method
+    gan = method.stages()[-1]
+    method.on_stage_start(gan)
+    method.eval()  # no BatchNorm update between the two forward passes
+    batch = next(parts.datamodule.train_batches(parse_degradations(FACTORS), seed=0, need_hr=True))
+    out = method.training_step(batch, gan, "generator")
+    with torch.no_grad():
+        c = method.classifier
+        f_lr, f_hr = c.feature_map(batch["image"]).float(), c.feature_map(batch["image_hr"]).float()
+        f_sr = method.generator(f_lr)
+        e_sr, e_hr = c.embed(f_sr), c.embed(f_hr)
+        adv = method.critic(f_sr)
+        w = (1.5 - c.classify(e_sr).softmax(1).gather(1, batch["label"][:, None]).squeeze(1)) ** 2
+        per = adv + 10 * (e_sr - e_hr).pow(2).sum(1) + 0.01 * (f_sr - f_hr).pow(2).flatten(1).sum(1)
+    assert out["loss"].item() == pytest.approx((w * per).mean().item(), rel=1e-4)
+    assert out["perceptual"].item() == pytest.approx((e_sr - e_hr).pow(2).sum(1).mean().item(), rel=1e-4)
+
+
+def test_official_switches_reweight_the_critic_and_keep_the_gradient_through_w(tmp_path):
+    parts = _method(tmp_path, "method.reweight_critic=true", "method.reweight_detach=false")
+    method = parts.method
+    gan = method.stages()[-1]
+    method.on_stage_start(gan)
+    method.eval()
+    batch = next(parts.datamodule.train_batches(parse_degradations(FACTORS), seed=0, need_hr=True))
+    out = method.training_step(batch, gan, "critic")
+    with torch.no_grad():
+        c = method.classifier
+        f_lr, f_hr = c.feature_map(batch["image"]).float(), c.feature_map(batch["image_hr"]).float()
+        f_sr = method.generator(f_lr)
+        w = 1.5 - method.sr_logits(f_sr).softmax(1).gather(1, batch["label"][:, None]).squeeze(1)
+        assert out["d_real"].item() == pytest.approx((w * method.critic(f_hr)).mean().item(), rel=1e-4)
+        assert out["d_fake"].item() == pytest.approx((w * method.critic(f_sr)).mean().item(), rel=1e-4)
+    # reweight_detach=false: the weight is part of the graph, so G's gradient differs from a detached w
+    grads = {}
+    for detach in (True, False):
+        method.reweight_detach = detach
+        method.generator.zero_grad()
+        method.training_step(batch, gan, "generator")["loss"].backward()
+        grads[detach] = method.generator.conv_last.weight.grad.clone()
+    assert not torch.allclose(grads[True], grads[False])
+
+
+def test_rafdb_official_follows_the_code():
+    official = compose_cfg("experiment=fsrfer/rafdb_official").method
+    paper = compose_cfg("experiment=fsrfer/rafdb").method
+    assert (official.adv_weight, official.perceptual_weight, official.l2_weight) == (1.0, 10.0, 0.01)
+    assert official.reweight_power == 2.0 and official.reweight_critic and not official.reweight_detach
+    assert official.gan_lr == pytest.approx(2e-5) and list(official.gan_betas) == [0.0, 0.999]
+    assert list(official.gan_milestones) == [58, 290, 580]  # 20k, 100k, 200k iterations at 345 per epoch
+    assert (paper.adv_weight, paper.perceptual_weight, paper.l2_weight, paper.reweight_power) == (1, 1, 1, 1)
+    assert paper.gan_lr is None and not paper.reweight_critic and paper.reweight_detach
+    assert paper.covpool.fc_bn and paper.covpool.bottleneck == 7
+    assert paper.extractor_optimizer.weight_decay == pytest.approx(0.05)
+
+
+def test_extractor_weights_accepts_a_run_folder(fsr_run, tmp_path):
+    tmp, _ = fsr_run
+    method = _method(tmp_path, f"method.extractor_weights={tmp / 'run'}").method
+    assert [s.name for s in method.stages()] == ["pretrain", "gan"]
+    with pytest.raises(UserError, match="extractor_weights"):
+        _method(tmp_path, f"method.extractor_weights={tmp_path / 'no_run'}")

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import compose_cfg, tiny
+from conftest import REPO, compose_cfg, tiny
 
 from lrfer.data.degrade import parse_degradations
 from lrfer.engine.checkpoint import save_checkpoint
@@ -111,9 +111,37 @@ def test_attention_similarity_loss_matches_eq_9_to_11_on_a_hand_example():
         torch.tensor([[4.0, 3.0], [2.0, 1.0]]).view(1, 1, 2, 2),
     )
     cos_c, cos_s = 1 / math.sqrt(2), 20 / 30  # eq. 9-10: (1*1)/(1*sqrt 2), (4+6+6+4)/(sqrt30*sqrt30)
-    block = ((1 - cos_c) + (1 - cos_s)) / 2  # eq. 11
-    loss = attention_similarity_loss([(s_c, s_s), (t_c, t_s)], [(t_c, t_s), (t_c, t_s)])
-    assert loss.item() == pytest.approx(block / 2, abs=1e-6)  # mean over the two blocks (the second: 0)
+    block = (1 - cos_c) + (1 - cos_s)  # eq. 11, one block's two maps
+    students, teachers = [(s_c, s_s), (t_c, t_s)], [(t_c, t_s), (t_c, t_s)]  # the second block: distance 0
+    # sum over the 4 maps (A-SKD's code, the default), or their mean
+    assert attention_similarity_loss(students, teachers).item() == pytest.approx(block, abs=1e-6)
+    assert attention_similarity_loss(students, teachers, "mean").item() == pytest.approx(block / 4, abs=1e-6)
+    with pytest.raises(UserError, match="kd_reduction"):
+        attention_similarity_loss(students, teachers, "max")
+
+
+def test_kd_reduction_reaches_the_method_and_defaults_to_sum():
+    assert compose_cfg("method=gmenet").method.kd_reduction == "sum"
+    assert _method(kd_reduction="mean").kd_reduction == "mean"
+    with pytest.raises(UserError, match="kd_reduction"):
+        _method(kd_reduction="median")
+
+
+def test_paper_sized_network_is_within_5_percent_of_the_paper():
+    """method=gmenet_paper: 18.75 M parameters, 2.99 GFLOPs (= GMACs at 224 px), within 5 %."""
+    from lrfer.config import compose_config
+    from lrfer.engine.model_stats import model_stats
+
+    overrides = ["method=gmenet_paper", "method.kd_weight=0", "input_size=224"]
+    stats = model_stats(compose_config(overrides))
+    assert abs(stats["params"] / 18.75e6 - 1) < 0.05, stats["params"]
+    assert abs(stats["gmacs"] / 2.99 - 1) < 0.05, stats["gmacs"]
+    for table in ("rafdb", "ferplus", "fer2013", "expw"):
+        exp = compose_cfg(f"experiment=gmenet/{table}")
+        assert (exp.method.width, list(exp.method.layers)) == (64, [2, 2, 2, 2])
+        assert exp.degrade.input_size == 224 and exp.trainer.optimizer.weight_decay == pytest.approx(5e-4)
+    quick = compose_cfg("method=gmenet").method
+    assert (quick.width, list(quick.layers)) == (32, [3, 4, 6, 3])  # the quick default stays small
 
 
 # -- teacher / student --------

@@ -126,6 +126,6 @@ def test_bicubic_with_a_loaded_classifier_trains_nothing(tmp_path):
     run_training(compose_cfg(*_overrides(tmp_path, "bicubic")), tmp_path / "hr")
     ckpt = tmp_path / "hr" / "checkpoints" / "best.pt"
     metrics = run_training(
-        compose_cfg(*_overrides(tmp_path, "bicubic", f"method.extractor_checkpoint={ckpt}")), None
+        compose_cfg(*_overrides(tmp_path, "bicubic", f"method.extractor_weights={ckpt}")), None
     )
     assert list(metrics["train"]["stages"]) == ["evaluate"] and list(metrics["test"]) == FACTORS

@@ -83,7 +83,7 @@ def test_ganin_schedule():
     assert values == sorted(values) and ganin_coefficient(2.0) == ganin_coefficient(1.0)
 
 
-def test_da_learns_the_epoch_length_at_the_first_validation_and_ramps_the_coefficient(tmp_path):
+def test_da_learns_the_epoch_length_at_the_end_of_the_first_epoch_and_ramps_the_coefficient(tmp_path):
     cfg = compose_cfg(*tiny(tmp_path, "method=da", TINY_MODEL, "method.factors=[x1,x4]", "method.epochs=2",
                             "method.disc_hidden=16", "degrade.test=[x1,x4]"))
     metrics = run_training(cfg, None)
@@ -97,7 +97,7 @@ def test_da_learns_the_epoch_length_at_the_first_validation_and_ramps_the_coeffi
     st = method.stages()[0]
     assert method.training_step(batch, st, "main")["grl_coeff"] == 0.0  # first epoch: length unknown yet
     method.training_step(batch, st, "main")
-    method.evaluate_step(batch, Stage("train", epochs=4))  # end of epoch 1: 2 steps per epoch
+    method.on_epoch_end(Stage("train", epochs=4), 1)  # end of epoch 1: 2 steps per epoch
     assert int(method.steps_per_epoch) == 2 and method.progress(st) == 2 / 8
     coeff = float(method.training_step(batch, st, "main")["grl_coeff"])
     assert math.isclose(coeff, ganin_coefficient(0.25), rel_tol=1e-6)

@@ -93,6 +93,7 @@ class OptimizerConfig:
     nesterov: bool = False
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
+    decay_norm_and_bias: bool = True
 
 
 @dataclass
@@ -188,6 +189,7 @@ class DatasetConfig:
     class_names: list[str] = MISSING
     image_size: int = 100
     val_fraction: float = 0.1
+    merge_val: bool = False
     split_seed: int = 0
     sampler: str = "random"
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])

@@ -139,12 +139,44 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
 def carve_validation(data: FaceData, fraction: float, seed: int) -> FaceData:
     """Add a seeded, stratified ``val`` split carved from ``train`` when the dataset has none.
 
-    Both splits select rows of the training images (no copy of them: see :class:`FaceSplit`)."""
+    Both splits select rows of the training images (no copy of them: see :class:`FaceSplit`).
+    ``fraction=0`` carves nothing: the run trains on every training face and has no validation split (no
+    best-epoch selection; the last epoch is kept).
+    """
     if "val" in data.splits:
         return data
+    if fraction <= 0:
+        info = {**data.info, "val_carved_from_train": None}
+        return FaceData(data.name, data.class_names, dict(data.splits), info)
     train = data.splits["train"]
     keep, held = stratified_split(train.labels, fraction, seed)
     splits = dict(data.splits)
     splits["train"], splits["val"] = train.subset(keep), train.subset(held)
     info = {**data.info, "val_carved_from_train": {"fraction": fraction, "seed": seed}}
+    return FaceData(data.name, data.class_names, {k: splits[k] for k in SPLITS if k in splits}, info)
+
+
+def merge_validation(data: FaceData) -> FaceData:
+    """Fold the official ``val`` split into ``train`` (``dataset.merge_val=true``); no validation split is
+    left.
+
+    Soft targets survive: when only one side has them, the other side's labels become one-hot targets.
+    """
+    train, val = data.splits["train"], data.splits["val"]
+    targets = None
+    if train.targets is not None or val.targets is not None:
+        k = data.num_classes
+
+        def soft(split: FaceSplit) -> torch.Tensor:
+            if split.targets is not None:
+                return split.targets.float()
+            return torch.nn.functional.one_hot(split.labels, k).float()
+
+        targets = torch.cat([soft(train), soft(val)])
+    merged = FaceSplit(
+        torch.cat([train.images, val.images]), torch.cat([train.labels, val.labels]), targets
+    )
+    splits = {k: v for k, v in data.splits.items() if k != "val"}
+    splits["train"] = merged
+    info = {**data.info, "val_merged_into_train": len(val)}
     return FaceData(data.name, data.class_names, {k: splits[k] for k in SPLITS if k in splits}, info)

@@ -97,6 +97,19 @@ def load_checkpoint(path: Path, require: Iterable[str] = ("method",)) -> dict[st
     raise UserError(f"{path} is not an lrfer checkpoint (it holds {problem}): give a run's best.pt/last.pt")
 
 
+def resolve_run_checkpoint(path: str | Path, what: str = "checkpoint") -> Path:
+    """A checkpoint file, or a run folder (its ``checkpoints/best.pt``, else ``checkpoints/last.pt``)."""
+    path = Path(str(path)).expanduser()
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (path / "checkpoints" / name).is_file():
+                return path / "checkpoints" / name
+        raise UserError(f"{what}={path} is a folder without checkpoints/best.pt or last.pt")
+    if not path.is_file():
+        raise UserError(f"{what}={path} does not exist: give a run folder or its checkpoints/best.pt")
+    return path
+
+
 def write_json(obj: Any, path: Path) -> None:
     """Write JSON atomically."""
     text = json.dumps(obj, indent=2, sort_keys=False) + "\n"

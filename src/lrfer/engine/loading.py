@@ -56,6 +56,14 @@ def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> 
     except Exception as err:
         raise UserError(f"cannot read {path}: {' '.join(str(err).split())}") from None
     OmegaConf.set_struct(cfg, False)
+    # The run's checkpoint replaces every weight: initialisation files need not exist any more.
+    if cfg.get("model") is not None:
+        if cfg.model.get("weights"):
+            cfg.model.weights = None
+        if cfg.model.get("pretrained"):
+            cfg.model.pretrained = False
+    if cfg.get("method") is not None and cfg.method.get("extractor_weights"):
+        cfg.method.extractor_weights = None
     apply_overrides(cfg, overrides or [])
     validate_config(cfg, warn=False)
     return cfg
@@ -66,6 +74,9 @@ def load_method_weights(method: Method, run_dir: str | Path, checkpoint: str = "
     if checkpoint not in ("best", "last"):
         raise UserError(f"unknown checkpoint {checkpoint!r}: choose best or last")
     path = Path(run_dir) / "checkpoints" / f"{checkpoint}.pt"
+    last = path.with_name("last.pt")
+    if checkpoint == "best" and not path.is_file() and last.is_file():
+        path = last  # a run without validation split (dataset.val_fraction=0) keeps its last epoch only
     state = load_checkpoint(path)
     try:
         method.load_state_dict(state["method"])

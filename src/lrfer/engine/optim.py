@@ -16,9 +16,16 @@ PLATEAU_MONITORS = ("val_acc", "train_acc")
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], cfg) -> torch.optim.Optimizer:
+    """``cfg.name`` over ``params``; ``cfg.decay_norm_and_bias=false`` exempts every 1-d parameter (biases,
+    BatchNorm weights) from ``weight_decay``, as TensorFlow's per-layer weight regularisers do."""
     params = list(params)
     if not params:
         raise ValueError("the stage has no trainable parameters")
+    if not cfg.get("decay_norm_and_bias", True) and cfg.weight_decay:
+        matrices = [p for p in params if p.dim() > 1]
+        vectors = [p for p in params if p.dim() <= 1]
+        params = [{"params": matrices}, {"params": vectors, "weight_decay": 0.0}]
+        params = [g for g in params if g["params"]]
     name = cfg.name.lower()
     # Fused Adam/AdamW on CUDA: one kernel per parameter group and no host read of the step counters.
     # On the CPU the single-tensor implementation is kept (CPU runs repeat the earlier runs bit for bit).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import platform
 import time
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lrfer.config.schema import parse_auto_bool
@@ -17,7 +18,7 @@ from lrfer.config.validate import validate_config
 from lrfer.data.cache import load_or_build
 from lrfer.data.datasets import build_adapter
 from lrfer.data.degrade import parse_degradation, parse_degradations
-from lrfer.data.faces import FaceData, carve_validation
+from lrfer.data.faces import FaceData, carve_validation, merge_validation
 from lrfer.data.pipeline import FaceDataModule
 from lrfer.engine import distributed as dist
 from lrfer.engine.checkpoint import write_json
@@ -27,6 +28,7 @@ from lrfer.engine.tblog import RunLogger
 from lrfer.engine.trainer import Trainer, resolve_device
 from lrfer.errors import UserError
 from lrfer.methods.base import Method, MethodContext
+from lrfer.models import pretrained
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +47,35 @@ class RunParts:
 
 
 def load_data(cfg: DictConfig) -> FaceData:
-    """Decode (or read from the cache) the configured dataset and make sure it has a ``val`` split."""
+    """Decode (or read from the cache) the configured dataset and settle its validation split.
+
+    * ``dataset.merge_val=true``: the official ``val`` split is folded into ``train``; no validation split;
+    * otherwise a dataset without ``val`` gets one carved from ``train`` (``dataset.val_fraction``);
+    * ``val_fraction=0``: no validation split at all (an official one is left unused; merge it instead).
+
+    Without a validation split a run keeps every stage's last epoch (``metrics.json``: ``model_selection``).
+    """
     adapter = build_adapter(cfg.dataset)
     data = load_or_build(adapter, cfg.paths.cache_dir)
     for needed in ("train", "test"):
         if needed not in data.splits or len(data.splits[needed]) == 0:
             raise UserError(f"dataset {cfg.dataset.name} has no {needed} images: check dataset.root")
-    data = carve_validation(data, cfg.dataset.val_fraction, cfg.dataset.split_seed)
+    fraction = float(cfg.dataset.val_fraction)
+    if not 0.0 <= fraction < 1.0:
+        raise UserError(f"dataset.val_fraction={fraction} must be in [0, 1): 0 = no validation split")
+    if cfg.dataset.get("merge_val", False):
+        if "val" not in data.splits:
+            raise UserError(
+                f"dataset.merge_val=true but {cfg.dataset.name} has no official validation split to merge "
+                "(use dataset.val_fraction=0 to train on every training face)"
+            )
+        data = merge_validation(data)
+    elif fraction == 0.0 and "val" in data.splits:  # no validation split at all, not even an official one
+        splits = {k: v for k, v in data.splits.items() if k != "val"}
+        info = {**data.info, "official_val_unused": len(data.splits["val"])}
+        data = FaceData(data.name, data.class_names, splits, info)
+    else:
+        data = carve_validation(data, fraction, cfg.dataset.split_seed)
     if data.num_classes != cfg.dataset.num_classes:
         raise UserError(
             f"dataset {cfg.dataset.name} has {data.num_classes} classes but dataset.num_classes="
@@ -99,9 +123,41 @@ def cached_bytes(cfg: DictConfig, data: FaceData) -> int:
     return total
 
 
+#: The value an experiment config gives a ``method.*`` key the user must set (``???`` cannot be used: merging
+#: OmegaConf's missing value onto the method config's default leaves the default in place).
+REQUIRED = "<required>"
+
+
+def check_required(cfg: DictConfig) -> None:
+    """Stop with one line when an experiment config left a ``method.*`` value to the user (``<required>``).
+
+    The method class may explain what to pass in ``REQUIRED_HINTS = {key: "what to pass"}``.
+    """
+    missing = [
+        k for k in cfg.method if OmegaConf.is_missing(cfg.method, k) or cfg.method.get(k) == REQUIRED
+    ]
+    if not missing:
+        return
+    hints: dict = {}
+    with contextlib.suppress(Exception):
+        hints = getattr(get_class(str(cfg.method._target_)), "REQUIRED_HINTS", {}) or {}
+    key = missing[0]
+    hint = hints.get(key, "see the experiment config's comments")
+    raise UserError(f"method.{key} must be given for this experiment: {hint}")
+
+
 def build_method(cfg: DictConfig, context: MethodContext) -> Method:
-    """Instantiate ``cfg.method`` (its ``_target_`` class) with the data context."""
-    node = OmegaConf.masked_copy(cfg.method, [k for k in cfg.method if k != "name"])
+    """Instantiate ``cfg.method`` (its ``_target_`` class) with the data context.
+
+    ``model.weights`` (a local checkpoint) must reach at least one network of the method: a method without
+    a ResNet-family network stops with one line instead of silently ignoring it.
+    """
+    check_required(cfg)
+    weights = cfg.model.get("weights") if cfg.get("model") is not None else None
+    loads_before = pretrained.load_count()
+    # resolved in the whole config first: method keys may interpolate other nodes (e.g. ${degrade.train})
+    resolved = OmegaConf.to_container(cfg.method, resolve=True)
+    node = OmegaConf.create({k: v for k, v in resolved.items() if k != "name"})
     try:
         method = instantiate(node, context=context, _recursive_=False)
     except Exception as err:
@@ -115,6 +171,12 @@ def build_method(cfg: DictConfig, context: MethodContext) -> Method:
         raise
     if not isinstance(method, Method):
         raise UserError(f"method._target_={cfg.method._target_} is not an lrfer Method")
+    if weights and pretrained.load_count() == loads_before:
+        raise UserError(
+            f"model.weights={weights} is set but method={cfg.method.get('name')} builds no ResNet-family "
+            "network that reads it (baseline, drgfer, rabn, da, mstrain, voting, zoo, isr/fsrfer with a "
+            "ResNet extractor do)"
+        )
     return method
 
 
@@ -226,9 +288,10 @@ def run_training(cfg: DictConfig, run_dir: Path | None) -> dict:
         if cfg.logger.log_images and main:
             log_sample_faces(logger, parts.datamodule, list(cfg.degrade.test), cfg.logger.num_sample_images)
         summaries = trainer.fit()
-        val = trainer.evaluate("val", list(cfg.degrade.val or cfg.degrade.train))
+        val = trainer.evaluate("val", list(cfg.degrade.val or cfg.degrade.train)) if trainer.has_val else {}
         objective = str(cfg.get("objective", "acc"))
-        objective_value = named_metric(val, objective, "objective")
+        # without a validation split (dataset.val_fraction=0) there is nothing a sweep may optimise
+        objective_value = named_metric(val, objective, "objective") if val else None
         test = trainer.evaluate("test", list(cfg.degrade.test), keep_confusion=True)
         final = summaries[-1]
         metrics = {
@@ -237,6 +300,7 @@ def run_training(cfg: DictConfig, run_dir: Path | None) -> dict:
             "seed": int(cfg.seed),
             "degrade": {"train": list(cfg.degrade.train), "test": list(cfg.degrade.test)},
             "objective": {"name": objective, "split": "val", "over": list(val), "value": objective_value},
+            "model_selection": model_selection(cfg, parts.data, trainer.has_val),
             "val": val,
             "test": test,
             "train": {
@@ -287,16 +351,39 @@ def run_training(cfg: DictConfig, run_dir: Path | None) -> dict:
         logger.close()
 
 
+def model_selection(cfg: DictConfig, data: FaceData, has_val: bool) -> dict:
+    """How the tested model was chosen: ``best_val`` (each stage's best validation epoch) or ``last_epoch``,
+    with the reason and the training faces used."""
+    n_train = len(data.splits["train"])
+    if not has_val:
+        merged = data.info.get("val_merged_into_train")
+        unused = data.info.get("official_val_unused")
+        if merged is not None:
+            reason = f"dataset.merge_val=true: the official validation split ({merged} faces) was trained on"
+        else:
+            reason = "dataset.val_fraction=0: no validation split, every training face was trained on"
+            if unused:
+                reason += f" (the official validation split, {unused} faces, is not used)"
+        return {"mode": "last_epoch", "reason": reason, "train_faces": n_train, "val_faces": 0}
+    n_val = len(data.splits["val"])
+    if not cfg.trainer.restore_best:
+        reason = "trainer.restore_best=false: validation is logged, the last epoch is tested"
+        return {"mode": "last_epoch", "reason": reason, "train_faces": n_train, "val_faces": n_val}
+    reason = "each stage's best validation epoch (trainer.monitor) is restored"
+    return {"mode": "best_val", "reason": reason, "train_faces": n_train, "val_faces": n_val}
+
+
 def log_sample_faces(logger: RunLogger, dm: FaceDataModule, labels: list[str], n: int) -> None:
     """A grid of the first ``n`` validation faces (rows) at every degradation (columns of the grid)."""
     if logger.writer is None or n <= 0:
         return
     rows = []
-    index = torch.arange(min(n, len(dm.splits["val"])))
+    split = "val" if "val" in dm.splits else "train"
+    index = torch.arange(min(n, len(dm.splits[split])))
     for deg in parse_degradations(labels):
         if dm.network_size(deg) != dm.input_size:
             continue
-        batch = dm.make_batch("val", index, torch.zeros_like(index), [deg], augment=False)
+        batch = dm.make_batch(split, index, torch.zeros_like(index), [deg], augment=False)
         rows.append(batch["image"] * dm.std + dm.mean)
     if rows:
         grid = torch.stack(rows, 1).flatten(

@@ -4,8 +4,10 @@ Per stage it builds one optimiser and one epoch scheduler per optimisation step,
 epochs (capped by ``trainer.max_epochs``), validates on the validation split, keeps ``best.pt`` (best
 validation score of the stage, never the test split) and ``last.pt`` (everything needed to continue:
 method, optimisers, schedulers, position, best score), and restores the best epoch at the end of the
-stage. Every epoch's randomness derives from ``(seed, stage, epoch, rank)``, so a resumed run repeats the
-uninterrupted one exactly. Under torchrun each rank trains on its own share of every global batch
+stage. A run without a validation split (``dataset.val_fraction=0``, ``dataset.merge_val=true``) writes no
+``best.pt`` and keeps every stage's last epoch. Every epoch's randomness derives from
+``(seed, stage, epoch, rank)``, so a resumed run repeats the uninterrupted one exactly. Under torchrun each
+rank trains on its own share of every global batch
 (:meth:`~lrfer.data.pipeline.FaceDataModule.train_batches`), with its own augmentation and its own global
 RNG stream (dropout, random interpolation weights), and DDP averages the gradients.
 """
@@ -196,6 +198,7 @@ class Trainer:
         )
         if cfg.compile:
             compile_networks(self.method.networks(), cfg.compile_mode)
+        self.has_val = "val" in data.splits and len(data.splits["val"]) > 0
         self.global_step = 0
         self.summaries: list[StageSummary] = []
         self.val_history: list[dict] = []
@@ -339,6 +342,15 @@ class Trainer:
         if state is not None:
             self.method.load_state_dict(state["method"])
         monitor = self._monitor(stage, val_degs)
+        if not self.has_val:
+            for step in stage.steps:
+                sched_cfg = self._merged(self.cfg.scheduler, stage.scheduler, step)
+                if sched_cfg.name == "plateau" and sched_cfg.monitor == "val_acc":
+                    raise UserError(
+                        "trainer.scheduler=plateau watches val_acc but this run has no validation split "
+                        "(dataset.val_fraction=0 or dataset.merge_val=true): "
+                        "set trainer.scheduler.monitor=train_acc"
+                    )
         # (Re)wrap per stage: DDP over the modules this stage trains, synchronised when it is built.
         trained = [p for step in stage.steps for p in self.method.stage_parameters(stage, step)]
         find_unused = stage.find_unused_parameters
@@ -369,8 +381,11 @@ class Trainer:
         for epoch in range(start_epoch, epochs):
             t0 = time.perf_counter()
             losses, train_acc = self._train_epoch(si, stage, epoch, train_degs, optimizers)
+            self.method.on_epoch_end(stage, epoch + 1)
             val_acc = None
-            do_val = monitor and ((epoch + 1) % self.cfg.val_every == 0 or epoch + 1 == epochs)
+            do_val = (
+                self.has_val and monitor and ((epoch + 1) % self.cfg.val_every == 0 or epoch + 1 == epochs)
+            )
             if do_val:
                 val = self.evaluate("val", val_degs, stage)
                 val_acc = named_metric(val, monitor, "the monitored metric")

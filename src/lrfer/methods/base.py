@@ -37,6 +37,16 @@ class MethodContext:
     class_names: list[str] = field(default_factory=list)
 
 
+def model_weights(context: MethodContext) -> str | None:
+    """``model.weights`` of the run: a local checkpoint for the method's ResNet-family networks, or None.
+
+    (A function, not a property: Hydra hands methods the context as a structured config.)
+    """
+    model = context.model
+    value = model.get("weights") if model is not None else None
+    return str(value) if value else None
+
+
 @dataclass
 class Stage:
     """One training stage.
@@ -106,6 +116,9 @@ class Method(nn.Module):
 
     def on_stage_start(self, stage: Stage) -> None:
         """Hook before a stage's first epoch (freeze a teacher, copy weights, ...)."""
+
+    def on_epoch_end(self, stage: Stage, epoch: int) -> None:
+        """Hook after every training epoch (``epoch`` counts from 1), before validation."""
 
     def on_stage_end(self, stage: Stage) -> None:
         """Hook after a stage (and after its best epoch has been restored)."""

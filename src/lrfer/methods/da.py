@@ -41,8 +41,8 @@ class DomainAdversarial(Method):
     * Discriminator: Ganin & Lempitsky's ``D -> 1024 -> 1024 -> K`` MLP with ReLU and dropout 0.5.
     * ``lambda`` follows Ganin & Lempitsky's schedule ``2 / (1 + exp(-10 p)) - 1`` over training progress
       ``p`` in [0, 1]: ``p = steps done / (steps per epoch * method.epochs)``. The method learns the
-      number of steps per epoch when the first epoch is validated (the trainer validates after every
-      epoch, ``trainer.val_every=1``), so ``lambda`` is 0 during the first epoch. The schedule spans
+      number of steps per epoch at the end of the first epoch (``on_epoch_end``), so ``lambda`` is 0
+      during the first epoch. The schedule spans
       ``method.epochs``: shorten a run with ``method.epochs``, not ``trainer.max_epochs`` (which cuts the
       run before ``lambda`` reaches its plateau). Their learning-rate annealing is not used (the paper
       trains every method with Adam at a constant 3e-4).
@@ -109,7 +109,9 @@ class DomainAdversarial(Method):
     def predict(self, images: torch.Tensor, factor: torch.Tensor | None = None) -> torch.Tensor:
         return self.net(images)
 
+    def on_epoch_end(self, stage: Stage, epoch: int) -> None:
+        if int(self.steps_per_epoch) == 0 and int(self.trained_steps) > 0:
+            self.steps_per_epoch.fill_(int(self.trained_steps))  # the end of the first epoch
+
     def evaluate_step(self, batch: Batch, stage: Stage | None = None) -> dict[str, torch.Tensor]:
-        if stage is not None and int(self.steps_per_epoch) == 0 and int(self.trained_steps) > 0:
-            self.steps_per_epoch.fill_(int(self.trained_steps))  # the first validation ends the first epoch
         return {"logits": self.net(batch["image"])}

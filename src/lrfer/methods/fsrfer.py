@@ -4,7 +4,7 @@ Stages (the trainer runs them in order, each capped by ``trainer.max_epochs``):
 
 1. ``extractor`` — the FER model (CovPoolFER, :mod:`lrfer.models.covpool`; or ``extractor=resnet18``) is
    trained with cross-entropy on high-resolution faces only (``[x1]``), then frozen (parameters and
-   BatchNorm statistics). With ``extractor_checkpoint=<run>/checkpoints/best.pt`` it is loaded instead
+   BatchNorm statistics). With ``extractor_weights=<run>/checkpoints/best.pt`` it is loaded instead
    and this stage is skipped.
 2. ``pretrain`` — the generator G (:class:`~lrfer.models.fsr.RRDBGenerator`) is pre-trained with the
    feature MSE ``||G(F_lr) - F_hr||^2`` (official code: 40k iterations, Adam 2e-4 halved every 20k).
@@ -24,14 +24,23 @@ rows also carry ``direct_acc``, the frozen classifier's accuracy without G (the 
 
 Choices the paper leaves open (also in ``experiments/fsrfer/README.md``):
 
+* Reductions (eq. 9 and the official code): ``L_p`` and ``L_2`` are squared L2 norms summed per sample (over
+  the 128 embedding dimensions / the 128 x 128 = 16,384 feature elements), then averaged over the batch;
+  ``L_gan`` is the per-sample critic score averaged over the batch (:func:`generator_objective`). The
+  generator pre-training loss is the same per-sample feature L2, as in the official code.
 * Loss weights: eq. 10 sums the three terms with weight 1 (``adv_weight = perceptual_weight = l2_weight
   = 1``, the default); the official code used 1, 10 (perceptual) and 0.01 (feature L2)
-  (``experiment=fsrfer/rafdb_official``). ``L_p`` and ``L_2`` are mean squared errors (mean over the 128
-  embedding dimensions / the feature elements, then over the batch) as in the official code.
+  (``experiment=fsrfer/rafdb_official``).
 * Re-weighting: sigma = 1.5, r = 1 as the paper's text says (the official code used r = 2,
   ``reweight_power=2``); p_true comes from the current F_sr through the frozen classifier (the "FSR
-  classifier" of Fig. 2) and is not differentiated; the weight multiplies the per-sample sum of all
-  generator terms (adversarial included); the critic loss and the pre-training are not re-weighted.
+  classifier" of Fig. 2); the weight multiplies the per-sample sum of all generator terms (adversarial
+  included), as the paper says ("applies on loss functions of generator"). The official code also weights
+  the critic's two expectations (``reweight_critic=true``) and lets the gradient flow through ``w`` into G
+  (``reweight_detach=false``); by default ``w`` is a constant (detached) and the critic is not re-weighted.
+  The pre-training is never re-weighted.
+* Learning rates: the paper's GAN lr is 2e-4, halved at 20k/50k/100k/200k iterations; the official code
+  uses ``gan_lr`` = 2e-5 halved at 20k, 100k and 200k (its 50k boundary repeats the previous value) and
+  TensorFlow's Adam beta2 = 0.999.
 * Adam beta2 = 0.9 (the paper fixes only beta1 = 0); pre-training uses Adam (0.9, 0.999).
 * Iterations -> epochs: the trainer schedules per epoch. Defaults are RAF-DB at batch 32 with lrfer's
   10% validation carve-out (11,044 training faces, 345 iterations per epoch, 383 with the paper's
@@ -50,13 +59,12 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
-from lrfer.engine.checkpoint import load_checkpoint
+from lrfer.engine.checkpoint import load_checkpoint, resolve_run_checkpoint
 from lrfer.errors import UserError
-from lrfer.methods.base import Batch, Method, MethodContext, Stage
+from lrfer.methods.base import Batch, Method, MethodContext, Stage, model_weights
 from lrfer.models.fsr import FeatureCritic, RRDBGenerator, build_feature_classifier, feature_shape
 
 DEFAULT_FACTORS = ("x2", "x3", "x4", "x5", "x6", "x7", "x8")
@@ -75,6 +83,40 @@ def classification_aware_weights(
     """Eq. 11: ``w_i = (sigma - p_i)^r``, p_i the softmax probability of sample i's true class."""
     p_true = logits.float().softmax(dim=1).gather(1, labels[:, None]).squeeze(1)
     return (sigma - p_true).pow(power)
+
+
+def perceptual_distance(e_sr: torch.Tensor, e_hr: torch.Tensor) -> torch.Tensor:
+    """Eq. 9's summand: ``||C(F_sr_i) - C(F_hr_i)||_2^2`` per sample, a sum over the 128 dimensions, (N,)."""
+    return (e_sr.float() - e_hr.float()).pow(2).flatten(1).sum(dim=1)
+
+
+def feature_l2(f_sr: torch.Tensor, f_hr: torch.Tensor) -> torch.Tensor:
+    """The feature-wise L2 loss of eq. 10 per sample: ``||F_sr_i - F_hr_i||_2^2``, a sum over every feature
+    element (16,384 for the 128 x 128 map), (N,)."""
+    return (f_sr.float() - f_hr.float()).pow(2).flatten(1).sum(dim=1)
+
+
+def generator_objective(
+    adv: torch.Tensor,
+    perceptual: torch.Tensor,
+    l2: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    adv_weight: float = 1.0,
+    perceptual_weight: float = 1.0,
+    l2_weight: float = 1.0,
+) -> torch.Tensor:
+    """Eq. 10 with eq. 11:
+    ``mean_i w_i (a D(F_sr_i) + p ||C(F_sr_i) - C(F_hr_i)||^2 + l ||F_sr_i - F_hr_i||^2)``.
+
+    Every term is a per-sample value (N,): the critic score, and the two squared norms summed per sample
+    (eq. 9's ``1/m sum_i ||.||_2^2``); ``weight`` (N,) is eq. 11's ``w_i`` (None = 1). The batch mean is
+    eq. 9's ``1/m``; eq. 11 writes a plain sum over the batch, which only rescales the loss by the batch size
+    (a constant that Adam's update ignores).
+    """
+    per_sample = adv_weight * adv.float() + perceptual_weight * perceptual + l2_weight * l2
+    if weight is not None:
+        per_sample = weight * per_sample
+    return per_sample.mean()
 
 
 def wgan_div_penalty(
@@ -111,7 +153,7 @@ class HRClassifierMethod(Method):
         self,
         context: MethodContext,
         extractor: str = "covpool",
-        extractor_checkpoint: str | None = None,
+        extractor_weights: str | None = None,
         extractor_epochs: int = 40,
         extractor_optimizer: dict | None = None,
         extractor_scheduler: dict | None = None,
@@ -123,17 +165,26 @@ class HRClassifierMethod(Method):
         self.extractor_optimizer = plain(extractor_optimizer) or None
         self.extractor_scheduler = plain(extractor_scheduler) or None
         self.classifier = build_feature_classifier(
-            extractor, context.num_classes, context.input_size, context.in_channels, plain(covpool)
+            extractor,
+            context.num_classes,
+            context.input_size,
+            context.in_channels,
+            plain(covpool),
+            weights=model_weights(context),
         )
         self.classifier_loaded = False
         self._frozen = False
-        if extractor_checkpoint:
-            self.load_classifier(extractor_checkpoint)
+        if extractor_weights:
+            self.load_classifier(extractor_weights)
 
     # -- the high-resolution classifier --------
     def load_classifier(self, path: str) -> None:
-        """Load the classifier from a run's checkpoint and freeze it (stage ``extractor`` is then skipped)."""
-        state = load_checkpoint(path)
+        """Load the classifier from a run (folder or checkpoint) and freeze it; stage ``extractor`` is then
+        skipped.
+
+        One trained extractor serves every FSR-FER and ISR run, as the paper's one pretrained CovPoolFER.
+        """
+        state = load_checkpoint(resolve_run_checkpoint(path, "method.extractor_weights"))
         weights = state.get("method", state)
         target = self.classifier.state_dict()
         for prefix in ("classifier.", "net.", ""):
@@ -211,7 +262,7 @@ class FSRFER(HRClassifierMethod):
         self,
         context: MethodContext,
         extractor: str = "covpool",
-        extractor_checkpoint: str | None = None,
+        extractor_weights: str | None = None,
         extractor_epochs: int = 40,
         extractor_optimizer: dict | None = None,
         extractor_scheduler: dict | None = None,
@@ -225,6 +276,7 @@ class FSRFER(HRClassifierMethod):
         gan_milestones: Sequence[int] = (58, 145, 290, 580),
         schedule_scale: float = 1.0,
         lr: float = 2e-4,
+        gan_lr: float | None = None,
         pretrain_betas: Sequence[float] = (0.9, 0.999),
         gan_betas: Sequence[float] = (0.0, 0.9),
         adv_weight: float = 1.0,
@@ -235,12 +287,14 @@ class FSRFER(HRClassifierMethod):
         reweight: bool = True,
         reweight_sigma: float = 1.5,
         reweight_power: float = 1.0,
+        reweight_critic: bool = False,
+        reweight_detach: bool = True,
         label_smoothing: float = 0.0,
     ) -> None:
         super().__init__(
             context,
             extractor,
-            extractor_checkpoint,
+            extractor_weights,
             extractor_epochs,
             extractor_optimizer,
             extractor_scheduler,
@@ -260,12 +314,15 @@ class FSRFER(HRClassifierMethod):
         self.gan_milestones = list(plain(gan_milestones))
         self.schedule_scale = float(schedule_scale)
         self.lr = lr
+        self.gan_lr = float(gan_lr) if gan_lr is not None else lr
         self.pretrain_betas = list(plain(pretrain_betas))
         self.gan_betas = list(plain(gan_betas))
         self.adv_weight, self.perceptual_weight, self.l2_weight = adv_weight, perceptual_weight, l2_weight
         self.gp_k, self.gp_p = gp_k, gp_p
         self.reweight = bool(reweight)
         self.reweight_sigma, self.reweight_power = reweight_sigma, reweight_power
+        self.reweight_critic = bool(reweight_critic)
+        self.reweight_detach = bool(reweight_detach)
         if self.reweight and reweight_sigma <= 1.0:
             raise UserError(
                 "method.reweight_sigma must be > 1 so that every weight (sigma - p)^r is positive"
@@ -308,7 +365,12 @@ class FSRFER(HRClassifierMethod):
                     train_degrade=self.factors,
                     val_degrade=self.factors,
                     needs_hr=True,
-                    optimizer={"name": "adam", "lr": self.lr, "betas": self.gan_betas, "weight_decay": 0.0},
+                    optimizer={
+                        "name": "adam",
+                        "lr": self.gan_lr,
+                        "betas": self.gan_betas,
+                        "weight_decay": 0.0,
+                    },
                     scheduler={
                         "name": "multistep",
                         "milestones": [self._scaled(m) for m in self.gan_milestones],
@@ -360,18 +422,30 @@ class FSRFER(HRClassifierMethod):
         f_lr, f_hr = self._features(batch)
         self._cache = None
         f_sr = self.generator(f_lr)
-        loss = F.mse_loss(f_sr.float(), f_hr)
+        loss = feature_l2(f_sr, f_hr).mean()  # the official pre-training loss: per-sample sum, batch mean
         with torch.no_grad():
             logits = self.sr_logits(f_sr.detach())
         return {"loss": loss, "logits": logits}
 
     def critic_step(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """Eq. 8: ``E[D(F_hr)] - E[D(F_sr)] + k E[||grad D(x_hat)||^p]``."""
+        """Eq. 8: ``E[D(F_hr)] - E[D(F_sr)] + k E[||grad D(x_hat)||^p]``.
+
+        With ``reweight_critic`` (the official code) the two expectations are weighted by eq. 11's ``w_i`` of
+        the current F_sr, as the generator's terms are; the divergence term is not.
+        """
         f_lr, f_hr = self._features(batch)
         with torch.no_grad():
             f_sr = self.generator(f_lr).float()
-        d_real = self.critic(f_hr).float().mean()
-        d_fake = self.critic(f_sr).float().mean()
+            weight = None
+            if self.reweight and self.reweight_critic:
+                weight = classification_aware_weights(
+                    self.sr_logits(f_sr), batch["label"], self.reweight_sigma, self.reweight_power
+                )
+        scores_real = self.critic(f_hr).float()
+        scores_fake = self.critic(f_sr).float()
+        if weight is not None:
+            scores_real, scores_fake = weight * scores_real, weight * scores_fake
+        d_real, d_fake = scores_real.mean(), scores_fake.mean()
         gp = wgan_div_penalty(self.critic, f_hr, f_sr, self.gp_k, self.gp_p)
         return {
             "loss": d_real - d_fake + gp,
@@ -381,7 +455,8 @@ class FSRFER(HRClassifierMethod):
         }
 
     def generator_step(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """Eq. 10 (+ eq. 11 when ``reweight``): ``w * (L_gan + L_p + L_2)`` per sample, averaged."""
+        """Eq. 10 (+ eq. 11 when ``reweight``), :func:`generator_objective`: per-sample critic score and
+        squared norms, weighted per sample, averaged over the batch."""
         f_lr, f_hr = self._features(batch)
         f_sr = self.generator(f_lr)
         self.critic.requires_grad_(False)  # gradients flow through D to G only
@@ -392,24 +467,27 @@ class FSRFER(HRClassifierMethod):
         e_sr = self.classifier.embed(f_sr).float()
         with torch.no_grad():
             e_hr = self.classifier.embed(f_hr).float()
-        perceptual = (e_sr - e_hr).pow(2).mean(dim=1)  # eq. 9
-        l2 = (f_sr.float() - f_hr).pow(2).flatten(1).mean(dim=1)
-        logits = self.classifier.classify(e_sr).detach()
+        perceptual = perceptual_distance(e_sr, e_hr)  # eq. 9
+        l2 = feature_l2(f_sr, f_hr)
+        logits = self.classifier.classify(e_sr)
+        weight = None
         if self.reweight:
             weight = classification_aware_weights(
-                logits, batch["label"], self.reweight_sigma, self.reweight_power
+                logits.detach() if self.reweight_detach else logits,
+                batch["label"],
+                self.reweight_sigma,
+                self.reweight_power,
             )
-        else:
-            weight = torch.ones_like(adv)
-        per_sample = self.adv_weight * adv + self.perceptual_weight * perceptual + self.l2_weight * l2
-        loss = (weight * per_sample).mean()
+        loss = generator_objective(
+            adv, perceptual, l2, weight, self.adv_weight, self.perceptual_weight, self.l2_weight
+        )
         return {
             "loss": loss,
             "adv": adv.mean().detach(),
             "perceptual": perceptual.mean().detach(),
             "l2": l2.mean().detach(),
-            "weight": weight.mean(),
-            "logits": logits,
+            "weight": weight.mean().detach() if weight is not None else torch.ones((), device=adv.device),
+            "logits": logits.detach(),
         }
 
     # -- prediction --------

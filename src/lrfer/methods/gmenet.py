@@ -5,8 +5,10 @@ of the same architecture is trained on the low-resolution faces (stage ``student
 e.g. ``[14px]``) resized back to the input size and Gaussian-blurred (Sec. 3.1), with
 
     L = L_ce + kd_weight * L_kd                                                        (eq. 12-13)
-    L_kd = mean over Mixed-Attention Blocks of ((1 - cos(M_C,T, M_C,S)) + (1 - cos(M_S,T, M_S,S))) / 2
+    L_kd = sum over Mixed-Attention Blocks of (1 - cos(M_C,T, M_C,S)) + (1 - cos(M_S,T, M_S,S))
                                                                                        (eq. 9-11)
+
+(``kd_reduction=sum``, A-SKD's code; ``mean`` divides by the number of maps, 2 per block)
 
 on the PRE-SIGMOID channel and spatial attention maps (A-SKD, "Teaching Where to Look", ECCV 2022), the
 teacher seeing the high-resolution image of the same sample (``needs_hr``).
@@ -26,16 +28,26 @@ from lrfer.errors import UserError
 from lrfer.methods.base import Batch, Method, MethodContext, Stage
 from lrfer.models.gmenet import AttentionMaps, GMENet
 
+KD_REDUCTIONS = ("sum", "mean")
+
 
 def attention_similarity_loss(
-    student_maps: Sequence[AttentionMaps], teacher_maps: Sequence[AttentionMaps]
+    student_maps: Sequence[AttentionMaps], teacher_maps: Sequence[AttentionMaps], reduction: str = "sum"
 ) -> torch.Tensor:
-    """Eq. 9-11 averaged over attention blocks and samples.
+    """Eq. 9-11 over the attention blocks: per map, ``1 - cos`` (eq. 9-10) averaged over the samples.
 
     Each entry of the two lists is one attention block's ``(M_c, M_s)`` pre-sigmoid maps (any shapes,
-    flattened per sample). Per block, ``((1 - cos_c) + (1 - cos_s)) / 2`` with the cosine of eq. 9-10
-    computed per sample; the result is the mean over samples and blocks. The teacher maps are detached.
+    flattened per sample). ``reduction`` says how the 2 B per-map terms (B blocks, a channel and a spatial
+    map each) combine, which the paper leaves open:
+
+    * ``sum`` (default): their sum, as A-SKD's code (``utility/distill_loss.py``: ``loss_sum += d_loss *
+      distill_attn_param`` over every channel and spatial map), which GME-Net's distillation follows;
+    * ``mean``: their mean, ``(1/B) sum_b ((1 - cos_c) + (1 - cos_s)) / 2`` (2 B times smaller).
+
+    The teacher maps are detached.
     """
+    if reduction not in KD_REDUCTIONS:
+        raise UserError(f"unknown method.kd_reduction {reduction!r}: choose sum or mean")
     if len(student_maps) != len(teacher_maps) or not student_maps:
         raise ValueError(
             f"attention-similarity loss needs the same non-zero number of attention blocks in student and "
@@ -50,8 +62,9 @@ def attention_similarity_loss(
             )
         cos_c = F.cosine_similarity(s_c.flatten(1).float(), t_c.detach().flatten(1).float(), dim=1)
         cos_s = F.cosine_similarity(s_s.flatten(1).float(), t_s.detach().flatten(1).float(), dim=1)
-        per_block.append(((1 - cos_c) + (1 - cos_s)).mean() / 2)
-    return torch.stack(per_block).mean()
+        per_block.append((1 - cos_c).mean() + (1 - cos_s).mean())
+    total = torch.stack(per_block).sum()
+    return total if reduction == "sum" else total / (2 * len(per_block))
 
 
 def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -81,8 +94,10 @@ class GMENetMethod(Method):
       the method to every low-resolution input of the student (factor > 1, or every image when the factor
       is unknown), in training AND at test time, with a fixed ``lr_blur_sigma`` (default 1.0 px at the
       network input size; 0 disables it); high-resolution (x1) inputs are never blurred;
-    * L_kd uses every MAB's maps, averages the per-sample cosine distances over the batch and over blocks,
-      and the teacher runs in eval mode (BatchNorm running statistics) on the HR image of the sample with
+    * L_kd uses every MAB's maps, averages the per-sample cosine distances over the batch and SUMS them over
+      the maps (``kd_reduction=sum``: A-SKD's code sums ``distill_attn_param * mean(1 - cos)`` over every
+      channel and spatial map; ``mean`` averages them instead), and the teacher runs in eval mode
+      (BatchNorm running statistics) on the HR image of the sample with
       the same augmentation;
     * the teacher is trained with the same optimiser, schedule and epochs as the student (``teacher_epochs``
       null = ``epochs``);
@@ -98,6 +113,7 @@ class GMENetMethod(Method):
         teacher_epochs: int | None = None,
         label_smoothing: float = 0.0,
         kd_weight: float = 5.0,
+        kd_reduction: str = "sum",
         teacher_checkpoint: str | None = None,
         lr_blur_sigma: float = 1.0,
         width: int = 32,
@@ -120,6 +136,9 @@ class GMENetMethod(Method):
                 "(or choose attention dbam|cbam)"
             )
         self.kd_weight = float(kd_weight)
+        if kd_reduction not in KD_REDUCTIONS:
+            raise UserError(f"unknown method.kd_reduction {kd_reduction!r}: choose sum or mean")
+        self.kd_reduction = kd_reduction
         self.teacher_epochs = int(teacher_epochs) if teacher_epochs is not None else epochs
         self.teacher_checkpoint = teacher_checkpoint
         self.lr_blur_sigma = float(lr_blur_sigma)
@@ -223,7 +242,7 @@ class GMENetMethod(Method):
         with torch.no_grad():
             _, teacher_maps = self.teacher(batch["image_hr"], return_maps=True)
         ce = self.classification_loss(logits, batch)
-        kd = attention_similarity_loss(student_maps, teacher_maps)
+        kd = attention_similarity_loss(student_maps, teacher_maps, self.kd_reduction)
         loss = ce + self.kd_weight * kd
         return {"loss": loss, "ce": ce.detach(), "kd": kd.detach(), "logits": logits.detach()}
 

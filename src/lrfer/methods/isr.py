@@ -2,7 +2,7 @@
 sec. 4.2 and Table 1).
 
 The classifier is trained on high-resolution faces (stage ``extractor`` on ``[x1]``, CovPoolFER by default,
-as in :mod:`lrfer.methods.fsrfer`) or loaded with ``extractor_checkpoint``, and frozen. The low-resolution
+as in :mod:`lrfer.methods.fsrfer`) or loaded with ``extractor_weights``, and frozen. The low-resolution
 face is then restored and classified:
 
 * ``sr=bicubic`` — the pipeline's bicubic resize back to the input size, nothing trained;
@@ -54,7 +54,7 @@ class ISR(HRClassifierMethod):
         context: MethodContext,
         sr: str = "bicubic",
         extractor: str = "covpool",
-        extractor_checkpoint: str | None = None,
+        extractor_weights: str | None = None,
         extractor_epochs: int = 40,
         extractor_optimizer: dict | None = None,
         extractor_scheduler: dict | None = None,
@@ -70,7 +70,7 @@ class ISR(HRClassifierMethod):
         super().__init__(
             context,
             extractor,
-            extractor_checkpoint,
+            extractor_weights,
             extractor_epochs,
             extractor_optimizer,
             extractor_scheduler,

@@ -22,11 +22,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
+from lrfer.engine.checkpoint import resolve_run_checkpoint
 from lrfer.errors import UserError
-from lrfer.methods.base import Batch, Method, MethodContext, Stage
+from lrfer.methods.base import Batch, Method, MethodContext, Stage, model_weights
 from lrfer.models.voting import VOTING_MODES, VotingResNet, vote
 
 log = logging.getLogger(__name__)
@@ -41,7 +43,17 @@ class Voting(Method):
     prefixes are skipped) when training starts. Recipe choices (configs/experiment/voting/*.yaml): the
     learning-rate decay is per epoch; augmentation magnitudes; no horizontal flip; a fresh FC layer when
     fine-tuning RAF-DB from AffectNet (their class orders differ).
+
+    ``init_from: none`` (the string) is the same as null: train from scratch (or from ``model.weights``).
+    ``experiment=voting/rafdb`` leaves ``init_from`` to the user (``<required>``) since the paper fine-tunes
+    the AffectNet model; :data:`REQUIRED_HINTS` is the one line printed when it is not given.
     """
+
+    REQUIRED_HINTS: ClassVar[dict[str, str]] = {
+        "init_from": "the paper fine-tunes RAF-DB from the AffectNet model: pass method.init_from=<the "
+        "experiment=voting/affectnet run folder or its checkpoints/best.pt>, or method.init_from=none to "
+        "train from scratch"
+    }
 
     def __init__(
         self,
@@ -60,7 +72,7 @@ class Voting(Method):
         if voting not in VOTING_MODES:
             raise UserError(f"unknown method.voting={voting!r}: choose one of {', '.join(VOTING_MODES)}")
         self.voting = voting
-        self.init_from = init_from
+        self.init_from = None if str(init_from).lower() in ("none", "null", "") else str(init_from)
         self.init_exclude = tuple(init_exclude or ())
         self.net = VotingResNet(
             context.num_classes,
@@ -70,6 +82,7 @@ class Voting(Method):
             arch=arch,
             stem=stem,
             in_channels=context.in_channels,
+            weights=model_weights(context),
         )
 
     # -- training --------
@@ -98,15 +111,7 @@ class Voting(Method):
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint file, or a run folder (its ``checkpoints/best.pt``, else ``last.pt``)."""
-    path = Path(path).expanduser()
-    if path.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (path / "checkpoints" / name).is_file():
-                return path / "checkpoints" / name
-        raise UserError(f"method.init_from={path} is a folder without checkpoints/best.pt or last.pt")
-    if not path.is_file():
-        raise UserError(f"method.init_from={path} does not exist: give a run's checkpoints/best.pt")
-    return path
+    return resolve_run_checkpoint(path, "method.init_from")
 
 
 def load_matching_weights(

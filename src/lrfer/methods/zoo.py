@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from lrfer.methods.base import Method, MethodContext
+from lrfer.methods.base import Method, MethodContext, model_weights
 from lrfer.models.zoo import build_zoo
 
 
@@ -26,7 +26,12 @@ class Zoo(Method):
     ) -> None:
         super().__init__(context, epochs=epochs, label_smoothing=label_smoothing)
         self.net = build_zoo(
-            context.num_classes, context.input_size, arch, small_input, in_channels=context.in_channels
+            context.num_classes,
+            context.input_size,
+            arch,
+            small_input,
+            in_channels=context.in_channels,
+            weights=model_weights(context),
         )
 
     def predict(self, images: torch.Tensor, factor: torch.Tensor | None = None) -> torch.Tensor:

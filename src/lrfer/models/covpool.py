@@ -172,8 +172,19 @@ class LogEig(nn.Module):
         return spd_function(x, "log")
 
 
+def _fc(d_in: int, d_out: int, bn: bool) -> list[nn.Module]:
+    """A fully connected layer, with BatchNorm (and then no bias) when ``bn``, as TF-slim's normalizer_fn."""
+    return [nn.Linear(d_in, d_out, bias=not bn), nn.BatchNorm1d(d_out)] if bn else [nn.Linear(d_in, d_out)]
+
+
 class CovPoolFER(nn.Module):
     """CovPoolFER with the feature_map / embed / classify split of FSR-FER (see the module docstring).
+
+    Head options (the official CovPoolFER code, ``covpoolnet.py``, whose slim ``arg_scope`` puts a BatchNorm
+    after every fully connected layer too): ``fc_bn`` adds BatchNorm1d after each fc (no bias);
+    ``embed_relu`` applies ReLU to the 128-d embedding before classifying (the embedding ``C(F)`` of eq. 9 is
+    taken before it, as the FSR-FER code's ``net_f``); ``bottleneck=7`` adds CovPoolFER's "Bottleneck" fc
+    (+ BN) before the final ``Logits`` fc. All off = the plain flatten -> fc 2000 -> ReLU -> fc 128 -> fc.
 
     ReEig followed by LogEig is computed as one eigen-decomposition, ``U log(max(L, eps)) U^T``, which
     equals ``LogEig(ReEig(X))`` exactly (ReEig keeps the eigenvectors).
@@ -192,6 +203,9 @@ class CovPoolFER(nn.Module):
         fc_dims: Sequence[int] = (2000, 128),
         eig_eps: float = 1e-4,
         cov_reg: float = 1e-4,
+        fc_bn: bool = False,
+        embed_relu: bool = False,
+        bottleneck: int = 0,
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
@@ -209,12 +223,17 @@ class CovPoolFER(nn.Module):
         fcs: list[nn.Module] = []
         dim = bimap_dim * bimap_dim
         for i, width in enumerate(fc_dims):
-            fcs.append(nn.Linear(dim, width))
+            fcs += _fc(dim, width, fc_bn)
             if i + 1 < len(fc_dims):
                 fcs.append(nn.ReLU(True))
             dim = width
         self.head = nn.Sequential(nn.Flatten(), *fcs)
         self.embed_dim = dim
+        pre: list[nn.Module] = [nn.ReLU()] if embed_relu else []
+        if bottleneck:
+            pre += _fc(dim, int(bottleneck), fc_bn)
+            dim = int(bottleneck)
+        self.pre_fc = nn.Sequential(*pre)
         self.fc = nn.Linear(dim, num_classes)
 
     def spd(self, x: torch.Tensor) -> torch.Tensor:
@@ -231,7 +250,7 @@ class CovPoolFER(nn.Module):
         return self.head(features)
 
     def classify(self, embedding: torch.Tensor) -> torch.Tensor:
-        return self.fc(embedding)
+        return self.fc(self.pre_fc(embedding))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classify(self.embed(self.feature_map(x)))

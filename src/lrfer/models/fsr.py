@@ -155,14 +155,22 @@ class ResNetFeatureClassifier(nn.Module):
 
 
 def build_feature_classifier(
-    name: str, num_classes: int, input_size: int, in_channels: int = 3, covpool: dict | None = None
+    name: str,
+    num_classes: int,
+    input_size: int,
+    in_channels: int = 3,
+    covpool: dict | None = None,
+    weights: str | None = None,
 ) -> nn.Module:
-    """``covpool`` (CovPoolFER with the ``covpool`` options) or a torchvision ResNet (``resnet18`` ...)."""
+    """``covpool`` (CovPoolFER with the ``covpool`` options) or a torchvision ResNet (``resnet18`` ...).
+
+    ``weights`` (``model.weights``) initialises a ResNet extractor from a local checkpoint before stage 1.
+    """
     if name == "covpool":
         return CovPoolFER(num_classes, in_channels=in_channels, **(covpool or {}))
     if name in EXTRACTORS:
         return ResNetFeatureClassifier(
-            build_resnet(num_classes, input_size, arch=name, in_channels=in_channels)
+            build_resnet(num_classes, input_size, arch=name, in_channels=in_channels, weights=weights)
         )
     raise UserError(f"unknown method.extractor {name!r}: choose one of {', '.join(EXTRACTORS)}")
 

@@ -11,6 +11,8 @@ Stems (``stem=``):
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 
@@ -21,6 +23,7 @@ STEMS = ("auto", "imagenet", "conv3_pool", "conv3")
 ARCHS = ("resnet18", "resnet34", "resnet50")
 AUTO_IMAGENET_FROM = 64
 AUTO_POOL_FROM = 32
+log = logging.getLogger(__name__)
 
 
 def choose_stem(stem: str, input_size: int) -> str:
@@ -77,22 +80,41 @@ def build_resnet(
     pretrained: bool = False,
     dropout: float = 0.0,
     in_channels: int = 3,
+    weights: str | None = None,
 ) -> ResNetClassifier:
     """A torchvision ResNet for ``input_size`` px faces (see the module docstring for the stems).
 
-    ``pretrained=True`` loads torchvision's ImageNet weights, which must already be in the torch hub cache
-    (lrfer never downloads); the stem is then kept when it fits, replaced otherwise.
+    ``pretrained=True`` loads torchvision's ImageNet weights: torchvision downloads them into the torch hub
+    cache when the machine is online (lrfer itself downloads nothing), or finds them there offline. The
+    stem is kept when it fits, replaced (freshly initialised) otherwise.
+
+    ``weights=PATH`` loads a local checkpoint instead (``model.weights``, e.g. the MS-Celeb-1M ResNet-18 of
+    SCN / DAN / EAC), see :mod:`lrfer.models.pretrained`: a classifier of another size is dropped, every
+    backbone tensor must fit, a ``conv1`` that does not fit the stem keeps its initialisation (logged).
+    ``weights`` wins over ``pretrained``.
     """
     if arch not in ARCHS:
         raise UserError(f"unknown ResNet arch {arch!r}: choose one of {', '.join(ARCHS)}")
-    weights = None
-    if pretrained:
-        weights = torchvision.models.get_model_weights(arch).DEFAULT
+    imagenet = None
+    if pretrained and not weights:
+        imagenet = torchvision.models.get_model_weights(arch).DEFAULT
     try:
-        net = torchvision.models.get_model(arch, weights=weights)
-    except Exception as err:  # no network: weights must be in the local cache
+        net = torchvision.models.get_model(arch, weights=imagenet)
+    except Exception as err:  # offline and not in the hub cache
         raise UserError(
-            f"cannot load ImageNet weights for {arch} ({err}); set model.pretrained=false"
+            f"cannot load torchvision's ImageNet weights for {arch} ({type(err).__name__}: offline and not "
+            "in the torch hub cache?): set model.pretrained=false or give a local file: model.weights=PATH"
         ) from None
-    adapt_stem(net, choose_stem(stem, input_size), in_channels)
-    return ResNetClassifier(net, num_classes, dropout)
+    chosen = choose_stem(stem, input_size)
+    if imagenet is not None and (chosen != "imagenet" or in_channels != 3):
+        log.warning(
+            "model.pretrained: the %s stem (%d input channels) replaces ImageNet's 7x7 stride-2 conv1, which "
+            "keeps no pretrained weights", chosen, in_channels
+        )
+    adapt_stem(net, chosen, in_channels)
+    classifier = ResNetClassifier(net, num_classes, dropout)
+    if weights:
+        from lrfer.models.pretrained import load_resnet_weights
+
+        load_resnet_weights(classifier, weights, label=arch)
+    return classifier

@@ -85,13 +85,16 @@ class VotingResNet(nn.Module):
         arch: str = "resnet18",
         stem: str = "conv3",
         in_channels: int = 3,
+        weights: str | None = None,
     ) -> None:
         super().__init__()
         if split_after not in (0, 1, 2, 3):
             raise UserError(f"split_after must be 0 (baseline), 1, 2 or 3, got {split_after}")
         self.split_after = split_after
         self.crop_ratio = crop_ratio
-        classifier = build_resnet(num_classes, input_size, arch=arch, stem=stem, in_channels=in_channels)
+        classifier = build_resnet(
+            num_classes, input_size, arch=arch, stem=stem, in_channels=in_channels, weights=weights
+        )
         # same parameter names as ResNetClassifier (backbone.*, fc.*): weights move between the two
         self.backbone = classifier.backbone
         self.fc = classifier.fc

@@ -42,6 +42,16 @@ ZOO_ARCHS = (
     "vgg13",
 )
 
+#: (classifier name prefixes, first convolution) of each torchvision architecture, for ``weights``.
+ZOO_HEAD_STEM = {
+    "mobilenet_v2": (("classifier.",), ("features.0.0.weight",)),
+    "mobilenet_v3_small": (("classifier.",), ("features.0.0.weight",)),
+    "mobilenet_v3_large": (("classifier.",), ("features.0.0.weight",)),
+    "shufflenet_v2_x1_0": (("fc.",), ("conv1.0.weight",)),
+    "vgg11": (("classifier.",), ("features.0.weight",)),
+    "vgg13": (("classifier.",), ("features.0.weight",)),
+}
+
 
 def _conv_like(conv: nn.Conv2d, in_channels: int, stride: int) -> nn.Conv2d:
     """A fresh convolution like ``conv`` with another input width and stride."""
@@ -86,8 +96,14 @@ def build_zoo(
     arch: str = "mobilenet_v2",
     small_input: bool = True,
     in_channels: int = 3,
+    weights: str | None = None,
 ) -> nn.Module:
-    """torchvision ``arch`` with ``num_classes`` outputs, adapted to small inputs (module docstring)."""
+    """torchvision ``arch`` with ``num_classes`` outputs, adapted to small inputs (module docstring).
+
+    ``weights``: a local checkpoint of the same torchvision architecture (``model.weights``), loaded with
+    :func:`lrfer.models.pretrained.load_into`: a classifier of another size is dropped, the first
+    convolution is kept as initialised when its shape differs (other input channels).
+    """
     if arch not in ZOO_ARCHS:
         raise UserError(f"unknown zoo arch {arch!r}: choose one of {', '.join(ZOO_ARCHS)}")
     if arch == "resnet18":
@@ -97,6 +113,7 @@ def build_zoo(
             "resnet18",
             stem="conv3" if small_input else "imagenet",
             in_channels=in_channels,
+            weights=weights,
         )
     net = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
     if arch.startswith("mobilenet"):
@@ -107,4 +124,9 @@ def build_zoo(
             net.maxpool = nn.Identity()
     else:
         _adapt_vgg(net, in_channels, small_input)
+    if weights:
+        from lrfer.models.pretrained import load_into
+
+        head, stem = ZOO_HEAD_STEM[arch]
+        load_into(net, weights, head=head, stem=stem, label=arch)
     return net

@@ -6,10 +6,17 @@ expression (AF AN DI HA NE SA SU) + angle (FL HL S HR FR), so stems are 7 or 8 c
 name does not follow this pattern (e.g. ``AF31V.JPG``) are skipped and counted, and so are solid-colour
 placeholder images.
 
-There is no official split: lrfer makes subject-independent k-fold cross-validation folds
-(``dataset.num_folds``, default 10). A subject is gender + id, so both sessions of a person (AF01 and
-BF01) are always in the same fold; subjects are dealt to folds in an order shuffled by ``dataset.fold_seed``.
-``dataset.fold`` (0..k-1) is the test fold, the other folds are train (lrfer carves val from them).
+There is no official split: lrfer makes k-fold cross-validation folds (``dataset.num_folds``, default 10),
+``dataset.fold_mode``:
+
+* ``subject`` (default): subject-independent folds. A subject is gender + id, so both sessions of a person
+  (AF01 and BF01) are always in the same fold; subjects are dealt to folds in an order shuffled by
+  ``dataset.fold_seed``;
+* ``image``: stratified image-level folds: per expression, the images are shuffled by ``fold_seed`` and dealt
+  round-robin, so the same person appears in training and test folds (a subject-dependent protocol).
+
+``dataset.fold`` (0..k-1) is the test fold, the other folds are train (lrfer carves val from them unless
+``dataset.val_fraction=0``).
 Faces are cropped (``dataset.crop``) with the fixed box ``dataset.crop_box`` = [top, left, height, width] as
 fractions of the portrait (``fixed``, the default: a square around the face of a frontal picture, the same
 for all five camera angles) or where a face detector finds the face (``detect``: profile views included,
@@ -64,6 +71,7 @@ class KdefConfig(DatasetConfig):
     num_folds: int = 10
     fold: int = 0
     fold_seed: int = 0
+    fold_mode: str = "subject"
     crop: str = "fixed"
     crop_box: list[float] = field(default_factory=lambda: [0.2, 0.1, 0.59, 0.8])
     detector: DatasetDetectorConfig = field(default_factory=DatasetDetectorConfig)
@@ -71,6 +79,21 @@ class KdefConfig(DatasetConfig):
 
 
 register_dataset_schema("kdef", KdefConfig)
+
+
+FOLD_MODES = ("subject", "image")
+
+
+def image_folds(labels: list[int], num_folds: int, seed: int) -> list[int]:
+    """Stratified image-level folds: per class, the images (in the given order) are shuffled by ``seed``
+    and dealt round-robin, so every fold holds ~1/k of every class. A person's pictures spread over folds."""
+    gen = torch.Generator().manual_seed(seed)
+    folds = [0] * len(labels)
+    for cls in sorted(set(labels)):
+        idx = [i for i, y in enumerate(labels) if y == cls]
+        for j, p in enumerate(torch.randperm(len(idx), generator=gen).tolist()):
+            folds[idx[p]] = j % num_folds
+    return folds
 
 
 def subject_folds(subjects: list[str], num_folds: int, seed: int) -> dict[str, int]:
@@ -133,18 +156,31 @@ class Kdef(DetectCrop, FileDataset):
                     found.append((match["subject"], path, list(EXPRESSIONS).index(match["expr"])))
         if misnamed:
             log.warning("kdef: skipped %d files not named like KDEF's (e.g. %s)", len(misnamed), misnamed[0])
-        folds = subject_folds([s for s, _, _ in found], k, seed)
-        if len(folds) < k:
-            raise UserError(
-                f"kdef: found {len(folds)} subjects under {self.root()}, fewer than dataset.num_folds={k}"
-            )
+        mode = str(cfg.get("fold_mode", "subject"))
+        if mode not in FOLD_MODES:
+            raise UserError(f"kdef: dataset.fold_mode={mode!r}: choose subject or image")
         faces: Faces = {"train": [], "test": []}
-        for subject, path, label in found:
-            faces["test" if folds[subject] == fold else "train"].append(Face(path, label, box))
+        if mode == "image":
+            found.sort(key=lambda f: f[1].name)
+            per_image = image_folds([label for _, _, label in found], k, seed)
+            if len(found) < k:
+                raise UserError(f"kdef: found {len(found)} images, fewer than dataset.num_folds={k}")
+            for (_, path, label), f in zip(found, per_image):
+                faces["test" if f == fold else "train"].append(Face(path, label, box))
+            test_subjects = sorted({s for (s, _, _), f in zip(found, per_image) if f == fold})
+        else:
+            folds = subject_folds([s for s, _, _ in found], k, seed)
+            if len(folds) < k:
+                raise UserError(
+                    f"kdef: found {len(folds)} subjects under {self.root()}, fewer than dataset.num_folds={k}"
+                )
+            for subject, path, label in found:
+                faces["test" if folds[subject] == fold else "train"].append(Face(path, label, box))
+            test_subjects = sorted(s for s, f in folds.items() if f == fold)
         info = {
             "misnamed_skipped": len(misnamed),
             "misnamed_files": misnamed[:20],
-            "folds": {"num_folds": k, "fold": fold, "seed": seed},
-            "test_subjects": sorted(s for s, f in folds.items() if f == fold),
+            "folds": {"num_folds": k, "fold": fold, "seed": seed, "mode": mode},
+            "test_subjects": test_subjects,
         }
         return self.crop_faces(faces, info)
