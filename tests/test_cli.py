@@ -178,8 +178,17 @@ def test_console_script_entry_points_are_declared():
 def test_the_submitit_launcher_runs_a_sweep_through_its_local_executor(tmp_path):
     sweep = tmp_path / "sweep"
     overrides = tiny(tmp_path, "trainer.max_epochs=1", "dataset.num_train=56")
-    proc = run_cli(["train.py", "-m", "launcher=submitit_local", *overrides, "seed=0,1", "degrade.test=[x1]",
-                    f"hydra.sweep.dir={sweep}"])
+    proc = run_cli(
+        [
+            "train.py",
+            "-m",
+            "launcher=submitit_local",
+            *overrides,
+            "seed=0,1",
+            "degrade.test=[x1]",
+            f"hydra.sweep.dir={sweep}",
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len(list(sweep.glob("*/metrics.json"))) == 2
 
@@ -188,8 +197,17 @@ def test_optuna_search_maximises_the_validation_objective(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     sweep = tmp_path / "sweep"
     overrides = tiny(tmp_path, "trainer.max_epochs=1", "dataset.num_train=56", "degrade.test=[x1]")
-    proc = run_cli(["train.py", "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2", *overrides,
-                    "degrade.val=[x1,x2]", f"hydra.sweep.dir={sweep}"])
+    proc = run_cli(
+        [
+            "train.py",
+            "-m",
+            "hparams_search=optuna",
+            "hydra.sweeper.n_trials=2",
+            *overrides,
+            "degrade.val=[x1,x2]",
+            f"hydra.sweep.dir={sweep}",
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     trials = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))]
     assert len(trials) == 2

@@ -91,9 +91,11 @@ def test_oracle_routes_by_the_nearest_trained_factor_and_rrn_by_the_router():
 
 def test_mean_and_max_fusion_formulas():
     logits = torch.tensor(
-        [[[2.0, 0.0, 0.0], [0.0, 0.1, 0.0]],
-         [[0.0, 1.0, 0.0], [0.0, 0.0, 3.0]],
-         [[0.0, 0.0, 0.5], [0.0, 0.0, 0.0]]]
+        [
+            [[2.0, 0.0, 0.0], [0.0, 0.1, 0.0]],
+            [[0.0, 1.0, 0.0], [0.0, 0.0, 3.0]],
+            [[0.0, 0.0, 0.5], [0.0, 0.0, 0.0]],
+        ]
     )  # (K=3 experts, N=2 images, C=3)
     probs = logits.softmax(dim=2)
     assert torch.allclose(fuse_mean(probs), (probs[0] + probs[1] + probs[2]) / 3)
@@ -125,7 +127,12 @@ def test_default_drgfer_is_an_rrn_and_five_resnet18_experts():
     assert len(method.mrafer.experts) == 5 and 11_000_000 < n18 < 11_300_000
     assert method.rrn.fc.out_features == 5 and method.mrafer.experts[0].fc.out_features == 7
     assert [s.name for s in method.stages()] == [
-        "expert_x1", "expert_x2", "expert_x4", "expert_x6", "expert_x8", "rrn"
+        "expert_x1",
+        "expert_x2",
+        "expert_x4",
+        "expert_x6",
+        "expert_x8",
+        "rrn",
     ]
     assert all(s.train_degrade == [s.name[7:]] for s in method.stages()[:5])
     assert method.stages()[-1].train_degrade == ["x1", "x2", "x4", "x6", "x8"]
@@ -144,8 +151,9 @@ def drgfer_run(tmp_path_factory):
     """A tiny DRGFER (2 factors, 2 epochs per stage) trained like train.py does, with its run folder."""
     tmp = tmp_path_factory.mktemp("drgfer")
     run_dir = tmp / "run"
-    cfg = compose_cfg(*tiny(tmp, "method=drgfer", TINY_MODEL, "method.factors=[x1,x4]",
-                            "degrade.test=[x1,x4,x3,12px]"))
+    cfg = compose_cfg(
+        *tiny(tmp, "method=drgfer", TINY_MODEL, "method.factors=[x1,x4]", "degrade.test=[x1,x4,x3,12px]")
+    )
     cfg.method._target_ = "multires_toys.SnapshotDRGFER"
     metrics = run_training(cfg, run_dir)
     method = SnapshotDRGFER.instances[-1]
@@ -186,8 +194,16 @@ def _evaluator(run):
     from lrfer.engine.trainer import Trainer
 
     parts = build_parts(run["cfg"])
-    return Trainer(run["cfg"].trainer, run["method"], parts.datamodule, train_degrade=["x1"],
-                   val_degrade=None, run_dir=None, seed=0, device=torch.device("cpu"))
+    return Trainer(
+        run["cfg"].trainer,
+        run["method"],
+        parts.datamodule,
+        train_degrade=["x1"],
+        val_degrade=None,
+        run_dir=None,
+        seed=0,
+        device=torch.device("cpu"),
+    )
 
 
 def test_routing_modes_share_one_training_and_report_rrn_acc(drgfer_run):
@@ -226,8 +242,9 @@ def test_lrfer_predict_routes_faces_of_mixed_sizes_by_the_rrn(drgfer_run, tmp_pa
         return out
 
     monkeypatch.setattr(DRGFER, "predict", spy)
-    rows = predict_cli.main([str(drgfer_run["run_dir"]), str(folder), "--out", str(tmp_path / "p.csv"),
-                             "--device", "cpu"])
+    rows = predict_cli.main(
+        [str(drgfer_run["run_dir"]), str(folder), "--out", str(tmp_path / "p.csv"), "--device", "cpu"]
+    )
     assert len(rows) == 5 and {r["width"] for r in rows} == {32, 16, 8, 11}
     ((method, images, factor, out),) = seen
     assert np.allclose(sorted(set(factor.tolist())), [1.0, 2.0, 32 / 11, 4.0])  # the CLI's native/side
@@ -248,14 +265,27 @@ def test_split_routings_writes_one_run_per_routing(tmp_path):
     spec = importlib.util.spec_from_file_location("split_routings", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    row = {"acc": 0.5, "balanced_acc": 0.5, "n": 10, "rrn_acc": 0.9, "acc_rrn": 0.5, "acc_mean": 0.4,
-           "acc_max": 0.3, "acc_oracle": 0.6, "acc_x1": 0.7}
+    row = {
+        "acc": 0.5,
+        "balanced_acc": 0.5,
+        "n": 10,
+        "rrn_acc": 0.9,
+        "acc_rrn": 0.5,
+        "acc_mean": 0.4,
+        "acc_max": 0.3,
+        "acc_oracle": 0.6,
+        "acc_x1": 0.7,
+    }
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "metrics.json").write_text(json.dumps({"method": "drgfer", "test": {"x1": row}}))
     module.split(tmp_path / "run", tmp_path / "rows")
     rows = {r.name: r for r in collect_runs([tmp_path / "rows"])}
     assert {n: r.values["x1"] for n, r in rows.items()} == {
-        "DRGFER": 0.5, "Mean": 0.4, "Max": 0.3, "DRGFER oracle routing": 0.6, "expert x1 alone": 0.7
+        "DRGFER": 0.5,
+        "Mean": 0.4,
+        "Max": 0.3,
+        "DRGFER oracle routing": 0.6,
+        "expert x1 alone": 0.7,
     }
     assert rows["Mean"].extras["rrn_acc"]["x1"] == 0.9 and "rrn_acc" not in rows["expert x1 alone"].extras
 

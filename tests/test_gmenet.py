@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import REPO, compose_cfg, tiny
+from conftest import compose_cfg, tiny
 
 from lrfer.data.degrade import parse_degradations
 from lrfer.engine.checkpoint import save_checkpoint

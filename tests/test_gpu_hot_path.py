@@ -36,7 +36,10 @@ def test_host_path_batches_equal_device_path_batches(tmp_path):
     for on_device in ("true", "false"):
         cfg = compose_cfg(
             *tiny(
-                tmp_path, "trainer.device=cuda", f"dataset.on_device='{on_device}'", "degrade.train=[x1,x2,x4]"
+                tmp_path,
+                "trainer.device=cuda",
+                f"dataset.on_device='{on_device}'",
+                "degrade.train=[x1,x2,x4]",
             )
         )
         dm = build_parts(cfg).datamodule

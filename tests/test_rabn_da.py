@@ -84,16 +84,32 @@ def test_ganin_schedule():
 
 
 def test_da_learns_the_epoch_length_at_the_end_of_the_first_epoch_and_ramps_the_coefficient(tmp_path):
-    cfg = compose_cfg(*tiny(tmp_path, "method=da", TINY_MODEL, "method.factors=[x1,x4]", "method.epochs=2",
-                            "method.disc_hidden=16", "degrade.test=[x1,x4]"))
+    cfg = compose_cfg(
+        *tiny(
+            tmp_path,
+            "method=da",
+            TINY_MODEL,
+            "method.factors=[x1,x4]",
+            "method.epochs=2",
+            "method.disc_hidden=16",
+            "degrade.test=[x1,x4]",
+        )
+    )
     metrics = run_training(cfg, None)
     stage = metrics["train"]["stages"]["train"]
     assert stage["epochs"] == 2 and 0.0 < stage["grl_coeff"] < 1.0  # epoch 2: p in (1/2, 1]
     assert {"cls_loss", "domain_loss", "domain_acc"} <= set(stage)
-    method = DomainAdversarial(method_context(compose_cfg(*tiny(tmp_path), TINY_MODEL)), epochs=4,
-                               factors=["x1", "x4"], disc_hidden=8)
-    batch = {"image": torch.randn(6, 3, 32, 32), "label": torch.arange(6) % 7,
-             "factor": torch.tensor([1.0, 4.0] * 3)}
+    method = DomainAdversarial(
+        method_context(compose_cfg(*tiny(tmp_path), TINY_MODEL)),
+        epochs=4,
+        factors=["x1", "x4"],
+        disc_hidden=8,
+    )
+    batch = {
+        "image": torch.randn(6, 3, 32, 32),
+        "label": torch.arange(6) % 7,
+        "factor": torch.tensor([1.0, 4.0] * 3),
+    }
     st = method.stages()[0]
     assert method.training_step(batch, st, "main")["grl_coeff"] == 0.0  # first epoch: length unknown yet
     method.training_step(batch, st, "main")
@@ -104,8 +120,17 @@ def test_da_learns_the_epoch_length_at_the_end_of_the_first_epoch_and_ramps_the_
 
 
 def test_rabn_with_an_rrn_routes_without_factors_and_reports_rrn_acc(tmp_path):
-    cfg = compose_cfg(*tiny(tmp_path, "method=rabn", TINY_MODEL, "method.factors=[x1,x4]",
-                            "method.bn_select=rrn", "trainer.max_epochs=1", "degrade.test=[x1,x4,x3]"))
+    cfg = compose_cfg(
+        *tiny(
+            tmp_path,
+            "method=rabn",
+            TINY_MODEL,
+            "method.factors=[x1,x4]",
+            "method.bn_select=rrn",
+            "trainer.max_epochs=1",
+            "degrade.test=[x1,x4,x3]",
+        )
+    )
     metrics = run_training(cfg, None)
     assert list(metrics["train"]["stages"]) == ["train", "rrn"]
     assert all(0.0 <= r["rrn_acc"] <= 1.0 for r in metrics["test"].values())

@@ -190,8 +190,9 @@ def test_channels_last_true_with_bf16_trains_on_the_cpu_as_documented(tmp_path):
     run_dir = tmp_path / "run"
     small = ["dataset.num_train=28", "dataset.num_val=14", "dataset.num_test=14", "degrade.test=[x1]"]
     overrides = ["trainer.channels_last=true", "trainer.precision=bf16", "dataset.on_device=false"]
-    proc = run_cli(["train.py", *tiny(tmp_path, "trainer.max_epochs=1", *small), *overrides,
-                    f"hydra.run.dir={run_dir}"])
+    proc = run_cli(
+        ["train.py", *tiny(tmp_path, "trainer.max_epochs=1", *small), *overrides, f"hydra.run.dir={run_dir}"]
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "bf16 autocast, channels_last=true" in (run_dir / "train.log").read_text()
     assert json.loads((run_dir / "metrics.json").read_text())["test"]["x1"]["n"] == 14

@@ -23,8 +23,10 @@ def split(run_dir: Path, out_dir: Path) -> list[Path]:
     test = metrics["test"]
     names = sorted({k[4:] for row in test.values() for k in row if k.startswith("acc_")})
     if not names:
-        raise SystemExit(f"{run_dir}/metrics.json has no acc_<routing> entries: train or evaluate the run "
-                         "with method.eval_all_routings=true")
+        raise SystemExit(
+            f"{run_dir}/metrics.json has no acc_<routing> entries: train or evaluate the run "
+            "with method.eval_all_routings=true"
+        )
     written = []
     for name in names:
         rows = {

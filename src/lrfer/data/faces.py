@@ -173,9 +173,7 @@ def merge_validation(data: FaceData) -> FaceData:
             return torch.nn.functional.one_hot(split.labels, k).float()
 
         targets = torch.cat([soft(train), soft(val)])
-    merged = FaceSplit(
-        torch.cat([train.images, val.images]), torch.cat([train.labels, val.labels]), targets
-    )
+    merged = FaceSplit(torch.cat([train.images, val.images]), torch.cat([train.labels, val.labels]), targets)
     splits = {k: v for k, v in data.splits.items() if k != "val"}
     splits["train"] = merged
     info = {**data.info, "val_merged_into_train": len(val)}

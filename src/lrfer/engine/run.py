@@ -133,9 +133,7 @@ def check_required(cfg: DictConfig) -> None:
 
     The method class may explain what to pass in ``REQUIRED_HINTS = {key: "what to pass"}``.
     """
-    missing = [
-        k for k in cfg.method if OmegaConf.is_missing(cfg.method, k) or cfg.method.get(k) == REQUIRED
-    ]
+    missing = [k for k in cfg.method if OmegaConf.is_missing(cfg.method, k) or cfg.method.get(k) == REQUIRED]
     if not missing:
         return
     hints: dict = {}

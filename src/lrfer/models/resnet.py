@@ -109,7 +109,9 @@ def build_resnet(
     if imagenet is not None and (chosen != "imagenet" or in_channels != 3):
         log.warning(
             "model.pretrained: the %s stem (%d input channels) replaces ImageNet's 7x7 stride-2 conv1, which "
-            "keeps no pretrained weights", chosen, in_channels
+            "keeps no pretrained weights",
+            chosen,
+            in_channels,
         )
     adapt_stem(net, chosen, in_channels)
     classifier = ResNetClassifier(net, num_classes, dropout)
