@@ -123,3 +123,23 @@ def test_networks_of_drgfer_are_the_rrn_and_every_expert(tmp_path):
     cfg = compose_cfg(*tiny(tmp_path, *CASES["drgfer"]))
     method = build_parts(cfg).method
     assert method.networks() == [method.rrn, *method.mrafer.experts]
+
+
+def test_under_ddp_the_ddp_wrapped_method_is_compiled(tmp_path, recorder):
+    """A one-process gloo group makes the trainer wrap the method in DDP; it then compiles the wrapper."""
+    import torch.distributed as tdist
+    from torch.nn.parallel import DistributedDataParallel
+
+    store = tdist.FileStore(str(tmp_path / "store"), 1)
+    tdist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        _, parts, trainer = _trainer(tmp_path, *CASES["baseline"], "trainer.max_epochs=1")
+        real = parts.datamodule.train_batches
+        parts.datamodule.train_batches = lambda *a, **k: (b for _, b in zip(range(2), real(*a, **k)))
+        trainer.fit()
+        assert isinstance(trainer.model, torch._dynamo.eval_frame.OptimizedModule)
+        assert isinstance(trainer.model._orig_mod, DistributedDataParallel)
+        trained = {id(p) for p in parts.method.parameters()}
+        assert trained <= recorder.params
+    finally:
+        tdist.destroy_process_group()
