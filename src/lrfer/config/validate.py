@@ -172,8 +172,8 @@ def validate_config(cfg: DictConfig, *, warn: bool = True) -> list[str]:
         c.warnings.append(f"dataset.image_size={image_size}: faces this small carry little expression")
     c.check(
         d + "val_fraction",
-        lambda v: _number(v) and 0 < v < 1,
-        "must be in (0, 1): the share of train held out",
+        lambda v: _number(v) and 0 <= v < 1,
+        "must be in [0, 1): the share of train held out for validation (0: none, the last epoch is kept)",
     )
     c.choice(d + "sampler", ("random", "balanced"))
     for key in ("num_train", "num_val", "num_test"):
