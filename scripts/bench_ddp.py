@@ -185,7 +185,7 @@ def main() -> dict:
                 print(json.dumps({"round": r, "processes": nproc, **row}), flush=True)
     import torch
 
-    one, many = statistics.median(speeds[1]), statistics.median(speeds[args.nproc])
+    one, many = round(statistics.median(speeds[1]), 2), round(statistics.median(speeds[args.nproc]), 2)
     summary = {
         "ddp_speedup": round(many / one, 3),
         "limit": args.nproc,
