@@ -1,4 +1,4 @@
-"""Writers of tiny datasets in each dataset's official on-disk layout (see ../shared/datasets.md).
+"""Writers of tiny datasets in each dataset's official on-disk layout (see docs/datasets.md).
 
 Every face is a grey checkerboard whose mean grey level encodes its class (``BASE + STEP * class``), drawn
 inside its face box on a white background, so a test can tell from a decoded image which class (or, for

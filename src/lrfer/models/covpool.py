@@ -7,7 +7,7 @@ FSR-FER (paper 001) freezes this network and splits it in two (its eq. 1-2 and 9
 * ``embed(F)`` = C(F): flatten -> fc 2000 -> ReLU -> fc 128, the 128-d vector of the perceptual loss (eq. 9);
 * ``classify(e)``: fc to the classes.
 
-Layout of the official model for 100x100 faces (from the FSR-FER / CovPoolFER public code): 3x3 conv+BN+ReLU 64,
+Layout of the official model for 100x100 faces (FSR-FER's / CovPoolFER's public code): 3x3 conv+BN+ReLU 64,
 max-pool, 96, max-pool, 128, 128, max-pool, 256, 256 -> 12x12x256; covariance 256x256 regularised with
 ``1e-4 * trace * I``; BiMap 256 -> 128 (orthogonal initialisation); ReEig (eigenvalues clipped at 1e-4);
 LogEig; flatten; fc 2000; fc 128; fc classes.

@@ -1,4 +1,4 @@
-"""GME-Net, the Global Multiple Extraction Network (Shi, 2023; paper 002 in /work/shared/papers).
+"""GME-Net, the Global Multiple Extraction Network (Shi, 2023).
 
 Two branches share a stem and are added before the classifier (Sec. 3.1):
 
