@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,25 +29,13 @@ import torch
 from lrfer.config.compose import compose_config, merge_overrides
 from lrfer.engine.checkpoint import write_json
 from lrfer.engine.latency import cpu_model
+from lrfer.engine.launch import train_in_subprocess
 from lrfer.engine.loading import load_run_config
 from lrfer.engine.model_stats import method_cost
 from lrfer.errors import UserError, exit_on_user_error
 from lrfer.report.leaderboard import budget_overrides, collect, load_protocol, write_leaderboard
 
 DEFAULT_PROTOCOL = Path(__file__).resolve().parents[1] / "experiments" / "leaderboard" / "protocol.yaml"
-
-
-def train_one(overrides: list[str], run_dir: Path) -> tuple[bool, float]:
-    """Train one run in a fresh process (its output in ``<run_dir>.log``); (succeeded, wall seconds)."""
-    resume = ["trainer.resume=true"] if (run_dir / "checkpoints" / "last.pt").is_file() else []
-    command = [sys.executable, "-m", "lrfer.cli.train", *overrides, *resume, f"hydra.run.dir={run_dir}"]
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    with open(run_dir.with_suffix(".log"), "a") as log:
-        log.write("$ " + " ".join(command) + "\n")
-        log.flush()
-        proc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
-    return proc.returncode == 0, time.perf_counter() - start
 
 
 @exit_on_user_error
@@ -85,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
                 print(f"{name} seed {seed}: finished earlier ({run_dir})", flush=True)
                 continue
             overrides = merge_overrides(spec["overrides"], scaled, base, [f"seed={seed}"])
-            ok, seconds = train_one(overrides, run_dir)
+            ok, seconds = train_in_subprocess(overrides, run_dir)
             print(f"{name} seed {seed}: {'done' if ok else 'FAILED'} in {seconds / 60:.1f} min", flush=True)
             if not ok:
                 failed.append(f"{name}/seed{seed} (see {run_dir.with_suffix('.log')})")

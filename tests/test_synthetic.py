@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
-from lrfer.data.synthetic import CLASS_NAMES, CUE_TABLE, SyntheticDifficulty, make_synthetic_faces
+from lrfer.data.synthetic import (
+    CLASS_NAMES,
+    COARSE_PARTNER,
+    CUE_TABLE,
+    MOUTH_KEYS,
+    NEUTRAL_EXPRESSION,
+    SyntheticDifficulty,
+    _draw_parameters,
+    make_synthetic_faces,
+)
 
 # Everything but the expression held fixed: no pose, lighting, clutter, noise or identity variation,
 # every face at full expression intensity.
@@ -24,6 +35,8 @@ _CONTROLLED = SyntheticDifficulty(
     identity_variation=0.0,
     min_cue_strength=1.0,
     cue_jitter=0.0,
+    coarse_swap=0.0,
+    max_edge_softness_px=1.0,
 )
 
 
@@ -90,3 +103,22 @@ def test_bad_arguments():
         SyntheticDifficulty(min_scale=1.2, max_scale=1.0)
     images, labels = make_synthetic_faces(0, image_size=32)
     assert images.shape == (0, 3, 32, 32) and labels.shape == (0,)
+
+
+@pytest.mark.parametrize("swap", [0.0, 1.0])
+def test_a_swapped_face_shows_its_partners_mouth_and_keeps_its_own_fine_cues(swap):
+    labels = torch.arange(len(CLASS_NAMES))
+    p = _draw_parameters(labels, replace(_CONTROLLED, coarse_swap=swap), torch.Generator().manual_seed(0))
+    for c, name in enumerate(CLASS_NAMES):
+        mouth_of = COARSE_PARTNER[name] if swap else name
+        for key in MOUTH_KEYS:
+            expected = CUE_TABLE[mouth_of].get(key, NEUTRAL_EXPRESSION[key])
+            assert float(p[key][c]) == pytest.approx(expected), (name, key)
+        for key in ("brow_raise", "brow_tilt", "eye_open"):
+            assert float(p[key][c]) == pytest.approx(CUE_TABLE[name].get(key, NEUTRAL_EXPRESSION[key]))
+
+
+def test_every_partner_is_a_class_and_every_class_has_its_own_mouth():
+    assert set(COARSE_PARTNER) == set(CLASS_NAMES) and set(COARSE_PARTNER.values()) <= set(CLASS_NAMES)
+    mouths = {tuple(CUE_TABLE[c].get(k, NEUTRAL_EXPRESSION[k]) for k in MOUTH_KEYS) for c in CLASS_NAMES}
+    assert len(mouths) == len(CLASS_NAMES)

@@ -1,21 +1,24 @@
 """Procedurally drawn synthetic face-expression images, for tests, CI and quick starts without a dataset.
 
 :func:`make_synthetic_faces` draws cartoon faces with torch ops on coordinate grids (soft masks from
-approximate signed distances, anti-aliased over one pixel), vectorised over chunks of a few hundred images
-with no per-image Python loop, so 10,000 faces of 100x100 take a few seconds on a CPU. Shapes are defined
-in normalised coordinates, so any image size (32 to 256 px and beyond) shows the same faces, and every
-random choice comes from one ``torch.Generator`` seeded with ``seed``: the same arguments give
-bit-identical tensors.
+approximate signed distances, anti-aliased over one to a few pixels), vectorised over chunks of a few
+hundred images with no per-image Python loop, so 10,000 faces of 100x100 take a few seconds on a CPU.
+Shapes are defined in normalised coordinates, so any image size (32 to 256 px and beyond) shows the same
+faces, and every random choice comes from one ``torch.Generator`` seeded with ``seed``: the same
+arguments give bit-identical tensors.
 
 What varies (scaled by the knobs of :class:`SyntheticDifficulty`):
 
 * identity: face width, height and jaw taper, skin tone, eye spacing/size/height, iris colour, eyebrow
   thickness/length/density, nose and mouth position, lip thickness and colour, hair colour, hairline,
   hair style (short, long, buzz-cut), ears, neck, shirt colour, cheek blush;
-* pose: in-plane rotation, translation and scale of the whole head;
+* pose: in-plane rotation, translation and scale of the whole head; the face fills the frame (hair, ears
+  and chin at the borders), as in the aligned crops of RAF-DB and its kin;
 * lighting: ambient level, a linear brightness gradient of random direction and strength, a colour cast;
 * background: base colour with a vertical gradient, soft- or sharp-edged rectangles and (sometimes)
   tilted stripes (all separable terms, so the whole background is one batched matrix product);
+* sharpness: edges are soft over 1 to ``max_edge_softness_px`` pixels, per face (some faces come from
+  sharper photos than others), so thin creases are crisp on some faces and faint on others;
 * pixel noise: Gaussian luminance noise of random strength (cut at random offsets from a small bank of
   noise fields drawn per call, which is much faster than fresh noise for every image);
 * expression intensity: a face shows its class's cues at a random intensity in ``[min_cue_strength, 1]``
@@ -23,28 +26,31 @@ What varies (scaled by the knobs of :class:`SyntheticDifficulty`):
   (a faint frown is close to neutral) and accuracy stays below 100% even at full resolution.
 
 Expression cues come at two scales, so that resolution matters as it does on real faces. The *coarse*
-cue is the mouth, a large dark/bright shape that survives downsampling to ~13 px; the *fine* cues are
-eyebrow height/tilt/arch, eye openness, teeth and thin creases (about 1 px wide at 100 px, still visible at
-50-64 px, gone at ~13 px):
+cue is the mouth, a large dark/bright shape that survives downsampling to ~12 px; the *fine* cues are
+eyebrow height/tilt/arch/weight, eye openness and thin creases (about 1 px wide at 100 px, gone at ~12 px):
 
-==========  ==============================  ====================================================
-class       mouth (coarse)                  fine cues
-==========  ==============================  ====================================================
-surprise    open round "O"                  brows raised high and arched, eyes wide, forehead lines
-fear        open round "O" (same)           brows raised, inner ends up, eyes wide, lower teeth
-disgust     slightly open, corners down     brows lowered, eyes narrowed, nose-bridge wrinkles
-happiness   wide open smile, upper teeth    eyes narrowed (cheeks raised)
-sadness     slightly open, corners down     inner brow ends raised, eyelids drooping
-anger       slightly open, corners down     brows lowered, inner ends down, vertical frown lines
-neutral     closed flat line                -
-==========  ==============================  ====================================================
+==========  ===================================  ===============================================
+class       mouth (coarse)                       fine cues
+==========  ===================================  ===============================================
+surprise    tall open "O"                        brows raised high and arched, eyes wide,
+                                                 forehead lines
+fear        stretched wide, teeth showing        brows raised, inner ends up, eyes wide
+disgust     upper lip raised over upper teeth,   brows lowered, eyes narrowed, nose-bridge
+            corners down                         wrinkles
+happiness   wide open smile, upper teeth         eyes narrowed (cheeks raised)
+sadness     closed, corners well down            inner brow ends raised, eyelids drooping
+anger       closed, pressed and short            brows lowered, knitted and heavy, inner ends
+                                                 down, vertical frown lines
+neutral     closed flat line                     -
+==========  ===================================  ===============================================
 
-So surprise/fear and disgust/sadness/anger share their coarse cue and differ only in fine cues: a
-classifier of ~13 px faces can tell the four mouth groups apart but is close to guessing within a group,
-while at full resolution all seven classes are separable, up to the weak-intensity examples. (With a
-ResNet-18 trained from scratch for 5 epochs on 3,000 faces at 64x64 input: about 91% test accuracy at
-full resolution, about 59% when every face is bicubic-downsampled x8 (100 -> 13 px) and upsampled back,
-chance being 14%; ``scripts/check_synthetic.py`` draws a grid of them.) The cue table is
+Every class has its own mouth, but a fraction ``coarse_swap`` of the faces shows the mouth of its class's
+:data:`COARSE_PARTNER` (fear with surprise's "O", anger with disgust's mouth, sadness with a neutral one,
+...), the confusions of real faces: on those faces only the fine cues tell the class. So a classifier of
+~12 px faces is right on most faces but not on these, while at full resolution all seven classes are
+separable, up to the weak-intensity examples. The knobs are calibrated so that a ResNet-18 trained with
+the quick recipe loses accuracy with resolution as on RAF-DB (``scripts/calibrate_synthetic.py``, README
+"The synthetic faces"); :data:`GENERATOR_VERSION` names the calibration. The cue table is
 :data:`CUE_TABLE`, as overrides of :data:`NEUTRAL_EXPRESSION`.
 """
 
@@ -58,11 +64,20 @@ import torch
 
 __all__ = [
     "CLASS_NAMES",
+    "COARSE_PARTNER",
     "CUE_TABLE",
+    "GENERATOR_VERSION",
+    "MOUTH_KEYS",
     "NEUTRAL_EXPRESSION",
     "SyntheticDifficulty",
     "make_synthetic_faces",
 ]
+
+#: Version of the generator's look: raised whenever a change alters the faces drawn from a seed. Recorded in
+#: the dataset cache key and in every run's ``metrics.json`` (``dataset_info``), so results drawn from
+#: different generators are never mixed up. 1: the first generator (cues calibrated at 64 px by eye);
+#: 2: calibrated to RAF-DB's loss of accuracy with resolution (``scripts/calibrate_synthetic.py``).
+GENERATOR_VERSION = 2
 
 #: Class names in RAF-DB label order; ``num_classes=k`` uses the first ``k``.
 CLASS_NAMES = ("surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral")
@@ -71,7 +86,7 @@ CLASS_NAMES = ("surprise", "fear", "disgust", "happiness", "sadness", "anger", "
 MIN_IMAGE_SIZE = 16
 #: Images x pixels per vectorised chunk; chunks are rendered in parallel, one per worker thread.
 CHUNK_PIXELS = 2**22
-#: Width of the anti-aliasing ramp of shape edges, in pixels.
+#: Width of the anti-aliasing ramp of shape edges, in pixels, of the sharpest faces.
 EDGE_SOFTNESS_PX = 1.0
 #: Noise fields per call; each has NOISE_BANK_MARGIN rows more than an image, which starts at a random
 #: offset into it (row and column: windows wrap along rows).
@@ -101,8 +116,8 @@ class SyntheticDifficulty:
     #: Head translation, uniform in +-max_translation along each axis.
     max_translation: float = 0.06
     #: Head scale, uniform in [min_scale, max_scale] (1 = the face fills the image height).
-    min_scale: float = 0.95
-    max_scale: float = 1.12
+    min_scale: float = 1.3
+    max_scale: float = 1.5
     #: Ambient brightness factor, uniform in [min_ambient, max_ambient].
     min_ambient: float = 0.7
     max_ambient: float = 1.15
@@ -121,13 +136,21 @@ class SyntheticDifficulty:
     #: Scale of all identity variation (face shape, feature placement, colours); 0 = one identity.
     identity_variation: float = 1.0
     #: Expression intensity is uniform in [min_cue_strength, 1]; low values look close to neutral.
-    min_cue_strength: float = 0.55
+    min_cue_strength: float = 0.4
     #: Scale of the per-cue jitter (standard deviations in :data:`CUE_JITTER`).
-    cue_jitter: float = 1.0
+    cue_jitter: float = 1.3
+    #: Edges are soft over a width uniform in [EDGE_SOFTNESS_PX, max_edge_softness_px] pixels per face: some
+    #: faces come from sharper photos than others (as in-the-wild datasets resize faces of every size).
+    max_edge_softness_px: float = 7.0
+    #: Probability that a face shows the mouth of its class's :data:`COARSE_PARTNER` instead of its own
+    #: (its fine cues stay its class's): the coarse cue then misleads, only the fine cues tell.
+    coarse_swap: float = 0.3
 
     def __post_init__(self) -> None:
         if not 0 < self.min_scale <= self.max_scale:
             raise ValueError("SyntheticDifficulty needs 0 < min_scale <= max_scale.")
+        if not 0 <= self.coarse_swap <= 1:
+            raise ValueError("SyntheticDifficulty.coarse_swap must lie in [0, 1].")
         if not 0 <= self.min_cue_strength <= 1:
             raise ValueError("SyntheticDifficulty.min_cue_strength must lie in [0, 1].")
         if self.background_blobs < 0:
@@ -145,31 +168,46 @@ NEUTRAL_EXPRESSION: dict[str, float] = {
     "brow_raise": 0.0,  # eyebrows moved up (+) or down (-)
     "brow_tilt": 0.0,  # inner brow ends up (+) or down (-), relative to the outer ends
     "brow_arch": 0.012,  # arch of the brows (centre above the ends)
+    "brow_weight": 1.0,  # brow thickness relative to the identity's (knitted brows look heavier)
     "eye_open": 1.0,  # eye opening relative to the identity's neutral eye
     "forehead_lines": 0.0,  # opacity of horizontal forehead lines
     "nose_wrinkles": 0.0,  # opacity of horizontal nose-bridge wrinkles
     "glabella_lines": 0.0,  # opacity of vertical lines between the brows
 }
 
-_O_MOUTH = {"mouth_width": 0.095, "mouth_open_up": 0.085, "mouth_open_lo": 0.105}
-_FROWN_MOUTH = {"mouth_width": 0.15, "mouth_curve": -0.09, "mouth_open_up": 0.012, "mouth_open_lo": 0.012}
 
 #: Per-class expression prototypes: overrides of :data:`NEUTRAL_EXPRESSION` (see module docstring).
 CUE_TABLE: dict[str, dict[str, float]] = {
-    "surprise": {**_O_MOUTH, "brow_raise": 0.085, "brow_arch": 0.045, "eye_open": 1.7, "forehead_lines": 1.0},
+    "surprise": {
+        "mouth_width": 0.1,
+        "mouth_open_up": 0.1,
+        "mouth_open_lo": 0.13,
+        "brow_raise": 0.1,
+        "brow_arch": 0.045,
+        "eye_open": 1.8,
+        "forehead_lines": 1.0,
+    },
     "fear": {
-        **_O_MOUTH,
-        "teeth_lo": 0.35,
-        "brow_raise": 0.035,
+        "mouth_width": 0.2,
+        "mouth_curve": -0.02,
+        "mouth_open_up": 0.03,
+        "mouth_open_lo": 0.06,
+        "teeth_up": 0.3,
+        "teeth_lo": 0.5,
+        "brow_raise": 0.05,
         "brow_tilt": 0.07,
         "brow_arch": -0.01,
         "eye_open": 1.7,
     },
     "disgust": {
-        **_FROWN_MOUTH,
-        "brow_raise": -0.02,
+        "mouth_width": 0.14,
+        "mouth_curve": -0.05,
+        "mouth_open_up": 0.045,
+        "mouth_open_lo": 0.005,
+        "teeth_up": 0.6,
+        "brow_raise": -0.03,
         "brow_tilt": -0.015,
-        "eye_open": 0.45,
+        "eye_open": 0.5,
         "nose_wrinkles": 1.0,
     },
     "happiness": {
@@ -178,18 +216,41 @@ CUE_TABLE: dict[str, dict[str, float]] = {
         "mouth_open_up": 0.01,
         "mouth_open_lo": 0.095,
         "teeth_up": 0.4,
-        "eye_open": 0.75,
+        "eye_open": 0.7,
     },
-    "sadness": {**_FROWN_MOUTH, "brow_raise": 0.015, "brow_tilt": 0.07, "brow_arch": 0.0, "eye_open": 0.7},
-    "anger": {
-        **_FROWN_MOUTH,
-        "brow_raise": -0.05,
-        "brow_tilt": -0.07,
+    "sadness": {
+        "mouth_width": 0.15,
+        "mouth_curve": -0.12,
+        "brow_raise": 0.02,
+        "brow_tilt": 0.09,
         "brow_arch": 0.0,
-        "eye_open": 0.9,
+        "eye_open": 0.65,
+    },
+    "anger": {
+        "mouth_width": 0.12,
+        "mouth_curve": -0.03,
+        "brow_raise": -0.07,
+        "brow_tilt": -0.08,
+        "brow_arch": 0.0,
+        "brow_weight": 1.6,
+        "eye_open": 0.95,
         "glabella_lines": 1.0,
     },
     "neutral": {},
+}
+
+#: The expression parameters of the mouth, the coarse cue (the one that survives to ~12 px).
+MOUTH_KEYS = ("mouth_width", "mouth_curve", "mouth_open_up", "mouth_open_lo", "teeth_up", "teeth_lo")
+#: Whose mouth a face shows when its coarse cue is swapped (``SyntheticDifficulty.coarse_swap``): the
+#: confusions of real faces (fear looks surprised, anger disgusted, sadness neutral, ...).
+COARSE_PARTNER: dict[str, str] = {
+    "surprise": "fear",
+    "fear": "surprise",
+    "disgust": "anger",
+    "happiness": "happiness",
+    "sadness": "neutral",
+    "anger": "disgust",
+    "neutral": "sadness",
 }
 
 #: Standard deviation of the per-sample jitter of each expression parameter (times ``cue_jitter``).
@@ -203,6 +264,7 @@ CUE_JITTER: dict[str, float] = {
     "brow_raise": 0.012,
     "brow_tilt": 0.01,
     "brow_arch": 0.008,
+    "brow_weight": 0.1,
     "eye_open": 0.08,
     "forehead_lines": 0.1,
     "nose_wrinkles": 0.1,
@@ -356,7 +418,11 @@ def _draw_parameters(
     jitter_sd = torch.tensor([CUE_JITTER[k] for k in keys]) * d.cue_jitter
     strength = _uniform(gen, n, d.min_cue_strength, 1.0)[:, None]
     jitter = torch.randn(n, len(keys), generator=gen) * jitter_sd
-    expr = neutral + strength * (proto[labels] - neutral) + jitter
+    partner = torch.tensor([CLASS_NAMES.index(COARSE_PARTNER[c]) for c in CLASS_NAMES])
+    swap = torch.rand(n, generator=gen) < d.coarse_swap
+    mouth = torch.tensor([k in MOUTH_KEYS for k in keys])
+    shown = torch.where(swap[:, None] & mouth, proto[partner[labels]], proto[labels])
+    expr = neutral + strength * (shown - neutral) + jitter
     for i, k in enumerate(keys):
         p[k] = expr[:, i]
     for k in (
@@ -370,8 +436,10 @@ def _draw_parameters(
     ):
         p[k] = p[k].clamp(0, 1)
     p["eye_open"] = p["eye_open"].clamp(min=0.25)
+    p["brow_weight"] = p["brow_weight"].clamp(min=0.5)
     p["mouth_width"] = p["mouth_width"].clamp(min=0.06)
 
+    p["softness"] = _uniform(gen, n, EDGE_SOFTNESS_PX, max(EDGE_SOFTNESS_PX, d.max_edge_softness_px))
     # Pose.
     p["angle"] = _uniform(gen, n, -1, 1) * math.radians(d.max_rotation_deg)
     p["scale"] = _uniform(gen, n, d.min_scale, d.max_scale)
@@ -454,7 +522,7 @@ class _Canvas:
         # (u, v) = R(-angle) ((x, y) - t) / scale
         self._u = (cos / s, sin / s, -(cos * tx + sin * ty) / s)
         self._v = (-sin / s, cos / s, (sin * tx - cos * ty) / s)
-        self.inv_px = _col(s * self.size / (2.0 * EDGE_SOFTNESS_PX))
+        self.inv_px = _col(s * self.size / (2.0 * p["softness"]))
         # Multiplicative shading (creases, shadows), applied with the lighting at the end: one channel.
         self.shade = torch.ones(self.n, self.size, self.size)
 
@@ -636,14 +704,15 @@ def _brow_y(p: dict[str, torch.Tensor]) -> torch.Tensor:
 def _draw_brows(cv: _Canvas) -> None:
     p = cv.p
     bx, by, bl = p["eye_dx"] + p["brow_dx"], _brow_y(p), p["brow_len"]
-    reach = p["brow_tilt"].abs() + p["brow_arch"].abs() + p["brow_th"] * (1 + _BROW_TAPER) + _BOX_PAD
+    th = p["brow_th"] * p["brow_weight"]
+    reach = p["brow_tilt"].abs() + p["brow_arch"].abs() + th * (1 + _BROW_TAPER) + _BOX_PAD
     reg = cv.region(-(bx + bl + _BOX_PAD), bx + bl + _BOX_PAD, by - reach, by + reach)
     un = cv.lin(reg, 1 / bl, 0.0).abs_().sub_(_col(bx / bl))  # -1 at the inner end, +1 at the outer end
     # Distance below the brow's centre line by - tilt * un - arch * (1 - un^2) ...
     dv = cv.lin(reg, 0.0, 1.0, p["brow_arch"] - by).sub_(un * _col(p["brow_tilt"]))
     dv.sub_(un.square().mul_(_col(p["brow_arch"])))
     # ... minus the half-thickness, which tapers towards the outer end.
-    thick = (un * -_BROW_TAPER).add_(1.0).mul_(_col(p["brow_th"]))
+    thick = (un * -_BROW_TAPER).add_(1.0).mul_(_col(th))
     d = torch.maximum(dv.abs_().sub_(thick), un.abs_().sub_(1.0).mul_(_col(bl)))
     brow = p["skin"] + (p["hair"] * _BROW_DARKNESS - p["skin"]) * _BROW_OPACITY
     cv.paint(reg, brow, _cover(d, cv.inv_px).mul_(_col(p["brow_alpha"])))

@@ -295,6 +295,8 @@ def run_training(cfg: DictConfig, run_dir: Path | None) -> dict:
         metrics = {
             "method": cfg.method.name,
             "dataset": cfg.dataset.name,
+            # how the data was made: generator_version of synthetic faces, crop, validation carve-out, ...
+            "dataset_info": parts.data.info,
             "seed": int(cfg.seed),
             "degrade": {"train": list(cfg.degrade.train), "test": list(cfg.degrade.test)},
             "objective": {"name": objective, "split": "val", "over": list(val), "value": objective_value},

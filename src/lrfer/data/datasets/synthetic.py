@@ -10,7 +10,7 @@ from lrfer.config.schema import DatasetConfig, register_dataset_schema
 from lrfer.data import synthetic as generator_module
 from lrfer.data.datasets.base import DatasetAdapter
 from lrfer.data.faces import FaceData, FaceSplit
-from lrfer.data.synthetic import CLASS_NAMES, make_synthetic_faces
+from lrfer.data.synthetic import CLASS_NAMES, GENERATOR_VERSION, make_synthetic_faces
 
 
 @dataclass
@@ -30,9 +30,13 @@ class SyntheticFaces(DatasetAdapter):
     name = "synthetic"
 
     def fingerprint(self) -> dict:
-        """Options plus a hash of the generator's source, so a changed generator rebuilds the cache."""
+        """Options, the generator version and a hash of its source: a changed generator rebuilds the cache."""
         source = inspect.getsource(generator_module).encode()
-        return {**super().fingerprint(), "generator": hashlib.sha1(source).hexdigest()[:16]}
+        return {
+            **super().fingerprint(),
+            "generator_version": GENERATOR_VERSION,
+            "generator": hashlib.sha1(source).hexdigest()[:16],
+        }
 
     def load(self) -> FaceData:
         cfg = self.cfg
@@ -45,4 +49,9 @@ class SyntheticFaces(DatasetAdapter):
                 n, image_size=cfg.image_size, num_classes=cfg.num_classes, seed=cfg.seed * 1000 + offset
             )
             splits[split] = FaceSplit(images, labels)
-        return FaceData("synthetic", list(CLASS_NAMES[: cfg.num_classes]), splits, {"generated": True})
+        return FaceData(
+            "synthetic",
+            list(CLASS_NAMES[: cfg.num_classes]),
+            splits,
+            {"generated": True, "generator_version": GENERATOR_VERSION},
+        )
