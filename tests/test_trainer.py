@@ -196,3 +196,23 @@ def test_channels_last_true_with_bf16_trains_on_the_cpu_as_documented(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "bf16 autocast, channels_last=true" in (run_dir / "train.log").read_text()
     assert json.loads((run_dir / "metrics.json").read_text())["test"]["x1"]["n"] == 14
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
+def test_decay_norm_and_bias_false_exempts_vectors_from_weight_decay(name):
+    """``decay_norm_and_bias=false`` (the FSR-FER extractor recipe) splits the parameters into two groups:
+    weight decay on the matrices only (a regression: the grouped parameters once reached the fused check)."""
+    from omegaconf import OmegaConf
+
+    from lrfer.engine.optim import build_optimizer
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(4, 2))
+    cfg = OmegaConf.merge(
+        compose_cfg().trainer.optimizer, {"name": name, "weight_decay": 0.05, "decay_norm_and_bias": False}
+    )
+    opt = build_optimizer(net.parameters(), cfg)
+    decays = [(g["weight_decay"], sorted(p.dim() for p in g["params"])) for g in opt.param_groups]
+    assert decays == [(0.05, [2, 4]), (0.0, [1, 1, 1, 1])]
+    for p in net.parameters():  # one step runs with the two groups
+        p.grad = torch.ones_like(p)
+    opt.step()

@@ -21,15 +21,16 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], cfg) -> torch.optim.Op
     params = list(params)
     if not params:
         raise ValueError("the stage has no trainable parameters")
+    # Fused Adam/AdamW on CUDA: one kernel per parameter group and no host read of the step counters.
+    # On the CPU the single-tensor implementation is kept (CPU runs repeat the earlier runs bit for bit).
+    # Decided on the tensors, before they may be split into parameter groups below.
+    fused = {"fused": True} if all(p.is_cuda and p.is_floating_point() for p in params) else {}
     if not cfg.get("decay_norm_and_bias", True) and cfg.weight_decay:
         matrices = [p for p in params if p.dim() > 1]
         vectors = [p for p in params if p.dim() <= 1]
         params = [{"params": matrices}, {"params": vectors, "weight_decay": 0.0}]
         params = [g for g in params if g["params"]]
     name = cfg.name.lower()
-    # Fused Adam/AdamW on CUDA: one kernel per parameter group and no host read of the step counters.
-    # On the CPU the single-tensor implementation is kept (CPU runs repeat the earlier runs bit for bit).
-    fused = {"fused": True} if all(p.is_cuda and p.is_floating_point() for p in params) else {}
     if name == "adam":
         return torch.optim.Adam(
             params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay, **fused

@@ -199,6 +199,7 @@ def method_context(cfg: DictConfig, in_channels: int = 3) -> MethodContext:
 
 
 def build_parts(cfg: DictConfig) -> RunParts:
+    check_required(cfg)  # before the dataset is decoded: a missing method.* value fails fast
     device = dist.init_from_env(resolve_device(cfg.trainer.device))
     if cfg.trainer.num_threads:
         torch.set_num_threads(int(cfg.trainer.num_threads))
