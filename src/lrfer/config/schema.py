@@ -233,10 +233,20 @@ def register_schemas() -> None:
             cs.store(group=f"schema/{group}", name=name, node=node)
 
 
-def register_dataset_schema(name: str, node: type) -> None:
-    """Register an adapter's dataset schema (a :class:`DatasetConfig` subclass) under ``schema/dataset``."""
+def register_dataset_schema(name: str, node: type = DatasetConfig) -> None:
+    """Register an adapter's dataset schema (a :class:`DatasetConfig` subclass) under ``schema/dataset``.
+
+    A dataset with only the common options registers :class:`DatasetConfig` itself (the default).
+    """
     _SCHEMAS["dataset"][name] = node
     ConfigStore.instance().store(group="schema/dataset", name=name, node=node)
+
+
+def schema_node(group: str, name: str) -> type:
+    """The dataclass registered as ``schema/<group>/<name>`` (``schema_node("dataset", "rafdb")``)."""
+    import lrfer.data.datasets  # noqa: F401  (adapters register their dataset schemas on import)
+
+    return _SCHEMAS[group][name]
 
 
 def auto_bool_keys() -> list[str]:
