@@ -80,16 +80,7 @@ def worker(args) -> None:
     torch.set_num_threads(1)
     cfg = compose_cfg(args, args.cache)
     parts = build_parts(cfg)  # joins the process group
-    trainer = Trainer(
-        cfg.trainer,
-        parts.method,
-        parts.datamodule,
-        train_degrade=DEGRADATIONS,
-        val_degrade=None,
-        run_dir=None,
-        seed=0,
-        device=parts.device,
-    )
+    trainer = Trainer.from_config(cfg, parts.method, parts.datamodule, parts.device)
     stage = parts.method.stages()[0]
     params = list(parts.method.stage_parameters(stage, "main"))
     trainer.model = dist.wrap_stage(

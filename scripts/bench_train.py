@@ -108,15 +108,8 @@ class Loop:
         self.cfg, self.parts, self.steps = cfg, parts, steps
         self.dm = parts.datamodule
         self.device = parts.device
-        self.trainer = Trainer(
-            cfg.trainer,
-            method if method is not None else parts.method,
-            self.dm,
-            train_degrade=DEGRADATIONS,
-            val_degrade=None,
-            run_dir=None,
-            seed=0,
-            device=self.device,
+        self.trainer = Trainer.from_config(
+            cfg, method if method is not None else parts.method, self.dm, self.device
         )
         self.memory_format = self.dm.memory_format  # the trainer set it; loops sharing data restore it
         self.stage = Stage("bench", epochs=1)

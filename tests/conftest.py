@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from lrfer.config import compose_config, register_schemas
 
@@ -17,6 +17,27 @@ REPO = Path(__file__).resolve().parents[1]
 
 register_schemas()
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+#: The factors FSR-FER and its image-SR baselines train and test on (configs/degrade/fsrfer.yaml).
+FSR_FACTORS = ["x2", "x3", "x4", "x5", "x6", "x7", "x8"]
+#: A CovPoolFER small enough for seconds-long fsrfer / isr runs.
+TINY_COVPOOL = [
+    "method.covpool.widths=[8,8,8,8,16,16]",
+    "method.covpool.bimap_dim=8",
+    "method.covpool.fc_dims=[16,8]",
+]
+#: fsrfer with every network tiny: CovPoolFER, generator and critic.
+TINY_FSRFER = [
+    "method=fsrfer",
+    *TINY_COVPOOL,
+    "method.generator.channels=8",
+    "method.generator.blocks=1",
+    "method.generator.growth=4",
+    "method.critic.channels=[4,4]",
+    "method.critic.hidden=8",
+]
+#: A two-block ResNet (tests/multires_toys.py) in place of ResNet-18 for the ResNet-family methods.
+TINY_RESNET = "model._target_=multires_toys.tiny_classifier"
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +55,13 @@ def one_thread():
 def compose_cfg(*overrides: str) -> DictConfig:
     """The composed ``train`` config with overrides, as ``python train.py`` would see it (no Hydra run)."""
     return compose_config(overrides, hydra_errors=True)
+
+
+def method_options(name: str, *overrides: str) -> dict:
+    """The keyword arguments ``method=<name>`` gives its method class (configs/method/<name>.yaml, without
+    ``_target_`` and ``name``): a method built in a test gets its defaults from the one place runs do."""
+    options = OmegaConf.to_container(compose_cfg(f"method={name}", *overrides).method, resolve=True)
+    return {k: v for k, v in options.items() if k not in ("_target_", "name")}
 
 
 def tiny(tmp: Path, *extra: str) -> list[str]:

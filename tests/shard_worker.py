@@ -36,7 +36,7 @@ def shares(rank: int, world: int) -> dict[str, list[list[list[int]]]]:
         dm = FaceDataModule(
             data,
             degrade_cfg=OmegaConf.structured(DegradeConfig(train=["x1", "x2"], train_mode=mode)),
-            augment_cfg=OmegaConf.structured(AugmentConfig()),
+            augment_cfg=OmegaConf.structured(AugmentConfig(translate=0.0)),
             mean=[0.5] * 3,
             std=[0.25] * 3,
             batch_size=BATCH,

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import compose_cfg, tiny
-from test_syncs import FSR_TINY, TINY_RESNET
+from conftest import TINY_FSRFER, TINY_RESNET, compose_cfg, tiny
 
 import lrfer.engine.trainer as trainer_mod
 from lrfer.data.degrade import parse_degradations
@@ -21,7 +20,7 @@ from lrfer.errors import UserError
 CASES = {
     "baseline": ["degrade.train=[x1,x2]", TINY_RESNET],
     "drgfer": ["method=drgfer", "method.factors=[x1,x4]", TINY_RESNET],
-    "fsrfer": FSR_TINY,
+    "fsrfer": TINY_FSRFER,
     "da": ["method=da", "method.factors=[x1,x4]", TINY_RESNET],
 }
 
@@ -56,16 +55,7 @@ def recorder(monkeypatch):
 def _trainer(tmp, *overrides):
     cfg = compose_cfg(*tiny(tmp, *overrides, "trainer.compile=true", "trainer.batch_size=16"))
     parts = build_parts(cfg)
-    trainer = Trainer(
-        cfg.trainer,
-        parts.method,
-        parts.datamodule,
-        train_degrade=list(cfg.degrade.train),
-        val_degrade=None,
-        run_dir=None,
-        seed=0,
-        device=parts.device,
-    )
+    trainer = Trainer.from_config(cfg, parts.method, parts.datamodule, parts.device)
     return cfg, parts, trainer
 
 
@@ -107,16 +97,7 @@ def test_compile_mode_is_checked(tmp_path):
     cfg = compose_cfg(*tiny(tmp_path, "trainer.compile_mode=fastest"))
     parts = build_parts(cfg)
     with pytest.raises(UserError, match="compile_mode"):
-        Trainer(
-            cfg.trainer,
-            parts.method,
-            parts.datamodule,
-            train_degrade=["x1"],
-            val_degrade=None,
-            run_dir=None,
-            seed=0,
-            device=parts.device,
-        )
+        Trainer.from_config(cfg, parts.method, parts.datamodule, parts.device)
 
 
 def test_networks_of_drgfer_are_the_rrn_and_every_expert(tmp_path):

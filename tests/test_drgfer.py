@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, compose_cfg, tiny
+from conftest import REPO, compose_cfg, method_options, tiny
 from multires_toys import FixedLogits, MarkerRouter, SnapshotDRGFER, TaggedExpert
 from omegaconf import OmegaConf
 from PIL import Image
@@ -37,7 +37,9 @@ def _marked_images(ids, markers):
 
 
 def _fake_drgfer(routing="rrn", factors=("x1", "x2", "x4")):
-    method = DRGFER(_context(TINY_MODEL), factors=list(factors), routing=routing)
+    method = DRGFER(
+        _context(TINY_MODEL), **{**method_options("drgfer"), "factors": list(factors), "routing": routing}
+    )
     method.rrn = MarkerRouter(len(factors))
     method.mrafer = MRAFER([TaggedExpert(k) for k in range(len(factors))])
     return method.eval()
@@ -122,7 +124,7 @@ def test_rrn_accuracy_counts_the_nearest_trained_factor_in_log_scale():
 
 
 def test_default_drgfer_is_an_rrn_and_five_resnet18_experts():
-    method = DRGFER(_context())
+    method = DRGFER(_context(), **method_options("drgfer"))
     n18 = sum(p.numel() for p in method.mrafer.experts[0].parameters())
     assert len(method.mrafer.experts) == 5 and 11_000_000 < n18 < 11_300_000
     assert method.rrn.fc.out_features == 5 and method.mrafer.experts[0].fc.out_features == 7

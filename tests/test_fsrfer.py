@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import compose_cfg, run_cli, tiny
+from conftest import FSR_FACTORS, TINY_FSRFER, compose_cfg, run_cli, tiny
 from omegaconf import OmegaConf
 from torch import nn
 
@@ -25,17 +25,7 @@ from lrfer.methods.fsrfer import (
 from lrfer.models.fsr import FeatureCritic, ResNetFeatureClassifier, RRDBGenerator
 from lrfer.models.resnet import build_resnet
 
-FACTORS = ["x2", "x3", "x4", "x5", "x6", "x7", "x8"]
-TINY_NET = [
-    "method.covpool.widths=[8,8,8,8,16,16]",
-    "method.covpool.bimap_dim=8",
-    "method.covpool.fc_dims=[16,8]",
-    "method.generator.channels=8",
-    "method.generator.blocks=1",
-    "method.generator.growth=4",
-    "method.critic.channels=[4,4]",
-    "method.critic.hidden=8",
-]
+FACTORS = FSR_FACTORS
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -44,8 +34,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def _overrides(tmp, *extra):
     return tiny(
         tmp,
-        "method=fsrfer",
-        *TINY_NET,
+        *TINY_FSRFER,
         "method.extractor_epochs=1",
         "method.pretrain_epochs=1",
         "method.gan_epochs=2",
@@ -360,20 +349,29 @@ def test_eq10_with_eq11_by_hand():
     assert official.item() == pytest.approx((50.52 + 1.5625 * 19.04) / 2)
 
 
-def test_generator_step_computes_eq10_on_the_method_networks(tmp_path):
-    """The method's generator loss equals eq. 10/11 recomputed from its own networks' outputs."""
-    weights = ("method.perceptual_weight=10", "method.l2_weight=0.01", "method.reweight_power=2")
-    parts = _method(tmp_path, *weights)
+def _gan_step(tmp, step, *overrides):
+    """(method, GAN stage, batch, the step's output, F_hr, F_sr) of one GAN step in eval mode (no BatchNorm
+    update between the method's forward passes and the recomputation)."""
+    parts = _method(tmp, *overrides)
     method = parts.method
     gan = method.stages()[-1]
     method.on_stage_start(gan)
-    method.eval()  # no BatchNorm update between the two forward passes
+    method.eval()
     batch = next(parts.datamodule.train_batches(parse_degradations(FACTORS), seed=0, need_hr=True))
-    out = method.training_step(batch, gan, "generator")
+    out = method.training_step(batch, gan, step)
     with torch.no_grad():
         c = method.classifier
         f_lr, f_hr = c.feature_map(batch["image"]).float(), c.feature_map(batch["image_hr"]).float()
         f_sr = method.generator(f_lr)
+    return method, gan, batch, out, f_hr, f_sr
+
+
+def test_generator_step_computes_eq10_on_the_method_networks(tmp_path):
+    """The method's generator loss equals eq. 10/11 recomputed from its own networks' outputs."""
+    weights = ("method.perceptual_weight=10", "method.l2_weight=0.01", "method.reweight_power=2")
+    method, _, batch, out, f_hr, f_sr = _gan_step(tmp_path, "generator", *weights)
+    with torch.no_grad():
+        c = method.classifier
         e_sr, e_hr = c.embed(f_sr), c.embed(f_hr)
         adv = method.critic(f_sr)
         w = (1.5 - c.classify(e_sr).softmax(1).gather(1, batch["label"][:, None]).squeeze(1)) ** 2
@@ -383,17 +381,9 @@ def test_generator_step_computes_eq10_on_the_method_networks(tmp_path):
 
 
 def test_official_switches_reweight_the_critic_and_keep_the_gradient_through_w(tmp_path):
-    parts = _method(tmp_path, "method.reweight_critic=true", "method.reweight_detach=false")
-    method = parts.method
-    gan = method.stages()[-1]
-    method.on_stage_start(gan)
-    method.eval()
-    batch = next(parts.datamodule.train_batches(parse_degradations(FACTORS), seed=0, need_hr=True))
-    out = method.training_step(batch, gan, "critic")
+    switches = ("method.reweight_critic=true", "method.reweight_detach=false")
+    method, gan, batch, out, f_hr, f_sr = _gan_step(tmp_path, "critic", *switches)
     with torch.no_grad():
-        c = method.classifier
-        f_lr, f_hr = c.feature_map(batch["image"]).float(), c.feature_map(batch["image_hr"]).float()
-        f_sr = method.generator(f_lr)
         w = 1.5 - method.sr_logits(f_sr).softmax(1).gather(1, batch["label"][:, None]).squeeze(1)
         assert out["d_real"].item() == pytest.approx((w * method.critic(f_hr)).mean().item(), rel=1e-4)
         assert out["d_fake"].item() == pytest.approx((w * method.critic(f_sr)).mean().item(), rel=1e-4)

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import compose_cfg, tiny
+from conftest import compose_cfg, method_options, tiny
 
 from lrfer.data.degrade import parse_degradations
 from lrfer.engine.checkpoint import save_checkpoint
@@ -42,7 +42,7 @@ def _context(size: int = 32, classes: int = 7) -> MethodContext:
 
 def _method(**kw) -> GMENetMethod:
     torch.manual_seed(0)
-    return GMENetMethod(_context(), epochs=1, **{**SMALL, **kw})
+    return GMENetMethod(_context(), **{**method_options("gmenet"), "epochs": 1, **SMALL, **kw})
 
 
 def _batch(n: int = 4, size: int = 32, factor: float = 32 / 14) -> dict[str, torch.Tensor]:
@@ -56,24 +56,22 @@ def _batch(n: int = 4, size: int = 32, factor: float = 32 / 14) -> dict[str, tor
 
 
 # -- attention modules --------
-def test_dcam_returns_input_shape_and_its_pre_sigmoid_channel_map():
+@pytest.mark.parametrize(
+    ("build", "map_shape"),
+    [
+        (lambda: ChannelAttention(16, reduction=4, extractor=DepthwiseExtractor(16)), (2, 16, 1, 1)),  # DCAM
+        (lambda: SpatialAttention(16, kernel_size=3, extractor=DepthwiseExtractor(16)), (2, 1, 7, 7)),  # DSAM
+    ],
+    ids=["dcam", "dsam"],
+)
+def test_attention_returns_input_shape_and_its_pre_sigmoid_map(build, map_shape):
     torch.manual_seed(0)
-    dcam = ChannelAttention(16, reduction=4, extractor=DepthwiseExtractor(16)).eval()
+    module = build().eval()
     x = torch.randn(2, 16, 7, 7)
-    out, m_c = dcam(x)
-    assert out.shape == x.shape and m_c.shape == (2, 16, 1, 1)
-    assert torch.allclose(out, torch.sigmoid(m_c) * x)
-    assert (m_c < 0).any()  # not squashed: the map before the sigmoid
-
-
-def test_dsam_returns_input_shape_and_its_pre_sigmoid_spatial_map():
-    torch.manual_seed(0)
-    dsam = SpatialAttention(16, kernel_size=3, extractor=DepthwiseExtractor(16)).eval()
-    x = torch.randn(2, 16, 7, 7)
-    out, m_s = dsam(x)
-    assert out.shape == x.shape and m_s.shape == (2, 1, 7, 7)
-    assert torch.allclose(out, torch.sigmoid(m_s) * x)
-    assert (m_s < 0).any()
+    out, attention_map = module(x)
+    assert out.shape == x.shape and attention_map.shape == map_shape
+    assert torch.allclose(out, torch.sigmoid(attention_map) * x)
+    assert (attention_map < 0).any()  # not squashed: the map before the sigmoid
 
 
 def test_the_distillation_loss_uses_the_pre_sigmoid_maps_of_every_attention_block():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import compose_cfg, tiny
+from conftest import FSR_FACTORS, TINY_COVPOOL, compose_cfg, tiny
 from torch import nn
 
 from lrfer.data.degrade import parse_degradations
@@ -12,11 +12,9 @@ from lrfer.engine.run import build_parts, run_training
 from lrfer.errors import UserError
 from lrfer.models.image_sr import MetaSRLite, MetaUpscale, RCANLite
 
-FACTORS = ["x2", "x3", "x4", "x5", "x6", "x7", "x8"]
+FACTORS = FSR_FACTORS
 TINY_NET = [
-    "method.covpool.widths=[8,8,8,8,16,16]",
-    "method.covpool.bimap_dim=8",
-    "method.covpool.fc_dims=[16,8]",
+    *TINY_COVPOOL,
     "method.rcan.channels=4",
     "method.rcan.groups=1",
     "method.rcan.blocks=1",

@@ -25,7 +25,7 @@ def _module(data, train=("x1",), batch_size=16, input_size=None, resize_back=Tru
     degrade = OmegaConf.structured(
         DegradeConfig(train=list(train), input_size=input_size, resize_back=resize_back)
     )
-    augment = OmegaConf.structured(AugmentConfig(**aug))
+    augment = OmegaConf.structured(AugmentConfig(**{"translate": 0.0, **aug}))
     return FaceDataModule(
         data,
         degrade_cfg=degrade,

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import compose_cfg, tiny
+from conftest import compose_cfg, method_options, tiny
 from multires_toys import tiny_classifier
 
 from lrfer.engine.run import method_context, run_training
@@ -101,9 +101,7 @@ def test_da_learns_the_epoch_length_at_the_end_of_the_first_epoch_and_ramps_the_
     assert {"cls_loss", "domain_loss", "domain_acc"} <= set(stage)
     method = DomainAdversarial(
         method_context(compose_cfg(*tiny(tmp_path), TINY_MODEL)),
-        epochs=4,
-        factors=["x1", "x4"],
-        disc_hidden=8,
+        **{**method_options("da"), "epochs": 4, "factors": ["x1", "x4"], "disc_hidden": 8},
     )
     batch = {
         "image": torch.randn(6, 3, 32, 32),
@@ -135,15 +133,17 @@ def test_rabn_with_an_rrn_routes_without_factors_and_reports_rrn_acc(tmp_path):
     assert list(metrics["train"]["stages"]) == ["train", "rrn"]
     assert all(0.0 <= r["rrn_acc"] <= 1.0 for r in metrics["test"].values())
     context = method_context(cfg)
+    options = method_options("rabn", "method.factors=[x1,x4]")
     with pytest.raises(UserError, match="true_factor"):
-        ResolutionAwareBNMethod(context, factors=["x1", "x4"]).eval().predict(torch.randn(2, 3, 32, 32))
-    both = ResolutionAwareBNMethod(context, factors=["x1", "x4"], bn_select="rrn").eval()
+        ResolutionAwareBNMethod(context, **options).eval().predict(torch.randn(2, 3, 32, 32))
+    both = ResolutionAwareBNMethod(context, **{**options, "bn_select": "rrn"}).eval()
     assert both.predict(torch.randn(3, 3, 32, 32)).shape == (3, 7)
 
 
 def test_mstrain_trains_and_validates_on_its_factors_by_default():
     context = method_context(compose_cfg("method=mstrain"))
-    (stage,) = MultiScaleTraining(context).stages()
+    options = method_options("mstrain")
+    (stage,) = MultiScaleTraining(context, **options).stages()
     assert stage.train_degrade == stage.val_degrade == ["x1", "x2", "x4", "x6", "x8"]
-    (stage,) = MultiScaleTraining(context, factors=None).stages()
+    (stage,) = MultiScaleTraining(context, **{**options, "factors": None}).stages()
     assert stage.train_degrade is None  # factors: null = degrade.train, exactly method=baseline

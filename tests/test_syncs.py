@@ -12,31 +12,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import compose_cfg, tiny
+from conftest import TINY_FSRFER, TINY_RESNET, compose_cfg, tiny
 
 from lrfer.data.degrade import parse_degradations
 from lrfer.engine.run import build_parts
 from lrfer.engine.syncs import SyncCounter, phased
 from lrfer.engine.trainer import Trainer
 
-FSR_TINY = [
-    "method=fsrfer",
-    "method.covpool.widths=[8,8,8,8,16,16]",
-    "method.covpool.bimap_dim=8",
-    "method.covpool.fc_dims=[16,8]",
-    "method.generator.channels=8",
-    "method.generator.blocks=1",
-    "method.generator.growth=4",
-    "method.critic.channels=[4,4]",
-    "method.critic.hidden=8",
-]
-TINY_RESNET = "model._target_=multires_toys.tiny_classifier"
-
 CASES = {
     "baseline": ["degrade.train=[x1,x2,x4]", TINY_RESNET],
     "mstrain": ["method=mstrain", TINY_RESNET],
     "drgfer": ["method=drgfer", "method.factors=[x1,x2,x4]", TINY_RESNET],
-    "fsrfer": FSR_TINY,
+    "fsrfer": TINY_FSRFER,
 }
 #: What each stage may still have per steady-state step (documented in experiments/perf/README.md).
 ALLOWED = {
@@ -50,16 +37,7 @@ def stage_counts(tmp, *overrides, steps=3):
     """``{stage: [Counter of step 0, step 1, ...]}`` over ``steps`` steps of every stage of a method."""
     cfg = compose_cfg(*tiny(tmp, *overrides, "trainer.batch_size=16"))
     parts = build_parts(cfg)
-    trainer = Trainer(
-        cfg.trainer,
-        parts.method,
-        parts.datamodule,
-        train_degrade=list(cfg.degrade.train),
-        val_degrade=None,
-        run_dir=None,
-        seed=0,
-        device=parts.device,
-    )
+    trainer = Trainer.from_config(cfg, parts.method, parts.datamodule, parts.device)
     dm = parts.datamodule
     real = dm.train_batches
     results = {}

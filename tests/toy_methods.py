@@ -36,7 +36,7 @@ class TwoStageToy(Method):
         crash_after: int | None = None,
         **_,
     ) -> None:
-        super().__init__(context, epochs=epochs)
+        super().__init__(context, epochs=epochs, label_smoothing=0.0)
         # raise at training batch crash_after + 1 (an interrupted run); also from the environment, so that a
         # test can interrupt a run without changing its config (a resume must use the run's own config)
         env_crash = os.environ.get("LRFER_TOY_CRASH_AFTER")
@@ -108,7 +108,7 @@ class TwoStageToy(Method):
 
 class Diverging(Method):
     def __init__(self, context: MethodContext, epochs: int = 1, **_) -> None:
-        super().__init__(context, epochs=epochs)
+        super().__init__(context, epochs=epochs, label_smoothing=0.0)
         self.net = TinyNet(context.num_classes)
 
     def training_step(self, batch, stage, step):

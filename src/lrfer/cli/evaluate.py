@@ -37,16 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
     labels = args.degrade or list(cfg.degrade.test)
     parts = build_parts(cfg)
     meta = load_method_weights(parts.method, args.run_dir, args.checkpoint)
-    trainer = Trainer(
-        cfg.trainer,
-        parts.method,
-        parts.datamodule,
-        train_degrade=list(cfg.degrade.train),
-        val_degrade=None,
-        run_dir=None,
-        seed=int(cfg.seed),
-        device=parts.device,
-    )
+    trainer = Trainer.from_config(cfg, parts.method, parts.datamodule, parts.device)
     rows = trainer.evaluate(args.split, labels, keep_confusion=True)
     result = {
         "method": cfg.method.name,

@@ -104,8 +104,8 @@ class SchedulerConfig:
     as the EFC paper did); ``mode`` max.
     """
 
-    name: str = "none"
-    step_size: int = 10
+    name: str = "step"
+    step_size: int = 6
     gamma: float = 0.1
     milestones: list[int] = field(default_factory=list)
     patience: int = 10
@@ -164,7 +164,7 @@ class AugmentConfig:
     """Batched on-device augmentation of training images (all probabilities/magnitudes; 0 disables)."""
 
     hflip: float = 0.5
-    translate: float = 0.0
+    translate: float = 0.05
     rotate: float = 0.0
     scale_min: float = 1.0
     scale_max: float = 1.0
@@ -187,13 +187,13 @@ class DatasetConfig:
     root: str | None = None
     num_classes: int = MISSING
     class_names: list[str] = MISSING
-    image_size: int = 100
+    image_size: int = MISSING
     val_fraction: float = 0.1
     merge_val: bool = False
     split_seed: int = 0
     sampler: str = "random"
-    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
-    std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    mean: list[float] = MISSING
+    std: list[float] = MISSING
     skip_corrupt: bool = False
     on_device: AutoBool = auto_bool()
 
@@ -233,10 +233,20 @@ def register_schemas() -> None:
             cs.store(group=f"schema/{group}", name=name, node=node)
 
 
-def register_dataset_schema(name: str, node: type) -> None:
-    """Register an adapter's dataset schema (a :class:`DatasetConfig` subclass) under ``schema/dataset``."""
+def register_dataset_schema(name: str, node: type = DatasetConfig) -> None:
+    """Register an adapter's dataset schema (a :class:`DatasetConfig` subclass) under ``schema/dataset``.
+
+    A dataset with only the common options registers :class:`DatasetConfig` itself (the default).
+    """
     _SCHEMAS["dataset"][name] = node
     ConfigStore.instance().store(group="schema/dataset", name=name, node=node)
+
+
+def schema_node(group: str, name: str) -> type:
+    """The dataclass registered as ``schema/<group>/<name>`` (``schema_node("dataset", "rafdb")``)."""
+    import lrfer.data.datasets  # noqa: F401  (adapters register their dataset schemas on import)
+
+    return _SCHEMAS[group][name]
 
 
 def auto_bool_keys() -> list[str]:

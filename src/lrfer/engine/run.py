@@ -272,15 +272,12 @@ def run_training(cfg: DictConfig, run_dir: Path | None) -> dict:
     main = dist.is_main()
     logger = RunLogger(run_dir, enabled=bool(cfg.logger.tensorboard) and main and run_dir is not None)
     try:
-        trainer = Trainer(
-            cfg.trainer,
+        trainer = Trainer.from_config(
+            cfg,
             parts.method,
             parts.datamodule,
-            train_degrade=list(cfg.degrade.train),
-            val_degrade=list(cfg.degrade.val) if cfg.degrade.val else None,
+            parts.device,
             run_dir=run_dir,
-            seed=int(cfg.seed),
-            device=parts.device,
             logger=logger,
             identity=run_identity(cfg),
         )

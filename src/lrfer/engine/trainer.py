@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from lrfer.config.schema import parse_auto_bool, resolve_auto_bool
@@ -202,6 +202,33 @@ class Trainer:
         self.global_step = 0
         self.summaries: list[StageSummary] = []
         self.val_history: list[dict] = []
+
+    @classmethod
+    def from_config(
+        cls,
+        cfg: DictConfig,
+        method: Method,
+        data: FaceDataModule,
+        device: torch.device,
+        *,
+        run_dir: Path | None = None,
+        logger: RunLogger | None = None,
+        identity: dict | None = None,
+    ) -> Trainer:
+        """The trainer of a composed run config: ``cfg.trainer``, the ``degrade.train`` / ``degrade.val``
+        lists and the run's ``seed``; no run folder (checkpoints) or logger unless given."""
+        return cls(
+            cfg.trainer,
+            method,
+            data,
+            train_degrade=list(cfg.degrade.train),
+            val_degrade=list(cfg.degrade.val) if cfg.degrade.val else None,
+            run_dir=run_dir,
+            seed=int(cfg.seed),
+            device=device,
+            logger=logger,
+            identity=identity,
+        )
 
     # -- helpers --------
     def _autocast(self):

@@ -82,7 +82,9 @@ class Stage:
 class Method(nn.Module):
     """Base class of every method. Subclasses implement :meth:`predict` and usually :meth:`training_step`."""
 
-    def __init__(self, context: MethodContext, epochs: int = 10, label_smoothing: float = 0.0) -> None:
+    def __init__(self, context: MethodContext, *, epochs: int, label_smoothing: float) -> None:
+        """``epochs``: the length of the default single stage (``method.epochs``); ``label_smoothing``: of
+        :meth:`classification_loss` (``method.label_smoothing``)."""
         super().__init__()
         self.context = context
         self.epochs = epochs

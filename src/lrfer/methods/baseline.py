@@ -14,7 +14,7 @@ from lrfer.models import build_model
 
 
 class Baseline(Method):
-    def __init__(self, context: MethodContext, epochs: int = 10, label_smoothing: float = 0.0) -> None:
+    def __init__(self, context: MethodContext, *, epochs: int, label_smoothing: float) -> None:
         super().__init__(context, epochs=epochs, label_smoothing=label_smoothing)
         self.net = build_model(
             context.model, context.num_classes, context.input_size, in_channels=context.in_channels

@@ -51,13 +51,14 @@ class DomainAdversarial(Method):
     def __init__(
         self,
         context: MethodContext,
-        epochs: int = 12,
-        factors: Sequence[str] | None = ("x1", "x2", "x4", "x6", "x8"),
-        domain_weight: float = 1.0,
-        grl_gamma: float = 10.0,
-        disc_hidden: int = 1024,
-        disc_dropout: float = 0.5,
-        label_smoothing: float = 0.0,
+        *,
+        epochs: int,
+        factors: Sequence[str] | None,
+        domain_weight: float,
+        grl_gamma: float,
+        disc_hidden: int,
+        disc_dropout: float,
+        label_smoothing: float,
     ) -> None:
         super().__init__(context, epochs=epochs, label_smoothing=label_smoothing)
         self.resolutions = ResolutionSet.from_config(factors, context)

@@ -9,15 +9,16 @@ expert once on its group and gathers the predictions back in order (eq. 4-7).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
 
 from lrfer.data.degrade import parse_degradation
 from lrfer.errors import UserError
-from lrfer.methods.base import Batch, Method, MethodContext, Stage
-from lrfer.methods.resolution import ResolutionSet, build_network, resolution_step
+from lrfer.methods.base import Batch, MethodContext, Stage
+from lrfer.methods.resolution import ResolutionMethod, build_network, resolution_step
 from lrfer.models.mrafer import MRAFER, binarize, fuse_max, fuse_mean
 
 ROUTINGS = ("rrn", "oracle", "mean", "max")
@@ -30,7 +31,7 @@ def _log_probs(probs: torch.Tensor) -> torch.Tensor:
     return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
 
 
-class DRGFER(Method):
+class DRGFER(ResolutionMethod):
     """DRGFER: an RRN routes each face to one of K per-resolution FER experts (MRAFER).
 
     Training (stages, in this order):
@@ -76,20 +77,13 @@ class DRGFER(Method):
     """
 
     def __init__(
-        self,
-        context: MethodContext,
-        epochs: int = 12,
-        rrn_epochs: int | None = None,
-        factors: Sequence[str] | None = ("x1", "x2", "x4", "x6", "x8"),
-        routing: str = "rrn",
-        eval_all_routings: bool = False,
-        label_smoothing: float = 0.0,
+        self, context: MethodContext, *, routing: str, eval_all_routings: bool, **common: Any
     ) -> None:
-        super().__init__(context, epochs=epochs, label_smoothing=label_smoothing)
-        self.resolutions = ResolutionSet.from_config(factors, context)
+        """Every option is a ``method.*`` key of configs/method/drgfer.yaml; ``common`` holds those every
+        :class:`~lrfer.methods.resolution.ResolutionMethod` has (epochs, rrn_epochs, factors, ...)."""
+        super().__init__(context, **common)
         self.routing = self._check_routing(routing)
         self.eval_all_routings = bool(eval_all_routings)
-        self.rrn_epochs = int(rrn_epochs) if rrn_epochs is not None else int(epochs)
         self.rrn = build_network(context, len(self.resolutions))
         self.mrafer = MRAFER([build_network(context, context.num_classes) for _ in self.resolutions.labels])
 
@@ -114,11 +108,7 @@ class DRGFER(Method):
             Stage(f"{EXPERT_PREFIX}{label}", epochs=self.epochs, train_degrade=[label], val_degrade=[label])
             for label in self.resolutions.labels
         ]
-        labels = self.resolutions.labels
-        rrn = Stage(
-            RRN_STAGE, epochs=self.rrn_epochs, train_degrade=labels, val_degrade=labels, monitor="rrn_acc"
-        )
-        return [*experts, rrn]
+        return [*experts, self.rrn_stage(RRN_STAGE)]
 
     def _expert_index(self, stage: Stage | None) -> int | None:
         if stage is None or not stage.name.startswith(EXPERT_PREFIX):

@@ -13,11 +13,12 @@ input really is that small.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 from lrfer.methods.base import Method, MethodContext
-from lrfer.models.efc import DEFAULT_BLOCKS, build_efc
+from lrfer.models.efc import build_efc
 
 
 class EFC(Method):
@@ -33,14 +34,15 @@ class EFC(Method):
     def __init__(
         self,
         context: MethodContext,
-        epochs: int = 50,
-        label_smoothing: float = 0.0,
-        stem_channels: int = 24,
-        blocks: Sequence[Sequence[int]] = DEFAULT_BLOCKS,
-        head_channels: int = 1280,
-        beta: float = 1.0,
+        *,
+        stem_channels: int,
+        blocks: Sequence[Sequence[int]],
+        head_channels: int,
+        beta: float,
+        **common: Any,
     ) -> None:
-        super().__init__(context, epochs=epochs, label_smoothing=label_smoothing)
+        """The network's options (configs/method/efc.yaml); ``common``: ``epochs`` and ``label_smoothing``."""
+        super().__init__(context, **common)
         self.net = build_efc(
             context.num_classes,
             context.input_size,

@@ -59,22 +59,12 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
-from lrfer.engine.checkpoint import load_checkpoint, resolve_run_checkpoint
 from lrfer.errors import UserError
-from lrfer.methods.base import Batch, Method, MethodContext, Stage, model_weights
-from lrfer.models.fsr import FeatureCritic, RRDBGenerator, build_feature_classifier, feature_shape
-
-DEFAULT_FACTORS = ("x2", "x3", "x4", "x5", "x6", "x7", "x8")
-
-
-def plain(value: Any) -> Any:
-    """An OmegaConf node (as Hydra passes nested options) as a plain dict / list."""
-    if isinstance(value, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
+from lrfer.methods.base import Batch, MethodContext, Stage
+from lrfer.methods.hrclassifier import HRClassifierMethod, plain
+from lrfer.models.fsr import FeatureCritic, RRDBGenerator, feature_shape
 
 
 def classification_aware_weights(
@@ -141,166 +131,42 @@ def wgan_div_penalty(
     return k * norm.pow(p).mean()
 
 
-class HRClassifierMethod(Method):
-    """A feature classifier trained on high-resolution faces (stage ``extractor``, x1) or loaded, then frozen.
-
-    Shared by :class:`FSRFER` and the image-SR baselines (:mod:`lrfer.methods.isr`). A loaded checkpoint
-    may come from an ``fsrfer`` or ``isr`` run (keys ``classifier.*``) or, for ResNet extractors, from a
-    ``baseline`` run (keys ``net.*``).
-    """
-
-    def __init__(
-        self,
-        context: MethodContext,
-        extractor: str = "covpool",
-        extractor_weights: str | None = None,
-        extractor_epochs: int = 40,
-        extractor_optimizer: dict | None = None,
-        extractor_scheduler: dict | None = None,
-        covpool: dict | None = None,
-        label_smoothing: float = 0.0,
-    ) -> None:
-        super().__init__(context, epochs=extractor_epochs, label_smoothing=label_smoothing)
-        self.extractor_name = extractor
-        self.extractor_optimizer = plain(extractor_optimizer) or None
-        self.extractor_scheduler = plain(extractor_scheduler) or None
-        self.classifier = build_feature_classifier(
-            extractor,
-            context.num_classes,
-            context.input_size,
-            context.in_channels,
-            plain(covpool),
-            weights=model_weights(context),
-        )
-        self.classifier_loaded = False
-        self._frozen = False
-        if extractor_weights:
-            self.load_classifier(extractor_weights)
-
-    # -- the high-resolution classifier --------
-    def load_classifier(self, path: str) -> None:
-        """Load the classifier from a run (folder or checkpoint) and freeze it; stage ``extractor`` is then
-        skipped.
-
-        One trained extractor serves every FSR-FER and ISR run, as the paper's one pretrained CovPoolFER.
-        """
-        state = load_checkpoint(resolve_run_checkpoint(path, "method.extractor_weights"))
-        weights = state.get("method", state)
-        target = self.classifier.state_dict()
-        for prefix in ("classifier.", "net.", ""):
-            sub = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
-            if prefix == "net." and not any(k.startswith("net.") for k in target):
-                sub = {f"net.{k}": v for k, v in sub.items()}
-            if sub and set(sub) >= set(target):
-                try:
-                    self.classifier.load_state_dict({k: sub[k] for k in target})
-                except RuntimeError as err:
-                    raise UserError(
-                        f"{path}: the classifier's weights do not fit method.extractor={self.extractor_name} "
-                        f"({str(err).splitlines()[-1].strip()})"
-                    ) from None
-                self.classifier_loaded = True
-                self._set_frozen(True)
-                return
-        raise UserError(
-            f"{path} holds no {self.extractor_name} classifier: give the best.pt of an fsrfer or isr run "
-            "trained with the same method.extractor (or of a baseline run for a ResNet extractor)"
-        )
-
-    def _set_frozen(self, frozen: bool) -> None:
-        self._frozen = frozen
-        self.classifier.requires_grad_(not frozen)
-        if frozen:
-            self.classifier.eval()
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self._frozen:
-            self.classifier.eval()
-        return self
-
-    def classifier_stages(self) -> list[Stage]:
-        """Stage 1 (``extractor``: cross-entropy on x1), unless the classifier was loaded."""
-        if self.classifier_loaded:
-            return []
-        return [
-            Stage(
-                "extractor",
-                epochs=self.epochs,
-                train_degrade=["x1"],
-                val_degrade=["x1"],
-                optimizer=self.extractor_optimizer,
-                scheduler=self.extractor_scheduler,
-            )
-        ]
-
-    def on_stage_start(self, stage: Stage) -> None:
-        self._set_frozen(self.classifier_loaded or stage.name != "extractor")
-        if self._frozen:
-            self.classifier.eval()
-        self.train(self.training)
-
-    def classifier_step(self, batch: Batch) -> dict[str, torch.Tensor]:
-        logits = self.classifier(batch["image"])
-        return {"loss": self.classification_loss(logits, batch), "logits": logits.detach()}
-
-    @staticmethod
-    def labels_of(factors: Iterable[str] | None, context: MethodContext) -> list[str]:
-        """The training factors: ``factors`` or, when null, ``degrade.train``."""
-        labels = list(plain(factors)) if factors else [d.label for d in context.train_degradations]
-        if not labels:
-            raise UserError(
-                "method.factors is empty: give the low-resolution factors to train on, e.g. [x2,x4]"
-            )
-        return labels
-
-
 class FSRFER(HRClassifierMethod):
     """FSR-FER: frozen feature extractor + RRDB feature generator + WGAN-div critic (module docstring)."""
 
     def __init__(
         self,
         context: MethodContext,
-        extractor: str = "covpool",
-        extractor_weights: str | None = None,
-        extractor_epochs: int = 40,
-        extractor_optimizer: dict | None = None,
-        extractor_scheduler: dict | None = None,
-        covpool: dict | None = None,
-        generator: dict | None = None,
-        critic: dict | None = None,
-        factors: Sequence[str] | None = DEFAULT_FACTORS,
-        pretrain_epochs: int = 116,
-        pretrain_step_epochs: int = 58,
-        gan_epochs: int = 435,
-        gan_milestones: Sequence[int] = (58, 145, 290, 580),
-        schedule_scale: float = 1.0,
-        lr: float = 2e-4,
-        gan_lr: float | None = None,
-        pretrain_betas: Sequence[float] = (0.9, 0.999),
-        gan_betas: Sequence[float] = (0.0, 0.9),
-        adv_weight: float = 1.0,
-        perceptual_weight: float = 1.0,
-        l2_weight: float = 1.0,
-        gp_k: float = 2.0,
-        gp_p: float = 6.0,
-        reweight: bool = True,
-        reweight_sigma: float = 1.5,
-        reweight_power: float = 1.0,
-        reweight_critic: bool = False,
-        reweight_detach: bool = True,
-        label_smoothing: float = 0.0,
+        *,
+        generator: dict,
+        critic: dict,
+        factors: Sequence[str] | None,
+        pretrain_epochs: int,
+        pretrain_step_epochs: int,
+        gan_epochs: int,
+        gan_milestones: Sequence[int],
+        schedule_scale: float,
+        lr: float,
+        gan_lr: float | None,
+        pretrain_betas: Sequence[float],
+        gan_betas: Sequence[float],
+        stage_optimizer: dict,
+        lr_gamma: float,
+        adv_weight: float,
+        perceptual_weight: float,
+        l2_weight: float,
+        gp_k: float,
+        gp_p: float,
+        reweight: bool,
+        reweight_sigma: float,
+        reweight_power: float,
+        reweight_critic: bool,
+        reweight_detach: bool,
+        **classifier: Any,
     ) -> None:
-        super().__init__(
-            context,
-            extractor,
-            extractor_weights,
-            extractor_epochs,
-            extractor_optimizer,
-            extractor_scheduler,
-            covpool,
-            label_smoothing,
-        )
+        """The generator, critic, schedule and loss options (configs/method/fsrfer.yaml) and, in
+        ``classifier``, the frozen extractor's (:class:`~lrfer.methods.hrclassifier.HRClassifierMethod`)."""
+        super().__init__(context, **classifier)
         channels, side, _ = feature_shape(self.classifier, context.in_channels, context.input_size)
         self.feature_channels, self.feature_side = channels, side
         self.generator = RRDBGenerator(channels, **(plain(generator) or {}))
@@ -317,6 +183,8 @@ class FSRFER(HRClassifierMethod):
         self.gan_lr = float(gan_lr) if gan_lr is not None else lr
         self.pretrain_betas = list(plain(pretrain_betas))
         self.gan_betas = list(plain(gan_betas))
+        self.stage_optimizer = dict(plain(stage_optimizer))
+        self.lr_gamma = float(lr_gamma)
         self.adv_weight, self.perceptual_weight, self.l2_weight = adv_weight, perceptual_weight, l2_weight
         self.gp_k, self.gp_p = gp_k, gp_p
         self.reweight = bool(reweight)
@@ -333,49 +201,35 @@ class FSRFER(HRClassifierMethod):
     def _scaled(self, epochs: int) -> int:
         return max(1, round(epochs * self.schedule_scale))
 
+    def _feature_stage(
+        self, name: str, epochs: int, lr: float, betas: list[float], scheduler: dict, steps: tuple[str, ...]
+    ) -> Stage:
+        """A stage of stages 2-3: pairs of the ``factors`` faces and x1, ``stage_optimizer`` at ``lr``."""
+        return Stage(
+            name,
+            epochs=self._scaled(epochs),
+            steps=steps,
+            train_degrade=self.factors,
+            val_degrade=self.factors,
+            needs_hr=True,
+            optimizer={**self.stage_optimizer, "lr": lr, "betas": betas},
+            scheduler={**scheduler, "gamma": self.lr_gamma},
+        )
+
     def stages(self) -> list[Stage]:
         stages = self.classifier_stages()
         if self.pretrain_epochs > 0:
+            step = {"name": "step", "step_size": self._scaled(self.pretrain_step_epochs)}
             stages.append(
-                Stage(
-                    "pretrain",
-                    epochs=self._scaled(self.pretrain_epochs),
-                    train_degrade=self.factors,
-                    val_degrade=self.factors,
-                    needs_hr=True,
-                    optimizer={
-                        "name": "adam",
-                        "lr": self.lr,
-                        "betas": self.pretrain_betas,
-                        "weight_decay": 0.0,
-                    },
-                    scheduler={
-                        "name": "step",
-                        "step_size": self._scaled(self.pretrain_step_epochs),
-                        "gamma": 0.5,
-                    },
+                self._feature_stage(
+                    "pretrain", self.pretrain_epochs, self.lr, self.pretrain_betas, step, ("main",)
                 )
             )
         if self.gan_epochs > 0:
+            milestones = {"name": "multistep", "milestones": [self._scaled(m) for m in self.gan_milestones]}
             stages.append(
-                Stage(
-                    "gan",
-                    epochs=self._scaled(self.gan_epochs),
-                    steps=("critic", "generator"),
-                    train_degrade=self.factors,
-                    val_degrade=self.factors,
-                    needs_hr=True,
-                    optimizer={
-                        "name": "adam",
-                        "lr": self.gan_lr,
-                        "betas": self.gan_betas,
-                        "weight_decay": 0.0,
-                    },
-                    scheduler={
-                        "name": "multistep",
-                        "milestones": [self._scaled(m) for m in self.gan_milestones],
-                        "gamma": 0.5,
-                    },
+                self._feature_stage(
+                    "gan", self.gan_epochs, self.gan_lr, self.gan_betas, milestones, ("critic", "generator")
                 )
             )
         if not stages:

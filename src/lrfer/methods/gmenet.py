@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -109,28 +110,23 @@ class GMENetMethod(Method):
     def __init__(
         self,
         context: MethodContext,
-        epochs: int = 12,
-        teacher_epochs: int | None = None,
-        label_smoothing: float = 0.0,
-        kd_weight: float = 5.0,
-        kd_reduction: str = "sum",
-        teacher_checkpoint: str | None = None,
-        lr_blur_sigma: float = 1.0,
-        width: int = 32,
-        layers: Sequence[int] = (3, 4, 6, 3),
-        attention: str = "dbam",
-        global_branch: bool = True,
-        global_blocks: Sequence[int] = (1, 1, 1, 1),
-        reduction: int = 16,
-        dw_kernel: int = 1,
-        spatial_kernel: int = 3,
-        stem: str = "auto",
-        dropout: float = 0.0,
+        *,
+        epochs: int,
+        teacher_epochs: int | None,
+        label_smoothing: float,
+        kd_weight: float,
+        kd_reduction: str,
+        teacher_checkpoint: str | None,
+        lr_blur_sigma: float,
+        **network: Any,
     ) -> None:
+        """Every option is a ``method.*`` key of configs/method/gmenet.yaml; ``network`` holds the
+        network's (``width``, ``layers``, ``attention``, ...: :class:`~lrfer.models.gmenet.GMENet`), which
+        the student and the teacher share."""
         super().__init__(context, epochs=epochs, label_smoothing=label_smoothing)
         if kd_weight < 0:
             raise UserError(f"method.kd_weight must be >= 0, got {kd_weight}")
-        if kd_weight > 0 and attention == "none":
+        if kd_weight > 0 and network.get("attention") == "none":
             raise UserError(
                 "method.attention=none has no attention maps to distil: set method.kd_weight=0 "
                 "(or choose attention dbam|cbam)"
@@ -142,23 +138,11 @@ class GMENetMethod(Method):
         self.teacher_epochs = int(teacher_epochs) if teacher_epochs is not None else epochs
         self.teacher_checkpoint = teacher_checkpoint
         self.lr_blur_sigma = float(lr_blur_sigma)
-        net_kwargs = dict(
-            width=width,
-            layers=list(layers),
-            attention=attention,
-            global_branch=global_branch,
-            global_blocks=list(global_blocks),
-            reduction=reduction,
-            dw_kernel=dw_kernel,
-            spatial_kernel=spatial_kernel,
-            stem=stem,
-            dropout=dropout,
-        )
         c = context
-        self.student = GMENet(c.num_classes, c.input_size, in_channels=c.in_channels, **net_kwargs)
+        self.student = GMENet(c.num_classes, c.input_size, in_channels=c.in_channels, **network)
         self.teacher: GMENet | None = None
         if self.distills:
-            self.teacher = GMENet(c.num_classes, c.input_size, in_channels=c.in_channels, **net_kwargs)
+            self.teacher = GMENet(c.num_classes, c.input_size, in_channels=c.in_channels, **network)
         self.teacher_frozen = False
 
     @property

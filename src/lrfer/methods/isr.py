@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +41,7 @@ from torch import nn
 from lrfer.data.degrade import parse_degradations, resize_to
 from lrfer.errors import UserError
 from lrfer.methods.base import Batch, MethodContext, Stage
-from lrfer.methods.fsrfer import DEFAULT_FACTORS, HRClassifierMethod, plain
+from lrfer.methods.hrclassifier import HRClassifierMethod, plain
 from lrfer.models.image_sr import MetaSRLite, RCANLite
 
 SR_CHOICES = ("bicubic", "rcan", "metasr")
@@ -52,31 +53,21 @@ class ISR(HRClassifierMethod):
     def __init__(
         self,
         context: MethodContext,
-        sr: str = "bicubic",
-        extractor: str = "covpool",
-        extractor_weights: str | None = None,
-        extractor_epochs: int = 40,
-        extractor_optimizer: dict | None = None,
-        extractor_scheduler: dict | None = None,
-        covpool: dict | None = None,
-        rcan: dict | None = None,
-        metasr: dict | None = None,
-        factors: Sequence[str] | None = DEFAULT_FACTORS,
-        sr_epochs: int = 50,
-        sr_step_epochs: int = 25,
-        sr_lr: float = 1e-4,
-        label_smoothing: float = 0.0,
+        *,
+        sr: str,
+        rcan: dict,
+        metasr: dict,
+        factors: Sequence[str] | None,
+        sr_epochs: int,
+        sr_step_epochs: int,
+        sr_lr: float,
+        sr_optimizer: dict,
+        sr_gamma: float,
+        **classifier: Any,
     ) -> None:
-        super().__init__(
-            context,
-            extractor,
-            extractor_weights,
-            extractor_epochs,
-            extractor_optimizer,
-            extractor_scheduler,
-            covpool,
-            label_smoothing,
-        )
+        """Options of configs/method/isr.yaml: the SR networks and their stages here, the classifier's in
+        ``classifier``."""
+        super().__init__(context, **classifier)
         if sr not in SR_CHOICES:
             raise UserError(f"unknown method.sr {sr!r}: choose one of {', '.join(SR_CHOICES)}")
         self.sr = sr
@@ -84,6 +75,7 @@ class ISR(HRClassifierMethod):
         degs = parse_degradations(self.factor_labels)
         self.factor_values = [d.effective_factor(context.native_size) for d in degs]
         self.sr_epochs, self.sr_step_epochs, self.sr_lr = sr_epochs, sr_step_epochs, sr_lr
+        self.sr_optimizer, self.sr_gamma = dict(plain(sr_optimizer)), float(sr_gamma)
         c = context.in_channels
         if sr == "rcan":
             self.rcan = nn.ModuleDict(
@@ -100,8 +92,8 @@ class ISR(HRClassifierMethod):
             train_degrade=labels,
             val_degrade=labels,
             needs_hr=True,
-            optimizer={"name": "adam", "lr": self.sr_lr, "betas": [0.9, 0.999], "weight_decay": 0.0},
-            scheduler={"name": "step", "step_size": max(1, self.sr_step_epochs), "gamma": 0.5},
+            optimizer={**self.sr_optimizer, "lr": self.sr_lr},
+            scheduler={"name": "step", "step_size": max(1, self.sr_step_epochs), "gamma": self.sr_gamma},
         )
 
     def stages(self) -> list[Stage]:

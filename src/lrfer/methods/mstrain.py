@@ -24,9 +24,10 @@ class MultiScaleTraining(Baseline):
     def __init__(
         self,
         context: MethodContext,
-        epochs: int = 12,
-        factors: Sequence[str] | None = ("x1", "x2", "x4", "x6", "x8"),
-        label_smoothing: float = 0.0,
+        *,
+        epochs: int,
+        factors: Sequence[str] | None,
+        label_smoothing: float,
     ) -> None:
         super().__init__(context, epochs=epochs, label_smoothing=label_smoothing)
         self.labels = ResolutionSet.from_config(factors, context).labels if factors is not None else None

@@ -5,20 +5,21 @@ resolutions and whose every BatchNorm is replaced by one BatchNorm per resolutio
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
 
 from lrfer.errors import UserError
-from lrfer.methods.base import Batch, Method, MethodContext, Stage
-from lrfer.methods.resolution import ResolutionSet, build_network, resolution_step
+from lrfer.methods.base import Batch, MethodContext, Stage
+from lrfer.methods.resolution import ResolutionMethod, build_network, resolution_step
 from lrfer.models.rabn import ResolutionAwareBN
 
 BN_SELECT = ("true_factor", "rrn")
 
 
-class ResolutionAwareBNMethod(Method):
+class ResolutionAwareBNMethod(ResolutionMethod):
     """RA-BN: shared weights, one BatchNorm per trained resolution.
 
     Training (stage ``train``): every batch mixes the K resolutions (one random resolution per face) and
@@ -37,21 +38,13 @@ class ResolutionAwareBNMethod(Method):
     * Every BN of a resolution starts from the same initialisation (weight 1, bias 0).
     """
 
-    def __init__(
-        self,
-        context: MethodContext,
-        epochs: int = 12,
-        rrn_epochs: int | None = None,
-        factors: Sequence[str] | None = ("x1", "x2", "x4", "x6", "x8"),
-        bn_select: str = "true_factor",
-        label_smoothing: float = 0.0,
-    ) -> None:
-        super().__init__(context, epochs=epochs, label_smoothing=label_smoothing)
+    def __init__(self, context: MethodContext, *, bn_select: str, **common: Any) -> None:
+        """Every option is a ``method.*`` key of configs/method/rabn.yaml; ``common`` holds those every
+        :class:`~lrfer.methods.resolution.ResolutionMethod` has (epochs, rrn_epochs, factors, ...)."""
         if bn_select not in BN_SELECT:
             raise UserError(f"unknown method.bn_select {bn_select!r}: choose true_factor or rrn")
+        super().__init__(context, **common)
         self.bn_select = bn_select
-        self.resolutions = ResolutionSet.from_config(factors, context)
-        self.rrn_epochs = int(rrn_epochs) if rrn_epochs is not None else int(epochs)
         self.net = ResolutionAwareBN(build_network(context, context.num_classes), len(self.resolutions))
         self.rrn = build_network(context, len(self.resolutions)) if bn_select == "rrn" else None
 
@@ -70,11 +63,7 @@ class ResolutionAwareBNMethod(Method):
         )
         stages = [train]
         if self.rrn is not None:
-            stages.append(
-                Stage(
-                    "rrn", epochs=self.rrn_epochs, train_degrade=labels, val_degrade=labels, monitor="rrn_acc"
-                )
-            )
+            stages.append(self.rrn_stage("rrn"))
         return stages
 
     def stage_parameters(self, stage: Stage, step: str) -> Iterable[nn.Parameter]:

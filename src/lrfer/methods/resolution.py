@@ -6,6 +6,7 @@
 * :func:`build_network` — a classifier from the run's ``model/`` config (ResNet-18 by default).
 * :func:`resolution_step` — the Resolution Recognition Network's loss (DRGFER eq. 1-2). An RRN stage
   selects its best epoch on ``rrn_acc`` (``Stage(monitor="rrn_acc")``).
+* :class:`ResolutionMethod` — the options and the RRN stage that DRGFER and RA-BN share.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torch import nn
 
 from lrfer.data.degrade import Degradation, parse_degradations
 from lrfer.errors import UserError
-from lrfer.methods.base import Batch, Method, MethodContext
+from lrfer.methods.base import Batch, Method, MethodContext, Stage
 from lrfer.models import build_model
 from lrfer.models.resnet import build_resnet
 
@@ -72,3 +73,28 @@ def resolution_step(rrn: nn.Module, batch: Batch, resolutions: ResolutionSet) ->
     scores = rrn(batch["image"])
     loss = F.cross_entropy(scores.float(), target)
     return {"loss": loss, "rrn_acc": (scores.argmax(dim=1) == target).float().mean().detach()}
+
+
+class ResolutionMethod(Method):
+    """A method trained on a set of resolutions (``factors``; None = ``degrade.train``) with a Resolution
+    Recognition Network trained in its own stage of ``rrn_epochs`` epochs (None = ``epochs``)."""
+
+    def __init__(
+        self,
+        context: MethodContext,
+        *,
+        epochs: int,
+        rrn_epochs: int | None,
+        factors: Sequence[str] | None,
+        label_smoothing: float,
+    ) -> None:
+        super().__init__(context, epochs=epochs, label_smoothing=label_smoothing)
+        self.resolutions = ResolutionSet.from_config(factors, context)
+        self.rrn_epochs = int(rrn_epochs) if rrn_epochs is not None else int(epochs)
+
+    def rrn_stage(self, name: str) -> Stage:
+        """The RRN's stage: every trained resolution, best epoch by ``rrn_acc``."""
+        labels = self.resolutions.labels
+        return Stage(
+            name, epochs=self.rrn_epochs, train_degrade=labels, val_degrade=labels, monitor="rrn_acc"
+        )

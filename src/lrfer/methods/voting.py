@@ -58,15 +58,16 @@ class Voting(Method):
     def __init__(
         self,
         context: MethodContext,
-        epochs: int = 20,
-        label_smoothing: float = 0.0,
-        split_after: int = 1,
-        voting: str = "soft",
-        crop_ratio: float = 5 / 6,
-        arch: str = "resnet18",
-        stem: str = "conv3",
-        init_from: str | None = None,
-        init_exclude: Sequence[str] = (),
+        *,
+        epochs: int,
+        label_smoothing: float,
+        split_after: int,
+        voting: str,
+        crop_ratio: float,
+        arch: str,
+        stem: str,
+        init_from: str | None,
+        init_exclude: Sequence[str],
     ) -> None:
         super().__init__(context, epochs=epochs, label_smoothing=label_smoothing)
         if voting not in VOTING_MODES:

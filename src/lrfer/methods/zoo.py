@@ -5,6 +5,8 @@ faces, trained with cross-entropy — the comparison networks of the EFC paper's
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from lrfer.methods.base import Method, MethodContext, model_weights
@@ -16,15 +18,9 @@ class Zoo(Method):
     :mod:`lrfer.models.zoo`); ``False`` keeps torchvision's strides, as the paper's Keras networks. VGG
     always gets the pooled 512-d head the paper's VGG counts imply."""
 
-    def __init__(
-        self,
-        context: MethodContext,
-        epochs: int = 50,
-        label_smoothing: float = 0.0,
-        arch: str = "mobilenet_v2",
-        small_input: bool = True,
-    ) -> None:
-        super().__init__(context, epochs=epochs, label_smoothing=label_smoothing)
+    def __init__(self, context: MethodContext, *, arch: str, small_input: bool, **common: Any) -> None:
+        """``arch`` and ``small_input`` choose the network; ``common``: ``epochs`` and ``label_smoothing``."""
+        super().__init__(context, **common)
         self.net = build_zoo(
             context.num_classes,
             context.input_size,

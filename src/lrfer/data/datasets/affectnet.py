@@ -32,10 +32,9 @@ from lrfer.data.datasets.common import (
     Faces,
     FileDataset,
     LabelTable,
-    find_path,
-    missing,
+    find_set,
+    labelled_rows,
     one_line,
-    read_table,
     to_number,
 )
 from lrfer.errors import UserError
@@ -67,7 +66,14 @@ LAYOUT = (
 
 @dataclass
 class AffectNetConfig(DatasetConfig):
-    """AffectNet: ``num_classes`` 8 (codes 0..7) or 7 (0..6); codes up to 10 are dropped, not errors."""
+    """AffectNet: ``num_classes`` 8 (codes 0..7) or 7 (0..6); codes up to 10 are dropped, not errors.
+
+    Training is very imbalanced (class-balanced ``sampler``) and the release holds broken JPEGs
+    (``skip_corrupt``).
+    """
+
+    sampler: str = "balanced"
+    skip_corrupt: bool = True
 
 
 register_dataset_schema("affectnet", AffectNetConfig)
@@ -78,6 +84,7 @@ class AffectNet(FileDataset):
 
     name = "affectnet"
     class_names = CLASS_NAMES
+    layout_help = LAYOUT
 
     def names(self) -> list[str]:
         k = int(self.cfg.num_classes)
@@ -93,30 +100,24 @@ class AffectNet(FileDataset):
     def layout(self) -> tuple[str, list[Path]]:
         """("csv", [training.csv, validation.csv]) or ("npy", [the two annotations folders])."""
         root = self.root()
-        for folder in LIST_DIRS:
-            lists = [root / folder / "training.csv", root / folder / "validation.csv"]
-            if all(p.is_file() for p in lists):
-                return "csv", lists
+        lists = find_set(root, LIST_DIRS, ("training.csv", "validation.csv"))
+        if lists is not None:
+            return "csv", lists
         annotations = [root / d / "annotations" for d in NPY_SPLITS.values()]
         if all(p.is_dir() for p in annotations):
             return "npy", annotations
-        raise missing(self.name, "the AffectNet file lists", root, LAYOUT)
+        raise self.missing("the AffectNet file lists")
 
     def faces(self, layout: str, files: list[Path]) -> tuple[Faces, dict]:
         return (self._csv(files) if layout == "csv" else self._npy(files)), {}
 
     def _csv(self, lists: list[Path]) -> Faces:
-        images = find_path(self.root(), IMAGE_DIRS, "dir")
-        if images is None:
-            raise missing(self.name, "the image folder Manually_Annotated_Images", self.root(), LAYOUT)
+        images = self.find(IMAGE_DIRS, "the image folder Manually_Annotated_Images", "dir")
         table = self.label_table(max(DROPPED_CODES))
         faces: Faces = {}
         for split, path in zip(("train", "test"), lists):
             faces[split] = []
-            for lineno, row in read_table(path, COLUMNS, header_required=False):
-                label = table.lookup(row["expression"], f"{path}:{lineno}")
-                if label is None:
-                    continue
+            for lineno, row, label in labelled_rows(path, COLUMNS, table, "expression"):
                 x, y, w, h = (to_number(row[c], path, lineno, c, float) for c in COLUMNS[1:5])
                 box = Box(y, x, y + h, x + w)
                 faces[split].append(Face(images / row["subDirectory_filePath"], label, box))
@@ -126,9 +127,7 @@ class AffectNet(FileDataset):
         table = self.label_table(len(CLASS_NAMES) - 1)
         faces: Faces = {}
         for split, label_dir in zip(NPY_SPLITS, annotation_dirs):
-            image_dir = label_dir.parent / "images"
-            if not image_dir.is_dir():
-                raise missing(self.name, f"the folder {label_dir.parent.name}/images", self.root(), LAYOUT)
+            image_dir = self.folder(label_dir.parent / "images", f"the folder {label_dir.parent.name}/images")
             images = {Path(e.name).stem: Path(e.path) for e in os.scandir(image_dir) if e.is_file()}
             ids = [e.name[: -len("_exp.npy")] for e in os.scandir(label_dir) if e.name.endswith("_exp.npy")]
             ids.sort(key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s))

@@ -94,6 +94,16 @@ def missing(dataset: str, what: str, root: Path, layout: str) -> UserError:
     )
 
 
+def find_set(root: Path, folders: Sequence[str], names: Sequence[str]) -> list[Path] | None:
+    """``[root / folder / name for name in names]`` for the first of ``folders`` that holds every one of
+    ``names`` as a file, or None."""
+    for folder in folders:
+        paths = [root / folder / name for name in names]
+        if all(p.is_file() for p in paths):
+            return paths
+    return None
+
+
 # -- label files --------
 def read_rows(path: Path, delimiter: str | None = ",") -> Iterator[tuple[int, list[str]]]:
     """(line number, fields) of every non-blank line of a text table; ``delimiter=None`` splits on whitespace.
@@ -141,6 +151,17 @@ def read_table(
     for lineno, fields in rows:
         need_fields(fields, width, path, lineno, f"at least {width} comma-separated fields")
         yield lineno, {c: fields[i] for c, i in index.items()}
+
+
+def labelled_rows(
+    path: Path, columns: Sequence[str], table: LabelTable, label_column: str
+) -> Iterator[tuple[int, dict[str, str], int]]:
+    """(line number, {column: value}, class index) of every row of a CSV file (header line optional) whose
+    ``label_column`` code ``table`` keeps; rows of dropped codes are left out."""
+    for lineno, row in read_table(path, columns, header_required=False):
+        label = table.lookup(row[label_column], f"{path}:{lineno}")
+        if label is not None:
+            yield lineno, row, label
 
 
 def need_fields(row: Sequence[str], n: int, path: Path, lineno: int, expected: str) -> None:
@@ -343,6 +364,8 @@ class FileDataset(DatasetAdapter):
     class_names: ClassVar[tuple[str, ...]] = ()
     #: Info key counting decoded faces that :meth:`keep` rejects ("" = keep every face).
     rejected_as: ClassVar[str] = ""
+    #: The accepted layouts, as the error for a file or folder that is not found names them.
+    layout_help: ClassVar[str] = ""
 
     def layout(self) -> tuple[str, list[Path]]:
         """(layout name, its label files), or a :class:`UserError` naming what is missing."""
@@ -351,6 +374,23 @@ class FileDataset(DatasetAdapter):
     def faces(self, layout: str, files: list[Path]) -> tuple[Faces, dict]:
         """The faces of each split (no ``val`` when the dataset has none) and info for the manifest."""
         raise NotImplementedError
+
+    def missing(self, what: str) -> UserError:
+        """The one-line error for ``what`` (a file or folder) not found under ``dataset.root``."""
+        return missing(self.name, what, self.root(), self.layout_help)
+
+    def find(self, candidates: Sequence[str], what: str, kind: str = "file") -> Path:
+        """The first of ``candidates`` (paths under ``dataset.root``) that exists, or :meth:`missing`."""
+        path = find_path(self.root(), candidates, kind)
+        if path is None:
+            raise self.missing(what)
+        return path
+
+    def folder(self, path: Path, what: str) -> Path:
+        """``path`` when it is a folder, else :meth:`missing` naming ``what``."""
+        if not path.is_dir():
+            raise self.missing(what)
+        return path
 
     def names(self) -> list[str]:
         """The class names, in the order of the class indices."""

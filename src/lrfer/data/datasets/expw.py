@@ -25,8 +25,6 @@ from lrfer.data.datasets.common import (
     Faces,
     FileDataset,
     LabelTable,
-    find_path,
-    missing,
     need_fields,
     read_rows,
     stratified_holdout,
@@ -60,19 +58,14 @@ class Expw(DetectCrop, FileDataset):
     name = "expw"
     class_names = CLASS_NAMES
     use_label_box = True
+    layout_help = LAYOUT
 
     def layout(self) -> tuple[str, list[Path]]:
-        root = self.root()
-        label_file = find_path(root, LABEL_FILES, "file")
-        if label_file is None:
-            raise missing(self.name, "label/label.lst", root, LAYOUT)
-        return "label.lst", [label_file]
+        return "label.lst", [self.find(LABEL_FILES, "label/label.lst")]
 
     def faces(self, layout: str, files: list[Path]) -> tuple[Faces, dict]:
         label_file = files[0]
-        image_dir = label_file.parent.parent / "image" / "origin"
-        if not image_dir.is_dir():
-            raise missing(self.name, "the folder image/origin", self.root(), LAYOUT)
+        image_dir = self.folder(label_file.parent.parent / "image" / "origin", "the folder image/origin")
         seen: set[tuple[str, ...]] = set()
         faces: list[Face] = []
         duplicates = 0

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lrfer.config.schema import DatasetConfig, register_dataset_schema
+from lrfer.config.schema import register_dataset_schema
 from lrfer.data.datasets.common import (
     CorruptImage,
     Face,
@@ -25,7 +25,6 @@ from lrfer.data.datasets.common import (
     FileDataset,
     LabelTable,
     find_path,
-    missing,
     read_table,
 )
 from lrfer.errors import UserError
@@ -81,12 +80,7 @@ def read_fer2013(path: Path) -> list[FerRow]:
     return rows
 
 
-@dataclass
-class Fer2013Config(DatasetConfig):
-    """FER2013 has only the common dataset options (``dataset.root`` = the folder of ``fer2013.csv``)."""
-
-
-register_dataset_schema("fer2013", Fer2013Config)
+register_dataset_schema("fer2013")  # only the common options (``dataset.root`` = the folder of fer2013.csv)
 
 
 class Fer2013(FileDataset):
@@ -94,12 +88,10 @@ class Fer2013(FileDataset):
 
     name = "fer2013"
     class_names = CLASS_NAMES
+    layout_help = LAYOUT
 
     def layout(self) -> tuple[str, list[Path]]:
-        root = self.root()
-        path = find_fer2013_csv(root)
-        if path is None:
-            raise missing(self.name, "fer2013.csv", root, LAYOUT)
+        path = self.find(CSV_CANDIDATES, "fer2013.csv")
         return path.name, [path]
 
     def faces(self, layout: str, files: list[Path]) -> tuple[Faces, dict]:

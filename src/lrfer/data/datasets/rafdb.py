@@ -16,20 +16,19 @@ lrfer carves a seeded, stratified one from train (``dataset.val_fraction``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
-from lrfer.config.schema import DatasetConfig, register_dataset_schema
+from lrfer.config.schema import register_dataset_schema
 from lrfer.data.datasets.common import (
     Face,
     Faces,
     FileDataset,
     LabelTable,
     find_path,
-    missing,
+    find_set,
+    labelled_rows,
     need_fields,
     read_rows,
-    read_table,
 )
 from lrfer.errors import UserError
 
@@ -44,13 +43,7 @@ LAYOUT = (
     "with {train,test}_labels.csv"
 )
 
-
-@dataclass
-class RafDbConfig(DatasetConfig):
-    """RAF-DB has only the common dataset options (``dataset.root`` = the folder holding ``basic/``)."""
-
-
-register_dataset_schema("rafdb", RafDbConfig)
+register_dataset_schema("rafdb")  # only the common options (``dataset.root`` = the folder holding ``basic/``)
 
 
 class RafDb(FileDataset):
@@ -58,6 +51,7 @@ class RafDb(FileDataset):
 
     name = "rafdb"
     class_names = CLASS_NAMES
+    layout_help = LAYOUT
 
     def layout(self) -> tuple[str, list[Path]]:
         """("basic", [label file]) or ("folders", [train csv, test csv])."""
@@ -65,19 +59,17 @@ class RafDb(FileDataset):
         label_file = find_path(root, BASIC_LABELS, "file")
         if label_file is not None:
             return "basic", [label_file]
-        for folder in CSV_DIRS:
-            csvs = [root / folder / f"{split}_labels.csv" for split in ("train", "test")]
-            if all(p.is_file() for p in csvs):
-                return "folders", csvs
-        raise missing(self.name, "the RAF-DB label file", root, LAYOUT)
+        csvs = find_set(root, CSV_DIRS, [f"{split}_labels.csv" for split in ("train", "test")])
+        if csvs is None:
+            raise self.missing("the RAF-DB label file")
+        return "folders", csvs
 
     def faces(self, layout: str, files: list[Path]) -> tuple[Faces, dict]:
         return (self._basic(files[0]) if layout == "basic" else self._folders(files)), {}
 
     def _basic(self, label_file: Path) -> Faces:
         image_dir = label_file.parent.parent / "Image" / "aligned"
-        if not image_dir.is_dir():
-            raise missing(self.name, "the folder basic/Image/aligned", self.root(), LAYOUT)
+        self.folder(image_dir, "the folder basic/Image/aligned")
         faces: Faces = {"train": [], "test": []}
         for lineno, row in read_rows(label_file, delimiter=None):
             need_fields(row, 2, label_file, lineno, "'<image name> <label>'")
@@ -93,14 +85,11 @@ class RafDb(FileDataset):
         return faces
 
     def _folders(self, csvs: list[Path]) -> Faces:
-        root = self.root()
-        image_root = find_path(root, [f"{d}/train" for d in IMAGE_DIRS], "dir")
-        if image_root is None:
-            raise missing(self.name, "the image folder DATASET/train", root, LAYOUT)
+        image_root = self.find([f"{d}/train" for d in IMAGE_DIRS], "the image folder DATASET/train", "dir")
         faces: Faces = {}
         for split, csv_file in zip(("train", "test"), csvs):
-            faces[split] = []
-            for lineno, row in read_table(csv_file, ("image", "label"), header_required=False):
-                label = LABELS.lookup(row["label"], f"{csv_file}:{lineno}")
-                faces[split].append(Face(image_root.parent / split / row["label"] / row["image"], label))
+            faces[split] = [
+                Face(image_root.parent / split / row["label"] / row["image"], label)
+                for _, row, label in labelled_rows(csv_file, ("image", "label"), LABELS, "label")
+            ]
         return faces
