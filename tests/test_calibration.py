@@ -38,6 +38,7 @@ def test_the_table_shows_both_rows_and_their_difference():
     assert "| synthetic, trained x1 | 91.0 |" in text and "| difference, trained x1 | +1.8 |" in text
 
 
+@pytest.mark.slow  # launcher/process integration, ~25-45 s on 2 cores: `pytest -m slow`
 def test_the_script_trains_both_models_and_ends_with_the_gaps_as_json(tmp_path):
     tiny = [
         "dataset.image_size=24",

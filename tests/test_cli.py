@@ -152,6 +152,7 @@ def test_a_sweep_over_training_degradations_writes_one_run_per_job(tmp_path):
     assert [json.loads(p.read_text())["degrade"]["train"] for p in runs] == [["x1"], ["x4"]]
 
 
+@pytest.mark.slow  # launcher/process integration, ~25-45 s on 2 cores: `pytest -m slow`
 def test_the_local_parallel_launcher_runs_a_sweep(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli(
@@ -175,6 +176,7 @@ def test_console_script_entry_points_are_declared():
         assert name in text
 
 
+@pytest.mark.slow  # launcher/process integration, ~25-45 s on 2 cores: `pytest -m slow`
 def test_the_submitit_launcher_runs_a_sweep_through_its_local_executor(tmp_path):
     sweep = tmp_path / "sweep"
     overrides = tiny(tmp_path, "trainer.max_epochs=1", "dataset.num_train=56")

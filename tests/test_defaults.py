@@ -141,3 +141,16 @@ def test_every_method_config_is_checked():
         if path.stem not in checked:
             parents = [d for d in OmegaConf.load(path).get("defaults", []) if isinstance(d, str)]
             assert set(parents) & checked, f"{path.name} names no class and extends no checked method config"
+
+
+def test_a_run_made_before_a_method_option_existed_still_loads(tmp_path, caplog):
+    from lrfer.engine.loading import load_run_config
+
+    cfg = compose_cfg("method=isr")
+    old = OmegaConf.to_container(cfg)
+    del old["method"]["sr_gamma"]  # an option added after the run was made
+    (tmp_path / ".hydra").mkdir()
+    OmegaConf.save(OmegaConf.create(old), tmp_path / ".hydra" / "config.yaml")
+    loaded = load_run_config(tmp_path)
+    assert loaded.method.sr_gamma == cfg.method.sr_gamma
+    assert "sr_gamma" in caplog.text

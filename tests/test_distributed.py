@@ -107,6 +107,7 @@ def test_two_processes_match_one_process_for_a_multi_stage_method(toy_runs):
                 assert b[key] == pytest.approx(a[key], rel=1e-4)
 
 
+@pytest.mark.slow  # launcher/process integration, ~25-45 s on 2 cores: `pytest -m slow`
 def test_an_interrupted_torchrun_run_resumes_exactly(toy_runs):
     """Killed in the second stage's second epoch, then resumed: the same weights and metrics as ``two``."""
     tmp, common = toy_runs
@@ -123,6 +124,7 @@ def test_an_interrupted_torchrun_run_resumes_exactly(toy_runs):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow  # launcher/process integration, ~25-45 s on 2 cores: `pytest -m slow`
 def test_a_submitit_job_with_two_tasks_is_one_two_process_ddp_run(toy_runs):
     """launcher=submitit_local with tasks_per_node=2 (the SLURM launcher's path): one DDP training."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")

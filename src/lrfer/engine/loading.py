@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -9,6 +10,8 @@ from omegaconf import DictConfig, OmegaConf
 from lrfer.engine.checkpoint import load_checkpoint
 from lrfer.errors import UserError
 from lrfer.methods.base import Method
+
+log = logging.getLogger(__name__)
 
 
 def apply_overrides(cfg: DictConfig, overrides: list[str]) -> None:
@@ -64,9 +67,34 @@ def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> 
             cfg.model.pretrained = False
     if cfg.get("method") is not None and cfg.method.get("extractor_weights"):
         cfg.method.extractor_weights = None
+    fill_new_method_options(cfg)
     apply_overrides(cfg, overrides or [])
     validate_config(cfg, warn=False)
     return cfg
+
+
+def fill_new_method_options(cfg: DictConfig) -> None:
+    """Give a run made by an older lrfer the method options added since, at their current defaults.
+
+    Method options have no Python defaults (the method's config holds them), so a run folder written before
+    an option existed would not rebuild. Every option the run's config lacks is taken from the current
+    config of the same method (same ``_target_``) and logged; the options the run has keep their values.
+    """
+    from lrfer.config.compose import compose_config
+
+    method = cfg.get("method")
+    if method is None or not method.get("name"):
+        return
+    try:
+        current = compose_config([f"method={method.name}"]).method
+    except UserError:
+        return  # a method config renamed or removed: the run's own config is all there is
+    if current.get("_target_") != method.get("_target_"):
+        return
+    missing = [key for key in current if key not in method]
+    if missing:
+        cfg.method = OmegaConf.merge(current, method)
+        log.warning("the run predates method options %s: using their current defaults", ", ".join(missing))
 
 
 def load_method_weights(method: Method, run_dir: str | Path, checkpoint: str = "best") -> dict:
