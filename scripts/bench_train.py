@@ -53,7 +53,7 @@ from lrfer.compat import torchvision
 from lrfer.config import register_schemas
 from lrfer.data.degrade import parse_degradations
 from lrfer.engine.run import build_method, build_parts, method_context
-from lrfer.engine.trainer import Trainer, derive_seed
+from lrfer.engine.trainer import Trainer, derive_seed, resolve_device
 from lrfer.methods.base import Stage
 
 DEGRADATIONS = ["x1", "x2", "x4"]
@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> dict:
                 row = bench(method, size, args, Path(tmp))
                 results.append(row)
                 print(json.dumps(row), flush=True)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else args.device)
+    device = resolve_device(args.device)
     summary = {
         "results": results,
         "device": str(device),
