@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -105,7 +106,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     mean = torch.tensor(list(cfg.dataset.mean), device=device).view(1, -1, 1, 1)
     std = torch.tensor(list(cfg.dataset.std), device=device).view(1, -1, 1, 1)
     if args.detect:
-        return photos.predict_photos(args, cfg, context, method, device, list_images(args.inputs))
+        say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+        print(photos.predict_photos(args, cfg, context, method, device, list_images(args.inputs), say=say))
+        return None  # the console script exits 0 (sys.exit of a value would print it and exit 1)
 
     faces, skipped = [], 0
     for path in list_images(args.inputs):

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,9 +195,9 @@ def classify_photos(
 ) -> PhotoReport:
     """Detect, crop and classify every face of every photo; one row per face.
 
-    ``say`` receives one line per photo that is skipped or holds no face (default: stderr).
+    ``say`` receives one line per photo that is skipped or holds no face (default: a logged warning).
     """
-    say = say or (lambda line: print(line, file=sys.stderr, flush=True))
+    say = say or log.warning
     names = classifier.class_names
     report = PhotoReport(rows=[])
     taken: set[Path] = set()
@@ -271,10 +270,12 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise UserError(f"need --margin >= 0 and --max-pixels > 0, got {args.margin} and {args.max_pixels}")
 
 
-def predict_photos(args: argparse.Namespace, cfg, context, method, device, paths: Sequence[Path]) -> None:
+def predict_photos(
+    args: argparse.Namespace, cfg, context, method, device, paths: Sequence[Path], say=None
+) -> str:
     """``lrfer-predict --detect``: classify every face of the photos, write the CSV (and annotations).
 
-    Returns None, so that the console script exits 0 (``sys.exit`` of a list would print it and exit 1).
+    ``say`` receives the per-photo lines (see :func:`classify_photos`); returns the one-line summary.
     """
     detector = build_detector(
         DetectorConfig(model=args.detector_model, min_face=args.min_face, margin=args.margin)
@@ -285,7 +286,7 @@ def predict_photos(args: argparse.Namespace, cfg, context, method, device, paths
     )  # fmt: skip
     report = classify_photos(
         paths, detector, classifier, margin=args.margin, max_pixels=args.max_pixels,
-        annotate_dir=args.annotate, batch_size=args.batch_size,
+        annotate_dir=args.annotate, batch_size=args.batch_size, say=say,
     )  # fmt: skip
     write_rows(report.rows, args.out, classifier.class_names)
     line = (
@@ -295,4 +296,4 @@ def predict_photos(args: argparse.Namespace, cfg, context, method, device, paths
     )
     if args.annotate is not None:
         line += f"; {report.annotated} annotated photos -> {args.annotate}"
-    print(line)
+    return line
