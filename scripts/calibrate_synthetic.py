@@ -53,6 +53,11 @@ BASE_OVERRIDES = [
     "method=baseline",
     "dataset=synthetic",
     "dataset.image_size=100",
+    # the calibrated amount of data, pinned so that a change of the quick start's dataset size (64 px) does
+    # not move the calibration
+    "dataset.num_train=3000",
+    "dataset.num_val=500",
+    "dataset.num_test=1000",
     "logger=none",
     f"degrade.test=[{','.join(TESTS)}]",
 ]
@@ -81,6 +86,13 @@ def main(argv: list[str] | None = None) -> dict:
     run_dirs = {train: (args.out / f"train_{train}").resolve() for train in TRAINS}
     todo = [train for train, run_dir in run_dirs.items() if not (run_dir / "metrics.json").is_file()]
     for train in set(TRAINS) - set(todo):
+        info = json.loads((run_dirs[train] / "metrics.json").read_text()).get("dataset_info", {})
+        version = info.get("generator_version", "?")
+        if version != GENERATOR_VERSION:
+            raise UserError(
+                f"{run_dirs[train]} was trained on generator v{version} faces, "
+                f"this is v{GENERATOR_VERSION}: give a new --out or remove that folder"
+            )
         print(f"trained at {train} earlier ({run_dirs[train]})", flush=True)
     jobs = max(1, min(args.jobs, len(todo)))
     threads = [f"trainer.num_threads={max(1, (os.cpu_count() or 1) // jobs)}"] if jobs > 1 else []

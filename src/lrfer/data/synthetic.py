@@ -17,8 +17,9 @@ What varies (scaled by the knobs of :class:`SyntheticDifficulty`):
 * lighting: ambient level, a linear brightness gradient of random direction and strength, a colour cast;
 * background: base colour with a vertical gradient, soft- or sharp-edged rectangles and (sometimes)
   tilted stripes (all separable terms, so the whole background is one batched matrix product);
-* sharpness: edges are soft over 1 to ``max_edge_softness_px`` pixels, per face (some faces come from
-  sharper photos than others), so thin creases are crisp on some faces and faint on others;
+* sharpness: edges are soft over 1 to ``max_edge_softness_px`` pixels of a 100 px face (scaled with the
+  image size), per face (some faces come from sharper photos than others), so thin creases are crisp on
+  some faces and faint on others;
 * pixel noise: Gaussian luminance noise of random strength (cut at random offsets from a small bank of
   noise fields drawn per call, which is much faster than fresh noise for every image);
 * expression intensity: a face shows its class's cues at a random intensity in ``[min_cue_strength, 1]``
@@ -76,8 +77,10 @@ __all__ = [
 #: Version of the generator's look: raised whenever a change alters the faces drawn from a seed. Recorded in
 #: the dataset cache key and in every run's ``metrics.json`` (``dataset_info``), so results drawn from
 #: different generators are never mixed up. 1: the first generator (cues calibrated at 64 px by eye);
-#: 2: calibrated to RAF-DB's loss of accuracy with resolution (``scripts/calibrate_synthetic.py``).
-GENERATOR_VERSION = 2
+#: 2: per-class mouths, partner swaps and per-face sharpness, a first calibration to RAF-DB's loss of accuracy
+#: with resolution; 3: fewer swapped mouths (0.15) and softer edges (up to 10 px), the calibrated one
+#: (``scripts/calibrate_synthetic.py``, README "The synthetic faces").
+GENERATOR_VERSION = 3
 
 #: Class names in RAF-DB label order; ``num_classes=k`` uses the first ``k``.
 CLASS_NAMES = ("surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral")
@@ -88,6 +91,10 @@ MIN_IMAGE_SIZE = 16
 CHUNK_PIXELS = 2**22
 #: Width of the anti-aliasing ramp of shape edges, in pixels, of the sharpest faces.
 EDGE_SOFTNESS_PX = 1.0
+#: Image side at which ``SyntheticDifficulty.max_edge_softness_px`` is given (RAF-DB's source size, where the
+#: generator is calibrated); other sizes scale the softness with the side (at least EDGE_SOFTNESS_PX), so a
+#: face is as sharp, relative to its size, at 64 px as at 100 px.
+SOFTNESS_REFERENCE_SIZE = 100
 #: Noise fields per call; each has NOISE_BANK_MARGIN rows more than an image, which starts at a random
 #: offset into it (row and column: windows wrap along rows).
 NOISE_BANK_SIZE = 64
@@ -141,10 +148,11 @@ class SyntheticDifficulty:
     cue_jitter: float = 1.3
     #: Edges are soft over a width uniform in [EDGE_SOFTNESS_PX, max_edge_softness_px] pixels per face: some
     #: faces come from sharper photos than others (as in-the-wild datasets resize faces of every size).
-    max_edge_softness_px: float = 7.0
+    #: Pixels at SOFTNESS_REFERENCE_SIZE (100 px); other image sizes scale them (at least 1 px).
+    max_edge_softness_px: float = 10.0
     #: Probability that a face shows the mouth of its class's :data:`COARSE_PARTNER` instead of its own
     #: (its fine cues stay its class's): the coarse cue then misleads, only the fine cues tell.
-    coarse_swap: float = 0.3
+    coarse_swap: float = 0.15
 
     def __post_init__(self) -> None:
         if not 0 < self.min_scale <= self.max_scale:
@@ -522,7 +530,8 @@ class _Canvas:
         # (u, v) = R(-angle) ((x, y) - t) / scale
         self._u = (cos / s, sin / s, -(cos * tx + sin * ty) / s)
         self._v = (-sin / s, cos / s, (sin * tx - cos * ty) / s)
-        self.inv_px = _col(s * self.size / (2.0 * p["softness"]))
+        softness = (p["softness"] * (self.size / SOFTNESS_REFERENCE_SIZE)).clamp(min=EDGE_SOFTNESS_PX)
+        self.inv_px = _col(s * self.size / (2.0 * softness))
         # Multiplicative shading (creases, shadows), applied with the lighting at the end: one channel.
         self.shade = torch.ones(self.n, self.size, self.size)
 

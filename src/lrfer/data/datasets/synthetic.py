@@ -15,7 +15,7 @@ from lrfer.data.synthetic import CLASS_NAMES, GENERATOR_VERSION, make_synthetic_
 
 @dataclass
 class SyntheticDatasetConfig(DatasetConfig):
-    num_train: int = 3000
+    num_train: int = 2000
     num_val: int = 500
     num_test: int = 1000
     seed: int = 0
