@@ -62,7 +62,13 @@ def test_voting_rafdb_without_init_from_stops_with_one_line(tmp_path):
     with pytest.raises(UserError, match=r"method\.init_from must be given.*AffectNet.*init_from=none"):
         build_parts(cfg)
     proc = run_cli(
-        ["train.py", "experiment=voting/rafdb", "dataset=synthetic", f"paths.cache_dir={tmp_path}"]
+        [
+            "train.py",
+            "experiment=voting/rafdb",
+            "dataset=synthetic",
+            f"paths.cache_dir={tmp_path}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ]
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]

@@ -44,8 +44,11 @@ def test_model_stats_reproduce_voting_table2_within_two_percent(size, split_afte
     assert abs(stats["saved_mb"] / saved_mb - 1) < 0.02
 
 
-def test_meta_device_counts_equal_the_cpu_counts():
-    cfg = compose_config(["method=efc", "input_size=20"])
+@pytest.mark.parametrize(
+    "overrides", [["method=efc", "input_size=20"], ["method=gmenet", "method.width=8", "input_size=32"]]
+)
+def test_meta_device_counts_equal_the_cpu_counts(overrides):
+    cfg = compose_config(overrides)
     assert model_stats(cfg, device="meta") == model_stats(cfg, device="cpu")
 
 

@@ -200,7 +200,8 @@ def _check_rabn(backbone: torch.nn.Module, state: dict) -> None:
 
 def test_cli_resnet50_file_stops_with_one_line_and_no_traceback(tmp_path):
     torch.save({"state_dict": torchvision.models.resnet50().state_dict(), "epoch": 1}, tmp_path / "r50.pth")
-    proc = run_cli(["train.py", *tiny(tmp_path, f"model.weights={tmp_path / 'r50.pth'}")])
+    args = tiny(tmp_path, f"model.weights={tmp_path / 'r50.pth'}", f"hydra.run.dir={tmp_path / 'run'}")
+    proc = run_cli(["train.py", *args])
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "does not fit this resnet18" in errors[0]

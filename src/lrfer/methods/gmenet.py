@@ -200,15 +200,18 @@ class GMENetMethod(Method):
 
     # -- training / prediction --------
     def _student_input(self, images: torch.Tensor, factor: torch.Tensor | None) -> torch.Tensor:
-        """Gaussian-blur the low-resolution rows (factor > 1; all rows when the factor is unknown)."""
+        """Gaussian-blur the low-resolution rows (factor > 1; all rows when the factor is unknown).
+
+        Every row is blurred and the native ones are put back with ``torch.where``: no data-dependent branch,
+        so no host-device synchronisation in the training step (and shapes-only runs on the meta device work).
+        """
         if self.lr_blur_sigma <= 0:
             return images
+        blurred = gaussian_blur(images, self.lr_blur_sigma)
         if factor is None:
-            return gaussian_blur(images, self.lr_blur_sigma)
+            return blurred
         low = factor.float() > 1.0 + 1e-6
-        if not bool(low.any()):
-            return images
-        return torch.where(low[:, None, None, None], gaussian_blur(images, self.lr_blur_sigma), images)
+        return torch.where(low[:, None, None, None], blurred, images)
 
     def training_step(self, batch: Batch, stage: Stage, step: str) -> dict[str, torch.Tensor]:
         if stage.name == "teacher":
