@@ -11,6 +11,7 @@ from conftest import run_cli, tiny
 from lrfer.config import compose_config
 from lrfer.engine.export import export_run
 from lrfer.engine.model_stats import model_stats
+from lrfer.errors import UserError
 from lrfer.report.folds import aggregate_folds
 
 
@@ -110,3 +111,9 @@ def test_aggregate_folds_merges_one_method_per_resolution_into_one_row(tmp_path)
     assert list(summary) == ["efc (synthetic)"]
     assert summary["efc (synthetic)"]["folds"] == 2
     assert summary["efc (synthetic)"]["10px"]["mean"] == pytest.approx(50.0)
+
+
+def test_meta_device_on_a_method_with_data_dependent_routing_stops_with_one_clear_error():
+    cfg = compose_config(["method=drgfer", "input_size=16"])
+    with pytest.raises(UserError, match=r"--device meta cannot count method=drgfer.*use --device cpu"):
+        model_stats(cfg, device="meta")

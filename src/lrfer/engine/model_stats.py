@@ -67,8 +67,20 @@ def model_stats(cfg: DictConfig, batch: int = 2, device: str = "cpu") -> dict:
         raise UserError("--batch must be at least 1")
     if device not in ("cpu", "meta"):
         raise UserError(f"--device must be cpu or meta, got {device!r}")
-    with torch.device(device):
+    if device == "cpu":
         return _stats(cfg, batch)
+    try:
+        with torch.device("meta"):
+            return _stats(cfg, batch)
+    except UserError:
+        raise
+    except Exception as err:  # an op without a shapes-only kernel, a data-dependent step, ...
+        cause = err.__cause__ or err  # Hydra wraps a constructor's error
+        first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        raise UserError(
+            f"--device meta cannot count method={cfg.method.name} from shapes alone ({first[:160]}): "
+            "use --device cpu"
+        ) from None
 
 
 def _stats(cfg: DictConfig, batch: int) -> dict:
