@@ -16,7 +16,19 @@ from lrfer.config import compose_config, register_schemas
 REPO = Path(__file__).resolve().parents[1]
 
 register_schemas()
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+#: True in a pytest-xdist worker (``-n auto``, the default in pyproject.toml). Each worker trains with one
+#: intra-op thread, and so do the command-line runs it starts: on a 2-core machine two one-thread workers get
+#: through the suite faster than one two-thread process, whose OpenMP threads wait on each other.
+XDIST_WORKER = "PYTEST_XDIST_WORKER" in os.environ
+#: ``-n auto`` starts one worker per core, at most this many (the FSR-FER tests need a few GB each).
+MAX_WORKERS = 4
+torch.set_num_threads(1 if XDIST_WORKER else min(2, os.cpu_count() or 1))
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """Workers for ``-n auto``: the cores, at most :data:`MAX_WORKERS`."""
+    return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
+
 
 #: The factors FSR-FER and its image-SR baselines train and test on (configs/degrade/fsrfer.yaml).
 FSR_FACTORS = ["x2", "x3", "x4", "x5", "x6", "x7", "x8"]
@@ -85,6 +97,8 @@ def tiny(tmp: Path, *extra: str) -> list[str]:
 def run_cli(args: list[str], cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run a command-line entry (``train.py ...`` or a script) in a fresh Python process."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
+    if XDIST_WORKER:
+        env.setdefault("OMP_NUM_THREADS", "1")
     return subprocess.run(
         [sys.executable, *args], cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout, env=env
     )
