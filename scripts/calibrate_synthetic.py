@@ -33,7 +33,7 @@ from lrfer.config.compose import compose_config, merge_overrides
 from lrfer.data.synthetic import GENERATOR_VERSION
 from lrfer.engine.checkpoint import write_json
 from lrfer.engine.latency import cpu_model
-from lrfer.engine.launch import train_in_subprocess
+from lrfer.engine.launch import finished_run, train_in_subprocess
 from lrfer.errors import UserError, exit_on_user_error
 from lrfer.report.calibration import (
     CALIBRATION_CELLS,
@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     start = time.perf_counter()
     run_dirs = {train: (args.out / f"train_{train}").resolve() for train in TRAINS}
-    todo = [train for train, run_dir in run_dirs.items() if not (run_dir / "metrics.json").is_file()]
+    wanted = {train: merge_overrides(base, [f"degrade.train=[{train}]"], args.overrides) for train in TRAINS}
+    todo = [train for train in TRAINS if not finished_run(run_dirs[train], wanted[train])]
     for train in set(TRAINS) - set(todo):
         info = json.loads((run_dirs[train] / "metrics.json").read_text()).get("dataset_info", {})
         version = info.get("generator_version", "?")

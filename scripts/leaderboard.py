@@ -29,7 +29,7 @@ import torch
 from lrfer.config.compose import compose_config, merge_overrides
 from lrfer.engine.checkpoint import write_json
 from lrfer.engine.latency import cpu_model
-from lrfer.engine.launch import train_in_subprocess
+from lrfer.engine.launch import finished_run, train_in_subprocess
 from lrfer.engine.loading import load_run_config
 from lrfer.engine.model_stats import method_cost
 from lrfer.errors import UserError, exit_on_user_error
@@ -68,10 +68,10 @@ def main(argv: list[str] | None = None) -> dict:
         scaled = budget_overrides(spec, budget, base)
         for seed in range(args.seeds):
             run_dir = (out / "runs" / name / f"seed{seed}").resolve()
-            if (run_dir / "metrics.json").is_file():
+            overrides = merge_overrides(spec["overrides"], scaled, base, [f"seed={seed}"])
+            if finished_run(run_dir, overrides):
                 print(f"{name} seed {seed}: finished earlier ({run_dir})", flush=True)
                 continue
-            overrides = merge_overrides(spec["overrides"], scaled, base, [f"seed={seed}"])
             ok, seconds = train_in_subprocess(overrides, run_dir)
             print(f"{name} seed {seed}: {'done' if ok else 'FAILED'} in {seconds / 60:.1f} min", flush=True)
             if not ok:
@@ -79,7 +79,11 @@ def main(argv: list[str] | None = None) -> dict:
         first = out / "runs" / name / "seed0"
         cost_file = out / "runs" / name / "cost.json"
         if (first / "metrics.json").is_file() and not cost_file.is_file():
-            write_json(method_cost(load_run_config(first), protocol["latency"]), cost_file)
+            try:
+                write_json(method_cost(load_run_config(first), protocol["latency"]), cost_file)
+            except UserError as err:  # one method's cost must not stop the other methods' runs
+                print(f"{name}: cost not measured: {err}", flush=True)
+                failed.append(f"{name}/cost ({err})")
 
     results = collect(out, methods)
     labels = sorted({lbl for r in results for lbl in r.accuracies})

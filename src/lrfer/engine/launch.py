@@ -12,6 +12,10 @@ import sys
 import time
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
+from lrfer.errors import UserError
+
 
 def train_in_subprocess(overrides: list[str], run_dir: Path) -> tuple[bool, float]:
     """``python -m lrfer.cli.train OVERRIDES hydra.run.dir=RUN_DIR``, its output appended to
@@ -25,3 +29,31 @@ def train_in_subprocess(overrides: list[str], run_dir: Path) -> tuple[bool, floa
         log.flush()
         proc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
     return proc.returncode == 0, time.perf_counter() - start
+
+
+#: Overrides that say how a run was executed, not what it trained: not compared by :func:`finished_run`.
+HOW_NOT_WHAT = ("trainer.resume=", "trainer.num_threads=")
+
+
+def finished_run(run_dir: Path, overrides: list[str]) -> bool:
+    """Whether ``run_dir`` holds a finished run of ``overrides`` (one to reuse, not to train again).
+
+    A finished run (``metrics.json``) made with other overrides (``.hydra/overrides.yaml``: another protocol,
+    budget or seed) is never silently reused: :class:`~lrfer.errors.UserError` says which overrides differ.
+    """
+    if not (run_dir / "metrics.json").is_file():
+        return False
+    recorded_file = run_dir / ".hydra" / "overrides.yaml"
+    if not recorded_file.is_file():
+        raise UserError(
+            f"{run_dir} has a metrics.json but no .hydra/overrides.yaml: give a new output folder"
+        )
+    recorded = {str(o) for o in OmegaConf.load(recorded_file) if not str(o).startswith(HOW_NOT_WHAT)}
+    wanted = {o for o in overrides if not o.startswith(HOW_NOT_WHAT)}
+    if recorded != wanted:
+        differ = sorted(recorded ^ wanted)
+        raise UserError(
+            f"{run_dir} was trained with other overrides ({', '.join(differ[:4])}"
+            f"{' ...' if len(differ) > 4 else ''}): give a new output folder or remove that run"
+        )
+    return True

@@ -1,0 +1,40 @@
+"""Which run folders the multi-run scripts (leaderboard, calibration) reuse instead of training again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from lrfer.engine.launch import finished_run
+from lrfer.errors import UserError
+
+OVERRIDES = ["method=baseline", "method.epochs=1", "seed=0"]
+
+
+def _run(tmp_path: Path, recorded: list[str], finished: bool = True) -> Path:
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(recorded), run_dir / ".hydra" / "overrides.yaml")
+    if finished:
+        (run_dir / "metrics.json").write_text("{}")
+    return run_dir
+
+
+def test_a_finished_run_of_the_same_overrides_is_reused(tmp_path):
+    assert finished_run(_run(tmp_path, [*OVERRIDES, "trainer.resume=true"]), OVERRIDES)
+
+
+def test_an_unfinished_run_is_trained(tmp_path):
+    assert not finished_run(_run(tmp_path, OVERRIDES, finished=False), OVERRIDES)
+
+
+def test_how_many_threads_a_run_used_does_not_matter(tmp_path):
+    assert finished_run(_run(tmp_path, [*OVERRIDES, "trainer.num_threads=1"]), OVERRIDES)
+
+
+def test_a_finished_run_of_other_overrides_is_refused_naming_the_difference(tmp_path):
+    run_dir = _run(tmp_path, ["method=baseline", "method.epochs=8", "seed=0"])
+    with pytest.raises(UserError, match=r"other overrides \(method\.epochs=1, method\.epochs=8\)"):
+        finished_run(run_dir, OVERRIDES)
