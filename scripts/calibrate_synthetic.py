@@ -99,8 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
     threads = [f"trainer.num_threads={max(1, (os.cpu_count() or 1) // jobs)}"] if jobs > 1 else []
 
     def train_at(train: str) -> None:
-        overrides = merge_overrides(base, threads, [f"degrade.train=[{train}]"], args.overrides)
-        ok, seconds = train_in_subprocess(overrides, run_dirs[train])
+        ok, seconds = train_in_subprocess(merge_overrides(threads, wanted[train]), run_dirs[train])
         if not ok:
             raise UserError(f"the {train}-trained run failed: see {run_dirs[train].with_suffix('.log')}")
         print(f"trained at {train} in {seconds / 60:.1f} min ({run_dirs[train]})", flush=True)
