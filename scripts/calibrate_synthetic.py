@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from lrfer.config.compose import compose_config, merge_overrides
+from lrfer.data.datasets import build_adapter
 from lrfer.data.synthetic import GENERATOR_VERSION
 from lrfer.engine.checkpoint import write_json
 from lrfer.engine.latency import cpu_model
@@ -85,15 +86,9 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     run_dirs = {train: (args.out / f"train_{train}").resolve() for train in TRAINS}
     wanted = {train: merge_overrides(base, [f"degrade.train=[{train}]"], args.overrides) for train in TRAINS}
-    todo = [train for train in TRAINS if not finished_run(run_dirs[train], wanted[train])]
+    provenance = build_adapter(cfg.dataset).provenance()  # the generator version: other faces, other runs
+    todo = [train for train in TRAINS if not finished_run(run_dirs[train], wanted[train], provenance)]
     for train in set(TRAINS) - set(todo):
-        info = json.loads((run_dirs[train] / "metrics.json").read_text()).get("dataset_info", {})
-        version = info.get("generator_version", "?")
-        if version != GENERATOR_VERSION:
-            raise UserError(
-                f"{run_dirs[train]} was trained on generator v{version} faces, "
-                f"this is v{GENERATOR_VERSION}: give a new --out or remove that folder"
-            )
         print(f"trained at {train} earlier ({run_dirs[train]})", flush=True)
     jobs = max(1, min(args.jobs, len(todo)))
     threads = [f"trainer.num_threads={max(1, (os.cpu_count() or 1) // jobs)}"] if jobs > 1 else []

@@ -38,3 +38,18 @@ def test_a_finished_run_of_other_overrides_is_refused_naming_the_difference(tmp_
     run_dir = _run(tmp_path, ["method=baseline", "method.epochs=8", "seed=0"])
     with pytest.raises(UserError, match=r"other overrides \(method\.epochs=1, method\.epochs=8\)"):
         finished_run(run_dir, OVERRIDES)
+
+
+def test_a_finished_run_of_another_face_generator_is_refused(tmp_path):
+    run_dir = _run(tmp_path, OVERRIDES)
+    (run_dir / "metrics.json").write_text('{"dataset_info": {"generated": true, "generator_version": 2}}')
+    assert finished_run(run_dir, OVERRIDES, {})
+    with pytest.raises(UserError, match="generator_version=2, this is 3"):
+        finished_run(run_dir, OVERRIDES, {"generator_version": 3})
+
+
+def test_the_synthetic_faces_name_their_generator_version_as_provenance():
+    from lrfer.data.datasets.synthetic import SyntheticFaces
+    from lrfer.data.synthetic import GENERATOR_VERSION
+
+    assert SyntheticFaces({"seed": 0}).provenance() == {"generator_version": GENERATOR_VERSION}

@@ -6,6 +6,7 @@ interrupted series resume: a run folder with ``checkpoints/last.pt`` continues w
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -35,11 +36,13 @@ def train_in_subprocess(overrides: list[str], run_dir: Path) -> tuple[bool, floa
 HOW_NOT_WHAT = ("trainer.resume=", "trainer.num_threads=")
 
 
-def finished_run(run_dir: Path, overrides: list[str]) -> bool:
+def finished_run(run_dir: Path, overrides: list[str], dataset_info: dict | None = None) -> bool:
     """Whether ``run_dir`` holds a finished run of ``overrides`` (one to reuse, not to train again).
 
     A finished run (``metrics.json``) made with other overrides (``.hydra/overrides.yaml``: another protocol,
     budget or seed) is never silently reused: :class:`~lrfer.errors.UserError` says which overrides differ.
+    ``dataset_info`` (e.g. ``{"generator_version": 3}``) must also match the run's ``metrics.json``
+    ``dataset_info`` key by key: the same overrides drawn by another synthetic-face generator are other faces.
     """
     if not (run_dir / "metrics.json").is_file():
         return False
@@ -56,4 +59,11 @@ def finished_run(run_dir: Path, overrides: list[str]) -> bool:
             f"{run_dir} was trained with other overrides ({', '.join(differ[:4])}"
             f"{' ...' if len(differ) > 4 else ''}): give a new output folder or remove that run"
         )
+    recorded_info = json.loads((run_dir / "metrics.json").read_text()).get("dataset_info", {})
+    for key, value in (dataset_info or {}).items():
+        if recorded_info.get(key) != value:
+            raise UserError(
+                f"{run_dir} was made with dataset {key}={recorded_info.get(key)}, this is {value}: "
+                "give a new output folder or remove that run"
+            )
     return True

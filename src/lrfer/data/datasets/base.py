@@ -32,6 +32,11 @@ class DatasetAdapter:
         """The files whose size and modification time identify this copy of the dataset."""
         return []
 
+    def provenance(self) -> dict:
+        """What identifies these faces beyond the config (recorded in every run's ``dataset_info``): a run
+        whose ``dataset_info`` differs in these keys was trained on other faces. Empty for files on disk."""
+        return {}
+
     # -- shared --------
     def options(self) -> dict:
         """Config values that change the decoded cache (all but the ones that only affect training)."""

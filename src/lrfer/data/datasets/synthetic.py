@@ -38,6 +38,9 @@ class SyntheticFaces(DatasetAdapter):
             "generator": hashlib.sha1(source).hexdigest()[:16],
         }
 
+    def provenance(self) -> dict:
+        return {"generator_version": GENERATOR_VERSION}
+
     def load(self) -> FaceData:
         cfg = self.cfg
         counts = {"train": cfg.num_train, "val": cfg.num_val, "test": cfg.num_test}
@@ -53,5 +56,5 @@ class SyntheticFaces(DatasetAdapter):
             "synthetic",
             list(CLASS_NAMES[: cfg.num_classes]),
             splits,
-            {"generated": True, "generator_version": GENERATOR_VERSION},
+            {"generated": True, **self.provenance()},
         )
