@@ -22,20 +22,37 @@ import json
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
 from lrfer.config.compose import compose_config, merge_overrides
+from lrfer.data.datasets import build_adapter
 from lrfer.engine.checkpoint import write_json
 from lrfer.engine.latency import cpu_model
 from lrfer.engine.launch import finished_run, train_in_subprocess
 from lrfer.engine.loading import load_run_config
 from lrfer.engine.model_stats import method_cost
 from lrfer.errors import UserError, exit_on_user_error
-from lrfer.report.leaderboard import budget_overrides, collect, load_protocol, write_leaderboard
+from lrfer.report.leaderboard import (
+    budget_overrides,
+    collect,
+    load_protocol,
+    previous_calls,
+    provenance_notes,
+    write_leaderboard,
+)
 
 DEFAULT_PROTOCOL = Path(__file__).resolve().parents[1] / "experiments" / "leaderboard" / "protocol.yaml"
+
+
+def default_jobs(device: str) -> int:
+    """Runs trained at once: one per core on a CPU (independent runs scale better than one run's threads
+    across cores), one on a GPU (the runs would share it)."""
+    on_gpu = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    return 1 if on_gpu else os.cpu_count() or 1
 
 
 @exit_on_user_error
@@ -47,6 +64,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=Path("leaderboard"), help="output folder")
     parser.add_argument("--budget", type=float, default=None, help="epoch factor (default: the protocol's)")
     parser.add_argument("--protocol", type=Path, default=DEFAULT_PROTOCOL)
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="runs trained at once, each on cores/jobs threads (default: one per core on a CPU, 1 on a GPU)",
+    )
     args = parser.parse_args(argv)
     if args.seeds < 1:
         raise UserError("--seeds must be at least 1")
@@ -57,50 +80,86 @@ def main(argv: list[str] | None = None) -> dict:
         raise UserError(f"unknown method(s) {unknown}: the protocol has {', '.join(protocol['methods'])}")
     budget = float(args.budget if args.budget is not None else protocol["budget"])
     test = "[" + ",".join(protocol["test"]) + "]"
-    base = merge_overrides(protocol["common"], [f"degrade.test={test}"], args.overrides)
-    dataset = compose_config(base).dataset.name  # also checks the overrides before anything trains
+    dataset = compose_config(merge_overrides(protocol["common"], args.overrides)).dataset.name
+    own = protocol["datasets"].get(dataset, [])  # e.g. the synthetic faces' test-split size
+    base = merge_overrides(protocol["common"], own, [f"degrade.test={test}"], args.overrides)
+    cfg = compose_config(base)  # also checks the overrides before anything trains
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
 
+    provenance = build_adapter(cfg.dataset).provenance()  # e.g. the synthetic generator's version
+    jobs_wanted = args.jobs if args.jobs is not None else default_jobs(cfg.trainer.device)
+    if jobs_wanted < 1:
+        raise UserError(f"--jobs must be at least 1, got {jobs_wanted}")
+
     start, failed = time.perf_counter(), []
+    todo = []  # (method, seed, run folder, overrides), method by method: a method's seeds train side by side
     for name in methods:
         spec = protocol["methods"][name]
         scaled = budget_overrides(spec, budget, base)
         for seed in range(args.seeds):
             run_dir = (out / "runs" / name / f"seed{seed}").resolve()
             overrides = merge_overrides(spec["overrides"], scaled, base, [f"seed={seed}"])
-            if finished_run(run_dir, overrides):
+            if finished_run(run_dir, overrides, provenance):
                 print(f"{name} seed {seed}: finished earlier ({run_dir})", flush=True)
-                continue
-            ok, seconds = train_in_subprocess(overrides, run_dir)
-            print(f"{name} seed {seed}: {'done' if ok else 'FAILED'} in {seconds / 60:.1f} min", flush=True)
-            if not ok:
-                failed.append(f"{name}/seed{seed} (see {run_dir.with_suffix('.log')})")
+            else:
+                todo.append((name, seed, run_dir, overrides))
+    jobs = max(1, min(jobs_wanted, len(todo)))
+    threads = [f"trainer.num_threads={max(1, (os.cpu_count() or 1) // jobs)}"] if jobs > 1 else []
+
+    def train(run: tuple[str, int, Path, list[str]]) -> None:
+        name, seed, run_dir, overrides = run
+        ok, seconds = train_in_subprocess(merge_overrides(threads, overrides), run_dir)
+        print(f"{name} seed {seed}: {'done' if ok else 'FAILED'} in {seconds / 60:.1f} min", flush=True)
+        if not ok:
+            failed.append(f"{name}/seed{seed} (see {run_dir.with_suffix('.log')})")
+
+    print(f"{len(todo)} run(s) to train, {jobs} at a time", flush=True)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        list(pool.map(train, todo))
+    train_wall = time.perf_counter() - start
+
+    # Costs after all training: the latency column is timed with nothing else running on the machine.
+    for name in methods:
         first = out / "runs" / name / "seed0"
         cost_file = out / "runs" / name / "cost.json"
         if (first / "metrics.json").is_file() and not cost_file.is_file():
             try:
                 write_json(method_cost(load_run_config(first), protocol["latency"]), cost_file)
-            except UserError as err:  # one method's cost must not stop the other methods' runs
+            except UserError as err:  # one method's cost must not stop the other methods' costs
                 print(f"{name}: cost not measured: {err}", flush=True)
                 failed.append(f"{name}/cost ({err})")
 
+    calls = [
+        *previous_calls(out / "leaderboard.json"),
+        {
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "command": " ".join(["python scripts/leaderboard.py", *(sys.argv[1:] if argv is None else argv)]),
+            "runs_trained": len(todo),
+            "jobs": jobs,
+            "wall_s": round(time.perf_counter() - start, 1),
+        },
+    ]
+    machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__}
     results = collect(out, methods)
     labels = sorted({lbl for r in results for lbl in r.accuracies})
     data = "SYNTHETIC faces (not real data)" if dataset == "synthetic" else dataset
     title = f"lrfer leaderboard on {data}, budget {budget:g}, {args.seeds} seed(s)"
-    md = write_leaderboard(results, labels, out, title)
+    md = write_leaderboard(results, labels, out, title, provenance_notes(calls, machine))
     summary = {
         "dataset": dataset,
         "budget": budget,
         "seeds": args.seeds,
         "methods": methods,
         "overrides": args.overrides,
-        "wall_s_this_call": round(time.perf_counter() - start, 1),
+        "jobs": jobs,
+        "wall_s_this_call": calls[-1]["wall_s"],
+        "train_wall_s_this_call": round(train_wall, 1),
         "train_s_total": round(sum(sum(r.durations) for r in results), 1),
+        "calls": calls,
         "failed": failed,
         "table": str(md),
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count()},
+        "machine": machine,
         "torch": torch.__version__,
     }
     write_json(summary, out / "leaderboard.json")

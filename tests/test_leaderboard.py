@@ -84,3 +84,40 @@ def test_face_side_of_plain_labels_only():
 def test_unknown_method_stops_with_one_line(tmp_path):
     proc = run_cli(["scripts/leaderboard.py", "--methods", "nope", "--out", str(tmp_path)])
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "nope" in proc.stderr
+
+
+def test_the_table_states_machine_wall_time_and_command(board):
+    out, _, _ = board
+    text = (out / "leaderboard.md").read_text()
+    assert "Machine: " in text and "Wall time: " in text and "python scripts/leaderboard.py" in text
+    summary = json.loads((out / "leaderboard.json").read_text())
+    assert summary["calls"][0]["runs_trained"] == 2 and summary["calls"][0]["jobs"] >= 1
+
+
+def test_every_call_that_filled_a_folder_counts_in_its_wall_time(tmp_path):
+    from lrfer.report.leaderboard import previous_calls, provenance_notes
+
+    summary = tmp_path / "leaderboard.json"
+    assert previous_calls(summary) == []
+    summary.write_text(json.dumps({"calls": [{"wall_s": 600.0, "runs_trained": 4, "jobs": 2}]}))
+    calls = [*previous_calls(summary), {"wall_s": 60.0, "runs_trained": 0, "jobs": 1}]
+    notes = provenance_notes(calls, {"cpu": "some CPU", "cores": 2, "torch": "2.x"})
+    assert "Wall time: 11.0 min in 2 call(s)" in notes[1]
+    summary.write_text("{not json")
+    with pytest.raises(UserError, match="not valid JSON"):
+        previous_calls(summary)
+
+
+@pytest.mark.parametrize("dataset", ["synthetic", "rafdb", "ferplus", "fer2013", "affectnet", "kdef", "expw"])
+def test_the_protocol_composes_for_every_method_on_every_dataset(dataset):
+    """The default protocol works on a real dataset unchanged: its common and per-dataset overrides never
+    name a key that only the synthetic faces have."""
+    from lrfer.config.compose import compose_config
+
+    protocol = load_protocol("experiments/leaderboard/protocol.yaml")
+    own = protocol["datasets"].get(dataset, [])
+    for name, spec in protocol["methods"].items():
+        cfg = compose_config(
+            merge_overrides(protocol["common"], own, [f"dataset={dataset}"], spec["overrides"])
+        )
+        assert cfg.dataset.name == dataset and cfg.method.name == name

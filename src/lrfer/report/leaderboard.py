@@ -22,6 +22,7 @@ from lrfer.errors import UserError
 from lrfer.report.tables import degradation_sort_key
 
 PROTOCOL_KEYS = {"test", "budget", "common", "latency", "methods"}
+OPTIONAL_PROTOCOL_KEYS = {"datasets"}  # dataset name -> overrides for that dataset only (after common)
 
 
 def load_protocol(path: str | Path) -> dict:
@@ -32,10 +33,11 @@ def load_protocol(path: str | Path) -> dict:
             f"protocol file {path} not found: pass --protocol experiments/leaderboard/protocol.yaml"
         )
     protocol = OmegaConf.to_container(OmegaConf.load(path))
-    unknown = set(protocol) - PROTOCOL_KEYS
+    unknown = set(protocol) - PROTOCOL_KEYS - OPTIONAL_PROTOCOL_KEYS
     missing = PROTOCOL_KEYS - set(protocol)
     if unknown or missing:
         raise UserError(f"{path}: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}")
+    protocol.setdefault("datasets", {})
     for name, spec in protocol["methods"].items():
         if not spec.get("overrides"):
             raise UserError(f"{path}: method {name} has no overrides (e.g. [method={name}])")
@@ -121,8 +123,55 @@ def _cost_cells(r: MethodResult) -> list[str]:
 COST_COLUMNS = ["params (M)", "GMACs", "CPU ms", "train min", "input"]
 
 
-def write_leaderboard(results: list[MethodResult], labels: list[str], out: Path, title: str) -> Path:
-    """Write ``leaderboard.md``, ``.csv`` and ``.png`` under ``out``; returns the markdown path."""
+def previous_calls(summary_file: Path) -> list[dict]:
+    """The calls of ``scripts/leaderboard.py`` that filled this output folder before (from its
+    ``leaderboard.json``): a table trained over several calls states every call's wall time."""
+    if not summary_file.is_file():
+        return []
+    try:
+        summary = json.loads(summary_file.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(
+            f"{summary_file} is not valid JSON ({err}): remove it to start its call history anew"
+        ) from None
+    if "calls" in summary:
+        return list(summary["calls"])
+    if "wall_s_this_call" in summary:  # written before the call history existed
+        return [{"wall_s": summary["wall_s_this_call"], "jobs": summary.get("jobs")}]
+    return []
+
+
+def provenance_notes(calls: list[dict], machine: dict) -> list[str]:
+    """Lines under the table: where, with what and how long it was made (every call that trained runs)."""
+    wall = sum(c["wall_s"] for c in calls) / 60
+    commands = sorted({c["command"] for c in calls if c.get("command")})
+
+    def one(call: dict) -> str:
+        parts = [f"{call['wall_s'] / 60:.1f} min"]
+        if call.get("runs_trained") is not None:
+            parts.append(f"{call['runs_trained']} run(s) trained")
+        if call.get("jobs"):
+            parts.append(f"{call['jobs']} at a time")
+        if call.get("date"):
+            parts.append(call["date"])
+        return ", ".join(parts)
+
+    lines = [
+        f"Machine: {machine['cpu']} ({machine['cores']} cores), torch {machine['torch']}.",
+        f"Wall time: {wall:.1f} min in {len(calls)} call(s) of the script ("
+        + "; ".join(one(c) for c in calls)
+        + "), the cost columns included.",
+    ]
+    if commands:
+        lines.append("Command(s): " + "; ".join(f"`{c}`" for c in commands) + ".")
+    return lines
+
+
+def write_leaderboard(
+    results: list[MethodResult], labels: list[str], out: Path, title: str, notes: list[str] | None = None
+) -> Path:
+    """Write ``leaderboard.md``, ``.csv`` and ``.png`` under ``out``; returns the markdown path. ``notes``:
+    lines under the table (machine, wall time, command)."""
     labels = sorted(labels, key=degradation_sort_key)
     seeds = max((len(v) for r in results for v in r.accuracies.values()), default=0)
     head = ["method", "seeds", *COST_COLUMNS, *labels]
@@ -137,6 +186,8 @@ def write_leaderboard(results: list[MethodResult], labels: list[str], out: Path,
         "multiply-accumulates per image at the method's input, CPU batch-1 latency, training wall time "
         "per run.",
     ]
+    if notes:
+        lines += ["", *notes]
     md = out / "leaderboard.md"
     md.write_text("\n".join(lines) + "\n")
     with (out / "leaderboard.csv").open("w", newline="") as f:
