@@ -24,7 +24,6 @@ import json
 import os
 import resource
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -34,7 +33,7 @@ from lrfer.data.datasets import build_adapter
 from lrfer.data.synthetic import GENERATOR_VERSION
 from lrfer.engine.checkpoint import write_json
 from lrfer.engine.latency import cpu_model
-from lrfer.engine.launch import finished_run, train_in_subprocess
+from lrfer.engine.launch import finished_run, train_side_by_side
 from lrfer.errors import UserError, exit_on_user_error
 from lrfer.report.calibration import (
     CALIBRATION_CELLS,
@@ -90,17 +89,14 @@ def main(argv: list[str] | None = None) -> dict:
     todo = [train for train in TRAINS if not finished_run(run_dirs[train], wanted[train], provenance)]
     for train in set(TRAINS) - set(todo):
         print(f"trained at {train} earlier ({run_dirs[train]})", flush=True)
-    jobs = max(1, min(args.jobs, len(todo)))
-    threads = [f"trainer.num_threads={max(1, (os.cpu_count() or 1) // jobs)}"] if jobs > 1 else []
 
-    def train_at(train: str) -> None:
-        ok, seconds = train_in_subprocess(merge_overrides(threads, wanted[train]), run_dirs[train])
+    def trained(index: int, ok: bool, seconds: float) -> None:
+        train = todo[index]
         if not ok:
             raise UserError(f"the {train}-trained run failed: see {run_dirs[train].with_suffix('.log')}")
         print(f"trained at {train} in {seconds / 60:.1f} min ({run_dirs[train]})", flush=True)
 
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        list(pool.map(train_at, todo))
+    train_side_by_side([(wanted[t], run_dirs[t]) for t in todo], args.jobs, trained)
     wall = time.perf_counter() - start
     synthetic: dict[str, dict[str, float]] = {}
     for train, run_dir in run_dirs.items():

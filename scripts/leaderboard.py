@@ -22,7 +22,6 @@ import json
 import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from lrfer.config.compose import compose_config, merge_overrides
 from lrfer.data.datasets import build_adapter
 from lrfer.engine.checkpoint import write_json
 from lrfer.engine.latency import cpu_model
-from lrfer.engine.launch import finished_run, train_in_subprocess
+from lrfer.engine.launch import finished_run, train_side_by_side
 from lrfer.engine.loading import load_run_config
 from lrfer.engine.model_stats import method_cost
 from lrfer.errors import UserError, exit_on_user_error
@@ -104,19 +103,15 @@ def main(argv: list[str] | None = None) -> dict:
                 print(f"{name} seed {seed}: finished earlier ({run_dir})", flush=True)
             else:
                 todo.append((name, seed, run_dir, overrides))
-    jobs = max(1, min(jobs_wanted, len(todo)))
-    threads = [f"trainer.num_threads={max(1, (os.cpu_count() or 1) // jobs)}"] if jobs > 1 else []
 
-    def train(run: tuple[str, int, Path, list[str]]) -> None:
-        name, seed, run_dir, overrides = run
-        ok, seconds = train_in_subprocess(merge_overrides(threads, overrides), run_dir)
+    def trained(index: int, ok: bool, seconds: float) -> None:
+        name, seed, run_dir, _ = todo[index]
         print(f"{name} seed {seed}: {'done' if ok else 'FAILED'} in {seconds / 60:.1f} min", flush=True)
         if not ok:
             failed.append(f"{name}/seed{seed} (see {run_dir.with_suffix('.log')})")
 
-    print(f"{len(todo)} run(s) to train, {jobs} at a time", flush=True)
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        list(pool.map(train, todo))
+    print(f"{len(todo)} run(s) to train, {max(1, min(jobs_wanted, len(todo)))} at a time", flush=True)
+    jobs = train_side_by_side([(overrides, run_dir) for *_, run_dir, overrides in todo], jobs_wanted, trained)
     train_wall = time.perf_counter() - start
 
     # Costs after all training: the latency column is timed with nothing else running on the machine.

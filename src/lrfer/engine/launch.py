@@ -11,10 +11,13 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from lrfer.config.compose import merge_overrides
 from lrfer.errors import UserError
 
 
@@ -30,6 +33,25 @@ def train_in_subprocess(overrides: list[str], run_dir: Path) -> tuple[bool, floa
         log.flush()
         proc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
     return proc.returncode == 0, time.perf_counter() - start
+
+
+def train_side_by_side(
+    runs: Sequence[tuple[list[str], Path]], jobs: int, done: Callable[[int, bool, float], None]
+) -> int:
+    """Train ``runs`` ((overrides, run folder) pairs, in order) with :func:`train_in_subprocess`, ``jobs`` at
+    a time, each on cores/jobs intra-op threads (a run's own ``trainer.num_threads`` wins): independent runs
+    scale better across a CPU's cores than one run's threads. ``done(index, succeeded, seconds)`` is called
+    as each run ends; an exception it raises stops the series. Returns the number of runs trained at once."""
+    jobs = max(1, min(jobs, len(runs)))
+    threads = [f"trainer.num_threads={max(1, (os.cpu_count() or 1) // jobs)}"] if jobs > 1 else []
+
+    def train(index: int) -> None:
+        overrides, run_dir = runs[index]
+        done(index, *train_in_subprocess(merge_overrides(threads, overrides), run_dir))
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        list(pool.map(train, range(len(runs))))
+    return jobs
 
 
 #: Overrides that say how a run was executed, not what it trained: not compared by :func:`finished_run`.

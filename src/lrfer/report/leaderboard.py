@@ -134,11 +134,7 @@ def previous_calls(summary_file: Path) -> list[dict]:
         raise UserError(
             f"{summary_file} is not valid JSON ({err}): remove it to start its call history anew"
         ) from None
-    if "calls" in summary:
-        return list(summary["calls"])
-    if "wall_s_this_call" in summary:  # written before the call history existed
-        return [{"wall_s": summary["wall_s_this_call"], "jobs": summary.get("jobs")}]
-    return []
+    return list(summary.get("calls", []))
 
 
 def provenance_notes(calls: list[dict], machine: dict) -> list[str]:
