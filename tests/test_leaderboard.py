@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from conftest import run_cli
 
 from lrfer.config.compose import merge_overrides
 from lrfer.errors import UserError
-from lrfer.report.leaderboard import budget_overrides, face_side, load_protocol
+from lrfer.report.leaderboard import budget_overrides, face_side, load_protocol, plain_log_axis
 
 TINY = [
     "dataset.num_train=56",
@@ -121,3 +122,24 @@ def test_the_protocol_composes_for_every_method_on_every_dataset(dataset):
             merge_overrides(protocol["common"], own, [f"dataset={dataset}"], spec["overrides"])
         )
         assert cfg.dataset.name == dataset and cfg.method.name == name
+
+
+def test_plot_axes_are_labelled_in_plain_numbers():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (sides, latency) = plt.subplots(1, 2)
+    sides.plot([8, 64 / 6, 14, 16, 32, 64], [20, 30, 35, 40, 60, 70])
+    plain_log_axis(sides, [8, 64 / 6, 14, 16, 32, 64])
+    latency.plot([3.0, 25.0, 104.0], [30, 40, 50])
+    plain_log_axis(latency)
+    fig.canvas.draw()
+    labels = [
+        t.get_text() for ax in (sides, latency) for t in ax.get_xticklabels(minor=True) + ax.get_xticklabels()
+    ]
+    plt.close(fig)
+    shown = [t for t in labels if t]
+    assert shown[:6] == ["8", "10.7", "14", "16", "32", "64"]
+    assert all(re.fullmatch(r"\d+(\.\d+)?", t) for t in shown), shown

@@ -14,12 +14,16 @@ import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from omegaconf import OmegaConf
 
 from lrfer.config import compose_config
 from lrfer.errors import UserError
 from lrfer.report.tables import degradation_sort_key
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 PROTOCOL_KEYS = {"test", "budget", "common", "latency", "methods"}
 OPTIONAL_PROTOCOL_KEYS = {"datasets"}  # dataset name -> overrides for that dataset only (after common)
@@ -218,11 +222,24 @@ def face_side(label: str, native: int) -> float | None:
     return None
 
 
+def plain_log_axis(ax: Axes, ticks: list[float] | None = None) -> None:
+    """A log-scale x axis labelled in plain numbers ("20", not matplotlib's "2x10^1" on minor ticks): labels
+    at ``ticks`` (the face sides), else at 1, 2 and 5 times each power of ten; unlabelled minor ticks."""
+    import matplotlib.ticker
+
+    ax.set_xscale("log")
+    if ticks:
+        ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(ticks))
+    else:
+        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.3g"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+
+
 def plot_leaderboard(results: list[MethodResult], labels: list[str], path: Path, title: str) -> None:
     """Left: accuracy against face size (plain degradations); right: accuracy at the hardest degradation
     (lowest mean over methods) against CPU latency."""
     import matplotlib
-    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -237,8 +254,8 @@ def plot_leaderboard(results: list[MethodResult], labels: list[str], path: Path,
         )
         if pts:
             left.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=r.name)
-    left.set_xscale("log")
-    left.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    sides = sorted({x for line in left.get_lines() for x in line.get_xdata()})
+    plain_log_axis(left, sides)
     left.set_xlabel(f"face side in pixels (of {native} px)")
     left.set_ylabel("test accuracy (%)")
     left.grid(alpha=0.3, which="both")
@@ -253,8 +270,7 @@ def plot_leaderboard(results: list[MethodResult], labels: list[str], path: Path,
             if stats and ms:
                 right.errorbar(ms, stats[0], yerr=stats[1], marker="o", capsize=3)
                 right.annotate(r.name, (ms, stats[0]), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        right.set_xscale("log")
-        right.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        plain_log_axis(right)
         right.set_xlabel("CPU batch-1 latency (ms, log scale)")
         right.set_ylabel(f"accuracy at {hardest} (%)")
         right.grid(alpha=0.3, which="both")
