@@ -11,8 +11,10 @@ epochs scaled by ``--budget``) on the same dataset, split and source image size,
 protocol's degradations. Runs go to ``<out>/runs/<method>/seed<k>/`` (ordinary run folders; a finished one
 is never trained again, an interrupted one resumes), each method's cost (parameters, GMACs at its input,
 CPU batch-1 latency) to ``<out>/runs/<method>/cost.json``, the table to ``<out>/leaderboard.{md,csv,png}``.
-Model selection stays on each run's validation split; the test split is evaluated once per run. The last
-line printed is JSON.
+Model selection stays on each run's validation split; the test split is evaluated once per run. The table
+states the wall time of every call that trained runs or measured costs (``leaderboard.json``: ``calls``); a
+call on a finished folder only writes the table again and leaves that history alone. The last line printed
+is JSON.
 """
 
 from __future__ import annotations
@@ -115,26 +117,31 @@ def main(argv: list[str] | None = None) -> dict:
     train_wall = time.perf_counter() - start
 
     # Costs after all training: the latency column is timed with nothing else running on the machine.
+    measured = 0
     for name in methods:
         first = out / "runs" / name / "seed0"
         cost_file = out / "runs" / name / "cost.json"
         if (first / "metrics.json").is_file() and not cost_file.is_file():
             try:
                 write_json(method_cost(load_run_config(first), protocol["latency"]), cost_file)
+                measured += 1
             except UserError as err:  # one method's cost must not stop the other methods' costs
                 print(f"{name}: cost not measured: {err}", flush=True)
                 failed.append(f"{name}/cost ({err})")
 
-    calls = [
-        *previous_calls(out / "leaderboard.json"),
-        {
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "command": " ".join(["python scripts/leaderboard.py", *(sys.argv[1:] if argv is None else argv)]),
-            "runs_trained": len(todo),
-            "jobs": jobs,
-            "wall_s": round(time.perf_counter() - start, 1),
-        },
-    ]
+    calls = previous_calls(out / "leaderboard.json")
+    if todo or measured:  # a call that only writes the table again made none of it: the history stays
+        calls.append(
+            {
+                "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                "command": " ".join(
+                    ["python scripts/leaderboard.py", *(sys.argv[1:] if argv is None else argv)]
+                ),
+                "runs_trained": len(todo),
+                "jobs": jobs,
+                "wall_s": round(time.perf_counter() - start, 1),
+            }
+        )
     machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__}
     results = collect(out, methods)
     labels = sorted({lbl for r in results for lbl in r.accuracies})
@@ -148,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
         "methods": methods,
         "overrides": args.overrides,
         "jobs": jobs,
-        "wall_s_this_call": calls[-1]["wall_s"],
+        "wall_s_this_call": round(time.perf_counter() - start, 1),
         "train_wall_s_this_call": round(train_wall, 1),
         "train_s_total": round(sum(sum(r.durations) for r in results), 1),
         "calls": calls,

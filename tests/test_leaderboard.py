@@ -143,3 +143,14 @@ def test_plot_axes_are_labelled_in_plain_numbers():
     shown = [t for t in labels if t]
     assert shown[:6] == ["8", "10.7", "14", "16", "32", "64"]
     assert all(re.fullmatch(r"\d+(\.\d+)?", t) for t in shown), shown
+
+
+def test_a_call_that_trains_nothing_writes_the_table_again_but_adds_no_call(board):
+    out, args, _ = board
+    table = out / "leaderboard.md"
+    calls = json.loads((out / "leaderboard.json").read_text())["calls"]
+    table.unlink()
+    proc = run_cli(args)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert table.is_file()
+    assert json.loads((out / "leaderboard.json").read_text())["calls"] == calls
