@@ -7,7 +7,7 @@ import torch
 from conftest import compose_cfg, run_cli, tiny
 
 from lrfer.compat import torchvision
-from lrfer.engine.run import build_method, method_context, run_training
+from lrfer.engine.run import build_method, build_parts, method_context, run_training
 from lrfer.errors import UserError
 from lrfer.models.pretrained import best_prefix, load_into, read_state_dict
 from lrfer.models.rabn import MultiBatchNorm2d
@@ -220,3 +220,20 @@ def test_load_into_reports_what_it_did(r18_file):
     report = load_into(net, path)
     assert report["dropped_head"][0].startswith("fc.weight")
     assert "conv1.weight" in report["loaded"] and not report["stem_kept"]
+
+
+def test_a_missing_weights_file_stops_before_the_dataset_is_read(tmp_path):
+    cfg = compose_cfg(
+        "dataset=rafdb", f"dataset.root={tmp_path / 'no_dataset'}", f"model.weights={tmp_path / 'x.pth'}"
+    )
+    with pytest.raises(UserError, match=r"model\.weights=.*no such file"):
+        build_parts(cfg)
+
+
+def test_an_unreadable_weights_file_stops_before_the_dataset_is_read(tmp_path):
+    (tmp_path / "x.pth").write_text("not a checkpoint")
+    cfg = compose_cfg(
+        "dataset=rafdb", f"dataset.root={tmp_path / 'no_dataset'}", f"model.weights={tmp_path / 'x.pth'}"
+    )
+    with pytest.raises(UserError, match="cannot be read as a PyTorch checkpoint"):
+        build_parts(cfg)

@@ -200,6 +200,9 @@ def method_context(cfg: DictConfig, in_channels: int = 3) -> MethodContext:
 
 def build_parts(cfg: DictConfig) -> RunParts:
     check_required(cfg)  # before the dataset is decoded: a missing method.* value fails fast
+    weights = cfg.model.get("weights") if cfg.get("model") is not None else None
+    if weights:  # so does a missing or unreadable model.weights (read once: the networks reuse it)
+        pretrained.read_state_dict(weights)
     device = dist.init_from_env(resolve_device(cfg.trainer.device))
     if cfg.trainer.num_threads:
         torch.set_num_threads(int(cfg.trainer.num_threads))
