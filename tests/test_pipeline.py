@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import compose_cfg
 from omegaconf import OmegaConf
 
 from lrfer.config.schema import AugmentConfig, DegradeConfig
 from lrfer.data.degrade import parse_degradations
 from lrfer.data.faces import FaceData, FaceSplit, carve_validation, stratified_split
 from lrfer.data.pipeline import FaceDataModule
+from lrfer.engine.run import method_context
 from lrfer.errors import UserError
 
 
@@ -232,3 +234,20 @@ def test_carved_validation_shares_the_training_images():
     direct = dm_resized(dm.view("val", x2)[val.rows[: len(batch["index"])]].float() / 255, 24)
     assert torch.allclose(batch["image"] * 0.25 + 0.5, direct, atol=1e-5)
     assert torch.equal(batch["label"], val.labels[: len(batch["index"])])
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [[], ["degrade.input_size=20"], ["degrade.resize_back=false", "degrade.train=[x4]"]],
+    ids=["native", "input_size", "small_face"],
+)
+def test_the_method_is_told_the_size_of_the_images_it_is_given(overrides):
+    cfg = compose_cfg("dataset.image_size=24", *overrides)
+    dm = _module(
+        _data(size=24),
+        train=tuple(cfg.degrade.train),
+        input_size=cfg.degrade.input_size,
+        resize_back=cfg.degrade.resize_back,
+    )
+    batch = next(dm.train_batches(parse_degradations(list(cfg.degrade.train)), seed=0))
+    assert method_context(cfg).input_size == batch["image"].shape[-1]

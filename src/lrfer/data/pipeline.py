@@ -79,6 +79,16 @@ class EpochPlan:
         return out
 
 
+def network_input_size(
+    degradation: Degradation, native_size: int, input_size: int | None, resize_back: bool
+) -> int:
+    """Side of the images a network sees: ``degrade.input_size`` (null: the native size) when the degraded
+    face is resized back (``degrade.resize_back``), else the degraded face's own side."""
+    if resize_back:
+        return int(input_size or native_size)
+    return degradation.output_size(native_size, native_size)[0]
+
+
 class FaceDataModule:
     """Serves training and evaluation batches of one dataset at any list of degradations.
 
@@ -161,9 +171,7 @@ class FaceDataModule:
 
     def network_size(self, degradation: Degradation) -> int:
         """Side of the images the network sees for this degradation."""
-        if self.resize_back:
-            return self.input_size
-        return degradation.output_size(self.native_size, self.native_size)[0]
+        return network_input_size(degradation, self.native_size, self.input_size, self.resize_back)
 
     def check_trainable(self, degradations: Sequence[Degradation]) -> None:
         """Refuse a training mix whose images would have different sizes (resize_back=false)."""

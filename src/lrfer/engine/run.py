@@ -19,7 +19,7 @@ from lrfer.data.cache import load_or_build
 from lrfer.data.datasets import build_adapter
 from lrfer.data.degrade import parse_degradation, parse_degradations
 from lrfer.data.faces import FaceData, carve_validation, merge_validation
-from lrfer.data.pipeline import FaceDataModule
+from lrfer.data.pipeline import FaceDataModule, network_input_size
 from lrfer.engine import distributed as dist
 from lrfer.engine.checkpoint import write_json
 from lrfer.engine.metrics import check_metric_name, named_metric
@@ -184,9 +184,9 @@ def method_context(cfg: DictConfig, in_channels: int = 3) -> MethodContext:
     native = int(cfg.dataset.image_size)
     for deg in train_degs:
         deg.output_size(native, native)
-    input_size = int(cfg.degrade.input_size or native)
-    if not cfg.degrade.resize_back:
-        input_size = train_degs[0].output_size(native, native)[0]
+    input_size = network_input_size(
+        train_degs[0], native, cfg.degrade.input_size, bool(cfg.degrade.resize_back)
+    )
     return MethodContext(
         num_classes=int(cfg.dataset.num_classes),
         input_size=input_size,
