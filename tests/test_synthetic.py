@@ -11,9 +11,11 @@ from lrfer.data.synthetic import (
     CLASS_NAMES,
     COARSE_PARTNER,
     CUE_TABLE,
+    EDGE_SOFTNESS_PX,
     MOUTH_KEYS,
     NEUTRAL_EXPRESSION,
     SyntheticDifficulty,
+    _Canvas,
     _draw_parameters,
     make_synthetic_faces,
 )
@@ -122,3 +124,19 @@ def test_every_partner_is_a_class_and_every_class_has_its_own_mouth():
     assert set(COARSE_PARTNER) == set(CLASS_NAMES) and set(COARSE_PARTNER.values()) <= set(CLASS_NAMES)
     mouths = {tuple(CUE_TABLE[c].get(k, NEUTRAL_EXPRESSION[k]) for k in MOUTH_KEYS) for c in CLASS_NAMES}
     assert len(mouths) == len(CLASS_NAMES)
+
+
+def test_edge_softness_scales_with_the_image_side_and_never_drops_below_one_pixel():
+    def ramp_per_side(size: int, softness_px: float) -> float:
+        """Width of an edge's anti-aliasing ramp as a fraction of the image side."""
+        one = torch.ones(1)
+        p = {"angle": 0 * one, "scale": one, "tx": 0 * one, "ty": 0 * one, "softness": softness_px * one}
+        canvas = _Canvas(torch.zeros(3, 1, size, size), p)
+        return 1.0 / float(canvas.inv_px.flatten()[0]) / 2.0  # u units per ramp / u units per side (2)
+
+    # given at 100 px: as soft relative to the face at 64 px (no sharper, no blurrier)
+    assert ramp_per_side(64, 8.0) == pytest.approx(ramp_per_side(100, 8.0))
+    # the sharpest faces: 1 px at 100 px would be 0.64 px at 64 px; it stays one pixel
+    assert ramp_per_side(64, EDGE_SOFTNESS_PX) * 64 == pytest.approx(
+        ramp_per_side(100, EDGE_SOFTNESS_PX) * 100
+    )
