@@ -288,68 +288,83 @@ def run_training(cfg: DictConfig, run_dir: Path | None) -> dict:
             log_sample_faces(logger, parts.datamodule, list(cfg.degrade.test), cfg.logger.num_sample_images)
         summaries = trainer.fit()
         val = trainer.evaluate("val", list(cfg.degrade.val or cfg.degrade.train)) if trainer.has_val else {}
-        objective = str(cfg.get("objective", "acc"))
-        # without a validation split (dataset.val_fraction=0) there is nothing a sweep may optimise
-        objective_value = named_metric(val, objective, "objective") if val else None
         test = trainer.evaluate("test", list(cfg.degrade.test), keep_confusion=True)
-        final = summaries[-1]
-        metrics = {
-            "method": cfg.method.name,
-            "dataset": cfg.dataset.name,
-            # how the data was made: generator_version of synthetic faces, crop, validation carve-out, ...
-            "dataset_info": parts.data.info,
-            "seed": int(cfg.seed),
-            "degrade": {"train": list(cfg.degrade.train), "test": list(cfg.degrade.test)},
-            "objective": {"name": objective, "split": "val", "over": list(val), "value": objective_value},
-            "model_selection": model_selection(cfg, parts.data, trainer.has_val),
-            "val": val,
-            "test": test,
-            "train": {
-                **final.losses,
-                "stages": {
-                    s.name: {
-                        "epochs": s.epochs,
-                        "best_epoch": s.best_epoch,
-                        "best_val": s.best_val,
-                        **s.losses,
-                    }
-                    for s in summaries
-                },
-            },
-            "num_params": sum(p.numel() for p in parts.method.parameters()),
-            "environment": {
-                "device": str(parts.device),
-                "torch": torch.__version__,
-                "python": platform.python_version(),
-                "world_size": dist.world_size(),
-                "gpu": torch.cuda.get_device_name(parts.device) if parts.device.type == "cuda" else None,
-            },
-            "duration_s": round(time.perf_counter() - t0, 2),
-        }
+        metrics = run_metrics(cfg, parts, trainer.has_val, summaries, val, test, t0)
         if main:
-            for label, row in test.items():
-                logger.scalars(
-                    {"acc": row["acc"], "balanced_acc": row["balanced_acc"]}, 0, prefix=f"test/{label}/"
-                )
-                logger.confusion(
-                    f"test/confusion/{label}", torch.tensor(row["confusion"]), parts.data.class_names
-                )
-            logger.hparams(
-                {
-                    "method": cfg.method.name,
-                    "dataset": cfg.dataset.name,
-                    "train": ",".join(cfg.degrade.train),
-                    "lr": cfg.trainer.optimizer.lr,
-                    "batch_size": cfg.trainer.batch_size,
-                    "seed": cfg.seed,
-                },
-                {f"test_{k}": v["acc"] for k, v in test.items()},
-            )
+            log_test_results(logger, cfg, test, parts.data.class_names)
             if run_dir is not None:
                 write_json(metrics, Path(run_dir) / "metrics.json")
         return metrics
     finally:
         logger.close()
+
+
+def run_metrics(
+    cfg: DictConfig,
+    parts: RunParts,
+    has_val: bool,
+    summaries: list,
+    val: dict,
+    test: dict,
+    t0: float,
+) -> dict:
+    """The run's ``metrics.json``: what was trained on what, how the model was chosen, validation and test
+    results per degradation, per-stage training losses, parameters, environment and wall time."""
+    objective = str(cfg.get("objective", "acc"))
+    # without a validation split (dataset.val_fraction=0) there is nothing a sweep may optimise
+    objective_value = named_metric(val, objective, "objective") if val else None
+    final = summaries[-1]
+    return {
+        "method": cfg.method.name,
+        "dataset": cfg.dataset.name,
+        # how the data was made: generator_version of synthetic faces, crop, validation carve-out, ...
+        "dataset_info": parts.data.info,
+        "seed": int(cfg.seed),
+        "degrade": {"train": list(cfg.degrade.train), "test": list(cfg.degrade.test)},
+        "objective": {"name": objective, "split": "val", "over": list(val), "value": objective_value},
+        "model_selection": model_selection(cfg, parts.data, has_val),
+        "val": val,
+        "test": test,
+        "train": {
+            **final.losses,
+            "stages": {
+                s.name: {
+                    "epochs": s.epochs,
+                    "best_epoch": s.best_epoch,
+                    "best_val": s.best_val,
+                    **s.losses,
+                }
+                for s in summaries
+            },
+        },
+        "num_params": sum(p.numel() for p in parts.method.parameters()),
+        "environment": {
+            "device": str(parts.device),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "world_size": dist.world_size(),
+            "gpu": torch.cuda.get_device_name(parts.device) if parts.device.type == "cuda" else None,
+        },
+        "duration_s": round(time.perf_counter() - t0, 2),
+    }
+
+
+def log_test_results(logger: RunLogger, cfg: DictConfig, test: dict, class_names: list[str]) -> None:
+    """Test accuracy, confusion matrices and the hparams table in TensorBoard (no-op without a writer)."""
+    for label, row in test.items():
+        logger.scalars({"acc": row["acc"], "balanced_acc": row["balanced_acc"]}, 0, prefix=f"test/{label}/")
+        logger.confusion(f"test/confusion/{label}", torch.tensor(row["confusion"]), class_names)
+    logger.hparams(
+        {
+            "method": cfg.method.name,
+            "dataset": cfg.dataset.name,
+            "train": ",".join(cfg.degrade.train),
+            "lr": cfg.trainer.optimizer.lr,
+            "batch_size": cfg.trainer.batch_size,
+            "seed": cfg.seed,
+        },
+        {f"test_{k}": v["acc"] for k, v in test.items()},
+    )
 
 
 def model_selection(cfg: DictConfig, data: FaceData, has_val: bool) -> dict:
