@@ -144,6 +144,11 @@ def check_required(cfg: DictConfig) -> None:
     raise UserError(f"method.{key} must be given for this experiment: {hint}")
 
 
+def model_weights(cfg: DictConfig) -> str | None:
+    """The local checkpoint ``model.weights`` names, if any."""
+    return cfg.model.get("weights") if cfg.get("model") is not None else None
+
+
 def build_method(cfg: DictConfig, context: MethodContext) -> Method:
     """Instantiate ``cfg.method`` (its ``_target_`` class) with the data context.
 
@@ -151,7 +156,7 @@ def build_method(cfg: DictConfig, context: MethodContext) -> Method:
     a ResNet-family network stops with one line instead of silently ignoring it.
     """
     check_required(cfg)
-    weights = cfg.model.get("weights") if cfg.get("model") is not None else None
+    weights = model_weights(cfg)
     loads_before = pretrained.load_count()
     # resolved in the whole config first: method keys may interpolate other nodes (e.g. ${degrade.train})
     resolved = OmegaConf.to_container(cfg.method, resolve=True)
@@ -200,8 +205,7 @@ def method_context(cfg: DictConfig, in_channels: int = 3) -> MethodContext:
 
 def build_parts(cfg: DictConfig) -> RunParts:
     check_required(cfg)  # before the dataset is decoded: a missing method.* value fails fast
-    weights = cfg.model.get("weights") if cfg.get("model") is not None else None
-    if weights:  # so does a missing or unreadable model.weights (read once: the networks reuse it)
+    if weights := model_weights(cfg):  # so does a bad model.weights (read once: the networks reuse it)
         pretrained.read_state_dict(weights)
     device = dist.init_from_env(resolve_device(cfg.trainer.device))
     if cfg.trainer.num_threads:

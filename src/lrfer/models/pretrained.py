@@ -27,7 +27,6 @@ nor another number of input channels, so ``conv1`` then keeps its random initial
 from __future__ import annotations
 
 import logging
-import zipfile
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -42,8 +41,8 @@ log = logging.getLogger(__name__)
 #: Keys under which checkpoint files commonly nest their state_dict, in the order they are tried.
 NESTED_KEYS = ("state_dict", "model", "net", "method", "model_state_dict", "net_state_dict")
 
-#: The first byte of a pickle of protocol 2 or later: how a legacy (pre-zip) torch.save file starts.
-PICKLE_PROTO = b"\x80"
+#: How a torch.save file starts: a zip archive's local header, or (legacy format) a pickle of protocol >= 2.
+TORCH_SAVE_MAGIC = (b"PK\x03\x04", b"\x80")
 
 _loads = 0
 _cache: dict[tuple, dict[str, torch.Tensor]] = {}
@@ -71,8 +70,8 @@ def read_state_dict(path: str | Path, what: str = "model.weights") -> dict[str, 
 
 def _read(file: Path, path: str | Path, what: str) -> dict[str, torch.Tensor]:
     with file.open("rb") as f:
-        head = f.read(1)
-    if not zipfile.is_zipfile(file) and head != PICKLE_PROTO:  # neither torch.save format: say so plainly
+        head = f.read(4)
+    if not head.startswith(TORCH_SAVE_MAGIC):  # neither torch.save format: say so plainly
         raise UserError(
             f"{what}={file} cannot be read as a PyTorch checkpoint (not a file written by torch.save)"
         )
