@@ -1,0 +1,119 @@
+#!/usr/bin/env python
+"""Mutation testing (mutmut 3) of the modules that hold the README's guarantees, one module at a time.
+
+    python scripts/mutation.py src/lrfer/data/imresize.py [more modules ...] [--max-children 1]
+    python scripts/mutation.py --list          # the modules and the test files that check each one
+
+``[tool.mutmut]`` in pyproject.toml configures mutmut for all the modules at once (``mutmut run`` in the
+repository root mutates every one of them against every listed test file: hours on a laptop). This script
+runs the same configuration narrowed to the given modules and to the test files that check them
+(``[tool.lrfer.mutation]`` in pyproject.toml), so a module's run takes minutes. Each module gets its own
+working folder, ``.mutmut/<module>/`` (git-ignored): a ``pyproject.toml`` with the narrowed ``[tool.mutmut]``
+and links to ``src``, ``tests``, ``configs``, ``scripts``, ``train.py`` and ``experiments``; mutmut copies
+them into its ``mutants/`` there and runs pytest in that copy (``-n 0``: mutmut follows the tests in its own
+process, so pytest-xdist is off). A second call resumes where the first stopped.
+
+After the run the script prints mutmut's summary and writes ``.mutmut/<module>/summary.json``
+(killed, survived, timeout, no tests, ...); ``mutmut results`` and ``mutmut show <mutant>`` in that folder
+list and show the survivors. docs/mutation.md holds the measured numbers and what each survivor means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import tomllib
+
+REPO = Path(__file__).resolve().parents[1]
+WORK = REPO / ".mutmut"
+#: What the tests read from the repository besides src/ and tests/ (mutmut copies these into mutants/).
+LINKED = ("src", "tests", "configs", "scripts", "train.py", "experiments")
+
+
+def load_pyproject() -> tuple[str, dict]:
+    text = (REPO / "pyproject.toml").read_text()
+    return text, tomllib.loads(text)
+
+
+def tests_by_module(pyproject: dict) -> dict[str, list[str]]:
+    """``[tool.lrfer.mutation].tests``: module path -> the test files that check it."""
+    return pyproject["tool"]["lrfer"]["mutation"]["tests"]
+
+
+def narrowed_pyproject(text: str, config: dict, module: str, tests: list[str]) -> str:
+    """pyproject.toml with ``[tool.mutmut]`` narrowed to one module and its test files."""
+    section = dict(config)
+    section["only_mutate"] = [module]
+    section["pytest_add_cli_args_test_selection"] = tests
+    # the working folder is not a git checkout of its own: compare files, not commits
+    section["use_git_change_detection"] = False
+    without = re.sub(r"(?ms)^\[tool\.mutmut\]\n.*?(?=^\[|\Z)", "", text)
+    lines = ["[tool.mutmut]"] + [f"{key} = {json.dumps(value)}" for key, value in section.items()]
+    return without.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n"
+
+
+def prepare(module: str, text: str, config: dict, tests: list[str]) -> Path:
+    work = WORK / module.removeprefix("src/lrfer/").removesuffix(".py").replace("/", ".")
+    work.mkdir(parents=True, exist_ok=True)
+    for name in LINKED:
+        link = work / name
+        if not link.is_symlink():
+            link.symlink_to(REPO / name)
+    (work / "pyproject.toml").write_text(narrowed_pyproject(text, config, module, tests))
+    return work
+
+
+def summary(work: Path) -> dict:
+    """mutmut's own counts (``mutmut export-cicd-stats``) plus the surviving mutants' names."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    subprocess.run(["mutmut", "export-cicd-stats"], cwd=work, env=env, check=True, capture_output=True)
+    stats = json.loads((work / "mutants" / "mutmut-cicd-stats.json").read_text())
+    listed = subprocess.run(["mutmut", "results"], cwd=work, env=env, capture_output=True, text=True).stdout
+    stats["survivors"] = [line.split(":")[0].strip() for line in listed.splitlines() if "survived" in line]
+    (work / "summary.json").write_text(json.dumps(stats, indent=2) + "\n")
+    return stats
+
+
+def main() -> int:
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
+    parser.add_argument("modules", nargs="*", help="paths such as src/lrfer/data/imresize.py")
+    parser.add_argument("--list", action="store_true", help="print the modules and their test files")
+    parser.add_argument("--max-children", type=int, default=1, help="mutants tested at once (default 1)")
+    args = parser.parse_args()
+    text, pyproject = load_pyproject()
+    config = pyproject["tool"]["mutmut"]
+    tests = tests_by_module(pyproject)
+    if args.list or not args.modules:
+        for module, files in tests.items():
+            print(f"{module}: {' '.join(files)}")
+        return 0
+    unknown = [m for m in args.modules if m not in tests]
+    if unknown:
+        print(
+            f"error: no test files listed for {', '.join(unknown)} in [tool.lrfer.mutation.tests] "
+            "of pyproject.toml; --list shows the modules",
+            file=sys.stderr,
+        )
+        return 2
+    for module in args.modules:
+        work = prepare(module, text, config, tests[module])
+        # the tests import the mutated copy: mutmut puts mutants/src first on sys.path in its processes, and
+        # PYTHONPATH does so in the command-line runs the tests start (they inherit the mutant to switch on)
+        # (the folder must exist before mutmut starts: Python skips a sys.path folder missing at its start)
+        (work / "mutants" / "src").mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "PYTHONPATH": str(work / "mutants" / "src")}
+        print(f"== {module} ({' '.join(tests[module])}) in {work.relative_to(REPO)}", flush=True)
+        subprocess.run(["mutmut", "run", "--max-children", str(args.max_children)], cwd=work, env=env)
+        print(json.dumps({"module": module, **summary(work)}, indent=2), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

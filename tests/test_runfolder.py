@@ -1,0 +1,187 @@
+"""Run-folder protection (lrfer.engine.runfolder), piece by piece on hand-made folders and plain configs.
+
+What a folder counts as a run, which differences stop a resume, what ``trainer.overwrite=true`` deletes and
+keeps. The end-to-end versions, through ``run_training`` and the command line, are in test_reliability.py and
+test_reliability_cli.py. Written to kill the mutants mutmut found surviving (docs/mutation.md).
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from lrfer.engine.checkpoint import save_checkpoint
+from lrfer.engine.runfolder import (
+    RESUME_CONFIG_DIR,
+    check_run_folder,
+    identity_differences,
+    open_run_folder,
+    prepare_run_folder,
+    previous_results,
+    resume_output_subdir,
+    run_identity,
+    stored_identity,
+)
+from lrfer.errors import UserError
+
+
+def _cfg(resume: bool = False, overwrite: bool = False, method: str = "baseline", **dataset):
+    return OmegaConf.create(
+        {
+            "method": {"_target_": f"lrfer.methods.{method}.M", "name": method, "epochs": 4, "lr": 0.1},
+            "model": {"_target_": "torchvision.models.resnet18", "num_classes": 7},
+            "dataset": {"name": "synthetic", "num_classes": 7, "image_size": 32, "num_train": 100, **dataset},
+            "trainer": {"resume": resume, "overwrite": overwrite, "max_epochs": 4},
+        }
+    )
+
+
+def _checkpoint(run_dir, cfg, name="last.pt"):
+    state = {"method": {"w": torch.ones(1)}, "config": run_identity(cfg)}
+    save_checkpoint(state, run_dir / "checkpoints" / name)
+
+
+RUN_FILES = [["metrics.json"], ["checkpoints/last.pt"], ["metrics.json", "checkpoints/last.pt"]]
+
+
+@pytest.mark.parametrize("files", RUN_FILES)
+def test_a_folder_with_metrics_or_a_last_checkpoint_holds_a_run(tmp_path, files):
+    """A killed first epoch leaves only checkpoints/last.pt: that is a run too (resumable, not to be lost)."""
+    for name in files:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    assert previous_results(tmp_path) == files
+    with pytest.raises(UserError, match=re.escape(f"already holds a run ({', '.join(files)})")):
+        check_run_folder(_cfg(), tmp_path)
+
+
+def test_other_files_and_folders_do_not_make_a_run(tmp_path):
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / "train.log").write_text("")
+    (tmp_path / "checkpoints" / "best.pt").parent.mkdir()
+    (tmp_path / "checkpoints" / "best.pt").write_bytes(b"x")
+    (tmp_path / "metrics.json").mkdir()  # a folder of that name is not a result
+    assert previous_results(tmp_path) == []
+    check_run_folder(_cfg(), tmp_path)  # nothing raised: a new run may start here
+    check_run_folder(_cfg(), None)  # no run folder (Hydra's output off): nothing to check
+
+
+def test_overwrite_lets_a_run_folder_be_reused(tmp_path):
+    (tmp_path / "metrics.json").write_text("{}")
+    check_run_folder(_cfg(overwrite=True), tmp_path)
+
+
+def test_resume_and_overwrite_together_are_refused_even_in_an_empty_folder(tmp_path):
+    with pytest.raises(UserError, match="choose one"):
+        check_run_folder(_cfg(resume=True, overwrite=True), tmp_path)
+
+
+def test_resume_without_a_last_checkpoint_names_the_missing_file(tmp_path):
+    (tmp_path / "metrics.json").write_text("{}")
+    missing = re.escape(str(tmp_path / "checkpoints" / "last.pt"))
+    with pytest.raises(UserError, match=missing + " does not exist"):
+        check_run_folder(_cfg(resume=True), tmp_path)
+
+
+def test_resume_with_the_same_identity_and_more_epochs_is_accepted(tmp_path):
+    _checkpoint(tmp_path, _cfg())
+    longer = _cfg(resume=True)
+    longer.method.epochs = 40
+    longer.trainer.max_epochs = 40
+    longer.dataset.num_train = 500  # not part of the identity: the dataset's size may change
+    check_run_folder(longer, tmp_path)
+
+
+def test_resume_with_another_identity_is_one_line_naming_the_first_three_differences(tmp_path):
+    _checkpoint(tmp_path, _cfg())
+    other = _cfg(resume=True, method="efc", image_size=64, num_classes=8)
+    other.method.lr = 0.5
+    with pytest.raises(UserError) as err:
+        check_run_folder(other, tmp_path)
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(f"cannot resume {tmp_path}: it was trained with ")
+    # the method's target and name come first, then the other keys in order; 5 differences: 3 named, 2 counted
+    first = "method._target_=lrfer.methods.baseline.M (now lrfer.methods.efc.M); method.name=baseline "
+    assert first + "(now efc); dataset.image_size" in message
+    assert "dataset.image_size=32 (now 64) and 2 more" in message
+
+
+def test_identity_differences_skip_epoch_counts_and_name_unset_keys():
+    stored = {"method": {"name": "a", "epochs": 1, "stage1_epochs": 2, "schedule_scale": 1.0, "gone": 3}}
+    current = {"method": {"name": "a", "epochs": 9, "stage1_epochs": 9, "schedule_scale": 2.0, "new": 4}}
+    expected = ["method.gone=3 (now <unset>)", "method.new=<unset> (now 4)"]
+    assert identity_differences(stored, current) == expected
+    assert identity_differences(stored, stored) == []
+    # a key that only ends like an epoch count is still compared
+    assert identity_differences({"m": {"epochsx": 1}}, {"m": {"epochsx": 2}}) == ["m.epochsx=1 (now 2)"]
+
+
+def test_the_run_identity_holds_method_model_and_the_datasets_shape_only():
+    cfg = _cfg()
+    identity = run_identity(cfg)
+    assert identity == {
+        "method": {"_target_": "lrfer.methods.baseline.M", "name": "baseline", "epochs": 4, "lr": 0.1},
+        "model": {"_target_": "torchvision.models.resnet18", "num_classes": 7},
+        "dataset": {"name": "synthetic", "num_classes": 7, "image_size": 32},
+    }
+    assert all(type(v) is dict for v in identity.values())  # plain values: weights_only loading reads them
+
+
+def test_the_identity_is_read_from_last_pt_else_from_the_runs_hydra_config(tmp_path):
+    assert stored_identity(tmp_path) is None
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(_cfg(method="efc")))
+    assert stored_identity(tmp_path)["method"]["name"] == "efc"
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")  # unreadable: the config decides
+    assert stored_identity(tmp_path)["method"]["name"] == "efc"
+    _checkpoint(tmp_path, _cfg(method="baseline"))
+    assert stored_identity(tmp_path)["method"]["name"] == "baseline"
+
+
+def test_an_unreadable_hydra_config_gives_no_identity(tmp_path):
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "config.yaml").write_text("method: [unclosed")
+    assert stored_identity(tmp_path) is None
+
+
+def test_overwrite_deletes_results_checkpoints_and_logs_and_keeps_everything_else(tmp_path):
+    for name in ("metrics.json", "checkpoints/last.pt", "checkpoints/best.pt", "tb/events", "train.log"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / ".hydra").mkdir()
+    prepare_run_folder(_cfg(overwrite=True), tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".hydra", "train.log"]
+
+
+def test_without_overwrite_nothing_is_deleted(tmp_path):
+    for name in ("metrics.json", "checkpoints/last.pt", "tb/events"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    prepare_run_folder(_cfg(), tmp_path)
+    prepare_run_folder(_cfg(resume=True, overwrite=True), tmp_path)  # a resume never deletes
+    assert {p.name for p in tmp_path.iterdir()} == {"metrics.json", "checkpoints", "tb"}
+    assert (tmp_path / "checkpoints" / "last.pt").is_file()
+    prepare_run_folder(_cfg(overwrite=True), None)  # no folder: nothing to do
+
+
+def test_orphan_temporaries_go_only_on_rank_zero(tmp_path, monkeypatch):
+    orphan = tmp_path / "checkpoints" / ".last.pt.tmp-1-abcd1234"
+    orphan.parent.mkdir()
+    orphan.write_bytes(b"half")
+    monkeypatch.setenv("RANK", "1")
+    open_run_folder(_cfg(), tmp_path)
+    assert orphan.exists()
+    monkeypatch.setenv("RANK", "0")
+    open_run_folder(_cfg(), tmp_path)
+    assert not orphan.exists()
+
+
+def test_a_resumed_invocation_writes_its_config_under_a_timestamped_folder():
+    stamp = r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d"
+    assert re.fullmatch(re.escape(RESUME_CONFIG_DIR) + "/" + stamp, resume_output_subdir())
+    assert RESUME_CONFIG_DIR == ".hydra-resumes"
