@@ -30,6 +30,7 @@ from lrfer.config import compose_config
 from lrfer.engine.latency import cpu_model
 from lrfer.engine.predictor import Predictor, build_predictor
 from lrfer.errors import exit_on_user_error
+from lrfer.report.provenance import provenance
 
 NETWORKS = {
     "efc": ["method=efc"],
@@ -126,6 +127,7 @@ def main(argv: list[str] | None = None) -> None:
         "torch": torch.__version__,
         "cpu": cpu_model(),
         "paper": {**PAPER, "ratio": round(PAPER["efc_fps"] / PAPER["mobilenet_v2_fps"], 3)},
+        "provenance": provenance(),
     }
     print(json.dumps(result))
 

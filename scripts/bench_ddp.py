@@ -22,13 +22,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from lrfer.engine.latency import cpu_model
+from lrfer.report.provenance import provenance
 
 DEGRADATIONS = ["x1", "x2", "x4"]
 METHOD_OVERRIDES = {
@@ -191,11 +193,12 @@ def main() -> dict:
         "timed_epochs": args.epochs,
         "rounds": args.rounds,
         "device": args.device,
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "torch": torch.__version__,
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "provenance": provenance(),
     }
     print(json.dumps(summary))
     return summary

@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -52,9 +51,11 @@ from lrfer.cli import CONFIG_DIR
 from lrfer.compat import torchvision
 from lrfer.config import register_schemas
 from lrfer.data.degrade import parse_degradations
+from lrfer.engine.latency import cpu_model
 from lrfer.engine.run import build_method, build_parts, method_context
 from lrfer.engine.trainer import Trainer, derive_seed, resolve_device
 from lrfer.methods.base import Stage
+from lrfer.report.provenance import provenance
 
 DEGRADATIONS = ["x1", "x2", "x4"]
 NATIVE = 100
@@ -307,7 +308,7 @@ def main(argv: list[str] | None = None) -> dict:
         "results": results,
         "device": str(device),
         "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "threads": torch.get_num_threads(),
         "workers": args.workers,
         "torch": torch.__version__,
@@ -317,6 +318,7 @@ def main(argv: list[str] | None = None) -> dict:
         "degradations": DEGRADATIONS,
         "load_average_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "wall_s": round(time.perf_counter() - t0, 1),
+        "provenance": provenance(),
     }
     if results:  # the first row's headline numbers at top level, for quick checks
         for key in (

@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count()},
         "torch": torch.__version__,
         "largest_gap": {"train": worst.train, "test": worst.test, "gap": round(worst.gap, 2)},
+        "provenance": provenance(synthetic=True),
     }
     write_json(summary, args.out / "calibration.json")
     print(table)

@@ -163,6 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
         "table": str(md),
         "machine": machine,
         "torch": torch.__version__,
+        "provenance": provenance(synthetic=dataset == "synthetic"),
     }
     write_json(summary, out / "leaderboard.json")
     print(md.read_text())

@@ -1,0 +1,41 @@
+"""Where a committed result came from: the command, the date, the machine, torch and the face generator.
+
+Every results JSON a script writes for ``experiments/`` carries :func:`provenance` under the key
+``"provenance"`` (``tests/test_provenance.py`` checks the committed files), so a figure quoted in a README can
+be traced to the command and the machine that produced it.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from datetime import datetime, timezone
+
+import torch
+
+from lrfer.engine.latency import cpu_model
+
+#: The fields every committed results file's provenance holds (``generator_version`` where faces are drawn).
+REQUIRED = ("command", "date", "machine", "torch")
+
+
+def provenance(synthetic: bool = False) -> dict:
+    """The command line of this process, the UTC time now, CPU model and cores, torch (and generator) version.
+
+    ``synthetic=True`` adds ``generator_version`` (:data:`lrfer.data.synthetic.GENERATOR_VERSION`): results on
+    generated faces change when the generator does.
+    """
+    record = {
+        "command": shlex.join(["python", *sys.argv]),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count()},
+        "torch": torch.__version__,
+    }
+    if torch.cuda.is_available():
+        record["machine"]["gpu"] = torch.cuda.get_device_name()
+    if synthetic:
+        from lrfer.data.synthetic import GENERATOR_VERSION
+
+        record["generator_version"] = GENERATOR_VERSION
+    return record
