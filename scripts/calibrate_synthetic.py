@@ -43,6 +43,7 @@ from lrfer.report.calibration import (
     markdown,
     read_reference,
 )
+from lrfer.report.provenance import provenance as result_provenance
 
 DEFAULT_REFERENCE = (
     Path(__file__).resolve().parents[1] / "experiments" / "drgfer" / "table3_rafdb_factors.csv"
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count()},
         "torch": torch.__version__,
         "largest_gap": {"train": worst.train, "test": worst.test, "gap": round(worst.gap, 2)},
-        "provenance": provenance(synthetic=True),
+        "provenance": result_provenance(synthetic=True),
     }
     write_json(summary, args.out / "calibration.json")
     print(table)

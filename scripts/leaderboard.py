@@ -31,6 +31,7 @@ import torch
 
 from lrfer.config.compose import compose_config, merge_overrides
 from lrfer.data.datasets import build_adapter
+from lrfer.data.synthetic import GENERATOR_VERSION
 from lrfer.engine.checkpoint import write_json
 from lrfer.engine.latency import cpu_model
 from lrfer.engine.launch import finished_run, train_side_by_side
@@ -45,6 +46,7 @@ from lrfer.report.leaderboard import (
     provenance_notes,
     write_leaderboard,
 )
+from lrfer.report.provenance import provenance as result_provenance
 
 DEFAULT_PROTOCOL = Path(__file__).resolve().parents[1] / "experiments" / "leaderboard" / "protocol.yaml"
 
@@ -143,6 +145,8 @@ def main(argv: list[str] | None = None) -> dict:
             }
         )
     machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__}
+    if dataset == "synthetic":
+        machine["generator_version"] = GENERATOR_VERSION
     results = collect(out, methods)
     labels = sorted({lbl for r in results for lbl in r.accuracies})
     data = "SYNTHETIC faces (not real data)" if dataset == "synthetic" else dataset
@@ -163,7 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
         "table": str(md),
         "machine": machine,
         "torch": torch.__version__,
-        "provenance": provenance(synthetic=dataset == "synthetic"),
+        "provenance": result_provenance(synthetic=dataset == "synthetic"),
     }
     write_json(summary, out / "leaderboard.json")
     print(md.read_text())

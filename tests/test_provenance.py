@@ -1,9 +1,15 @@
-"""Every committed results JSON says where it came from (issue 26): command, date, machine, torch version, and
-the face generator's version for results on synthetic faces (lrfer.report.provenance)."""
+"""Every committed result under experiments/ says where it came from (issue 26): command, date, machine, torch
+version, and the face generator's version for results on synthetic faces (lrfer.report.provenance).
+
+JSON files carry a ``provenance`` object (the first line of a JSON-lines file); markdown tables a
+``Provenance:`` line (or, for the leaderboard, the ``Machine:`` / ``Command(s):`` lines its script writes); a
+measured CSV without a markdown twin a ``<name>.provenance.json`` beside it. CSVs of a paper's published
+numbers cite the paper in their folder's README instead."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -76,3 +82,54 @@ def test_a_scripts_provenance_names_this_command_machine_torch_and_generator(mon
     assert record["machine"]["cores"] >= 1 and record["machine"]["cpu"]
     assert record["date"].endswith(" UTC") and record["date"][:2] == "20"
     assert "generator_version" not in provenance()
+
+
+TABLES = sorted(p for p in (REPO / "experiments").rglob("*.md") if p.name != "README.md")
+#: CSVs that hold measurements (the rest hold a paper's numbers: ``*_paper.csv``, ``table<N>_<name>.csv``).
+MEASURED_CSVS = sorted(
+    p
+    for p in (REPO / "experiments").rglob("*.csv")
+    if any(word in p.stem for word in ("synthetic", "measured", "model_stats", "calibration"))
+)
+
+
+def missing_in_markdown(text: str, synthetic: bool) -> list[str]:
+    """What a markdown result table's provenance lines lack: command, date, machine, torch (and generator)."""
+    wanted = {
+        "command": r"[Cc]ommand",
+        "date": r"\d{4}-\d\d-\d\d",
+        "machine": r"[Mm]achine",
+        "torch": r"torch \d",
+    }
+    if synthetic:
+        wanted["generator_version"] = r"generator v\d"
+    tail = "\n".join(line for line in text.splitlines() if not line.startswith("|"))  # not the table cells
+    return [key for key, pattern in wanted.items() if not re.search(pattern, tail)]
+
+
+@pytest.mark.parametrize("path", TABLES, ids=lambda p: str(p.relative_to(REPO)))
+def test_a_committed_markdown_table_says_where_it_came_from(path):
+    missing = missing_in_markdown(path.read_text(), _on_synthetic_faces(path))
+    assert not missing, f"{path.relative_to(REPO)} lacks {', '.join(missing)} (add a 'Provenance:' line)"
+
+
+@pytest.mark.parametrize("path", MEASURED_CSVS, ids=lambda p: str(p.relative_to(REPO)))
+def test_a_measured_csv_has_a_table_or_a_provenance_file_beside_it(path):
+    twin, sidecar = path.with_suffix(".md"), path.with_name(path.stem + ".provenance.json")
+    assert twin.is_file() or sidecar.is_file(), f"{path.relative_to(REPO)}: no {twin.name} or {sidecar.name}"
+    if sidecar.is_file():
+        assert json.loads(sidecar.read_text())["describes"] == path.name
+
+
+def test_the_markdown_check_fails_without_provenance_lines():
+    table = "| run | x1 |\n|---|---|\n| a command 2026-12-02 machine torch 2.1 generator v3 | 1 |\n"
+    assert missing_in_markdown(table, synthetic=True) == [
+        "command",
+        "date",
+        "machine",
+        "torch",
+        "generator_version",
+    ]
+    footer = "Provenance: command `x`; date 2026-12-02; machine AMD; torch 2.13.0+cpu; generator v3."
+    assert missing_in_markdown(table + "\n" + footer, synthetic=True) == []
+    assert missing_in_markdown(footer.replace(" v3", ""), synthetic=True) == ["generator_version"]

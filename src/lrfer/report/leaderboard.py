@@ -156,8 +156,10 @@ def provenance_notes(calls: list[dict], machine: dict) -> list[str]:
             parts.append(call["date"])
         return ", ".join(parts)
 
+    generator = machine.get("generator_version")
+    faces = f", synthetic-face generator v{generator}" if generator is not None else ""
     lines = [
-        f"Machine: {machine['cpu']} ({machine['cores']} cores), torch {machine['torch']}.",
+        f"Machine: {machine['cpu']} ({machine['cores']} cores), torch {machine['torch']}{faces}.",
         f"Wall time: {wall:.1f} min in {len(calls)} call(s) of the script ("
         + "; ".join(one(c) for c in calls)
         + "), the cost columns included.",
