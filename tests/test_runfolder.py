@@ -185,3 +185,47 @@ def test_a_resumed_invocation_writes_its_config_under_a_timestamped_folder():
     stamp = r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d"
     assert re.fullmatch(re.escape(RESUME_CONFIG_DIR) + "/" + stamp, resume_output_subdir())
     assert RESUME_CONFIG_DIR == ".hydra-resumes"
+
+
+def test_exactly_three_differences_are_all_named_and_none_counted(tmp_path):
+    _checkpoint(tmp_path, _cfg())
+    other = _cfg(resume=True, image_size=64, num_classes=8)
+    other.method.lr = 0.5
+    with pytest.raises(UserError) as err:
+        check_run_folder(other, tmp_path)
+    assert "method.lr=0.1 (now 0.5)" in str(err.value) and "more" not in str(err.value)
+
+
+def test_an_identity_with_an_interpolation_only_hydra_resolves_is_kept_unresolved():
+    cfg = _cfg()
+    cfg.method.out = "${hydra:runtime.output_dir}/x"
+    assert run_identity(cfg)["method"]["out"] == "${hydra:runtime.output_dir}/x"
+
+
+def test_a_checkpoint_without_a_stored_identity_falls_back_to_the_runs_config(tmp_path):
+    old = {"method": {"w": torch.ones(1)}}  # a checkpoint from before the identity was stored
+    save_checkpoint(old, tmp_path / "checkpoints" / "last.pt")
+    assert stored_identity(tmp_path) is None
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(_cfg(method="efc")))
+    assert stored_identity(tmp_path)["method"]["name"] == "efc"
+    with pytest.raises(UserError, match=r"method\.name=efc \(now baseline\)"):
+        check_run_folder(_cfg(resume=True), tmp_path)
+
+
+def test_a_refused_folder_is_left_as_it_was(tmp_path):
+    """The check comes before any deletion: a refused start does not even remove temporary files."""
+    (tmp_path / "metrics.json").write_text("{}")
+    orphan = tmp_path / ".metrics.json.tmp-1-abcd1234"
+    orphan.write_bytes(b"half")
+    with pytest.raises(UserError, match="already holds a run"):
+        open_run_folder(_cfg(), tmp_path)
+    assert orphan.exists()
+
+
+def test_overwrite_logs_what_it_removed(tmp_path, caplog):
+    (tmp_path / "metrics.json").write_text("{}")
+    (tmp_path / "tb").mkdir()
+    with caplog.at_level("INFO", logger="lrfer.engine.runfolder"):
+        prepare_run_folder(_cfg(overwrite=True), tmp_path)
+    assert "trainer.overwrite=true: removed the previous run's metrics.json, tb" in caplog.text
