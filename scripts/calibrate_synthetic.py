@@ -131,8 +131,8 @@ def main(argv: list[str] | None = None) -> dict:
         "cpu_s_this_call": round(usage.ru_utime + usage.ru_stime, 1),
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count()},
         "torch": torch.__version__,
-        "largest_gap": {"train": worst.train, "test": worst.test, "gap": round(worst.gap, 2)},
         "provenance": result_provenance(synthetic=True),
+        "largest_gap": {"train": worst.train, "test": worst.test, "gap": round(worst.gap, 2)},
     }
     write_json(summary, args.out / "calibration.json")
     print(table)
