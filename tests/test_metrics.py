@@ -74,6 +74,8 @@ def test_a_metric_missing_at_any_degradation_is_one_line_listing_what_exists():
             named_metric(ROWS, name)
     with pytest.raises(UserError, match="reports no"):
         named_metric({}, "acc")
+    with pytest.raises(UserError, match=r"^metric='nope': the validation reports no 'nope'"):
+        named_metric(ROWS, "nope")  # without a setting's name the message calls it "metric"
 
 
 def test_a_malformed_or_unknown_metric_name_is_refused_at_start_up():
