@@ -86,5 +86,5 @@ def test_a_malformed_or_unknown_metric_name_is_refused_at_start_up():
     for bad in ("x4/", "a/b/acc", ""):
         with pytest.raises(UserError, match=r"give <metric> \(e\.g\. acc\) or <degradation>/<metric>"):
             check_metric_name(bad, ["x4"], "objective")
-    with pytest.raises(UserError, match="x8 is not a validated degradation"):
-        named_metric(ROWS, "x8/acc")
+    with pytest.raises(UserError, match=r"^trainer\.monitor='x8/acc': x8 is not a validated degradation"):
+        named_metric(ROWS, "x8/acc", "trainer.monitor")  # the message names the setting that asked
