@@ -30,6 +30,11 @@ def test_accuracy_is_the_diagonal_share_and_balanced_accuracy_the_mean_recall_of
     assert isinstance(m["acc"], float) and isinstance(m["balanced_acc"], float)
 
 
+def test_a_class_with_a_single_sample_counts_in_the_balanced_accuracy():
+    cm = torch.tensor([[3, 1], [1, 0]])  # class 1 has one true sample, predicted wrong: recall 0
+    assert metrics_from_confusion(cm)["balanced_acc"] == pytest.approx((0.75 + 0.0) / 2)
+
+
 def test_an_empty_confusion_matrix_gives_zeros_not_nan():
     assert metrics_from_confusion(torch.zeros(3, 3, dtype=torch.int64)) == {
         "acc": 0.0,

@@ -229,3 +229,21 @@ def test_overwrite_logs_what_it_removed(tmp_path, caplog):
     with caplog.at_level("INFO", logger="lrfer.engine.runfolder"):
         prepare_run_folder(_cfg(overwrite=True), tmp_path)
     assert "trainer.overwrite=true: removed the previous run's metrics.json, tb" in caplog.text
+
+
+def test_only_an_explicit_overwrite_deletes(tmp_path):
+    """A config whose trainer section does not mention overwrite (hand-made, older) deletes nothing."""
+    (tmp_path / "metrics.json").write_text("{}")
+    cfg = _cfg()
+    del cfg.trainer["overwrite"]
+    prepare_run_folder(cfg, tmp_path)
+    assert (tmp_path / "metrics.json").is_file()
+
+
+def test_removing_an_orphan_temporary_is_logged_with_its_path(tmp_path, caplog):
+    orphan = tmp_path / "checkpoints" / ".last.pt.tmp-1-abcd1234"
+    orphan.parent.mkdir()
+    orphan.write_bytes(b"half")
+    with caplog.at_level("INFO", logger="lrfer.engine.runfolder"):
+        prepare_run_folder(_cfg(), tmp_path)
+    assert f"removed {orphan}, left by an interrupted write" in caplog.text
