@@ -247,3 +247,14 @@ def test_removing_an_orphan_temporary_is_logged_with_its_path(tmp_path, caplog):
     with caplog.at_level("INFO", logger="lrfer.engine.runfolder"):
         prepare_run_folder(_cfg(), tmp_path)
     assert f"removed {orphan}, left by an interrupted write" in caplog.text
+
+
+def test_overwrite_deletes_what_there_is_even_when_the_first_result_is_missing(tmp_path):
+    """A run killed before its metrics.json still loses its checkpoints and logs to an explicit overwrite."""
+    for name in ("checkpoints/last.pt", "tb/events"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    cfg = _cfg(overwrite=True)
+    del cfg.trainer["resume"]  # a config that does not mention resume does not resume
+    prepare_run_folder(cfg, tmp_path)
+    assert list(tmp_path.iterdir()) == []
