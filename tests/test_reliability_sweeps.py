@@ -155,3 +155,36 @@ def test_a_partial_sweep_is_completed_with_resume(tmp_path):
     assert (sweep / "0" / ".hydra" / "config.yaml").read_text() == config  # job 0's own config kept
     assert "seed: 1" in (sweep / "1" / ".hydra" / "config.yaml").read_text()  # job 1 has one to evaluate
     assert "never ran" in (sweep / "1" / "train.log").read_text()
+
+
+def _optuna_storage_works() -> bool:
+    try:
+        import optuna
+        import sqlalchemy
+    except ImportError:
+        return False
+    return optuna.__version__ >= "3" or sqlalchemy.__version__ < "2"
+
+
+@pytest.mark.skipif(not _optuna_storage_works(), reason="optuna 2.10's storage needs SQLAlchemy < 2")
+def test_an_optuna_study_is_extended_with_resume(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    sweep = tmp_path / "sweep"
+    common = [
+        TRAIN, "-m", "hparams_search=optuna", f"hydra.sweep.dir={sweep}",
+        f"hydra.sweeper.storage=sqlite:///{tmp_path / 'study.db'}", *_small(tmp_path),
+    ]  # fmt: skip
+    first = run_cli([*common, "hydra.sweeper.n_trials=2"])
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = {p.parent.name: p.read_text() for p in sweep.glob("*/metrics.json")}
+    assert sorted(before) == ["0", "1"]
+    proc = run_cli([*common, "hydra.sweeper.n_trials=3", "trainer.resume=true"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    after = {p.parent.name: p.read_text() for p in sweep.glob("*/metrics.json")}
+    assert sorted(after) == ["0", "1", "2"]  # one more trial, in a new folder
+    assert {k: after[k] for k in before} == before  # the earlier trials are untouched
+    import optuna
+
+    study = optuna.load_study(study_name="efc_synthetic", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    assert len(study.trials) == 3
+    assert (sweep / "optimization_results.yaml").exists()

@@ -43,9 +43,14 @@ log = logging.getLogger("lrfer")
 NEW_DIR_RESOLVER = "lrfer.new_dir"
 
 
+#: ``${lrfer.plus:a,b}``: ``a + b`` (the job folders of an extended Optuna study start after the old ones).
+PLUS_RESOLVER = "lrfer.plus"
+
+
 def register_resolvers() -> None:
     """The resolvers the Hydra config uses (idempotent; also on import, for launcher worker processes)."""
     OmegaConf.register_new_resolver(NEW_DIR_RESOLVER, claim_new_dir, replace=True)
+    OmegaConf.register_new_resolver(PLUS_RESOLVER, lambda a, b: int(a) + int(b), replace=True)
 
 
 register_resolvers()
@@ -90,10 +95,11 @@ def _remove_if_empty(folders: list[Path]) -> None:
 
 
 def _pin(config: DictConfig, key: str, value: str) -> None:
-    """Set ``hydra.<key>`` to a resolved value, here and in every job Hydra composes from the overrides."""
+    """Set ``hydra.<key>`` to ``value``, here and in every job Hydra composes from the overrides."""
     with read_write(config.hydra):
         OmegaConf.update(config, f"hydra.{key}", value, merge=False)
-        config.hydra.overrides.hydra.append(f"hydra.{key}={value}")
+        quoted = "'" + value.replace("'", "\\'") + "'"  # a quoted string: commas, `${...}` kept
+        config.hydra.overrides.hydra.append(f"hydra.{key}={quoted}")
 
 
 class RunGuard(Callback):
@@ -172,13 +178,15 @@ class RunGuard(Callback):
             record_job(config, job_return)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from lrfer.cli.sweep import start_records, validate_jobs
+        from lrfer.cli.sweep import check_storage, is_optuna_sweeper, start_records, validate_jobs
         from lrfer.config.validate import validate_config
         from lrfer.engine.runfolder import previous_results, resume_output_subdir
 
         with one_line_errors():
             task = task_config(config)
             validate_config(task, warn=False)  # the settings every job shares
+            if is_optuna_sweeper(config):
+                check_storage(config)
             resume = bool(OmegaConf.select(task, "trainer.resume", default=False))
             overwrite = bool(OmegaConf.select(task, "trainer.overwrite", default=False))
             sweep_dir = self._claim(config, "sweep.dir")
@@ -192,12 +200,29 @@ class RunGuard(Callback):
                         "choose a new hydra.sweep.dir, or replace them with trainer.overwrite=true"
                     )
                 validate_jobs(config, self._check_job)
+                if resume and is_optuna_sweeper(config):
+                    self._extend_study(config)
             except UserError:
                 self._give_back(refused=True)
                 raise
             start_records(sweep_dir)
             if resume and config.hydra.output_subdir is not None:
                 _pin(config, "output_subdir", resume_output_subdir())
+
+    @staticmethod
+    def _extend_study(config: DictConfig) -> None:
+        """Run the trials an Optuna study still lacks, in job folders after those of its earlier trials."""
+        from lrfer.cli.sweep import continue_study
+
+        done, to_run = continue_study(config)
+        log.info(
+            "trainer.resume=true: the Optuna study %s holds %d trials; running %d more",
+            config.hydra.sweeper.study_name,
+            done,
+            to_run,
+        )
+        _pin(config, "sweeper.n_trials", str(to_run))
+        _pin(config, "sweep.subdir", f"${{{PLUS_RESOLVER}:${{hydra.job.num}},{done}}}")
 
     @staticmethod
     def _check_job(job: DictConfig) -> None:

@@ -9,6 +9,8 @@
   runs: this process, a joblib worker, a SLURM node); at the end the sweep writes ``sweep_summary.json``,
   prints one line per failed job and exits with a non-zero status (2; 1 when a job crashed).
 - ``trainer.resume=true`` continues the jobs that have a ``last.pt`` and starts the ones that never ran.
+  An Optuna study kept in ``hydra.sweeper.storage`` is extended: ``hydra.sweeper.n_trials`` then counts the
+  study's trials, those already run included, and the new trials get new job folders.
 """
 
 from __future__ import annotations
@@ -69,6 +71,52 @@ def sweep_jobs(config: DictConfig) -> list[list[str]]:
     arguments += OmegaConf.to_container(config.hydra.overrides.task, resolve=False)
     overrides = OverridesParser.create(config_loader=loader).parse_overrides(arguments)
     return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+
+
+def is_optuna_sweeper(config: DictConfig) -> bool:
+    return str(OmegaConf.select(config, "hydra.sweeper._target_", default="")).endswith("OptunaSweeper")
+
+
+def check_storage(config: DictConfig) -> None:
+    """Open the Optuna sweeper's ``hydra.sweeper.storage`` (if any) before the first trial: one line if it
+    cannot be (optuna 2.10, the last the Hydra sweeper supports, needs SQLAlchemy < 2 for it)."""
+    storage = OmegaConf.select(config, "hydra.sweeper.storage")
+    if not storage:
+        return
+    import optuna
+
+    try:
+        optuna.storages.get_storage(str(storage))
+    except Exception as err:
+        raise UserError(
+            f"cannot open hydra.sweeper.storage={storage}: {type(err).__name__}: {err} (optuna "
+            f"{optuna.__version__} needs SQLAlchemy < 2 and alembic < 1.14: pip install -c constraints.txt "
+            "'.[launchers]')"
+        ) from None
+
+
+def study_trials(storage: str, name: str) -> int:
+    """How many trials (of any state) the Optuna study ``name`` in ``storage`` holds (0 if none)."""
+    import optuna
+
+    try:
+        return len(optuna.load_study(study_name=name, storage=storage).trials)
+    except KeyError:  # no such study yet
+        return 0
+
+
+def continue_study(config: DictConfig) -> tuple[int, int]:
+    """For ``trainer.resume=true`` with the Optuna sweeper: the trials the study holds and those still to
+    run, so that it ends with ``hydra.sweeper.n_trials`` trials. Refused without a storage."""
+    storage = OmegaConf.select(config, "hydra.sweeper.storage")
+    if not storage:
+        raise UserError(
+            "trainer.resume=true extends an Optuna study only from its storage: without "
+            "hydra.sweeper.storage (e.g. sqlite:///optuna.db, given from the first invocation on) the "
+            "study was not kept; start a new sweep instead"
+        )
+    done = study_trials(str(storage), str(config.hydra.sweeper.study_name))
+    return done, max(int(config.hydra.sweeper.n_trials) - done, 0)
 
 
 def job_name(num: Any, overrides: list[str], jobs: list[list[str]]) -> str:
