@@ -182,6 +182,19 @@ def test_runs_that_claim_one_default_folder_at_once_get_distinct_folders(tmp_pat
     assert all(Path(c).is_dir() for c in claimed)
 
 
+def test_an_optuna_storage_that_cannot_be_opened_or_is_missing_is_one_line():
+    pytest.importorskip("optuna")
+    from lrfer.cli.sweep import check_storage, continue_study
+
+    sweeper = {"storage": "nosuchdb://host/study", "study_name": "s", "n_trials": 3}
+    with pytest.raises(UserError, match=r"cannot open hydra\.sweeper\.storage=nosuchdb://host/study") as err:
+        check_storage(OmegaConf.create({"hydra": {"sweeper": sweeper}}))
+    assert "\n" not in str(err.value)
+    without = OmegaConf.create({"hydra": {"sweeper": {**sweeper, "storage": None}}})
+    with pytest.raises(UserError, match="extends an Optuna study only from its storage"):
+        continue_study(without)  # trainer.resume=true with an in-memory study: nothing was kept
+
+
 @pytest.mark.filterwarnings("ignore:Detected call of")
 def test_extending_a_cosine_run_rebuilds_its_schedule_for_the_new_length():
     lr, final = 0.1, 1e-3
