@@ -41,8 +41,6 @@ log = logging.getLogger("lrfer")
 
 #: ``${lrfer.new_dir:<path>}`` in configs/hydra: a run folder nobody else has (``<path>_2`` when taken).
 NEW_DIR_RESOLVER = "lrfer.new_dir"
-
-
 #: ``${lrfer.plus:a,b}``: ``a + b`` (the job folders of an extended Optuna study start after the old ones).
 PLUS_RESOLVER = "lrfer.plus"
 
