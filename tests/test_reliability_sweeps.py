@@ -131,6 +131,24 @@ def test_a_sweep_finishes_its_good_jobs_past_a_bad_one_and_ends_with_a_summary(t
     assert not (sweep / LOCK_FILE).exists()
 
 
+def test_an_optuna_search_goes_on_past_a_failed_trial(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    sweep = tmp_path / "sweep"
+    proc = run_cli(
+        [
+            TRAIN, "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={sweep}",
+            *_small(tmp_path), "trainer.optimizer.lr=choice(1e30,0.003)",  # seed 0 draws 0.003, 1e30, 0.003
+        ]
+    )  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    summary = json.loads((sweep / "sweep_summary.json").read_text())
+    statuses = {r["job"]: r["status"] for r in summary["records"]}
+    assert sorted(statuses.values()) == ["error", "ok", "ok"]  # the trial after the failed one ran too
+    assert statuses[2] == "ok" and (sweep / "2" / "metrics.json").exists()
+    assert (sweep / "optimization_results.yaml").exists()
+    assert _error_lines(proc.stderr)[-1] == "error: 1 of the sweep's 3 jobs failed"
+
+
 def test_a_sweep_with_an_invalid_job_is_refused_before_any_job_trains(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli([TRAIN, "-m", *_small(tmp_path), f"hydra.sweep.dir={sweep}", "degrade.train=[x1],[x0]"])
