@@ -1,0 +1,80 @@
+"""Generated video clips with real faces, for scripts/bench_video.py and scripts/video_demo.py.
+
+The face is scikit-image's ``astronaut`` photograph (shipped in its wheel: ``pip install scikit-image``, in
+the ``dev`` extra): her head is pasted on a soft background and moves along a smooth path, so OpenCV's Haar
+detector finds a real face. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+#: (top, left, bottom, right) of the astronaut's face in skimage.data.astronaut() (marked by hand).
+FACE = (70, 178, 170, 272)
+
+
+def head(face_px: int, mirror: bool = False) -> np.ndarray:
+    """The astronaut's head (with some hair, neck and wall) scaled so that her face is ``face_px`` tall."""
+    from skimage import data
+
+    photo = np.asarray(data.astronaut())[..., :3]
+    top, left, bottom, right = FACE
+    fh = bottom - top
+    patch = photo[top - fh // 2 : bottom + 2 * fh // 5, left - fh // 2 : right + fh // 2]
+    k = face_px / fh
+    patch = Image.fromarray(patch).resize((round(patch.shape[1] * k), round(patch.shape[0] * k)), Image.LANCZOS)
+    patch = np.asarray(patch)
+    return np.ascontiguousarray(patch[:, ::-1] if mirror else patch)
+
+
+def background(width: int, height: int, seed: int = 0) -> np.ndarray:
+    """A soft gradient with a few blurred blobs (a room's out-of-focus background)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width] / max(width, height)
+    image = np.stack([140 + 50 * xx, 150 + 40 * yy, 165 - 30 * xx], axis=-1)
+    for _ in range(6):
+        cx, cy, r = rng.uniform(0, width), rng.uniform(0, height), rng.uniform(0.05, 0.2) * width
+        blob = np.exp(-(((xx * max(width, height) - cx) ** 2 + (yy * max(width, height) - cy) ** 2) / r**2))
+        image += blob[..., None] * rng.uniform(-40, 40, 3)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def write_clip(
+    path: Path,
+    size: tuple[int, int] = (640, 360),
+    frames: int = 150,
+    fps: float = 25.0,
+    faces: tuple[tuple[int, bool, float], ...] = ((90, False, 0.0),),
+) -> Path:
+    """A clip of ``frames`` frames with one head per ``faces`` entry (face height px, mirrored, phase): each
+    drifts across the frame and bobs up and down. Encoded with OpenCV (mp4v in .mp4, MJPG in .avi)."""
+    import cv2
+
+    width, height = size
+    base = background(width, height)
+    patches = [(head(px, mirror), phase) for px, mirror, phase in faces]
+    fourcc = "MJPG" if Path(path).suffix.lower() == ".avi" else "mp4v"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (width, height))
+    if not writer.isOpened():
+        raise SystemExit(f"cannot write {path}")
+    for f in range(frames):
+        image = base.copy()
+        for i, (patch, phase) in enumerate(patches):
+            ph, pw = patch.shape[:2]
+            a = f / max(1, frames - 1)
+            span = max(1, width - pw)
+            x = round((0.1 + 0.8 * ((a + phase) % 1.0 if i else a)) * span) if len(patches) > 1 else round(
+                (0.2 + 0.6 * a) * span
+            )
+            if i % 2:
+                x = span - x
+            y = round((height - ph) / 2 + 0.15 * (height - ph) * math.sin(2 * math.pi * (a * 1.5 + phase)))
+            y = min(max(0, y), height - ph)
+            image[y : y + ph, x : x + pw] = patch
+        writer.write(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return Path(path)
