@@ -26,8 +26,8 @@ def head(face_px: int, mirror: bool = False) -> np.ndarray:
     fh = bottom - top
     patch = photo[top - fh // 2 : bottom + 2 * fh // 5, left - fh // 2 : right + fh // 2]
     k = face_px / fh
-    patch = Image.fromarray(patch).resize((round(patch.shape[1] * k), round(patch.shape[0] * k)), Image.LANCZOS)
-    patch = np.asarray(patch)
+    size = (round(patch.shape[1] * k), round(patch.shape[0] * k))
+    patch = np.asarray(Image.fromarray(patch).resize(size, Image.Resampling.LANCZOS))
     return np.ascontiguousarray(patch[:, ::-1] if mirror else patch)
 
 
@@ -67,9 +67,7 @@ def write_clip(
             ph, pw = patch.shape[:2]
             a = f / max(1, frames - 1)
             span = max(1, width - pw)
-            x = round((0.1 + 0.8 * ((a + phase) % 1.0 if i else a)) * span) if len(patches) > 1 else round(
-                (0.2 + 0.6 * a) * span
-            )
+            x = round((0.1 + 0.8 * ((a + phase) % 1.0)) * span)
             if i % 2:
                 x = span - x
             y = round((height - ph) / 2 + 0.15 * (height - ph) * math.sin(2 * math.pi * (a * 1.5 + phase)))

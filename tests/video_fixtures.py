@@ -47,7 +47,7 @@ def synthetic_patch(side: int, label: int, seed: int) -> np.ndarray:
 
 
 def render(movers: list[Mover], frames: int, size=(160, 120)) -> tuple[list[np.ndarray], list[dict]]:
-    """RGB frames and, per frame, {mover index: face box [left, top, width, height]} of faces fully in view."""
+    """RGB frames and, per frame, {mover: face box [left, top, width, height]} of the faces fully in view."""
     width, height = size
     base = background(width, height)
     images, truth = [], []

@@ -408,9 +408,6 @@ def predict_video(
     from lrfer.detect import video_outputs as vo
 
     say = say or log.warning
-    if classifier.device.type == "cpu":
-        # decoding, detection and encoding need a core: torch threads spin-waiting on a busy one are slow
-        torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 2) - 1))
     detector = build_detector(
         DetectorConfig(
             model=args.detector_model, min_face=args.min_face, margin=args.margin, profile=args.profile
@@ -421,6 +418,10 @@ def predict_video(
         tracker=TrackerConfig(min_track=args.min_track), batch_size=args.batch_size,
     )  # fmt: skip
     source = VideoSource(args.camera if args.camera is not None else Path(args.inputs[0]))
+    threads = torch.get_num_threads()
+    if classifier.device.type == "cpu":
+        # decoding, detection and encoding need a core: torch threads spin-waiting on a busy one are slow
+        torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 2) - 1))
     paths = output_paths(args)
     names = classifier.class_names
     partial = vo.PartialFiles()
@@ -495,6 +496,7 @@ def predict_video(
         raise
     finally:
         source.close()
+        torch.set_num_threads(threads)
     written = ", ".join(str(p) for p in paths.values() if p is not None)
     found = f"{len(tracks)} face track{'' if len(tracks) == 1 else 's'}" if tracks else "no face"
     stopped = " (stopped by Ctrl-C)" if stats.interrupted else ""
