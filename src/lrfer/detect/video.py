@@ -383,6 +383,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise UserError("--out, --summary, --timeline and --annotate must be different files")
     if args.inputs and Path(args.inputs[0]).resolve() in named:
         raise UserError(f"an output would overwrite the input video {args.inputs[0]}")
+    if args.inputs:  # a video that cannot be decoded is told before the run is loaded
+        VideoSource(Path(args.inputs[0])).close()
 
 
 def output_paths(args: argparse.Namespace) -> dict[str, Path | None]:
