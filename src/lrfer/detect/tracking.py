@@ -84,11 +84,9 @@ class Track:
     def confirmed(self, cfg: TrackerConfig) -> bool:
         """A face, not a false detection: a long enough span, detected often enough within it (once
         confirmed, a track stays confirmed)."""
-        if not self.state.get("confirmed"):
-            self.state["confirmed"] = (
-                self.span >= cfg.min_track and self.hits >= cfg.min_hit_rate * self.rounds
-            )
-        return self.state["confirmed"]
+        if not self.is_confirmed:
+            self.is_confirmed = self.span >= cfg.min_track and self.hits >= cfg.min_hit_rate * self.rounds
+        return self.is_confirmed
 
 
 class FaceTracker:
