@@ -307,3 +307,11 @@ def test_no_camera_is_one_line(trained_run, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(video, "open_capture", lambda target: cv2.VideoCapture())  # opens nothing
     err = expect_user_error(capsys, predict, trained_run, "--camera", "3", "--out", tmp_path / "f.csv")
     assert "no camera at --camera 3" in err and not (tmp_path / "f.csv").exists()
+
+
+def test_detections_go_to_the_nearest_track_when_several_qualify():
+    from lrfer.detect.tracking import FaceTracker
+
+    tracks = [np.array([0.0, 0, 30, 30]), np.array([12.0, 0, 30, 30])]
+    detections = np.array([[13.0, 1, 30, 30], [1.0, 1, 30, 30]])  # each overlaps both tracks (IoU >= 0.3)
+    assert sorted(FaceTracker()._match(tracks, detections)) == [(0, 1), (1, 0)]
