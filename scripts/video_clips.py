@@ -43,35 +43,40 @@ def background(width: int, height: int, seed: int = 0) -> np.ndarray:
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
+#: One face crossing the frame (face height px, mirrored, start and end of its head's top-left corner as
+#: fractions of the free width and height).
+ONE_FACE = ((90, False, (0.2, 0.5), (0.8, 0.5)),)
+#: Two faces passing each other, one along the top and one along the bottom.
+TWO_FACES = ((64, False, (0.05, 0.05), (0.95, 0.1)), (56, True, (0.95, 0.95), (0.1, 0.9)))
+
+
 def write_clip(
     path: Path,
     size: tuple[int, int] = (640, 360),
     frames: int = 150,
     fps: float = 25.0,
-    faces: tuple[tuple[int, bool, float], ...] = ((90, False, 0.0),),
+    faces: tuple = ONE_FACE,
 ) -> Path:
-    """A clip of ``frames`` frames with one head per ``faces`` entry (face height px, mirrored, phase): each
-    drifts across the frame and bobs up and down. Encoded with OpenCV (mp4v in .mp4, MJPG in .avi)."""
+    """A clip of ``frames`` frames with one head per ``faces`` entry (face height px, mirrored, start, end),
+    moving in a straight line and bobbing up and down a little. mp4v in .mp4, MJPG in .avi."""
     import cv2
 
     width, height = size
     base = background(width, height)
-    patches = [(head(px, mirror), phase) for px, mirror, phase in faces]
+    heads = [(head(px, mirror), start, end) for px, mirror, start, end in faces]
     fourcc = "MJPG" if Path(path).suffix.lower() == ".avi" else "mp4v"
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (width, height))
     if not writer.isOpened():
         raise SystemExit(f"cannot write {path}")
     for f in range(frames):
         image = base.copy()
-        for i, (patch, phase) in enumerate(patches):
+        a = f / max(1, frames - 1)
+        for patch, (x0, y0), (x1, y1) in heads:
             ph, pw = patch.shape[:2]
-            a = f / max(1, frames - 1)
-            span = max(1, width - pw)
-            x = round((0.1 + 0.8 * ((a + phase) % 1.0)) * span)
-            if i % 2:
-                x = span - x
-            y = round((height - ph) / 2 + 0.15 * (height - ph) * math.sin(2 * math.pi * (a * 1.5 + phase)))
-            y = min(max(0, y), height - ph)
+            free_x, free_y = max(0, width - pw), max(0, height - ph)
+            bob = 0.03 * height * math.sin(2 * math.pi * 2 * a)
+            x = round((x0 + a * (x1 - x0)) * free_x)
+            y = min(max(0, round((y0 + a * (y1 - y0)) * free_y + bob)), free_y)
             image[y : y + ph, x : x + pw] = patch
         writer.write(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
     writer.release()
