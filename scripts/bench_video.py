@@ -8,8 +8,10 @@ runs the whole command on it for every run in turn, ``--repeat`` times (interlea
 the machine's load hits every run alike), with the annotated video, CSV, summary and timeline written.
 Reports per run and repeat: ``fps_pipeline`` (frames / seconds from the first decoded frame to the last
 frame written: decoding, detection, tracking, classification, drawing and encoding, as the summary's
-``processed_fps``) and ``fps_command`` (frames / wall time of the whole ``lrfer-predict`` call, loading the
-run and writing the outputs included), and the machine's load average before and after. Prints one JSON.
+``processed_fps``), ``fps_command`` (frames / wall time of the whole ``lrfer-predict`` call, loading the
+run and writing the outputs included), ``cpu_ms_per_frame`` (CPU time of all the command's threads per
+frame: what the frames cost whatever else the machine runs) and the machine's load average before and
+after. Prints one JSON.
 """
 
 from __future__ import annotations
@@ -27,6 +29,30 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from video_clips import write_clip
+
+
+def describe(run: str) -> dict:
+    """What the run is (its method, epochs, input size, test accuracy at x1), not where it lies."""
+    from lrfer.engine.loading import load_run_config
+
+    cfg = load_run_config(run)
+    metrics = json.loads((Path(run) / "metrics.json").read_text()) if (Path(run) / "metrics.json").is_file() else {}
+    return {
+        "method": str(cfg.method.name),
+        "max_epochs": int(cfg.trainer.max_epochs),
+        "input_size": int(cfg.get("input_size") or cfg.dataset.image_size),
+        "test_x1_acc_synthetic": metrics.get("test", {}).get("x1", {}).get("acc"),
+    }
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -49,17 +75,18 @@ def main(argv: list[str] | None = None) -> dict:
             for name, run in runs.items():
                 out = Path(tmp) / f"{name}_{repeat}"
                 load = os.getloadavg()[0]
-                start = time.perf_counter()
+                start, cpu = time.perf_counter(), time.process_time()
                 outputs = ["--annotate", str(out / "annotated.mp4"), "--out", str(out / "faces.csv")]
                 every = ["--detect-every", str(args.detect_every)]
                 predict.main([run, str(clip), *outputs, *every, "--device", "cpu"])
-                seconds = time.perf_counter() - start
+                seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
                 summary = json.loads((out / "faces_summary.json").read_text())
                 results[name].append(
                     {
                         "fps_pipeline": summary["processed_fps"],
                         "fps_command": round(summary["frames"] / seconds, 2),
                         "seconds_command": round(seconds, 2),
+                        "cpu_ms_per_frame": round(1000 * cpu / summary["frames"], 1),
                         "tracks": len(summary["tracks"]),
                         "load_before": round(load, 2),
                         "load_after": round(os.getloadavg()[0], 2),
@@ -70,12 +97,12 @@ def main(argv: list[str] | None = None) -> dict:
         f"--detect-every {args.detect_every} --device cpu",
         "clip": {"size": f"{width}x{height}", "frames": args.frames, "fps": 25, "faces": 1, "face_px": 90},
         "machine": {
-            "cpu": platform.processor() or platform.machine(),
+            "cpu": cpu_model(),
             "cores": os.cpu_count(),
             "torch": torch.__version__,
             "python": platform.python_version(),
         },
-        "runs": {name: {"run": runs[name], "repeats": r} for name, r in results.items()},
+        "runs": {name: {**describe(runs[name]), "repeats": r} for name, r in results.items()},
     }
     text = json.dumps(report, indent=2)
     if args.out is not None:
