@@ -36,7 +36,8 @@ def describe(run: str) -> dict:
     from lrfer.engine.loading import load_run_config
 
     cfg = load_run_config(run)
-    metrics = json.loads((Path(run) / "metrics.json").read_text()) if (Path(run) / "metrics.json").is_file() else {}
+    path = Path(run) / "metrics.json"
+    metrics = json.loads(path.read_text()) if path.is_file() else {}
     return {
         "method": str(cfg.method.name),
         "max_epochs": int(cfg.trainer.max_epochs),
