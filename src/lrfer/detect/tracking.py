@@ -45,7 +45,7 @@ class TrackerConfig:
 
     iou: float = 0.3
     centre: float = 0.5
-    max_missed: int = 5
+    max_missed: int = 10
     min_track: int = 15
     min_hit_rate: float = 0.5
     search: float = 0.25

@@ -45,7 +45,10 @@ from lrfer.errors import UserError
 log = logging.getLogger(__name__)
 
 #: File name endings taken as videos (anything OpenCV's FFmpeg decodes works; these select the video path).
-VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp"}
+VIDEO_SUFFIXES = {
+    ".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts", ".mts",
+    ".m2ts", ".ogv",
+}  # fmt: skip
 #: Frame rate assumed when the container gives none.
 DEFAULT_FPS = 25.0
 #: How many decoded frames the reader may run ahead of the classifier.
@@ -74,8 +77,8 @@ class Frame:
     index: int
     time: float
     bgr: np.ndarray
-    rgb: np.ndarray
-    grey: np.ndarray
+    rgb: np.ndarray | None  # freed once the frame is classified
+    grey: np.ndarray | None
     detections: np.ndarray | None = None
 
 
@@ -258,6 +261,7 @@ def track_video(
             for frame, rows in framed:
                 for row in rows:
                     _smooth(row, frame.time, options.smooth)
+                frame.rgb = frame.grey = None  # a frame waiting to be written keeps only what is drawn on
                 pending.append((frame, rows))
             _release(pending, options.tracker, emit, ids, stats)
             stats.frames += len(chunk)
