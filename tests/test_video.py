@@ -7,6 +7,7 @@ import _thread
 import csv
 import itertools
 import json
+import signal
 
 import numpy as np
 import pytest
@@ -269,7 +270,7 @@ def test_an_unwritable_output_is_one_line_and_leaves_no_partial_file(trained_run
 
 # -- --camera --------
 def test_camera_path_with_a_file_standing_in_stops_on_ctrl_c_and_writes_the_outputs(
-    trained_run, tmp_path, capsys, monkeypatch
+    trained_run, tmp_path, capsys, monkeypatch, request
 ):
     clip = real_face_clip(tmp_path / "camera.avi", frames=200)
     reads = {"n": 0}
@@ -291,6 +292,9 @@ def test_camera_path_with_a_file_standing_in_stops_on_ctrl_c_and_writes_the_outp
             return getattr(self.capture, name)
 
     monkeypatch.setattr(video, "open_capture", Camera)
+    # interrupt_main calls the SIGINT handler: Python's own (KeyboardInterrupt), whatever an earlier test set
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     predict(
         trained_run, "--camera", "0", "--out", tmp_path / "faces.csv", "--annotate", tmp_path / "live.avi"
     )
