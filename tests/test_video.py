@@ -319,3 +319,18 @@ def test_detections_go_to_the_nearest_track_when_several_qualify():
     tracks = [np.array([0.0, 0, 30, 30]), np.array([12.0, 0, 30, 30])]
     detections = np.array([[13.0, 1, 30, 30], [1.0, 1, 30, 30]])  # each overlaps both tracks (IoU >= 0.3)
     assert sorted(FaceTracker()._match(tracks, detections)) == [(0, 1), (1, 0)]
+
+
+def test_a_large_face_is_followed_on_a_scaled_down_copy_of_the_frame(tmp_path, faces):
+    mover = [Mover(faces[0], (0, 0, 30, 30), (5, 30), (120, 40), 0, 39)]
+    images, truth = render(mover, 40)
+    clip = write_clip(tmp_path / "clip.avi", images)
+    emitted = []
+    tracker = TrackerConfig(min_track=10, template_px=12)  # the 30 px face is matched at 12 px
+    options = VideoOptions(detect_every=EVERY, tracker=tracker)
+    detector = ScriptedDetector(truth, EVERY)
+    track_video(VideoSource(clip), detector, FixedClassifier(), options, lambda f, r: emitted.append((f, r)))
+    between = [(f.index, r) for f, rows in emitted for r in rows if f.index % EVERY]
+    assert len(between) == 32
+    for index, row in between:  # frames between detections: found by the template, in full-frame px
+        assert box_iou(row.box, truth[index][0])[0, 0] > 0.75, (index, row.box, truth[index][0])

@@ -40,7 +40,8 @@ class TrackerConfig:
     detection rounds of their span (a box the detector fires on now and then). ``search``: the
     template-matching window reaches this many face sizes beyond the predicted box on every side.
     ``min_match``: below this normalised correlation the face is not found between detections and the box
-    moves on at the track's velocity.
+    moves on at the track's velocity. ``template_px``: faces taller than this are matched on a copy of the
+    frame scaled down until they are this tall (matching costs grow with the face's area squared).
     """
 
     iou: float = 0.3
@@ -50,6 +51,7 @@ class TrackerConfig:
     min_hit_rate: float = 0.5
     search: float = 0.25
     min_match: float = 0.5
+    template_px: int = 40
 
 
 @dataclass
@@ -62,6 +64,7 @@ class Track:
     last_hit: int
     template: np.ndarray | None = None
     offset: tuple[int, int] = (0, 0)  # where the template starts inside the box (it is clipped to the frame)
+    scale: float = 1.0  # the template is the face scaled by this
     velocity: np.ndarray = field(default_factory=lambda: np.zeros(2))  # px per frame, between detections
     last_seen: int = -1  # the last frame it was detected or found by its template
     missed: int = 0
@@ -125,7 +128,7 @@ class FaceTracker:
                 track.box, track.hit_box, track.missed = box, box.copy(), 0
                 track.last_hit = track.last_seen = index
                 track.hits, track.rounds = track.hits + 1, track.rounds_alive
-                track.template, track.offset = _crop(grey, box)
+                track.template, track.offset, track.scale = self._template(grey, box)
             for t, track in enumerate(self.active):
                 if t not in matched_tracks:
                     track.missed += 1
@@ -135,7 +138,8 @@ class FaceTracker:
                         ended.append(track)
             for d, box in enumerate(detections):
                 if d not in matched_dets:
-                    self.active.append(Track(self.next_id, box.copy(), index, index, *_crop(grey, box)))
+                    template, offset, scale = self._template(grey, box)
+                    self.active.append(Track(self.next_id, box.copy(), index, index, template, offset, scale))
                     self.next_id += 1
             self.active = [t for t in self.active if not t.ended]
         return list(self.active), ended
@@ -177,15 +181,31 @@ class FaceTracker:
         height, width = grey.shape
         left, top = int(max(0, np.floor(x - reach))), int(max(0, np.floor(y - reach)))
         right, bottom = int(min(width, np.ceil(x + w + reach))), int(min(height, np.ceil(y + h + reach)))
+        window = grey[top:bottom, left:right]
+        if track.scale < 1:
+            window = self.cv2.resize(
+                window, None, fx=track.scale, fy=track.scale, interpolation=self.cv2.INTER_AREA
+            )
         th, tw = template.shape
-        if bottom - top < th or right - left < tw:
+        if window.shape[0] < th or window.shape[1] < tw:
             return
-        scores = self.cv2.matchTemplate(grey[top:bottom, left:right], template, self.cv2.TM_CCOEFF_NORMED)
+        scores = self.cv2.matchTemplate(window, template, self.cv2.TM_CCOEFF_NORMED)
         _, best, _, (bx, by) = self.cv2.minMaxLoc(scores)
         if best >= self.cfg.min_match:
             dx, dy = track.offset
-            track.box = np.array([left + bx - dx, top + by - dy, w, h], np.float64)
+            track.box = np.array(
+                [left + bx / track.scale - dx, top + by / track.scale - dy, w, h], np.float64
+            )
             track.last_seen = index
+
+    def _template(self, grey: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, tuple[int, int], float]:
+        """The face's grey pixels (scaled down to ``template_px`` tall at most), where they start in the box,
+        and the scale."""
+        template, offset = _crop(grey, box)
+        scale = min(1.0, self.cfg.template_px / max(1.0, float(box[3])))
+        if scale < 1 and min(template.shape) > 0:
+            template = self.cv2.resize(template, None, fx=scale, fy=scale, interpolation=self.cv2.INTER_AREA)
+        return template, offset, scale
 
 
 def _crop(grey: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
