@@ -30,6 +30,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from video_clips import write_clip
 
+from lrfer.report.provenance import provenance
+
 
 def describe(run: str) -> dict:
     """What the run is (its method, epochs, input size, test accuracy at x1), not where it lies."""
@@ -104,6 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
             "python": platform.python_version(),
         },
         "runs": {name: {**describe(runs[name]), "repeats": r} for name, r in results.items()},
+        "provenance": provenance(synthetic=True),  # the runs were trained on synthetic faces
     }
     text = json.dumps(report, indent=2)
     if args.out is not None:
