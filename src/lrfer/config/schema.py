@@ -101,13 +101,16 @@ class SchedulerConfig:
     """Learning-rate schedule: none, step, multistep, exponential, plateau or cosine (stepped per epoch).
 
     ``plateau`` watches ``monitor``: ``val_acc`` (validation accuracy) or ``train_acc`` (training accuracy,
-    as the EFC paper did); ``mode`` max.
+    as the EFC paper did); ``mode`` max. ``multistep`` multiplies the learning rate by ``gamma`` at every
+    milestone, or by ``gammas[i]`` at ``milestones[i]`` when ``gammas`` is given (a piecewise-constant
+    schedule such as CovPoolFER's 5e-3, 2e-3, 1e-3, 5e-4, 1e-4).
     """
 
     name: str = "step"
     step_size: int = 6
     gamma: float = 0.1
     milestones: list[int] = field(default_factory=list)
+    gammas: list[float] = field(default_factory=list)
     patience: int = 10
     factor: float = 0.1
     min_lr: float = 0.0

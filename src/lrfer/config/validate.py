@@ -156,6 +156,7 @@ def validate_config(cfg: DictConfig, *, warn: bool = True) -> list[str]:
     c.check(s + "factor", lambda v: _number(v) and 0 < v < 1, "must be in (0, 1)")
     c.at_least(s + "min_lr", 0)
     c.check(s + "milestones", lambda v: all(_number(m) and m >= 1 for m in v), "must be epochs >= 1")
+    c.check(s + "gammas", lambda v: all(_number(g) and g > 0 for g in v), "must be factors > 0")
     # -- method --------
     c.between("method.label_smoothing", 0, 1, high_open=True)
     c.at_least("method.epochs", 1, integer=True)

@@ -56,6 +56,22 @@ _SHAPE = {
 }
 
 
+class PiecewiseFactor:
+    """The learning-rate factor of epoch ``e``: the product of ``gammas[i]`` over the ``milestones[i] <= e``
+    (``multistep`` with ``gammas``; a class, not a lambda, so that LambdaLR saves its state)."""
+
+    def __init__(self, milestones: list[int], gammas: list[float]) -> None:
+        self.milestones = [int(m) for m in milestones]
+        self.gammas = [float(g) for g in gammas]
+
+    def __call__(self, epoch: int) -> float:
+        factor = 1.0
+        for milestone, gamma in zip(self.milestones, self.gammas):
+            if epoch >= milestone:
+                factor *= gamma
+        return factor
+
+
 class EpochScheduler:
     """A torch scheduler stepped once per epoch; ``plateau`` receives the monitored accuracy."""
 
@@ -75,6 +91,14 @@ class EpochScheduler:
         if name == "step":
             return lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
         if name == "multistep":
+            gammas = list(cfg.get("gammas") or [])
+            if gammas:
+                if len(gammas) != len(cfg.milestones):
+                    raise UserError(
+                        f"scheduler.gammas has {len(gammas)} factors for {len(cfg.milestones)} milestones: "
+                        "give one factor per milestone (or none, for gamma at every milestone)"
+                    )
+                return lr_scheduler.LambdaLR(optimizer, PiecewiseFactor(list(cfg.milestones), gammas))
             return lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.milestones), gamma=cfg.gamma)
         if name == "exponential":
             return lr_scheduler.ExponentialLR(optimizer, gamma=cfg.gamma)
