@@ -192,6 +192,7 @@ class DatasetConfig:
     class_names: list[str] = MISSING
     image_size: int = MISSING
     val_fraction: float = 0.1
+    val_per_class: int | None = None
     merge_val: bool = False
     split_seed: int = 0
     sampler: str = "random"

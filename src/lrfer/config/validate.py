@@ -176,6 +176,7 @@ def validate_config(cfg: DictConfig, *, warn: bool = True) -> list[str]:
         lambda v: _number(v) and 0 <= v < 1,
         "must be in [0, 1): the share of train held out for validation (0: none, the last epoch is kept)",
     )
+    c.at_least(d + "val_per_class", 1, optional=True, integer=True)
     c.choice(d + "sampler", ("random", "balanced"))
     for key in ("num_train", "num_val", "num_test"):
         c.at_least(d + key, 0, integer=True)

@@ -69,9 +69,7 @@ def collect_runs(dirs: list[str | Path], split: str = "test", metric: str = "acc
                     raise UserError(f"{f}: {split}.{label} has no {metric!r}")
                 row.values[label] = float(entry[metric])
                 for key, value in entry.items():
-                    if key not in ("acc", "balanced_acc", "n", "confusion") and isinstance(
-                        value, (int, float)
-                    ):
+                    if key not in (metric, "n", "confusion") and isinstance(value, (int, float)):
                         row.extras.setdefault(key, {})[label] = float(value)
             rows.append(row)
     return rows

@@ -40,7 +40,17 @@ class DatasetAdapter:
     # -- shared --------
     def options(self) -> dict:
         """Config values that change the decoded cache (all but the ones that only affect training)."""
-        skip = {"root", "sampler", "mean", "std", "on_device", "val_fraction", "merge_val", "split_seed"}
+        skip = {
+            "root",
+            "sampler",
+            "mean",
+            "std",
+            "on_device",
+            "val_fraction",
+            "val_per_class",
+            "merge_val",
+            "split_seed",
+        }
         return {k: v for k, v in OmegaConf.to_container(self.cfg, resolve=True).items() if k not in skip}
 
     def fingerprint(self) -> dict:
