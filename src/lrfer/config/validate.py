@@ -204,6 +204,10 @@ def validate_config(cfg: DictConfig, *, warn: bool = True) -> list[str]:
     _check_degradations(c, image_size)
     # -- logger --------
     c.at_least("logger.num_sample_images", 0, integer=True)
+    # -- the paper's initialisation --------
+    message = paper_init_warning(cfg)
+    if message:
+        c.warnings.append(message)
 
     if c.errors:
         raise UserError("; ".join(c.errors))
@@ -211,6 +215,27 @@ def validate_config(cfg: DictConfig, *, warn: bool = True) -> list[str]:
         for message in c.warnings:
             log.warning("%s", message)
     return c.warnings
+
+
+def paper_init_warning(cfg: DictConfig) -> str | None:
+    """The warning for a paper-table experiment run without the paper's initialisation, else None.
+
+    An experiment config names what its paper's numbers start from in a top-level ``paper_init`` block:
+    ``key`` (the option that must be set, e.g. ``model.weights``), ``expects`` (what the paper used) and
+    ``otherwise`` (what the run starts from when the key is unset). The run still goes ahead: the fallback
+    is legal, only its numbers are not the paper's.
+    """
+    init = cfg.get("paper_init") if isinstance(cfg, DictConfig) else None
+    if not init:
+        return None
+    value = OmegaConf.select(cfg, str(init.key), default=None)
+    if value is not None and str(value).strip():
+        return None
+    return (
+        f"{init.key} is unset: this experiment runs without the paper's initialisation ({init.expects}); "
+        f"it starts from {init.otherwise} instead, so expect lower accuracy than the paper's table "
+        f"(set {init.key}=PATH; expected ranges in experiments/<method>/README.md)"
+    )
 
 
 def _check_degradations(c: _Checker, image_size: int | None) -> None:
