@@ -42,4 +42,4 @@ def test_fsrfer_tables_warn_without_the_covpoolfer_extractor_and_its_own_run_doe
     assert (
         paper_init_warning(compose_cfg("experiment=fsrfer/rafdb", "method.extractor_weights=runs/cp")) is None
     )
-    assert paper_init_warning(compose_cfg("experiment=fsrfer/rafdb_covpoolfer")) is None
+    assert paper_init_warning(compose_cfg("experiment=fsrfer/rafdb_covpoolfer_isr")) is None

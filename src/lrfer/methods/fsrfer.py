@@ -53,7 +53,7 @@ Choices the paper leaves open (also in ``experiments/fsrfer/README.md``):
   CovPoolFER): Adam 1e-3 for ``extractor_epochs`` epochs with the trainer's scheduler unless overridden;
   CovPoolFER's own recipe (884 epochs of batch 128, lr 5e-3 -> 1e-4 on its schedule file, Adam epsilon 0.1,
   centre loss 1e-2: ``method.center_loss``, :mod:`lrfer.methods.center_loss`) is
-  ``experiment=fsrfer/rafdb_covpoolfer``, trained once and reused with ``extractor_weights``.
+  ``experiment=fsrfer/rafdb_covpoolfer_isr``, trained once and reused with ``extractor_weights``.
 * Precision: under the trainer's autocast (``trainer.precision=auto`` = bf16 on CUDA) only the generator
   runs in bf16; the frozen extractor's feature maps, the critic (eq. 7-8), its divergence term and the
   classifier head (eq. 9, 11) are float32 islands (:func:`full_precision`): F_sr and F_hr differ by a few
