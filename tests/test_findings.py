@@ -135,6 +135,17 @@ def test_a_changed_override_is_another_run_folder(tmp_path):
     assert a != run_folder(tmp_path, "efc", 0, ["method=efc", "seed=0", "dataset.num_train=10"])
 
 
+def test_a_changed_default_of_the_trained_config_is_another_run_folder(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    import lrfer.report.findings as findings
+
+    before = run_folder(tmp_path, "efc", 0, ["method=efc"])
+    monkeypatch.setattr(findings, "compose_config", lambda o: OmegaConf.create({"method": {"epochs": -1}}))
+    findings._key.cache_clear()
+    assert run_folder(tmp_path, "efc", 0, ["method=efc"]) != before
+
+
 def test_plan_gives_every_run_its_seed_and_scaled_epochs():
     protocol = load_findings_protocol(PROTOCOL)
     plan = plan_runs(protocol, ["drgfer"], 3, ["trainer.max_epochs=1"])

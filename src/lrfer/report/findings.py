@@ -24,6 +24,7 @@ that a changed override makes another folder (a new run) and never reuses or ove
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
 import math
@@ -35,6 +36,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from lrfer.config.compose import compose_config
 from lrfer.errors import UserError
 
 RULE = (
@@ -430,9 +432,22 @@ def scaled_overrides(spec: dict, fraction: float) -> list[str]:
     return out
 
 
+#: The composed config sections that say what a run trains: a change of their defaults (a method option's
+#: new default, say) is another run, even with the same overrides.
+TRAINED_SECTIONS = ("method", "model", "degrade", "augment")
+
+
 def run_key(overrides: Iterable[str]) -> str:
-    """A short hash of a run's overrides (order-free): its folder name's suffix."""
-    text = "\n".join(sorted(overrides))
+    """A short hash of a run's overrides (order-free) and of the config sections they compose to
+    (:data:`TRAINED_SECTIONS`): its folder name's suffix."""
+    return _key(tuple(sorted(overrides)))
+
+
+@functools.cache
+def _key(overrides: tuple[str, ...]) -> str:  # composing takes a fraction of a second: once per run
+    cfg = compose_config(list(overrides))
+    trained = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in TRAINED_SECTIONS if k in cfg}
+    text = json.dumps({"overrides": list(overrides), "config": trained}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
