@@ -23,7 +23,9 @@ import argparse
 import json
 import os
 import resource
+import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -107,35 +109,46 @@ def main(argv: list[str] | None = None) -> dict:
             elif run in to_train and not args.collect:
                 todo.append((run, seed, folder, copy, overrides))
 
+        # the calls that trained runs: their history lives with the runs (<out>/calls.json), is updated as
+        # each run ends (a call that runs for days is on record from its start) and is copied with them
+        calls = previous_calls(args.out / "calls.json")
+        call = {
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "command": command,
+            "code": code_version(),
+            "machine": f"{cpu_model()} ({os.cpu_count()} cores), torch {torch.__version__}",
+            "runs_planned": len(todo),
+            "runs_trained": 0,
+            "wall_s": 0.0,
+            "cpu_s": 0.0,
+        }
+        lock = threading.Lock()
+
+        def record_call() -> None:
+            call.update(wall_s=round(time.perf_counter() - start, 1), cpu_s=round(_children_cpu() - cpu0, 1))
+            (args.out / "calls.json").write_text(json.dumps([*calls, call], indent=1) + "\n")
+
         def done(index: int, ok: bool, seconds: float) -> None:
             run, seed, folder, copy, _ = todo[index]
             print(f"{run} seed {seed}: {'done' if ok else 'FAILED'} in {seconds / 60:.1f} min", flush=True)
-            if ok:
-                copy_artefacts(folder, copy)
-            else:
-                failed.append(f"{run}/seed{seed} (see {folder.with_suffix('.log')})")
+            with lock:
+                if ok:
+                    copy_artefacts(folder, copy)
+                    call["runs_trained"] += 1
+                else:
+                    failed.append(f"{run}/seed{seed} (see {folder.with_suffix('.log')})")
+                record_call()
 
         if todo:
             print(f"{len(todo)} run(s) to train", flush=True)
+            args.out.mkdir(parents=True, exist_ok=True)
+            record_call()
             jobs = args.jobs if args.jobs is not None else (os.cpu_count() or 1)
             train_side_by_side([(o, f) for _, _, f, _, o in todo], max(1, jobs), done)
-            trained = len(todo)
+            trained = call["runs_trained"]
+            record_call()
 
-    # the calls that trained runs: their history lives with the runs (<out>) and is copied with them
     calls = previous_calls((results if args.from_repo else args.out) / "calls.json")
-    if trained:
-        calls.append(
-            {
-                "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                "command": command,
-                "machine": f"{cpu_model()} ({os.cpu_count()} cores), torch {torch.__version__}",
-                "runs_trained": trained,
-                "wall_s": round(time.perf_counter() - start, 1),
-                "cpu_s": round(_children_cpu() - cpu0, 1),
-            }
-        )
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "calls.json").write_text(json.dumps(calls, indent=1) + "\n")
     if calls and not args.from_repo:
         results.mkdir(parents=True, exist_ok=True)
         (results / "calls.json").write_text(json.dumps(calls, indent=1) + "\n")
@@ -166,6 +179,20 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"error: {len(failed)} run(s) failed: {'; '.join(failed)}", file=sys.stderr)
         sys.exit(1)
     return summary
+
+
+def code_version() -> str:
+    """The repository's commit (``git rev-parse``), else the ``COMMIT`` file of an exported copy."""
+    try:
+        git = ["git", "rev-parse", "--short", "HEAD"]
+        out = subprocess.run(git, cwd=REPO, capture_output=True, text=True)
+        if out.returncode == 0:
+            dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=REPO).returncode != 0
+            return out.stdout.strip() + ("-dirty" if dirty else "")
+    except OSError:
+        pass
+    commit = REPO / "COMMIT"
+    return commit.read_text().strip()[:12] if commit.is_file() else "unknown"
 
 
 def _children_cpu() -> float:

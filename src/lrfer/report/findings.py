@@ -798,16 +798,21 @@ def provenance_lines(records: list[RunRecord], calls: list[dict], fraction: floa
         f"Budget: every stage at {fraction:g} of its paper's epochs (experiments/findings/protocol.yaml).",
         f"Runs: {len(records)} finished; torch {', '.join(torch_versions) or '-'}; synthetic-face generator "
         f"v{', v'.join(generators) or '-'}.",
-        f"CPU time of the runs: {sum(cpu) / 3600:.2f} h over {len(cpu)} run(s) that record it "
-        f"(metrics.json cpu_s); their wall time {sum(wall) / 3600:.2f} h.",
+        f"**Total CPU time of the runs: {duration(sum(cpu))}** over {len(cpu)} run(s) that record it "
+        f"(metrics.json cpu_s); their wall time {duration(sum(wall))}.",
     ]
     for c in calls:
         lines.append(
-            f"- {c.get('date', '?')}: `{c.get('command', '?')}` on {c.get('machine', '?')}, "
-            f"{c.get('runs_trained', 0)} run(s) trained, wall {c.get('wall_s', 0) / 60:.1f} min, "
-            f"CPU {c.get('cpu_s', 0) / 3600:.2f} h"
+            f"- {c.get('date', '?')}: `{c.get('command', '?')}` (code {c.get('code', '?')}) on "
+            f"{c.get('machine', '?')}: {c.get('runs_trained', 0)} of {c.get('runs_planned', '?')} run(s) "
+            f"trained so far, wall {duration(c.get('wall_s', 0))}, CPU {duration(c.get('cpu_s', 0))}"
         )
     return lines
+
+
+def duration(seconds: float) -> str:
+    """Seconds as minutes below two hours, else hours."""
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.2f} h"
 
 
 def previous_calls(path: Path) -> list[dict]:
