@@ -182,7 +182,11 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def code_version() -> str:
-    """The repository's commit (``git rev-parse``), else the ``COMMIT`` file of an exported copy."""
+    """The ``COMMIT`` file of an exported copy (``git archive`` into a git-ignored folder, which a
+    ``git rev-parse`` would see as the enclosing checkout), else the repository's commit."""
+    commit = REPO / "COMMIT"
+    if commit.is_file():
+        return commit.read_text().strip()[:12]
     try:
         git = ["git", "rev-parse", "--short", "HEAD"]
         out = subprocess.run(git, cwd=REPO, capture_output=True, text=True)
@@ -191,8 +195,7 @@ def code_version() -> str:
             return out.stdout.strip() + ("-dirty" if dirty else "")
     except OSError:
         pass
-    commit = REPO / "COMMIT"
-    return commit.read_text().strip()[:12] if commit.is_file() else "unknown"
+    return "unknown"
 
 
 def _children_cpu() -> float:

@@ -215,6 +215,9 @@ def test_quick_mode_writes_the_table_plot_curves_and_run_copies(quick):
     assert not list((results / "runs").rglob("*.pt"))
     md = (results / "synthetic.md").read_text()
     assert "SYNTHETIC" in md and "not converged" in md and "EFC within 1 point" in md
+    assert "Total CPU time of the runs" in md and "torch" in md and "generator v3" in md
+    for metrics_file in (results / "runs").glob("*/*/metrics.json"):
+        assert json.loads(metrics_file.read_text())["cpu_s"] > 0  # the run's own CPU seconds
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["runs_trained_this_call"] == 2 and summary["failed"] == []
 
