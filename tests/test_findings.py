@@ -101,6 +101,12 @@ def test_a_measure_with_alternatives_is_the_best_of_them_per_seed():
     assert measure_values(m, metrics) == {0: pytest.approx(70.0), 1: pytest.approx(90.0)}
 
 
+def test_a_params_claim_notes_our_parameter_counts():
+    claim = Claim("P", "T", "a ~ b", Measure("a", ("x1",)), Measure("b", ("x1",)), 1, 1, params=True)
+    metrics = {"a": {0: {"num_params": 500, "test": {}}}, "b": {0: {"num_params": 11000, "test": {}}}}
+    assert "500 against 11,000 parameters (1/22)" in evaluate_claim(claim, metrics).note
+
+
 def test_a_measure_averages_its_labels():
     m = Measure("r", ("x1", "x2"))
     metrics = {"r": {0: {"test": {"x1": {"acc": 0.8}, "x2": {"acc": 0.6}}}}}
