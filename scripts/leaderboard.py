@@ -38,6 +38,7 @@ from lrfer.engine.loading import load_run_config
 from lrfer.engine.model_stats import method_cost
 from lrfer.errors import UserError, exit_on_user_error
 from lrfer.report.leaderboard import (
+    budget_label,
     budget_overrides,
     collect,
     load_protocol,
@@ -146,7 +147,8 @@ def main(argv: list[str] | None = None) -> dict:
     results = collect(out, methods)
     labels = sorted({lbl for r in results for lbl in r.accuracies})
     data = "SYNTHETIC faces (not real data)" if dataset == "synthetic" else dataset
-    title = f"lrfer leaderboard on {data}, budget {budget:g}, {args.seeds} seed(s)"
+    budget_text = budget_label(budget, protocol["converged_budget"])
+    title = f"lrfer leaderboard on {data}, {budget_text}, {args.seeds} seed(s)"
     md = write_leaderboard(results, labels, out, title, provenance_notes(calls, machine))
     summary = {
         "dataset": dataset,

@@ -10,7 +10,7 @@ from conftest import run_cli
 
 from lrfer.config.compose import merge_overrides
 from lrfer.errors import UserError
-from lrfer.report.leaderboard import budget_overrides, face_side, load_protocol, plain_log_axis
+from lrfer.report.leaderboard import budget_label, budget_overrides, face_side, load_protocol, plain_log_axis
 
 TINY = [
     "dataset.num_train=56",
@@ -154,3 +154,14 @@ def test_a_call_that_trains_nothing_writes_the_table_again_but_adds_no_call(boar
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert table.is_file()
     assert json.loads((out / "leaderboard.json").read_text())["calls"] == calls
+
+
+def test_a_table_not_at_the_converged_budget_is_labelled_not_converged():
+    assert "NOT CONVERGED" in budget_label(1.0, None)
+    assert "NOT CONVERGED" in budget_label(1.0, 4.0)
+    assert "NOT CONVERGED" not in budget_label(4.0, 4.0)
+
+
+def test_the_default_leaderboard_protocol_is_not_yet_converged():
+    protocol = load_protocol("experiments/leaderboard/protocol.yaml")
+    assert "NOT CONVERGED" in budget_label(protocol["budget"], protocol["converged_budget"])

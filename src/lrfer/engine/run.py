@@ -356,6 +356,8 @@ def run_metrics(
             "gpu": torch.cuda.get_device_name(parts.device) if parts.device.type == "cuda" else None,
         },
         "duration_s": round(time.perf_counter() - t0, 2),
+        # CPU seconds of this process, all threads (since the last start, when the run was resumed)
+        "cpu_s": round(time.process_time(), 1),
     }
 
 
