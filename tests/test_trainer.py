@@ -216,3 +216,36 @@ def test_decay_norm_and_bias_false_exempts_vectors_from_weight_decay(name):
     for p in net.parameters():  # one step runs with the two groups
         p.grad = torch.ones_like(p)
     opt.step()
+
+
+def test_a_resume_with_another_learning_rate_applies_it_with_a_log_line(tmp_path, caplog):
+    _run(tmp_path, tmp_path / "run", "trainer.max_epochs=1", "trainer.scheduler.name=none")
+    stored = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert stored["settings"]["main"]["optimizer"]["lr"] == 0.003
+    with caplog.at_level("WARNING"):
+        _run(
+            tmp_path,
+            tmp_path / "run",
+            "trainer.max_epochs=2",
+            "trainer.resume=true",
+            "trainer.scheduler.name=none",
+            "trainer.optimizer.lr=0.5",
+        )
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert [g["lr"] for g in last["optimizers"]["main"]["param_groups"]] == [0.5]
+    assert last["settings"]["main"]["optimizer"]["lr"] == 0.5
+    assert "trainer.optimizer.lr=0.5 (the run used 0.003)" in caplog.text
+
+
+def test_a_resume_with_another_scheduler_type_is_refused_in_one_line(tmp_path):
+    _run(tmp_path, tmp_path / "run", "trainer.max_epochs=1", "trainer.scheduler.name=cosine")
+    before = (tmp_path / "run" / "checkpoints" / "last.pt").read_bytes()
+    with pytest.raises(UserError, match=r"trainer.scheduler.name=exponential \(the run used cosine\)"):
+        _run(
+            tmp_path,
+            tmp_path / "run",
+            "trainer.max_epochs=2",
+            "trainer.resume=true",
+            "trainer.scheduler.name=exponential",
+        )
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").read_bytes() == before

@@ -32,7 +32,13 @@ from lrfer.data.pipeline import FaceDataModule
 from lrfer.engine import distributed as dist
 from lrfer.engine.checkpoint import load_checkpoint, save_checkpoint
 from lrfer.engine.metrics import check_metric_name, confusion_matrix, metrics_from_confusion, named_metric
-from lrfer.engine.optim import EpochScheduler, build_optimizer
+from lrfer.engine.optim import (
+    EpochScheduler,
+    apply_resumed_settings,
+    build_optimizer,
+    check_resumed_settings,
+    step_settings,
+)
 from lrfer.engine.tblog import RunLogger
 from lrfer.errors import ProcessError, UserError
 from lrfer.methods.base import Method, Stage
@@ -397,11 +403,18 @@ class Trainer:
         summary = StageSummary(stage.name)
         start_epoch = 0
         if state is not None:
+            stored = state.get("settings") or {}
             for step in stage.steps:
+                where = f"stage {stage.name}, step {step}"
+                check_resumed_settings(stored.get(step), self.step_settings[step], where)
                 optimizers[step].load_state_dict(state["optimizers"][step])
                 rebuilt = schedulers[step].load_state_dict(state["schedulers"][step])
                 if rebuilt:
-                    log.warning("stage %s, step %s: %s", stage.name, step, rebuilt)
+                    log.warning("%s: %s", where, rebuilt)
+                for line in apply_resumed_settings(
+                    stored.get(step), self.step_settings[step], optimizers[step], schedulers[step]
+                ):
+                    log.warning("resuming %s with %s", where, line)
             start_epoch = int(state["epoch"])
             summary = StageSummary(**state["summary"])
         log.info("stage %s: %d epochs on %s", stage.name, epochs, [d.label for d in train_degs])
@@ -459,9 +472,12 @@ class Trainer:
     def build_optimizers(self, stage: Stage, epochs: int):
         """One optimiser and one epoch scheduler per optimisation step of ``stage``."""
         optimizers, schedulers = {}, {}
+        #: per step, the settings stored in last.pt that a resume compares with its own
+        self.step_settings = {}
         for step in stage.steps:
             opt_cfg = self._merged(self.cfg.optimizer, stage.optimizer, step)
             sched_cfg = self._merged(self.cfg.scheduler, stage.scheduler, step)
+            self.step_settings[step] = step_settings(opt_cfg, sched_cfg)
             optimizers[step] = build_optimizer(self.method.stage_parameters(stage, step), opt_cfg)
             schedulers[step] = EpochScheduler(optimizers[step], sched_cfg, epochs)
         return optimizers, schedulers
@@ -605,6 +621,7 @@ class Trainer:
                 "method": self.method.state_dict(),
                 "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
                 "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
+                "settings": self.step_settings,
                 "summary": summary.__dict__,
                 "summaries": [s.__dict__ for s in self.summaries],
                 "val_history": self.val_history,
