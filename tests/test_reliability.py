@@ -271,6 +271,8 @@ INVALID = {
     "dataset.val_fraction": 1.5,
     "trainer.channels_last": "maybe",
     "degrade.test": ["x0"],
+    "objective": "bar",
+    "trainer.monitor": "foo",
 }
 
 
@@ -281,6 +283,17 @@ def test_an_invalid_value_is_one_line_naming_it(base_cfg, key):
     with pytest.raises(UserError) as err:
         validate_config(cfg)
     assert key in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_method_s_own_metric_may_be_monitored_only_by_that_method(base_cfg):
+    drgfer = compose_cfg(
+        *tiny(Path("unused")), "method=drgfer", "trainer.monitor=rrn_acc", "objective=x1/rrn_acc"
+    )
+    assert validate_config(drgfer, warn=False) is not None
+    with pytest.raises(UserError, match=r"trainer\.monitor=rrn_acc: the method reports no 'rrn_acc'"):
+        validate_config(_with(base_cfg, trainer__monitor="rrn_acc"))
+    with pytest.raises(UserError, match=r"objective=x4/acc: x4 is not a validated degradation"):
+        validate_config(_with(base_cfg, objective="x4/acc"))
 
 
 def test_every_problem_is_reported_at_once(base_cfg):

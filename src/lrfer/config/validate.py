@@ -200,6 +200,7 @@ def validate_config(cfg: DictConfig, *, warn: bool = True) -> list[str]:
     c.choice(g + "resize_kernel", (*KERNELS, "nearest"))
     c.at_least(g + "input_size", 1, optional=True, integer=True)
     _check_degradations(c, image_size)
+    _check_metric_names(c)
     # -- logger --------
     c.at_least("logger.num_sample_images", 0, integer=True)
 
@@ -236,3 +237,44 @@ def _check_degradations(c: _Checker, image_size: int | None) -> None:
                     f"degradation {deg.label} turns the {image_size}-px faces into {side}x{side} px "
                     f"(below {MIN_FACE_SIDE} px a face carries no expression)"
                 )
+
+
+def method_metrics(cfg: DictConfig) -> list[str] | None:
+    """The validation metrics the config's method reports (``acc``, ``balanced_acc`` and its
+    :attr:`~lrfer.methods.base.Method.extra_metrics`); None when the method class cannot be found."""
+    from hydra.utils import get_class
+
+    target = _get(cfg, "method._target_")
+    if not isinstance(target, str):
+        return None
+    try:
+        cls = get_class(target)
+    except Exception:  # a method that does not import is reported when it is built
+        return None
+    return ["acc", "balanced_acc", *getattr(cls, "extra_metrics", ())]
+
+
+def _check_metric_names(c: _Checker) -> None:
+    """``trainer.monitor`` and ``objective`` name a metric the method reports at a validated degradation."""
+    from lrfer.data.degrade import parse_degradations
+
+    metrics = method_metrics(c.cfg)
+    labels = _get(c.cfg, "degrade.val")
+    if labels is _MISSING or labels is None:
+        labels = _get(c.cfg, "degrade.train")
+    try:
+        validated = [d.label for d in parse_degradations(list(labels))]
+    except Exception:  # an impossible degradation list is already reported
+        validated = None
+    for key in ("trainer.monitor", "objective"):
+        name = _get(c.cfg, key)
+        if not isinstance(name, str) or name.count("/") > 1:
+            continue  # the format is checked above (trainer.monitor) or by the schema
+        label, _, metric = name.rpartition("/")
+        if label and validated is not None and label not in validated:
+            c.errors.append(f"{key}={name}: {label} is not a validated degradation (they are {validated})")
+        elif metrics is not None and metric not in metrics:
+            c.errors.append(
+                f"{key}={name}: the method reports no {metric!r} on the validation split; "
+                f"choose one of {', '.join(metrics)} (or <degradation>/<metric>, e.g. x4/acc)"
+            )

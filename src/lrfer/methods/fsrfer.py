@@ -134,6 +134,8 @@ def wgan_div_penalty(
 class FSRFER(HRClassifierMethod):
     """FSR-FER: frozen feature extractor + RRDB feature generator + WGAN-div critic (module docstring)."""
 
+    extra_metrics = ("direct_acc",)
+
     def __init__(
         self,
         context: MethodContext,
