@@ -296,6 +296,23 @@ def test_a_method_s_own_metric_may_be_monitored_only_by_that_method(base_cfg):
         validate_config(_with(base_cfg, objective="x4/acc"))
 
 
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        (
+            {"dataset__image_size": 5},
+            r"dataset\.image_size=5: the synthetic faces are drawn at 16 px or more",
+        ),
+        ({"dataset__image_size": 15}, r"dataset\.image_size=15: "),
+        ({"dataset__num_train": 0}, r"dataset\.num_train=0: the synthetic set needs train faces"),
+        ({"dataset__root": "/data/rafdb"}, r"dataset\.root=/data/rafdb but the dataset is synthetic"),
+    ],
+)
+def test_synthetic_dataset_values_it_cannot_use_are_refused_at_composition(base_cfg, values, expected):
+    with pytest.raises(UserError, match=expected):
+        validate_config(_with(base_cfg, **values))
+
+
 def test_every_problem_is_reported_at_once(base_cfg):
     cfg = _with(base_cfg, trainer__max_epochs=-1, augment__hflip=3.0)
     with pytest.raises(UserError, match=r"trainer\.max_epochs=-1 .*; augment\.hflip=3\.0 "):

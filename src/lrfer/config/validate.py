@@ -201,6 +201,7 @@ def validate_config(cfg: DictConfig, *, warn: bool = True) -> list[str]:
     c.at_least(g + "input_size", 1, optional=True, integer=True)
     _check_degradations(c, image_size)
     _check_metric_names(c)
+    _check_dataset(c)
     # -- logger --------
     c.at_least("logger.num_sample_images", 0, integer=True)
 
@@ -278,3 +279,18 @@ def _check_metric_names(c: _Checker) -> None:
                 f"{key}={name}: the method reports no {metric!r} on the validation split; "
                 f"choose one of {', '.join(metrics)} (or <degradation>/<metric>, e.g. x4/acc)"
             )
+
+
+def _check_dataset(c: _Checker) -> None:
+    """The dataset adapter's own checks (:meth:`~lrfer.data.datasets.base.DatasetAdapter.config_problems`)."""
+    from hydra.utils import get_class
+
+    node, target = _get(c.cfg, "dataset"), _get(c.cfg, "dataset._target_")
+    if not isinstance(node, DictConfig) or not isinstance(target, str):
+        return
+    try:
+        adapter = get_class(target)
+    except Exception:  # an adapter that does not import is reported when it is built
+        return
+    if hasattr(adapter, "config_problems"):
+        c.errors.extend(adapter.config_problems(node))
