@@ -27,7 +27,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
 
 from lrfer.engine.distributed import env_rank
-from lrfer.errors import USER_ERROR_EXIT_CODE, ProcessError, UserError
+from lrfer.errors import USER_ERROR_EXIT_CODE, ProcessError, UserError, check_folder_can_be_written
 
 
 def report_user_error(err: UserError) -> None:
@@ -66,6 +66,7 @@ class RunGuard(Callback):
                 return  # torchrun: this rank's hydra.run.dir is a scratch folder; rank 0 checks the run's
             run_dir = Path(str(OmegaConf.select(config, "hydra.run.dir")))
             check_run_folder(task, run_dir)
+            check_folder_can_be_written(run_dir, "write the run folder")
             resuming = bool(OmegaConf.select(task, "trainer.resume", default=False))
             if resuming and (run_dir / ".hydra").is_dir() and config.hydra.output_subdir is not None:
                 with read_write(config.hydra):

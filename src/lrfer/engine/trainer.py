@@ -118,13 +118,15 @@ def compile_networks(networks, mode: str) -> None:
             setattr(net, name, torch.compile(bound, **kwargs))
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, key: str = "trainer.device") -> torch.device:
+    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:<i>`` as a device; ``key`` names the option in the messages."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("trainer.device=cuda but no CUDA device is available: use trainer.device=cpu or auto")
     if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise UserError(f"unknown trainer.device {name!r}: choose auto, cpu or cuda")
+        raise UserError(f"unknown {key} {name!r}: choose auto, cpu or cuda")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        sep = " " if key.startswith("--") else "="
+        raise UserError(f"{key}{sep}{name} but no CUDA device is available: use {key}{sep}cpu or auto")
     return torch.device(name)
 
 
