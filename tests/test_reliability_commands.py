@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import os
 
 import numpy as np
@@ -132,3 +133,115 @@ def test_predict_a_read_only_output_folder_is_the_disk_error_line(trained_run, t
     monkeypatch.setattr(os, "statvfs", ReadOnly)
     code, _, err = _exit(predict.main, _predict(trained_run, [faces], tmp_path / "out" / "p.csv"), capsys)
     assert code == 2 and "the file system is read-only" in _one_error_line(err)
+
+
+# -- scripts/report.py --------
+def _metrics(folder, content) -> None:
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_bytes(
+        content if isinstance(content, bytes) else json.dumps(content).encode()
+    )
+
+
+GOOD = {"method": "baseline", "test": {"x1": {"acc": 0.5, "balanced_acc": 0.5, "n": 10}}}
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        [1, 2],
+        {"method": "x", "test": {"x1": {"acc": "high"}}},
+        b"\x89PNG\r\n\x1a\n\x00\xff\xfe",
+        {"test": [1]},
+    ],
+    ids=["list", "acc-high", "binary", "test-list"],
+)
+def test_report_skips_a_garbage_metrics_json_with_a_warning_naming_it(tmp_path, capsys, garbage):
+    _metrics(tmp_path / "runs" / "good", GOOD)
+    _metrics(tmp_path / "runs" / "bad", garbage)
+    code, _, err = _exit(
+        _script("report").main, [str(tmp_path / "runs"), "--out", str(tmp_path / "r")], capsys
+    )
+    assert code == 0 and "Traceback" not in err
+    (warning,) = [line for line in err.splitlines() if line.startswith("warning")]
+    assert str(tmp_path / "runs" / "bad" / "metrics.json") in warning and "skipped" in warning
+    assert "| baseline |" in (tmp_path / "r.md").read_text()
+
+
+def test_report_an_empty_metrics_json_adds_no_row(tmp_path, capsys):
+    _metrics(tmp_path / "runs" / "good", GOOD)
+    _metrics(tmp_path / "runs" / "empty", {})
+    code, _, _ = _exit(_script("report").main, [str(tmp_path / "runs"), "--out", str(tmp_path / "r")], capsys)
+    rows = list(csv.reader((tmp_path / "r.csv").open()))
+    assert code == 0 and len(rows) == 2 and rows[1][0] == "baseline"
+
+
+def test_report_skips_a_paper_table_that_is_not_numbers(tmp_path, capsys):
+    _metrics(tmp_path / "runs" / "good", GOOD)
+    (tmp_path / "paper.csv").write_text("method,x1\nResNet,abc\n")
+    argv = [str(tmp_path / "runs"), "--paper", str(tmp_path / "paper.csv"), "--out", str(tmp_path / "r")]
+    code, _, err = _exit(_script("report").main, argv, capsys)
+    assert code == 0 and "Traceback" not in err
+    assert "paper.csv" in err and "'abc', not a number" in err
+    assert "(paper)" not in (tmp_path / "r.md").read_text()
+
+
+def test_report_an_output_that_cannot_be_written_is_one_line(tmp_path, capsys):
+    _metrics(tmp_path / "runs" / "good", GOOD)
+    (tmp_path / "a-file").write_text("in the way")
+    argv = [str(tmp_path / "runs"), "--out", str(tmp_path / "a-file" / "r")]
+    code, _, err = _exit(_script("report").main, argv, capsys)
+    assert code == 2 and f"cannot write the report into {tmp_path / 'a-file'}" in _one_error_line(err)
+
+
+# -- lrfer-evaluate and scripts/export.py --------
+def test_evaluate_refuses_an_unknown_override_key(trained_run, tmp_path, capsys):
+    from lrfer.cli import evaluate
+
+    argv = [str(trained_run), "--out", str(tmp_path / "e.json"), "-o", "nonsense=1"]
+    code, _, err = _exit(evaluate.main, argv, capsys)
+    assert code == 2 and "nonsense is not in the run's config" in _one_error_line(err)
+    assert not (tmp_path / "e.json").exists()
+
+
+def test_evaluate_an_output_that_cannot_be_written_is_one_line(trained_run, tmp_path, capsys):
+    from lrfer.cli import evaluate
+
+    (tmp_path / "a-file").write_text("in the way")
+    argv = [str(trained_run), "--out", str(tmp_path / "a-file" / "e.json"), "-o", "trainer.device=cpu"]
+    code, _, err = _exit(evaluate.main, argv, capsys)
+    assert code == 2 and "cannot write" in _one_error_line(err)
+
+
+def test_export_refuses_an_unknown_override_key(trained_run, tmp_path, capsys):
+    argv = [str(trained_run), "--out", str(tmp_path / "m.pt"), "-o", "nonsense=1"]
+    code, _, err = _exit(_script("export").main, argv, capsys)
+    assert code == 2 and "nonsense is not in the run's config" in _one_error_line(err)
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_export_an_output_that_cannot_be_written_is_one_line(trained_run, tmp_path, capsys):
+    (tmp_path / "a-file").write_text("in the way")
+    argv = [str(trained_run), "--out", str(tmp_path / "a-file" / "m.pt")]
+    code, _, err = _exit(_script("export").main, argv, capsys)
+    assert code == 2 and "cannot write the export into" in _one_error_line(err)
+
+
+# -- scripts/leaderboard.py --------
+def test_leaderboard_a_protocol_that_is_not_yaml_is_one_line(tmp_path, capsys):
+    (tmp_path / "bad.yaml").write_text("methods: [unclosed\n  test: {\n")
+    argv = ["--protocol", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "lb")]
+    code, _, err = _exit(_script("leaderboard").main, argv, capsys)
+    assert code == 2 and f"cannot read the protocol file {tmp_path / 'bad.yaml'}" in _one_error_line(err)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["trainer.max_epochs=0", "--methods", "baseline"], ["--methods", "baseline", "trainer.max_epochs=0"]],
+    ids=["before", "after-methods"],
+)
+def test_leaderboard_validates_its_overrides_before_any_run_starts(tmp_path, capsys, argv):
+    code, _, err = _exit(_script("leaderboard").main, [*argv, "--out", str(tmp_path / "lb")], capsys)
+    line = _one_error_line(err)
+    assert code == 2 and "trainer.max_epochs=0 must be an integer >= 1" in line
+    assert not (tmp_path / "lb").exists()
