@@ -130,6 +130,19 @@ def resolve_device(name: str, key: str = "trainer.device") -> torch.device:
     return torch.device(name)
 
 
+def progress_lines(iterable, total: int, desc: str, every_s: float, clock=time.monotonic):
+    """Yield from ``iterable``, logging ``<desc>: step i/total (p%), r steps/s`` at most once per ``every_s``
+    seconds (what a log file gets instead of a progress bar). Reads the clock only: no device sync."""
+    start = last = clock()
+    for i, item in enumerate(iterable, 1):
+        yield item
+        now = clock()
+        if now - last >= every_s and i < total:
+            last = now
+            rate = i / max(now - start, 1e-9)
+            log.info("%s: step %d/%d (%.0f%%), %.2f steps/s", desc, i, total, 100 * i / max(total, 1), rate)
+
+
 @dataclass
 class StageSummary:
     name: str
@@ -252,9 +265,14 @@ class Trainer:
         return batch
 
     def _progress(self, iterable, total: int, desc: str):
+        """A tqdm bar on a terminal; otherwise a log line every ``trainer.progress_every_s`` seconds."""
         show = resolve_auto_bool(self.cfg.progress, auto=sys.stderr.isatty(), key="trainer.progress")
-        disable = not show or not dist.is_main()
-        return tqdm(iterable, total=total, desc=desc, disable=disable, leave=False, dynamic_ncols=True)
+        if not dist.is_main():
+            return iterable
+        if show:
+            return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
+        every = self.cfg.get("progress_every_s")
+        return iterable if not every else progress_lines(iterable, total, desc, float(every))
 
     def _stage_epochs(self, stage: Stage) -> int:
         cap = self.cfg.max_epochs
@@ -501,7 +519,9 @@ class Trainer:
         logging_on = self.logger.writer is not None
         n_batches = self.data.num_train_batches(degs)
         batches = self.data.train_batches(degs, seed=seed, need_hr=stage.needs_hr)
-        bar = self._progress(batches, n_batches, f"{stage.name} {epoch + 1}")
+        bar = self._progress(
+            batches, n_batches, f"[{stage.name}] epoch {epoch + 1}/{self._stage_epochs(stage)}"
+        )
         try:
             for batch in bar:
                 batch = self._prepare(batch)
