@@ -245,3 +245,35 @@ def test_leaderboard_validates_its_overrides_before_any_run_starts(tmp_path, cap
     line = _one_error_line(err)
     assert code == 2 and "trainer.max_epochs=0 must be an integer >= 1" in line
     assert not (tmp_path / "lb").exists()
+
+
+# -- train.py: hydra.run.dir --------
+@pytest.mark.slow  # a train.py process (composition only, refused before any training)
+@pytest.mark.parametrize("below", [False, True], ids=["is-a-file", "below-a-file"])
+def test_a_run_folder_that_cannot_be_made_is_one_line_before_anything_is_written(tmp_path, below):
+    from conftest import run_cli, tiny
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("in the way")
+    run_dir = blocker / "run" if below else blocker
+    proc = run_cli(["train.py", *tiny(tmp_path), f"hydra.run.dir={run_dir}"])
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"cannot write the run folder {run_dir}" in _one_error_line(proc.stderr)
+    assert blocker.read_text() == "in the way" and sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+def test_a_run_folder_on_a_read_only_disk_is_the_disk_error_line(tmp_path, monkeypatch):
+    from lrfer.errors import UserError, check_folder_can_be_written
+
+    real_statvfs = os.statvfs
+
+    class ReadOnly:
+        def __init__(self, path):
+            self.f_flag = real_statvfs(path).f_flag | os.ST_RDONLY
+
+    monkeypatch.setattr(os, "statvfs", ReadOnly)
+    with pytest.raises(
+        UserError, match=r"cannot write the run folder .*: the file system is read-only \(\[Errno 30\]\)"
+    ):
+        check_folder_can_be_written(tmp_path / "outputs" / "run", "write the run folder")
+    assert list(tmp_path.iterdir()) == []
