@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     check_folder_can_be_written(base.parent, "write the report into")
     rows = collect_runs(dirs, split=args.split, metric=args.metric, warn=warn)
     if not rows:
-        raise UserError(f"no usable metrics.json found under {', '.join(args.dirs)}")
+        raise UserError(f"no metrics.json with results found under {', '.join(args.dirs)}")
     paper_rows = []
     for paper in args.paper:
         try:
