@@ -216,3 +216,61 @@ def test_decay_norm_and_bias_false_exempts_vectors_from_weight_decay(name):
     for p in net.parameters():  # one step runs with the two groups
         p.grad = torch.ones_like(p)
     opt.step()
+
+
+def test_a_resume_with_another_learning_rate_applies_it_with_a_log_line(tmp_path, caplog):
+    _run(tmp_path, tmp_path / "run", "trainer.max_epochs=1", "trainer.scheduler.name=none")
+    stored = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert stored["settings"]["main"]["optimizer"]["lr"] == 0.003
+    with caplog.at_level("WARNING"):
+        _run(
+            tmp_path,
+            tmp_path / "run",
+            "trainer.max_epochs=2",
+            "trainer.resume=true",
+            "trainer.scheduler.name=none",
+            "trainer.optimizer.lr=0.5",
+        )
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert [g["lr"] for g in last["optimizers"]["main"]["param_groups"]] == [0.5]
+    assert last["settings"]["main"]["optimizer"]["lr"] == 0.5
+    assert "trainer.optimizer.lr=0.5 (the run used 0.003)" in caplog.text
+
+
+def test_a_resume_with_another_scheduler_type_is_refused_in_one_line(tmp_path):
+    _run(tmp_path, tmp_path / "run", "trainer.max_epochs=1", "trainer.scheduler.name=cosine")
+    before = (tmp_path / "run" / "checkpoints" / "last.pt").read_bytes()
+    with pytest.raises(UserError, match=r"trainer.scheduler.name=exponential \(the run used cosine\)"):
+        _run(
+            tmp_path,
+            tmp_path / "run",
+            "trainer.max_epochs=2",
+            "trainer.resume=true",
+            "trainer.scheduler.name=exponential",
+        )
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").read_bytes() == before
+
+
+def test_progress_lines_come_once_per_interval_and_never_after_the_last_step(caplog):
+    from lrfer.engine.trainer import progress_lines
+
+    ticks = iter(range(0, 1000, 25))  # 25 s per step
+    with caplog.at_level("INFO", logger="lrfer.engine.trainer"):
+        items = list(progress_lines(range(10), 10, "[train] epoch 1/3", 60.0, clock=lambda: next(ticks)))
+    assert items == list(range(10))
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line.split(": step ")[1].split(" ")[0] for line in lines] == ["3/10", "6/10", "9/10"]
+    assert lines[0].startswith("[train] epoch 1/3: step 3/10 (30%)")
+
+
+def test_training_without_a_terminal_logs_progress_lines(tmp_path, caplog):
+    with caplog.at_level("INFO", logger="lrfer.engine.trainer"):
+        _run(
+            tmp_path,
+            tmp_path / "run",
+            "trainer.max_epochs=1",
+            "trainer.progress=false",
+            "trainer.progress_every_s=1e-9",
+        )
+    steps = [r.getMessage() for r in caplog.records if ": step " in r.getMessage()]
+    assert steps[0].startswith("[train] epoch 1/1: step 1/5") and len(steps) == 4  # not after the last step

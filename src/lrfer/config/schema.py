@@ -136,6 +136,7 @@ class TrainerConfig:
     val_every: int = 1
     log_every_n_steps: int = 10
     progress: AutoBool = auto_bool()
+    progress_every_s: float | None = 60.0
     num_threads: int | None = None
     deterministic: bool = False
     tf32: bool = True

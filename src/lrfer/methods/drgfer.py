@@ -83,6 +83,8 @@ class DRGFER(ResolutionMethod):
     * The paper's "80 iterations" are read as 80 epochs (``configs/experiment/drgfer/*.yaml``).
     """
 
+    extra_metrics = ("rrn_acc",)
+
     def __init__(
         self,
         context: MethodContext,

@@ -155,6 +155,8 @@ def full_precision(like: torch.Tensor) -> torch.autocast:
 class FSRFER(HRClassifierMethod):
     """FSR-FER: frozen feature extractor + RRDB feature generator + WGAN-div critic (module docstring)."""
 
+    extra_metrics = ("direct_acc",)
+
     def __init__(
         self,
         context: MethodContext,

@@ -47,15 +47,23 @@ def load_protocol(path: str | Path) -> dict:
         raise UserError(
             f"protocol file {path} not found: pass --protocol experiments/leaderboard/protocol.yaml"
         )
-    protocol = OmegaConf.to_container(OmegaConf.load(path))
+    try:
+        protocol = OmegaConf.to_container(OmegaConf.load(path))
+    except Exception as err:
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        raise UserError(f"cannot read the protocol file {path}: {reason}") from None
+    if not isinstance(protocol, dict):
+        raise UserError(f"{path} is not a leaderboard protocol (a mapping with keys {sorted(PROTOCOL_KEYS)})")
     unknown = set(protocol) - PROTOCOL_KEYS - OPTIONAL_PROTOCOL_KEYS
     missing = PROTOCOL_KEYS - set(protocol)
     if unknown or missing:
         raise UserError(f"{path}: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}")
     protocol.setdefault("datasets", {})
     protocol.setdefault("converged_budget", None)
+    if not isinstance(protocol["methods"], dict):
+        raise UserError(f"{path}: methods must map each method's name to its overrides")
     for name, spec in protocol["methods"].items():
-        if not spec.get("overrides"):
+        if not isinstance(spec, dict) or not spec.get("overrides"):
             raise UserError(f"{path}: method {name} has no overrides (e.g. [method={name}])")
     return protocol
 

@@ -25,6 +25,12 @@ class DatasetAdapter:
         self.cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
 
     # -- to implement --------
+    @classmethod
+    def config_problems(cls, cfg: DictConfig) -> list[str]:
+        """What is wrong with the dataset's config values for this adapter (checked at composition, before a
+        run folder exists, by :func:`lrfer.config.validate.validate_config`); empty when nothing is."""
+        return []
+
     def load(self) -> FaceData:
         raise NotImplementedError
 
