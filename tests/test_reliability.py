@@ -89,7 +89,7 @@ def test_a_run_killed_in_its_first_epoch_is_a_run_too(base_cfg, tmp_path):
     (run_dir / "metrics.json").unlink()
     (run_dir / "checkpoints" / "best.pt").unlink()
     before = _checksums(run_dir)
-    with pytest.raises(UserError, match=r"already holds a run \(checkpoints/last\.pt\)"):
+    with pytest.raises(UserError, match="already holds a run"):
         run_training(base_cfg, run_dir)
     assert _checksums(run_dir) == before
     open_run_folder(_with(base_cfg, trainer__resume=True), run_dir)
