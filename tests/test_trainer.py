@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import compose_cfg, run_cli, tiny
+from conftest import TINY_RESNET, compose_cfg, run_cli, tiny
 
 from lrfer.data.pipeline import FaceDataModule
 from lrfer.engine.metrics import named_metric
@@ -42,14 +42,30 @@ def test_checkpoints_load_with_weights_only_and_leave_no_temporary_files(tmp_pat
     assert last["epoch"] == 2 and "method" in last and "optimizers" in last
 
 
-def test_resume_continues_exactly(tmp_path):
-    straight = _run(tmp_path, tmp_path / "a", "trainer.max_epochs=2")
-    _run(tmp_path, tmp_path / "b", "trainer.max_epochs=1")
-    resumed = _run(tmp_path, tmp_path / "b", "trainer.max_epochs=2", "trainer.resume=true")
-    assert resumed["test"] == straight["test"]
-    a = torch.load(tmp_path / "a" / "checkpoints" / "last.pt", weights_only=True)["method"]
-    b = torch.load(tmp_path / "b" / "checkpoints" / "last.pt", weights_only=True)["method"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+def test_extending_a_finished_run_past_an_lr_drop_equals_training_it_that_long(tmp_path):
+    """``trainer.max_epochs=1``, then ``trainer.resume=true`` with 3: the step schedule (lr x 0.1 every 2
+    epochs) continues where it stopped, so the lr drops after epoch 2 as in a 3-epoch run, and the weights,
+    Adam state, learning rate and metrics are those of the 3-epoch run (the tests/test_resume.py tests
+    interrupt a run instead)."""
+    step = (TINY_RESNET, "trainer.scheduler.name=step", "trainer.scheduler.step_size=2")
+    straight = _run(tmp_path, tmp_path / "a", *step, "trainer.max_epochs=3")
+    _run(tmp_path, tmp_path / "b", *step, "trainer.max_epochs=1")
+    resumed = _run(tmp_path, tmp_path / "b", *step, "trainer.max_epochs=3", "trainer.resume=true")
+    assert resumed["test"] == straight["test"] and resumed["train"] == straight["train"]
+    assert resumed["val"] == straight["val"]
+    a = torch.load(tmp_path / "a" / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "checkpoints" / "last.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 3
+    assert a["optimizers"]["main"]["param_groups"][0]["lr"] == pytest.approx(0.0003)  # dropped once
+    assert (
+        b["optimizers"]["main"]["param_groups"][0]["lr"] == a["optimizers"]["main"]["param_groups"][0]["lr"]
+    )
+    assert all(torch.equal(a["method"][k], b["method"][k]) for k in a["method"])
+    moments = [
+        (a["optimizers"]["main"]["state"][i], b["optimizers"]["main"]["state"][i])
+        for i in a["optimizers"]["main"]["state"]
+    ]
+    assert all(torch.equal(x[k], y[k]) for x, y in moments for k in x)
 
 
 def test_cpu_runs_repeat_bit_for_bit(tmp_path):
