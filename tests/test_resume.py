@@ -142,3 +142,25 @@ def test_resume_across_a_stage_boundary_continues_the_uninterrupted_run(tmp_path
     assert (at_cut["stage_index"], at_cut["epoch"]) == (0, 1)
     _resume(cfg, cut)
     _assert_resumed_run_is_the_straight_run(straight, cut)
+
+
+@pytest.mark.slow  # GME-Net teacher then student, three runs: ~40 s on 2 cores
+def test_a_gmenet_run_interrupted_at_its_student_stage_resumes_exactly(tmp_path, monkeypatch):
+    """GME-Net, interrupted in the student stage's first epoch (last.pt: the teacher's last epoch). The
+    resumed run restores the teacher's best epoch, freezes it and distils the student exactly as the
+    straight run did: the same weights (teacher and student), Adam state, lr and metrics (kd included)."""
+    from lrfer.methods.gmenet import GMENetMethod
+
+    overrides = [
+        "method=gmenet",
+        "method.width=8",
+        "method.layers=[1,1,1,1]",
+        "method.epochs=2",
+        "trainer.scheduler.name=step",
+        "trainer.scheduler.step_size=1",
+    ]
+    straight, cut, at_cut, cfg = _straight_and_interrupted(tmp_path, monkeypatch, overrides, 12, GMENetMethod)
+    assert (at_cut["stage_index"], at_cut["epoch"]) == (0, 2)
+    _resume(cfg, cut)
+    _assert_resumed_run_is_the_straight_run(straight, cut)
+    assert "kd" in json.loads((cut / "metrics.json").read_text())["train"]["stages"]["student"]
