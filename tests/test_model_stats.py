@@ -103,6 +103,22 @@ def test_export_refuses_a_negative_tolerance(efc_run, tmp_path, atol):
     assert not (tmp_path / "m.pt").exists()
 
 
+def test_an_export_that_differs_from_the_method_is_reported(efc_run, tmp_path, monkeypatch):
+    """A reloaded model off by 1e-3 (a broken export, simulated) fails the default 1e-4 check."""
+    import lrfer.engine.export as export
+
+    honest = export.export_torchscript
+
+    def off_by_a_little(model, example, out):
+        runner = honest(model, example, out)
+        return lambda x: runner(x) + 1e-3
+
+    monkeypatch.setattr(export, "export_torchscript", off_by_a_little)
+    result = export_run(efc_run, "torchscript", out=tmp_path / "m.pt")
+    assert result["max_abs_diff"] == pytest.approx(1e-3, rel=0.1) and not result["ok"]
+    assert export_run(efc_run, "torchscript", out=tmp_path / "m.pt", atol=2e-3)["ok"]
+
+
 def test_aggregate_folds_gives_mean_and_std_over_folds(tmp_path):
     for fold, acc in [(0, 0.90), (1, 0.80), (2, 0.70)]:
         run = tmp_path / str(fold)

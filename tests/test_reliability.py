@@ -86,6 +86,20 @@ def test_training_again_into_a_finished_run_is_refused_and_changes_nothing(base_
     assert _checksums(run_dir) == before
 
 
+def test_a_run_killed_in_its_first_epoch_is_a_run_too(base_cfg, tmp_path):
+    """A folder with ``checkpoints/last.pt`` but no ``metrics.json`` (killed before it finished) holds a
+    resumable run: training into it again is refused and nothing in it changes; resume is accepted."""
+    run_dir = tmp_path / "run"
+    _finished_run(run_dir, base_cfg)
+    (run_dir / "metrics.json").unlink()
+    (run_dir / "checkpoints" / "best.pt").unlink()
+    before = _checksums(run_dir)
+    with pytest.raises(UserError, match="already holds a run"):
+        run_training(base_cfg, run_dir)
+    assert _checksums(run_dir) == before
+    open_run_folder(_with(base_cfg, trainer__resume=True), run_dir)
+
+
 def test_overwrite_replaces_the_previous_results_explicitly(base_cfg, tmp_path):
     run_dir = tmp_path / "run"
     _finished_run(run_dir, base_cfg)
