@@ -105,6 +105,9 @@ class TwoStageToy(Method):
         logits = net(batch["image"])
         return {"logits": logits, "is_x1": (batch["factor"] == 1.0).float()}
 
+    def evaluation_values(self, stage=None):
+        return ("is_x1",)
+
 
 class Diverging(Method):
     def __init__(self, context: MethodContext, epochs: int = 1, **_) -> None:

@@ -31,7 +31,7 @@ from lrfer.data.degrade import Degradation, parse_degradations
 from lrfer.data.pipeline import FaceDataModule
 from lrfer.engine import distributed as dist
 from lrfer.engine.checkpoint import load_checkpoint, save_checkpoint
-from lrfer.engine.metrics import check_metric_name, confusion_matrix, metrics_from_confusion, named_metric
+from lrfer.engine.metrics import add_to_confusion_, check_metric_name, metrics_from_confusion, named_metric
 from lrfer.engine.optim import EpochScheduler, build_optimizer
 from lrfer.engine.tblog import RunLogger
 from lrfer.errors import ProcessError, UserError
@@ -298,25 +298,36 @@ class Trainer:
         was_training = self.method.training
         self.method.eval()
         k = self.data.data.num_classes
-        results: dict[str, dict] = {}
-        for deg in parse_degradations(degradations):
-            cm = torch.zeros(k, k, dtype=torch.long, device=self.device)
-            extras: dict[str, torch.Tensor] = {}
+        degs = parse_degradations(degradations)
+        # Every rank sums the method's declared values, in the declared order, even with an empty shard.
+        names = tuple(self.method.evaluation_values(stage))
+        cms = torch.zeros(len(degs), k, k, dtype=torch.long, device=self.device)
+        sums = torch.zeros(len(degs), len(names), dtype=torch.float64, device=self.device)
+        for d, deg in enumerate(degs):
             for batch in self.data.eval_batches(split, deg):
                 batch = self._prepare(batch)
                 with self._autocast():
                     out = self.method.evaluate_step(batch, stage)
-                preds = out["logits"].argmax(dim=1)
-                cm += confusion_matrix(preds, batch["label"], k)
-                for key, value in out.items():
-                    if key != "logits":
-                        extras[key] = extras.get(key, 0) + value.detach().float().sum()
-            cm = dist.all_reduce_sum(cm)
-            row: dict = metrics_from_confusion(cm)
-            for key, total in extras.items():
-                row[key] = float(dist.all_reduce_sum(total).item() / max(1, row["n"]))
+                add_to_confusion_(cms[d], out["logits"].argmax(dim=1), batch["label"])
+                undeclared = set(out) - {"logits", *names}
+                if undeclared:
+                    raise ValueError(
+                        f"{type(self.method).__name__}.evaluate_step returned {sorted(undeclared)}, which "
+                        f"its evaluation_values({stage.name if stage else None}) does not declare"
+                    )
+                for i, key in enumerate(names):
+                    if key in out:
+                        sums[d, i] += out[key].detach().double().sum()
+        # One all-reduce and one read of the whole evaluation (not one per degradation and value).
+        cms = dist.all_reduce_sum(cms).cpu()
+        sums = dist.all_reduce_sum(sums).cpu()
+        results: dict[str, dict] = {}
+        for d, deg in enumerate(degs):
+            row: dict = metrics_from_confusion(cms[d])
+            for i, key in enumerate(names):
+                row[key] = float(sums[d, i].item() / max(1, row["n"]))
             if keep_confusion:
-                row["confusion"] = cm.cpu().tolist()
+                row["confusion"] = cms[d].tolist()
             results[deg.label] = row
         self.method.train(was_training)
         return results
