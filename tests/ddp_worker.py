@@ -83,8 +83,14 @@ def checkpoints(trainer: Trainer, cfg) -> dict:
     checkpoint_writer.checkpoint_state = counted("state_dicts", real_state)
     checkpoint_writer.host_copy = counted("host_copies", real_copy)
     checkpoint_writer.write_file = counted("files", real_write)
-    trainer.fit()
-    trainer.close()
+    try:
+        trainer.fit()
+    finally:
+        checkpoint_writer.checkpoint_state, checkpoint_writer.host_copy, checkpoint_writer.write_file = (
+            real_state,
+            real_copy,
+            real_write,
+        )
     return work
 
 

@@ -62,3 +62,13 @@ def test_evaluation_with_an_empty_shard_on_one_rank_agrees_on_every_rank(tmp_pat
     student = ranks[0]["student"]
     assert [(student[d]["n"], student[d]["is_x1"]) for d in ("x1", "x2")] == [(1, 1.0), (1, 0.0)]
     assert ranks[0]["test"]["x2"]["n"] == 70
+
+
+def test_only_rank_0_does_checkpoint_work(tmp_path):
+    """Two-stage toy, 2 x 2 epochs under torchrun: rank 0 takes, copies and writes every checkpoint
+    (stage start, best, last); rank 1 does none of it, not even a state dict."""
+    ranks = run_scenario(tmp_path, "checkpoints", TOY, "method.epochs=2", "trainer.max_epochs=2")
+    assert ranks[1] == {"state_dicts": 0, "host_copies": 0, "files": 0, "world_size": 2}
+    work = ranks[0]
+    assert work["state_dicts"] == work["files"] >= 5 and work["host_copies"] > 0
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["best.pt", "last.pt"]

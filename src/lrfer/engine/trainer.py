@@ -30,9 +30,11 @@ from lrfer.config.schema import parse_auto_bool, resolve_auto_bool
 from lrfer.data.degrade import Degradation, parse_degradations
 from lrfer.data.pipeline import FaceDataModule
 from lrfer.engine import distributed as dist
-from lrfer.engine.checkpoint import load_checkpoint, save_checkpoint
+from lrfer.engine.checkpoint import load_checkpoint
+from lrfer.engine.checkpoint_writer import STAGE_START, CheckpointSchedule, CheckpointWriter, stage_state_keys
 from lrfer.engine.metrics import add_to_confusion_, check_metric_name, metrics_from_confusion, named_metric
 from lrfer.engine.optim import EpochScheduler, build_optimizer
+from lrfer.engine.stop import StopRequest
 from lrfer.engine.tblog import RunLogger
 from lrfer.errors import ProcessError, UserError
 from lrfer.methods.base import Method, Stage
@@ -202,6 +204,11 @@ class Trainer:
         self.global_step = 0
         self.summaries: list[StageSummary] = []
         self.val_history: list[dict] = []
+        # Only the main process writes checkpoints; the others do no checkpoint work at all.
+        self.writer = CheckpointWriter(self.run_dir is not None and dist.is_main(), pin=device.type == "cuda")
+        self.stop = StopRequest()
+        #: ``state_dict`` keys the current stage changes (None: all); what a mid-stage ``last.pt`` holds.
+        self._stage_keys: set[str] | None = None
 
     @classmethod
     def from_config(
@@ -338,14 +345,36 @@ class Trainer:
         if not stages:
             raise ValueError(f"{type(self.method).__name__}.stages() returned no stage")
         resume = self._load_resume_state()
-        for si, stage in enumerate(stages):
-            if resume is not None and si < resume["stage_index"]:
-                self.summaries.append(StageSummary(**resume["summaries"][si]))
-                continue
-            state = resume if (resume is not None and si == resume["stage_index"]) else None
-            self._fit_stage(si, stage, state)
-            resume = None
+        with self.stop.on_sigterm(), self._flushed_on_exit():
+            for si, stage in enumerate(stages):
+                if resume is not None and si < resume["stage_index"]:
+                    self.summaries.append(StageSummary(**resume["summaries"][si]))
+                    continue
+                state = resume if (resume is not None and si == resume["stage_index"]) else None
+                self._fit_stage(si, stage, state)
+                resume = None
         return self.summaries
+
+    @contextlib.contextmanager
+    def _flushed_on_exit(self):
+        """Every checkpoint handed to the background writer is on disk when training ends, also when it
+        fails (the error in flight wins over one of the last write, which is logged)."""
+        try:
+            yield
+        except BaseException:
+            try:
+                self.writer.close()
+            except Exception as err:  # the training error is the one to report
+                log.error("the last checkpoint could not be written: %s", err)
+            raise
+        self.writer.close()
+        base = self._ckpt(STAGE_START)
+        if base is not None and dist.is_main():
+            base.unlink(missing_ok=True)  # the last last.pt holds the whole method
+
+    def close(self) -> None:
+        """Wait for the checkpoint being written in the background (``fit`` does so before it returns)."""
+        self.writer.close()
 
     def _load_resume_state(self) -> dict | None:
         if not self.cfg.resume:
@@ -389,21 +418,8 @@ class Trainer:
                         "(dataset.val_fraction=0 or dataset.merge_val=true): "
                         "set trainer.scheduler.monitor=train_acc"
                     )
-        # (Re)wrap per stage: DDP over the modules this stage trains, synchronised when it is built.
-        trained = [p for step in stage.steps for p in self.method.stage_parameters(stage, step)]
-        find_unused = stage.find_unused_parameters
-        self.model = dist.wrap_stage(
-            self.method,
-            trained,
-            self.device,
-            find_unused_parameters=len(stage.steps) > 1 if find_unused is None else bool(find_unused),
-            sync_bn=self._stage_sync_bn(stage),
-        )
-        if self.cfg.compile and self.model is not self.method:
-            # Compile the DDP-wrapped module, so that its gradient buckets' all-reduce overlaps the
-            # compiled backward (the networks inside are compiled too, for what dynamo cannot inline).
-            kwargs = {} if self.cfg.compile_mode == "default" else {"mode": self.cfg.compile_mode}
-            self.model = torch.compile(self.model, backend=COMPILE_BACKEND, **kwargs)
+        self.model = self.wrap_stage(stage)
+        self._start_stage_checkpoints(si, stage, fresh=state is None)
         optimizers, schedulers = self.build_optimizers(stage, epochs)
         summary = StageSummary(stage.name)
         start_epoch = 0
@@ -416,6 +432,8 @@ class Trainer:
             start_epoch = int(state["epoch"])
             summary = StageSummary(**state["summary"])
         log.info("stage %s: %d epochs on %s", stage.name, epochs, [d.label for d in train_degs])
+        schedule = CheckpointSchedule(self.cfg.checkpoint_every, self.cfg.checkpoint_budget)
+        trained_seconds = 0.0
         for epoch in range(start_epoch, epochs):
             t0 = time.perf_counter()
             losses, train_acc = self._train_epoch(si, stage, epoch, train_degs, optimizers)
@@ -451,7 +469,12 @@ class Trainer:
                 )
             summary.epochs = epoch + 1
             summary.losses = losses
-            self._save_last(si, epoch + 1, optimizers, schedulers, summary)
+            trained_seconds += time.perf_counter() - t0
+            stop = self.stop.agreed
+            if schedule.due(last_of_stage=epoch + 1 == epochs, stop=stop):
+                self._save_last(si, epoch + 1, optimizers, schedulers, summary, whole=epoch + 1 == epochs)
+                schedule.done(self.writer.last_cost, trained_seconds / max(1, schedule.since))
+                trained_seconds = 0.0
             msg = " ".join(f"{k}={v:.4f}" for k, v in losses.items())
             log.info(
                 "[%s] epoch %d/%d %s%s (%.1fs)",
@@ -462,10 +485,35 @@ class Trainer:
                 f" val {monitor}={val_acc:.4f}" if val_acc is not None else "",
                 time.perf_counter() - t0,
             )
+            if stop:
+                self.writer.flush()
+                raise UserError(
+                    f"stopped by SIGTERM after epoch {epoch + 1} of stage {stage.name}, which "
+                    f"{self._ckpt('last.pt')} holds: continue with trainer.resume=true"
+                )
         if self.cfg.restore_best and monitor and summary.best_epoch is not None:
             self._restore_best(si)
         self.method.on_stage_end(stage)
         self.summaries.append(summary)
+
+    def wrap_stage(self, stage: Stage) -> torch.nn.Module:
+        """What runs a training step of ``stage``: the method, or under torchrun DDP over the modules the
+        stage trains (synchronised when it is built), compiled with them when ``trainer.compile``."""
+        trained = [p for step in stage.steps for p in self.method.stage_parameters(stage, step)]
+        find_unused = stage.find_unused_parameters
+        model = dist.wrap_stage(
+            self.method,
+            trained,
+            self.device,
+            find_unused_parameters=len(stage.steps) > 1 if find_unused is None else bool(find_unused),
+            sync_bn=self._stage_sync_bn(stage),
+        )
+        if self.cfg.compile and model is not self.method:
+            # Compile the DDP-wrapped module, so that its gradient buckets' all-reduce overlaps the
+            # compiled backward (the networks inside are compiled too, for what dynamo cannot inline).
+            kwargs = {} if self.cfg.compile_mode == "default" else {"mode": self.cfg.compile_mode}
+            model = torch.compile(model, backend=COMPILE_BACKEND, **kwargs)
+        return model
 
     def build_optimizers(self, stage: Stage, epochs: int):
         """One optimiser and one epoch scheduler per optimisation step of ``stage``."""
@@ -537,7 +585,9 @@ class Trainer:
         keys = list(sums)
         values = [sums[k] for k in keys] + [correct.float(), torch.full((), float(seen), device=self.device)]
         flags = [bad[step].float() for step in stage.steps]
-        totals = dist.all_reduce_sum(torch.stack(values + flags)).tolist()
+        stop = torch.full((), float(self.stop.requested), device=self.device)  # agreed by every rank
+        totals = dist.all_reduce_sum(torch.stack(values + flags + [stop])).tolist()
+        self.stop.agreed = totals.pop() > 0
         self._check_finite(stage, epoch, bad, bad_value, totals[len(values) :])
         world = dist.world_size()
         n_steps = max(1, n_batches)
@@ -572,13 +622,24 @@ class Trainer:
             )
 
     # -- checkpoints --------
+    def _start_stage_checkpoints(self, si: int, stage: Stage, fresh: bool) -> None:
+        """Which keys the stage's ``last.pt`` holds; for a stage started afresh, the whole method as it
+        starts (``stage_start.pt``: the part of the method a mid-stage ``last.pt`` leaves out)."""
+        trained = [p for step in stage.steps for p in self.method.stage_parameters(stage, step)]
+        modules = dist.trained_modules(self.method, [p for p in trained if p.requires_grad])
+        self._stage_keys = stage_state_keys(self.method, modules)
+        path = self._ckpt(STAGE_START)
+        if fresh and path is not None and self._stage_keys is not None:
+            self.writer.submit(path, lambda: {"stage_index": si, "method": self.method.state_dict()})
+
     def _save_best(self, si: int, stage: Stage, epoch: int, score: float, val: dict) -> None:
         path = self._ckpt("best.pt")
-        if path is None or not dist.is_main():
+        if path is None:  # no run folder: every rank keeps its own copy to restore
             self._best_in_memory = {k: v.detach().clone() for k, v in self.method.state_dict().items()}
             return
-        save_checkpoint(
-            {
+        self.writer.submit(
+            path,
+            lambda: {
                 "version": CHECKPOINT_VERSION,
                 "stage_index": si,
                 "stage": stage.name,
@@ -588,7 +649,6 @@ class Trainer:
                 "method": self.method.state_dict(),
                 "config": self.identity,
             },
-            path,
         )
 
     def _restore_best(self, si: int) -> None:
@@ -598,28 +658,37 @@ class Trainer:
             if best is not None:
                 self.method.load_state_dict(best)
             return
+        self.writer.flush()  # best.pt is on disk before any rank reads it
         dist.barrier()
         state = load_checkpoint(path, require=("method", "stage_index"))
         if int(state["stage_index"]) == si:
             self.method.load_state_dict(state["method"])
 
-    def _save_last(self, si, epoch, optimizers, schedulers, summary: StageSummary) -> None:
+    def _save_last(self, si, epoch, optimizers, schedulers, summary: StageSummary, whole: bool) -> None:
+        """``last.pt``: everything a resume needs. ``whole`` (a stage's last epoch): the whole method;
+        otherwise only what the stage changes, completed from ``stage_start.pt`` when it is read."""
         path = self._ckpt("last.pt")
-        if path is None or not dist.is_main():
+        if path is None:
             return
-        save_checkpoint(
-            {
+        keys = None if whole else self._stage_keys
+
+        def build() -> dict:
+            method = self.method.state_dict()
+            state = {
                 "version": CHECKPOINT_VERSION,
                 "stage_index": si,
                 "epoch": epoch,
                 "global_step": self.global_step,
-                "method": self.method.state_dict(),
+                "method": method if keys is None else {k: v for k, v in method.items() if k in keys},
                 "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
                 "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
-                "summary": summary.__dict__,
-                "summaries": [s.__dict__ for s in self.summaries],
-                "val_history": self.val_history,
+                "summary": dict(summary.__dict__),
+                "summaries": [dict(s.__dict__) for s in self.summaries],
+                "val_history": list(self.val_history),
                 "config": self.identity,
-            },
-            path,
-        )
+            }
+            if keys is not None:
+                state["method_base"] = STAGE_START
+            return state
+
+        self.writer.submit(path, build)
