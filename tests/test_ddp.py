@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, tiny
+from conftest import REPO, TINY_RESNET, tiny
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 TOY = "method._target_=toy_methods.TwoStageToy"
@@ -72,3 +72,23 @@ def test_only_rank_0_does_checkpoint_work(tmp_path):
     work = ranks[0]
     assert work["state_dicts"] == work["files"] >= 5 and work["host_copies"] > 0
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(["degrade.train=[x1,x2,x4]", "trainer.sync_bn=true"], id="baseline-syncbn"),
+        pytest.param(["method=drgfer", "method.factors=[x1,x2]", "trainer.sync_bn=true"], id="drgfer-syncbn"),
+    ],
+)
+def test_no_host_sync_in_steady_state_ddp_steps_on_any_rank(tmp_path, case):
+    """tests/test_syncs.py under torchrun: DDP over the stage's modules, synchronised BatchNorm
+    (SumSyncBatchNorm), every stage; steps after the first have no synchronising operation on either rank."""
+    ranks = run_scenario(tmp_path, "syncs", TINY_RESNET, "trainer.batch_size=16", *case)
+    for rank, counts in enumerate(ranks):
+        print(f"rank {rank}: {counts}")
+        stages = [k for k in counts if k != "world_size" and not k.startswith("wrapped ")]
+        assert stages and all(counts[f"wrapped {s}"] == "DistributedDataParallel" for s in stages)
+        for stage in stages:
+            for i, step in enumerate(counts[stage][1:], start=1):
+                assert not step, f"rank {rank} stage {stage} step {i}: synchronising operations {step}"

@@ -176,11 +176,6 @@ class Trainer:
             cfg.monitor, [d.label for d in parse_degradations(self.val_degrade)], "trainer.monitor"
         )
         self.sync_bn = parse_auto_bool(cfg.get("sync_bn"), "trainer.sync_bn")  # None: auto
-        if self.sync_bn and device.type != "cuda" and dist.world_size() > 1:
-            raise UserError(
-                "trainer.sync_bn=true needs CUDA (torch's SyncBatchNorm does not train on the CPU): "
-                "leave it null (auto) or set false"
-            )
         if cfg.compile_mode not in COMPILE_MODES:
             raise UserError(
                 f"unknown trainer.compile_mode {cfg.compile_mode!r}: choose one of {', '.join(COMPILE_MODES)}"
