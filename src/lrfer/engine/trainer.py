@@ -32,6 +32,7 @@ from lrfer.data.pipeline import FaceDataModule
 from lrfer.engine import distributed as dist
 from lrfer.engine.checkpoint import load_checkpoint
 from lrfer.engine.checkpoint_writer import STAGE_START, CheckpointSchedule, CheckpointWriter, stage_state_keys
+from lrfer.engine.deferred_log import DeferredScalars
 from lrfer.engine.metrics import add_to_confusion_, check_metric_name, metrics_from_confusion, named_metric
 from lrfer.engine.optim import EpochScheduler, build_optimizer
 from lrfer.engine.stop import StopRequest
@@ -535,6 +536,9 @@ class Trainer:
         seen = 0
         has_logits = False
         logging_on = self.logger.writer is not None
+        deferred = DeferredScalars(
+            lambda values, step: self.logger.scalars(values, step, prefix=f"train/{stage.name}/")
+        )
         n_batches = self.data.num_train_batches(degs)
         batches = self.data.train_batches(degs, seed=seed, need_hr=stage.needs_hr)
         bar = self._progress(batches, n_batches, f"{stage.name} {epoch + 1}")
@@ -565,17 +569,17 @@ class Trainer:
                         correct += (out["logits"].argmax(1) == batch["label"]).sum()
                 seen += batch["label"].shape[0]
                 self.global_step += 1
-                if logging_on and self.global_step % self.cfg.log_every_n_steps == 0:
-                    self.logger.scalars(
-                        {k: v.item() for k, v in out.items() if k != "logits" and v.dim() == 0},
-                        self.global_step,
-                        prefix=f"train/{stage.name}/",
-                    )
+                if logging_on:
+                    deferred.poll()  # an earlier logging step's losses, once their copy has landed
+                    if self.global_step % self.cfg.log_every_n_steps == 0:
+                        scalars = {k: v for k, v in out.items() if k != "logits" and v.dim() == 0}
+                        deferred.push(scalars, self.global_step)
         except Exception:
             # A non-finite loss may break the method before the epoch ends (an eigendecomposition of NaNs):
             # report the loss, not its consequence.
             self._check_finite(stage, epoch, bad, bad_value)
             raise
+        deferred.flush()
         # One read of everything the epoch accumulated (and one all-reduce under torchrun).
         keys = list(sums)
         values = [sums[k] for k in keys] + [correct.float(), torch.full((), float(seen), device=self.device)]
