@@ -1,5 +1,6 @@
 """Checkpoints that do not stall training: the background writer, the schedule, partial ``last.pt`` files
-and SIGTERM (lrfer.engine.checkpoint_writer, lrfer.engine.stop, the trainer's checkpoint section)."""
+and SIGTERM (lrfer.engine.checkpoint_writer, lrfer.engine.stop, the trainer's checkpoint section); and the
+fixed evaluation shapes CUDA graphs need (the same toy trainer)."""
 
 from __future__ import annotations
 
@@ -150,3 +151,21 @@ def test_sigterm_checkpoints_the_epoch_and_stops(tmp_path, monkeypatch):
     last = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
     assert (last["stage_index"], last["epoch"]) == (1, 1)
     assert signal.getsignal(signal.SIGTERM) is not trainer.stop._handle  # the handler is removed
+
+
+def test_fixed_evaluation_shapes_pad_the_last_batch_and_keep_the_metrics(tmp_path):
+    """reduce-overhead (CUDA graphs) needs one evaluation shape: the last, smaller batch is padded to
+    ``eval_batch_size`` rows and the padding's outputs are dropped, so the metrics do not change."""
+    trainer, method = _toy_trainer(tmp_path, "trainer.eval_batch_size=16")  # 56 val faces: 16+16+16+8
+    plain = trainer.evaluate("val", ["x1", "x2"])
+    shapes = []
+    real = method.evaluate_step
+
+    def recording(batch, stage=None):
+        shapes.append(batch["image"].shape[0])
+        return real(batch, stage)
+
+    method.evaluate_step = recording
+    trainer.fixed_eval_shapes = True
+    assert trainer.evaluate("val", ["x1", "x2"]) == plain
+    assert set(shapes) == {16} and len(shapes) == 8

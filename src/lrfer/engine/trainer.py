@@ -115,6 +115,20 @@ def compile_networks(networks, mode: str) -> None:
             setattr(net, name, torch.compile(bound, **kwargs))
 
 
+def pad_batch(batch: dict[str, torch.Tensor], rows: int) -> dict[str, torch.Tensor]:
+    """``batch`` with every per-sample tensor padded to ``rows`` rows by repeating its last row (the
+    outputs of the padding rows are dropped): every evaluation batch then has one shape."""
+    n = batch["label"].shape[0]
+    if n >= rows:
+        return batch
+    out = {}
+    for k, v in batch.items():
+        if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == n:
+            v = torch.cat([v, v[-1:].expand(rows - n, *v.shape[1:])])
+        out[k] = v
+    return out
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -203,6 +217,8 @@ class Trainer:
         # Only the main process writes checkpoints; the others do no checkpoint work at all.
         self.writer = CheckpointWriter(self.run_dir is not None and dist.is_main(), pin=device.type == "cuda")
         self.stop = StopRequest()
+        #: Pad every evaluation batch to ``eval_batch_size`` rows (CUDA graphs replay fixed shapes only).
+        self.fixed_eval_shapes = bool(cfg.compile) and cfg.compile_mode == "reduce-overhead"
         #: ``state_dict`` keys the current stage changes (None: all); what a mid-stage ``last.pt`` holds.
         self._stage_keys: set[str] | None = None
 
@@ -308,9 +324,14 @@ class Trainer:
         sums = torch.zeros(len(degs), len(names), dtype=torch.float64, device=self.device)
         for d, deg in enumerate(degs):
             for batch in self.data.eval_batches(split, deg):
+                n = batch["label"].shape[0]
+                if self.fixed_eval_shapes:
+                    batch = pad_batch(batch, self.data.eval_batch_size)
                 batch = self._prepare(batch)
                 with self._autocast():
                     out = self.method.evaluate_step(batch, stage)
+                out = {k: v[:n] for k, v in out.items()}  # per-sample values of the real rows
+                batch = {k: v[:n] if isinstance(v, torch.Tensor) and v.dim() else v for k, v in batch.items()}
                 add_to_confusion_(cms[d], out["logits"].argmax(dim=1), batch["label"])
                 undeclared = set(out) - {"logits", *names}
                 if undeclared:
