@@ -12,6 +12,7 @@ master address from ``submitit.helpers.TorchDistributedEnvironment`` when the jo
 
 from __future__ import annotations
 
+import inspect
 import os
 from datetime import timedelta
 
@@ -197,8 +198,15 @@ def wrap_stage(
         StageModules(method, modules),
         device_ids=ids,
         find_unused_parameters=find_unused_parameters,
-        broadcast_buffers=needs_buffer_broadcast(modules),
+        **_buffer_sync(needs_buffer_broadcast(modules)),
     )
+
+
+def _buffer_sync(on: bool) -> dict[str, bool]:
+    """DDP's keyword for copying rank 0's buffers before every forward (``forward_sync_buffers`` in newer
+    torch, ``broadcast_buffers`` before; both keep the copy made when DDP is built)."""
+    params = inspect.signature(nn.parallel.DistributedDataParallel).parameters
+    return {"forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers": on}
 
 
 def needs_buffer_broadcast(modules: list[nn.Module]) -> bool:

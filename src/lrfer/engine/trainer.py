@@ -528,6 +528,10 @@ class Trainer:
         if self.cfg.compile and model is not self.method:
             # Compile the DDP-wrapped module, so that its gradient buckets' all-reduce overlaps the
             # compiled backward (the networks inside are compiled too, for what dynamo cannot inline).
+            # Per stage, from a clean cache: the step is guarded on its stage, and dynamo compiles one code
+            # object at most ``recompile_limit`` (8) times, so DRGFER's 9th stage would run uncompiled.
+            # The stages before are done, and their graphs are not needed again.
+            torch._dynamo.reset()
             kwargs = {} if self.cfg.compile_mode == "default" else {"mode": self.cfg.compile_mode}
             model = torch.compile(model, backend=COMPILE_BACKEND, **kwargs)
         return model
