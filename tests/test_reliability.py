@@ -7,10 +7,14 @@ end-to-end versions through the command line, which train, are in ``test_reliabi
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import multiprocessing
 import os
+import socket
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +33,8 @@ from lrfer.engine.checkpoint import atomic_write_bytes, load_checkpoint, save_ch
 from lrfer.engine.loading import load_run_config
 from lrfer.engine.optim import EpochScheduler
 from lrfer.engine.run import run_training
-from lrfer.engine.runfolder import open_run_folder, run_identity
+from lrfer.engine.runfolder import claim_new_dir, open_run_folder, run_identity, start_fresh_log
+from lrfer.engine.runlock import LOCK_FILE, acquire
 from lrfer.errors import UserError, disk_error
 
 
@@ -90,6 +95,19 @@ def test_overwrite_replaces_the_previous_results_explicitly(base_cfg, tmp_path):
         open_run_folder(_with(base_cfg, trainer__overwrite=True, trainer__resume=True), run_dir)
 
 
+def test_overwrite_leaves_nothing_of_the_previous_run(base_cfg, tmp_path):
+    run_dir = tmp_path / "run"
+    _finished_run(run_dir, base_cfg)
+    (run_dir / "eval_test.json").write_text("{}")  # lrfer-evaluate
+    (run_dir / "export").mkdir()  # scripts/export.py
+    (run_dir / "export" / "model.pt").write_bytes(b"x")
+    (run_dir / ".hydra-resumes" / "2026-01-01_00-00-00").mkdir(parents=True)  # a resumed invocation
+    open_run_folder(_with(base_cfg, trainer__overwrite=True), run_dir)
+    assert start_fresh_log(run_dir)  # what the run guard does before the new run logs
+    assert sorted(p.name for p in run_dir.iterdir()) == [".hydra", "train.log"]  # .hydra: Hydra rewrites it
+    assert (run_dir / "train.log").read_text() == ""
+
+
 def test_a_resume_with_another_method_is_refused_in_one_line_before_anything_is_written(base_cfg, tmp_path):
     run_dir = tmp_path / "run"
     _finished_run(run_dir, base_cfg)
@@ -113,6 +131,68 @@ def test_an_orphan_temporary_checkpoint_is_removed_on_the_next_start(base_cfg, t
     old_style.write_bytes(b"")
     open_run_folder(base_cfg, run_dir)
     assert not orphan.exists() and not old_style.exists()
+
+
+def test_a_second_run_cannot_take_the_lock_of_a_folder_in_use(tmp_path):
+    first = acquire(tmp_path / "run")
+    owner = json.loads((tmp_path / "run" / LOCK_FILE).read_text())
+    assert owner["pid"] == os.getpid() and owner["host"] == socket.gethostname()
+    with pytest.raises(UserError, match=rf"in use by another run \(pid {os.getpid()} on host ") as err:
+        acquire(tmp_path / "run")
+    assert "\n" not in str(err.value)
+    first.release()
+    assert not (tmp_path / "run" / LOCK_FILE).exists()  # the run ended: the folder is free again
+    acquire(tmp_path / "run").release()
+
+
+def test_the_lock_of_a_run_that_is_gone_is_broken_with_a_log_line(tmp_path, caplog):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its pid is free now
+    (tmp_path / LOCK_FILE).write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
+    with caplog.at_level(logging.WARNING, logger="lrfer.engine.runlock"):
+        lock = acquire(tmp_path)
+    assert f"left by a run that is gone (pid {dead.pid} on host {socket.gethostname()}" in caplog.text
+    assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
+    lock.release()
+
+
+def test_a_lock_written_on_another_host_is_not_broken(tmp_path):
+    (tmp_path / LOCK_FILE).write_text(json.dumps({"pid": 1, "host": "another-node"}))
+    refused = r"locked by a run on another host \(pid 1 on host another-node\).*delete"
+    with pytest.raises(UserError, match=refused):
+        acquire(tmp_path)
+    assert json.loads((tmp_path / LOCK_FILE).read_text())["host"] == "another-node"
+
+
+def _claim(base: str, queue) -> None:
+    queue.put(claim_new_dir(base))
+
+
+def test_runs_that_claim_one_default_folder_at_once_get_distinct_folders(tmp_path):
+    base = str(tmp_path / "outputs" / "2026-12-06_06-00-00")  # the same second for every run
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_claim, args=(base, queue)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    claimed = sorted(queue.get(timeout=60) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+    assert claimed == [base, f"{base}_2", f"{base}_3"]
+    assert all(Path(c).is_dir() for c in claimed)
+
+
+def test_an_optuna_storage_that_cannot_be_opened_or_is_missing_is_one_line():
+    pytest.importorskip("optuna")
+    from lrfer.cli.sweep import check_storage, continue_study
+
+    sweeper = {"storage": "nosuchdb://host/study", "study_name": "s", "n_trials": 3}
+    with pytest.raises(UserError, match=r"cannot open hydra\.sweeper\.storage=nosuchdb://host/study") as err:
+        check_storage(OmegaConf.create({"hydra": {"sweeper": sweeper}}))
+    assert "\n" not in str(err.value)
+    without = OmegaConf.create({"hydra": {"sweeper": {**sweeper, "storage": None}}})
+    with pytest.raises(UserError, match="extends an Optuna study only from its storage"):
+        continue_study(without)  # trainer.resume=true with an in-memory study: nothing was kept
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of")

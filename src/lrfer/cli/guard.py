@@ -10,14 +10,21 @@ task come too late to leave a refused folder untouched. This callback runs first
   over without ``trainer.resume=true`` or ``trainer.overwrite=true``, and a resume must ask for the same
   method and model; a refusal changes nothing on disk;
 - a resumed run keeps its ``.hydra/`` as it was: Hydra writes the resumed invocation's config into
-  ``.hydra-resumes/<time>/`` instead.
+  ``.hydra-resumes/<time>/`` instead;
+- the run (or sweep) folder is locked for the life of the run (:mod:`lrfer.engine.runlock`): a second run
+  into it stops with one line; the default folder is a new one for every run (``lrfer.new_dir``);
+- ``trainer.overwrite=true`` empties the previous run's ``train.log`` before the run logs into it;
+- a sweep validates every job before the first one runs, goes on past a failed job, and ends with a
+  summary and a non-zero status when a job failed (:mod:`lrfer.cli.sweep`).
 
 Under torchrun only rank 0 prints the error; every rank exits with status 2.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +34,24 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
 
 from lrfer.engine.distributed import env_rank
+from lrfer.engine.runfolder import claim_new_dir, claimed_dirs
 from lrfer.errors import USER_ERROR_EXIT_CODE, ProcessError, UserError
+
+log = logging.getLogger("lrfer")
+
+#: ``${lrfer.new_dir:<path>}`` in configs/hydra: a run folder nobody else has (``<path>_2`` when taken).
+NEW_DIR_RESOLVER = "lrfer.new_dir"
+#: ``${lrfer.plus:a,b}``: ``a + b`` (the job folders of an extended Optuna study start after the old ones).
+PLUS_RESOLVER = "lrfer.plus"
+
+
+def register_resolvers() -> None:
+    """The resolvers the Hydra config uses (idempotent; also on import, for launcher worker processes)."""
+    OmegaConf.register_new_resolver(NEW_DIR_RESOLVER, claim_new_dir, replace=True)
+    OmegaConf.register_new_resolver(PLUS_RESOLVER, lambda a, b: int(a) + int(b), replace=True)
+
+
+register_resolvers()
 
 
 def report_user_error(err: UserError) -> None:
@@ -52,8 +76,61 @@ def task_config(config: DictConfig) -> DictConfig:
     return OmegaConf.masked_copy(config, [str(k) for k in config if k != "hydra"])
 
 
+def _missing_folders(path: Path) -> list[Path]:
+    """``path`` and its parents that do not exist yet, deepest first."""
+    missing = []
+    for folder in [path, *path.parents]:
+        if folder.exists():
+            break
+        missing.append(folder)
+    return missing
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
+def _pin(config: DictConfig, key: str, value: str) -> None:
+    """Set ``hydra.<key>`` to ``value``, here and in every job Hydra composes from the overrides."""
+    with read_write(config.hydra):
+        OmegaConf.update(config, f"hydra.{key}", value, merge=False)
+        quoted = "'" + value.replace("'", "\\'") + "'"  # a quoted string: commas, `${...}` kept
+        config.hydra.overrides.hydra.append(f"hydra.{key}={quoted}")
+
+
 class RunGuard(Callback):
     """Validate the config and protect the run folder before Hydra writes into it."""
+
+    def __init__(self) -> None:
+        self._lock = None
+        self._created: list[Path] = []
+
+    def _claim(self, config: DictConfig, key: str) -> Path:
+        """Resolve ``hydra.<key>`` once (the default claims a new folder), remember the folders this run
+        makes (removed again if it is refused), and pin the value for Hydra and every job."""
+        folder = Path(str(OmegaConf.select(config, f"hydra.{key}")))  # the default claims a new one here
+        self._created = [folder] if str(folder) in claimed_dirs() else _missing_folders(folder)
+        _pin(config, key, str(folder))
+        return folder
+
+    def _take_lock(self, folder: Path) -> None:
+        from lrfer.engine.runlock import acquire
+
+        self._lock = acquire(folder)
+        atexit.register(self._lock.release)  # also when the run ends by sys.exit or an exception
+
+    def _give_back(self, refused: bool = False) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+        if refused:
+            _remove_if_empty(self._created)  # a refused run leaves no folder it made
+
+    def __getstate__(self) -> dict:
+        # launchers pickle the callbacks for their workers: the lock stays with this process
+        return {**self.__dict__, "_lock": None}
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         from lrfer.config.validate import validate_config
@@ -64,29 +141,105 @@ class RunGuard(Callback):
             validate_config(task, warn=False)  # warnings are logged by the run itself, into train.log
             if env_rank() > 0:
                 return  # torchrun: this rank's hydra.run.dir is a scratch folder; rank 0 checks the run's
-            run_dir = Path(str(OmegaConf.select(config, "hydra.run.dir")))
-            check_run_folder(task, run_dir)
+            run_dir = self._claim(config, "run.dir")
+            try:
+                self._take_lock(run_dir)
+                check_run_folder(task, run_dir)
+            except UserError:
+                self._give_back(refused=True)
+                raise
             resuming = bool(OmegaConf.select(task, "trainer.resume", default=False))
             if resuming and (run_dir / ".hydra").is_dir() and config.hydra.output_subdir is not None:
                 with read_write(config.hydra):
                     config.hydra.output_subdir = resume_output_subdir()
 
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._give_back()
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from lrfer.engine.runfolder import start_fresh_log
+
+        task = config  # the job's full config; trainer.* is the task's
+        overwrite = bool(OmegaConf.select(task, "trainer.overwrite", default=False))
+        resume = bool(OmegaConf.select(task, "trainer.resume", default=False))
+        if overwrite and not resume and env_rank() == 0:
+            run_dir = Path(str(config.hydra.runtime.output_dir))
+            if start_fresh_log(run_dir):
+                log.info("trainer.overwrite=true: emptied the previous run's train.log")
+
+    def on_job_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
+        from hydra.types import RunMode
+
+        from lrfer.cli.sweep import record_job
+
+        if job_return is not None and config.hydra.mode == RunMode.MULTIRUN and env_rank() == 0:
+            record_job(config, job_return)
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from lrfer.cli.sweep import check_storage, is_optuna_sweeper, start_records, validate_jobs
+        from lrfer.config.validate import validate_config
         from lrfer.engine.runfolder import previous_results, resume_output_subdir
 
         with one_line_errors():
             task = task_config(config)
+            validate_config(task, warn=False)  # the settings every job shares
+            if is_optuna_sweeper(config):
+                check_storage(config)
             resume = bool(OmegaConf.select(task, "trainer.resume", default=False))
             overwrite = bool(OmegaConf.select(task, "trainer.overwrite", default=False))
-            sweep_dir = Path(str(OmegaConf.select(config, "hydra.sweep.dir")))
-            if sweep_dir.is_dir() and not (resume or overwrite):
+            sweep_dir = self._claim(config, "sweep.dir")
+            try:
+                self._take_lock(sweep_dir)
                 held = [p.name for p in sorted(sweep_dir.iterdir()) if p.is_dir() and previous_results(p)]
-                if held:
+                if held and not (resume or overwrite):
                     raise UserError(
                         f"{sweep_dir} already holds the runs of a sweep ({', '.join(held[:4])}"
                         f"{', ...' if len(held) > 4 else ''}): continue them with trainer.resume=true, "
                         "choose a new hydra.sweep.dir, or replace them with trainer.overwrite=true"
                     )
+                validate_jobs(config, self._check_job)
+                if resume and is_optuna_sweeper(config):
+                    self._extend_study(config)
+            except UserError:
+                self._give_back(refused=True)
+                raise
+            start_records(sweep_dir)
             if resume and config.hydra.output_subdir is not None:
-                with read_write(config.hydra):
-                    config.hydra.overrides.hydra.append(f"hydra.output_subdir={resume_output_subdir()}")
+                _pin(config, "output_subdir", resume_output_subdir())
+
+    @staticmethod
+    def _extend_study(config: DictConfig) -> None:
+        """Run the trials an Optuna study still lacks, in job folders after those of its earlier trials."""
+        from lrfer.cli.sweep import continue_study
+
+        done, to_run = continue_study(config)
+        log.info(
+            "trainer.resume=true: the Optuna study %s holds %d trials; running %d more",
+            config.hydra.sweeper.study_name,
+            done,
+            to_run,
+        )
+        _pin(config, "sweeper.n_trials", str(to_run))
+        _pin(config, "sweep.subdir", f"${{{PLUS_RESOLVER}:${{hydra.job.num}},{done}}}")
+
+    @staticmethod
+    def _check_job(job: DictConfig) -> None:
+        """One sweep job's checks before the sweep starts: its values, and its folder when resumed."""
+        from lrfer.cli.sweep import job_dir
+        from lrfer.config.validate import validate_config
+        from lrfer.engine.runfolder import check_run_folder, previous_results
+
+        task = task_config(job)
+        validate_config(task, warn=False)
+        run_dir = job_dir(job)
+        resume = bool(OmegaConf.select(task, "trainer.resume", default=False))
+        if resume and run_dir is not None and previous_results(run_dir):
+            check_run_folder(task, run_dir)  # a job that never ran is started instead (lrfer.cli.sweep)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from lrfer.cli.sweep import finish_sweep
+
+        status = finish_sweep(Path(str(config.hydra.sweep.dir)))
+        self._give_back()
+        if status:
+            sys.exit(status)

@@ -12,6 +12,8 @@ Exit status: 0 success (results in the CSV and one summary line on stdout), 2 a 
 
 With ``--detect`` the inputs are photos: every face is detected, cropped and classified, one CSV row per
 face, and ``--annotate DIR`` draws them (:mod:`lrfer.detect.photos`; needs ``pip install 'lrfer[faces]'``).
+A video file (``clip.mp4``) or ``--camera INDEX`` takes the video path: faces detected, tracked, classified
+and smoothed over time (:mod:`lrfer.detect.video`; ``--annotate out.mp4``).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from PIL import Image, UnidentifiedImageError
 from lrfer.config.validate import MIN_FACE_SIDE
 from lrfer.data.degrade import resize_to
 from lrfer.data.images import SQUARE_MODES, to_rgb8, to_square
-from lrfer.detect import photos
+from lrfer.detect import photos, video
 from lrfer.engine.loading import load_method_weights, load_run_config
 from lrfer.engine.run import build_method, method_context
 from lrfer.engine.trainer import resolve_device
@@ -81,7 +83,7 @@ def read_rgb(path: Path) -> torch.Tensor:
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description="Classify faces of any size with a trained lrfer run.")
     parser.add_argument("run_dir", type=Path)
-    parser.add_argument("inputs", nargs="+", type=Path)
+    parser.add_argument("inputs", nargs="*", type=Path)
     parser.add_argument("--out", type=Path, default=Path("predictions.csv"))
     parser.add_argument("--checkpoint", default="best", choices=["best", "last"])
     parser.add_argument("--device", default="auto")
@@ -93,8 +95,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "--square", default="crop", choices=SQUARE_MODES, help="non-square images: centre crop, pad, stretch"
     )
     photos.add_arguments(parser)
+    video.add_arguments(parser)
     args = parser.parse_args(argv)
-    photos.check_arguments(args)
+    if video.wants_video(args):
+        video.check_arguments(args)
+    elif not args.inputs:
+        parser.error("give image files or folders, a video, or --camera INDEX")
+    else:
+        photos.check_arguments(args)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     cfg = load_run_config(args.run_dir)
@@ -105,8 +113,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     method.to(device).eval()
     mean = torch.tensor(list(cfg.dataset.mean), device=device).view(1, -1, 1, 1)
     std = torch.tensor(list(cfg.dataset.std), device=device).view(1, -1, 1, 1)
+    say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    if video.wants_video(args):
+        print(video.predict_video(args, photos.build_classifier(cfg, context, method, device), say=say))
+        return None
     if args.detect:
-        say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
         print(photos.predict_photos(args, cfg, context, method, device, list_images(args.inputs), say=say))
         return None  # the console script exits 0 (sys.exit of a value would print it and exit 1)
 

@@ -15,10 +15,12 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from lrfer.cli import CONFIG_DIR
 from lrfer.cli.guard import report_user_error
+from lrfer.cli.sweep import FailedJob, start_if_never_ran
 from lrfer.config import register_schemas
 from lrfer.engine.distributed import env_rank
 from lrfer.errors import USER_ERROR_EXIT_CODE, UserError
@@ -34,11 +36,13 @@ def log_to_files(level: int, message: str) -> None:
             handler.handle(record)
 
 
-def _task(cfg: DictConfig) -> float | None:
+def _task(cfg: DictConfig) -> float | FailedJob | None:
     from lrfer.engine import distributed as dist
     from lrfer.engine.run import format_table, run_training
     from lrfer.engine.trainer import resolve_device
 
+    hydra_cfg = HydraConfig.get()
+    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     try:
         dist.init_from_env(resolve_device(cfg.trainer.device))
         if not dist.is_main():
@@ -46,15 +50,22 @@ def _task(cfg: DictConfig) -> float | None:
             for handler in [h for h in logging.root.handlers if isinstance(h, logging.FileHandler)]:
                 logging.root.removeHandler(handler)
         # Under torchrun every rank works in rank 0's run folder (only rank 0 writes into it).
-        run_dir = Path(dist.broadcast_object(HydraConfig.get().runtime.output_dir))
+        run_dir = Path(dist.broadcast_object(hydra_cfg.runtime.output_dir))
+        if in_sweep:
+            cfg = start_if_never_ran(cfg, run_dir, hydra_cfg.output_subdir)
         metrics = run_training(cfg, run_dir)
         main_rank = dist.is_main()
     except UserError as err:
         log_to_files(logging.ERROR, f"error: {err}")
         report_user_error(err)
+        if in_sweep:  # the sweep goes on with its other jobs, and names this one in its summary
+            return FailedJob("error", str(err))
         sys.exit(USER_ERROR_EXIT_CODE)
-    except Exception:
+    except Exception as err:
         log_to_files(logging.ERROR, "the run crashed:\n" + traceback.format_exc().rstrip())
+        if in_sweep:
+            log.error("the job crashed: %s: %s (traceback in train.log)", type(err).__name__, err)
+            return FailedJob("crashed", f"{type(err).__name__}: {err}")
         raise
     finally:
         dist.cleanup()

@@ -270,6 +270,14 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise UserError(f"need --margin >= 0 and --max-pixels > 0, got {args.margin} and {args.max_pixels}")
 
 
+def build_classifier(cfg, context, method, device) -> FaceClassifier:
+    """A run's method (on ``device``, in eval mode) with its class names, sizes and normalisation."""
+    return FaceClassifier(
+        method, list(context.class_names), int(context.input_size), int(context.native_size),
+        str(cfg.degrade.resize_kernel), list(cfg.dataset.mean), list(cfg.dataset.std), device,
+    )  # fmt: skip
+
+
 def predict_photos(
     args: argparse.Namespace, cfg, context, method, device, paths: Sequence[Path], say=None
 ) -> str:
@@ -280,10 +288,7 @@ def predict_photos(
     detector = build_detector(
         DetectorConfig(model=args.detector_model, min_face=args.min_face, margin=args.margin)
     )
-    classifier = FaceClassifier(
-        method, list(context.class_names), int(context.input_size), int(context.native_size),
-        str(cfg.degrade.resize_kernel), list(cfg.dataset.mean), list(cfg.dataset.std), device,
-    )  # fmt: skip
+    classifier = build_classifier(cfg, context, method, device)
     report = classify_photos(
         paths, detector, classifier, margin=args.margin, max_pixels=args.max_pixels,
         annotate_dir=args.annotate, batch_size=args.batch_size, say=say,

@@ -9,7 +9,11 @@ Before anything is written into a run folder (by Hydra, see :mod:`lrfer.cli.guar
 - a resume must ask for the run it continues: the method, model and dataset identity stored in ``last.pt``
   (:func:`run_identity`; for checkpoints written before it was stored, the run's ``.hydra/config.yaml``) are
   compared with the new config, and any difference other than an epoch count stops with one line naming it;
-- temporary files a killed write left behind are deleted.
+- temporary files a killed write left behind are deleted;
+- the default run folder (``outputs/<method>/<dataset>/<time>``) is new for every run: a run that starts in
+  the same second as another gets ``<time>_2`` (:func:`claim_new_dir`, the ``lrfer.new_dir`` resolver of
+  configs/hydra); a run folder named by the user is shared only as above, and never by two live runs
+  (:mod:`lrfer.engine.runlock`).
 
 A resumed run keeps its ``.hydra/`` as it was (the original config, what ``lrfer-evaluate`` reads); Hydra
 writes the resumed invocation's config into ``.hydra-resumes/<time>/`` instead.
@@ -18,6 +22,7 @@ writes the resumed invocation's config into ``.hydra-resumes/<time>/`` instead.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 from datetime import datetime
@@ -35,10 +40,15 @@ log = logging.getLogger(__name__)
 
 #: What marks a folder as holding a run (finished, or resumable).
 RUN_RESULTS = ("metrics.json", "checkpoints/last.pt")
-#: What ``trainer.overwrite=true`` deletes before training again.
-REPLACED_BY_OVERWRITE = ("metrics.json", "checkpoints", "tb")
 #: Where Hydra writes a resumed invocation's config (``hydra.output_subdir``), so ``.hydra/`` stays as it was.
 RESUME_CONFIG_DIR = ".hydra-resumes"
+#: What ``trainer.overwrite=true`` deletes before training again: the results, checkpoints and TensorBoard
+#: logs, and what other commands and resumes left beside them (``lrfer-evaluate``, ``scripts/export.py``).
+REPLACED_BY_OVERWRITE = ("metrics.json", "checkpoints", "tb", "eval_test.json", "export", RESUME_CONFIG_DIR)
+#: The run's log (Hydra's job log): emptied by ``trainer.overwrite=true`` (:func:`start_fresh_log`).
+RUN_LOG = "train.log"
+#: Most suffixes :func:`claim_new_dir` tries (``<dir>_2`` ... ) before giving up.
+MAX_DIR_SUFFIX = 1000
 #: Keys that may change when a run is continued: epoch counts (extending a run) and their scale.
 _MAY_CHANGE = re.compile(r"(^|[._])([a-z_]*epochs|schedule_scale)$")
 
@@ -172,11 +182,56 @@ def prepare_run_folder(cfg: DictConfig, run_dir: Path | None) -> None:
             log.info("trainer.overwrite=true: removed the previous run's %s", ", ".join(gone))
 
 
+def start_fresh_log(run_dir: Path) -> bool:
+    """Empty the previous run's ``train.log`` (``trainer.overwrite=true``); True when there was one.
+
+    Truncated rather than deleted: Hydra's log handler may already hold it open (in append mode, so what
+    this run logs next lands at the start of the emptied file).
+    """
+    path = Path(run_dir) / RUN_LOG
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    os.truncate(path, 0)
+    return True
+
+
 def open_run_folder(cfg: DictConfig, run_dir: Path | None) -> None:
     """:func:`check_run_folder` on every process, then :func:`prepare_run_folder` on the first one."""
     check_run_folder(cfg, run_dir)
     if env_rank() == 0:
         prepare_run_folder(cfg, run_dir)
+
+
+#: Folders claimed by :func:`claim_new_dir` in this process: the same request gets the same folder.
+_CLAIMED: dict[str, str] = {}
+
+
+def claim_new_dir(path: str) -> str:
+    """A run folder nobody else has: ``path`` when this call creates it, else ``path_2``, ``path_3``, ...
+
+    The folder is created here (``mkdir`` is atomic, so two runs started in the same second never get the
+    same one); asked again in the same process, it returns the folder it claimed. Used by the default
+    ``hydra.run.dir`` / ``hydra.sweep.dir`` (configs/hydra/default.yaml: ``${lrfer.new_dir:...}``).
+    """
+    path = str(path)
+    if path in _CLAIMED:
+        return _CLAIMED[path]
+    base = Path(path)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, MAX_DIR_SUFFIX + 1):
+        candidate = base if n == 1 else base.with_name(f"{base.name}_{n}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        _CLAIMED[path] = str(candidate)
+        return str(candidate)
+    raise UserError(f"{path} and {MAX_DIR_SUFFIX - 1} suffixed folders exist: set hydra.run.dir")
+
+
+def claimed_dirs() -> set[str]:
+    """The folders :func:`claim_new_dir` created in this process."""
+    return set(_CLAIMED.values())
 
 
 def resume_output_subdir() -> str:
