@@ -8,7 +8,9 @@ The method is rebuilt from ``RUN_DIR/.hydra/config.yaml`` (``-o`` overrides it),
 and ``predict(images)`` (eval mode, the run's network input size) is traced; TorchScript is frozen. The
 exported file (default ``RUN_DIR/export/model.pt`` or ``model.onnx``) is loaded back and run on a fresh
 random batch; the maximum absolute difference from ``method.predict`` is printed and the command fails
-(exit 1) above ``--atol``. ONNX needs the ``onnx`` package (and ``onnxruntime`` for the check):
+(exit 1) above ``--atol`` (>= 0); the file is written beside its target and renamed onto it only when it
+passes, so a failed export never replaces a good one. ``-o`` keys must exist in the run's config
+(``+key=value`` adds one). ONNX needs the ``onnx`` package (and ``onnxruntime`` for the check):
 ``pip install -e .[export]``. The last line printed is JSON.
 """
 
@@ -43,13 +45,14 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     result = export_run(args.run_dir, args.format, args.checkpoint, args.out, args.atol, args.override)
     diff = result["max_abs_diff"]
-    print(
-        f"wrote {result['path']}" + ("" if diff is None else f"; max abs diff {diff:.3g} (atol {args.atol})")
-    )
+    done = "wrote" if result["ok"] else "did not write"
+    checked = "" if diff is None else f"; max abs diff {diff:.3g} (atol {args.atol})"
+    print(f"{done} {result['path']}{checked}")
     print(json.dumps(result))
     if not result["ok"]:
         print(
-            f"error: the exported model differs from the original by {diff:.3g} > {args.atol}",
+            f"error: the exported model differs from the original by {diff:.3g} > {args.atol}: "
+            f"not written ({result['path']} is unchanged)",
             file=sys.stderr,
         )
         sys.exit(1)

@@ -3,9 +3,12 @@
 
     python scripts/leaderboard.py [key=value ...] [--methods baseline efc ...] [--seeds 2] [--out DIR]
                                   [--budget 1.0] [--protocol experiments/leaderboard/protocol.yaml]
+                                  [-- key=value ...]
 
 ``key=value`` arguments are Hydra overrides applied to every run (``dataset=rafdb dataset.root=/data/RAF-DB``,
-``trainer.max_epochs=1``, ``trainer.device=cuda``); they win over the protocol's. Each method trains with its
+``trainer.max_epochs=1``, ``trainer.device=cuda``); they win over the protocol's. They may stand anywhere,
+also after ``--methods`` (an argument holding ``=`` is an override, not a method) or after ``--``; every
+run's config is composed and validated before the first run trains. Each method trains with its
 own recipe (``methods:`` in the protocol: its method config's training degradations, input size and stages;
 epochs scaled by ``--budget``) on the same dataset, split and source image size, and is tested at the
 protocol's degradations. Runs go to ``<out>/runs/<method>/seed<k>/`` (ordinary run folders; a finished one
@@ -30,14 +33,16 @@ from pathlib import Path
 import torch
 
 from lrfer.config.compose import compose_config, merge_overrides
+from lrfer.config.validate import validate_config
 from lrfer.data.datasets import build_adapter
 from lrfer.engine.checkpoint import write_json
 from lrfer.engine.latency import cpu_model
 from lrfer.engine.launch import finished_run, train_side_by_side
 from lrfer.engine.loading import load_run_config
 from lrfer.engine.model_stats import method_cost
-from lrfer.errors import UserError, exit_on_user_error
+from lrfer.errors import UserError, exit_on_user_error, make_output_folder
 from lrfer.report.leaderboard import (
+    budget_label,
     budget_overrides,
     collect,
     load_protocol,
@@ -72,6 +77,10 @@ def main(argv: list[str] | None = None) -> dict:
         help="runs trained at once, each on cores/jobs threads (default: one per core on a CPU, 1 on a GPU)",
     )
     args = parser.parse_args(argv)
+    # ``--methods a b key=value``: argparse gives the override to --methods; an override holds "="
+    args.overrides += [m for m in args.methods or [] if "=" in m]
+    if args.methods is not None:
+        args.methods = [m for m in args.methods if "=" not in m] or None
     if args.seeds < 1:
         raise UserError("--seeds must be at least 1")
     protocol = load_protocol(args.protocol)
@@ -84,9 +93,8 @@ def main(argv: list[str] | None = None) -> dict:
     dataset = compose_config(merge_overrides(protocol["common"], args.overrides)).dataset.name
     own = protocol["datasets"].get(dataset, [])  # e.g. the synthetic faces' test-split size
     base = merge_overrides(protocol["common"], own, [f"degrade.test={test}"], args.overrides)
-    cfg = compose_config(base)  # also checks the overrides before anything trains
+    cfg = compose_config(base)  # also checks the overrides' keys and types before anything trains
     out = args.out
-    out.mkdir(parents=True, exist_ok=True)
 
     provenance = build_adapter(cfg.dataset).provenance()  # e.g. the synthetic generator's version
     jobs_wanted = args.jobs if args.jobs is not None else default_jobs(cfg.trainer.device)
@@ -101,6 +109,11 @@ def main(argv: list[str] | None = None) -> dict:
         for seed in range(args.seeds):
             run_dir = (out / "runs" / name / f"seed{seed}").resolve()
             overrides = merge_overrides(spec["overrides"], scaled, base, [f"seed={seed}"])
+            if seed == 0:  # every method's config is checked before the first run trains
+                try:
+                    validate_config(compose_config(overrides), warn=False)
+                except UserError as err:
+                    raise UserError(f"method {name}: {err}") from None
             if finished_run(run_dir, overrides, provenance):
                 print(f"{name} seed {seed}: finished earlier ({run_dir})", flush=True)
             else:
@@ -112,6 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
         if not ok:
             failed.append(f"{name}/seed{seed} (see {run_dir.with_suffix('.log')})")
 
+    make_output_folder(out)
     print(f"{len(todo)} run(s) to train, {max(1, min(jobs_wanted, len(todo)))} at a time", flush=True)
     jobs = train_side_by_side([(overrides, run_dir) for *_, run_dir, overrides in todo], jobs_wanted, trained)
     train_wall = time.perf_counter() - start
@@ -146,7 +160,8 @@ def main(argv: list[str] | None = None) -> dict:
     results = collect(out, methods)
     labels = sorted({lbl for r in results for lbl in r.accuracies})
     data = "SYNTHETIC faces (not real data)" if dataset == "synthetic" else dataset
-    title = f"lrfer leaderboard on {data}, budget {budget:g}, {args.seeds} seed(s)"
+    budget_text = budget_label(budget, protocol["converged_budget"])
+    title = f"lrfer leaderboard on {data}, {budget_text}, {args.seeds} seed(s)"
     md = write_leaderboard(results, labels, out, title, provenance_notes(calls, machine))
     summary = {
         "dataset": dataset,

@@ -6,7 +6,8 @@
 
 Prints a markdown table (rows = runs, columns = degradations, accuracy in %) and writes
 <out>.md, <out>.csv and <out>.png (accuracy against degradation). With --paper, the paper's rows
-(labelled "(paper)") stand beside the measured ones.
+(labelled "(paper)") stand beside the measured ones. A metrics.json or paper table that cannot be read (not
+JSON, not numbers) is skipped with a warning naming it; one without results (``{}``) adds no row.
 """
 
 from __future__ import annotations
@@ -15,9 +16,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from lrfer.errors import UserError, exit_on_user_error
+from lrfer.errors import UserError, check_folder_can_be_written, exit_on_user_error, writing
 from lrfer.report.plots import accuracy_plot
 from lrfer.report.tables import collect_runs, columns_of, markdown_table, read_paper_csv, write_csv
+
+
+def warn(line: str) -> None:
+    print(f"warning: {line}", file=sys.stderr, flush=True)
 
 
 @exit_on_user_error
@@ -40,21 +45,30 @@ def main(argv: list[str] | None = None) -> None:
 
     dirs = [d for d in args.dirs if Path(d).exists()]
     for missing in sorted(set(args.dirs) - set(dirs)):  # e.g. multirun/ before any sweep has run
-        print(f"warning: {missing} does not exist: skipped", file=sys.stderr, flush=True)
-    rows = collect_runs(dirs, split=args.split, metric=args.metric)
+        warn(f"{missing} does not exist: skipped")
+    base = Path(args.out) if args.out else Path(args.dirs[0]) / "report"
+    if base.is_dir():
+        raise UserError(f"--out {base} is a folder: give a prefix for the files (e.g. {base / 'report'})")
+    check_folder_can_be_written(base.parent, "write the report into")
+    rows = collect_runs(dirs, split=args.split, metric=args.metric, warn=warn)
     if not rows:
-        raise UserError(f"no metrics.json found under {', '.join(args.dirs)}")
-    paper_rows = [r for p in args.paper for r in read_paper_csv(p)]
+        raise UserError(f"no metrics.json with results found under {', '.join(args.dirs)}")
+    paper_rows = []
+    for paper in args.paper:
+        try:
+            paper_rows += read_paper_csv(paper)
+        except UserError as err:  # one bad paper table must not lose the measured report
+            warn(f"{err}: skipped")
     columns = columns_of(rows + paper_rows)
     table = markdown_table(paper_rows + rows, columns, extra=args.extra)
     print(table)
-    base = Path(args.out) if args.out else Path(args.dirs[0]) / "report"
-    base.parent.mkdir(parents=True, exist_ok=True)
-    base.with_suffix(".md").write_text(table + "\n")
-    write_csv(paper_rows + rows, base.with_suffix(".csv"), columns)
-    accuracy_plot(
-        columns, {r.name: r.values for r in paper_rows + rows}, base.with_suffix(".png"), args.title
-    )
+    with writing(base.parent, "write the report into"):
+        base.parent.mkdir(parents=True, exist_ok=True)
+        base.with_suffix(".md").write_text(table + "\n")
+        write_csv(paper_rows + rows, base.with_suffix(".csv"), columns)
+        accuracy_plot(
+            columns, {r.name: r.values for r in paper_rows + rows}, base.with_suffix(".png"), args.title
+        )
     print(f"\nwrote {base}.md, {base}.csv, {base}.png")
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from lrfer.data.degrade import degrade_uint8, parse_degradation, parse_degradations, resize_to
-from lrfer.data.imresize import imresize_uint8
 from lrfer.errors import UserError
 
 
@@ -42,11 +43,28 @@ def test_output_side_is_ceil_of_side_over_factor(factor):
     assert out.shape[-2:] == (math.ceil(100 / factor),) * 2 and out.dtype == torch.uint8
 
 
+FIXTURE = Path(__file__).parent / "fixtures" / "imresize_octave.npz"
+
+
+@pytest.mark.parametrize("factor", [2, 3, 4, 6, 8])
+def test_factor_views_are_matlabs_uint8_images(factor):
+    """``x<factor>`` views of a batch equal MATLAB's ``imresize(I, 1/factor)`` on uint8 (the GNU Octave
+    fixtures of tests/test_imresize.py), bit for bit, also when computed in several chunks."""
+    with np.load(FIXTURE) as ref:
+        face = torch.from_numpy(ref["input__rgb100"].transpose(2, 0, 1).copy())
+        expected = torch.from_numpy(ref[f"matlab_uint8__rgb100_x{factor}"].transpose(2, 0, 1).copy())
+    view = degrade_uint8(torch.stack([face] * 3), parse_degradation(f"x{factor}"), chunk=2)
+    assert view.dtype == torch.uint8 and view.shape == (3, *expected.shape)
+    assert all(torch.equal(v, expected) for v in view)
+
+
 def test_factor_views_use_matlabs_grid_not_the_rounded_size():
-    images = torch.randint(0, 256, (2, 3, 100, 100), dtype=torch.uint8)
-    by_factor = degrade_uint8(images, parse_degradation("x6"))
-    assert torch.equal(by_factor, imresize_uint8(images, scale=1 / 6))
-    assert not torch.equal(by_factor, imresize_uint8(images, size=(17, 17)))
+    # x6 of 100 px samples every 6 px (MATLAB), not every 100 / 17 = 5.88 px (an imresize to 17x17)
+    with np.load(FIXTURE) as ref:
+        face = torch.from_numpy(ref["input__rgb100"].transpose(2, 0, 1).copy())
+        expected = torch.from_numpy(ref["matlab_uint8__rgb100_x6"].transpose(2, 0, 1).copy())
+    by_size = degrade_uint8(face[None], parse_degradation("17px"))[0]
+    assert by_size.shape == expected.shape and not torch.equal(by_size, expected)
 
 
 def test_absolute_size_and_too_large_size():

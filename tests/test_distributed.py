@@ -81,6 +81,7 @@ def toy_runs(tmp_path_factory):
         "trainer.batch_size=28",
         "degrade.test=[x1,x2]",
         "trainer.num_threads=1",
+        "trainer.scheduler.name=cosine",  # the lr changes every epoch: a resume must continue its schedule
     )
     _run(
         [sys.executable, "train.py", *common, f"+method.record={tmp / 'one'}", f"hydra.run.dir={tmp / 'one'}"]
@@ -110,7 +111,8 @@ def test_two_processes_match_one_process_for_a_multi_stage_method(toy_runs):
 
 @pytest.mark.slow  # launcher/process integration, ~25-45 s on 2 cores: `pytest -m slow`
 def test_an_interrupted_torchrun_run_resumes_exactly(toy_runs):
-    """Killed in the second stage's second epoch, then resumed: the same weights and metrics as ``two``."""
+    """Killed in the second stage's second epoch, then resumed under torchrun: the same weights, optimiser
+    state (Adam's moments), cosine learning rate and metrics as ``two``, the uninterrupted torchrun run."""
     tmp, common = toy_runs
     run = [*TORCHRUN, "train.py", *common, f"hydra.run.dir={tmp / 'cut'}"]
     assert _run(run, check=False, LRFER_TOY_CRASH_AFTER="15").returncode != 0
@@ -119,10 +121,16 @@ def test_an_interrupted_torchrun_run_resumes_exactly(toy_runs):
     _run([*run, "trainer.resume=true"])
     cut = json.loads((tmp / "cut" / "metrics.json").read_text())
     two = json.loads((tmp / "two" / "metrics.json").read_text())
-    assert cut["test"] == two["test"] and cut["train"] == two["train"]
-    a = torch.load(tmp / "two" / "checkpoints" / "last.pt", weights_only=True)["method"]
-    b = torch.load(tmp / "cut" / "checkpoints" / "last.pt", weights_only=True)["method"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert cut["test"] == two["test"] and cut["train"] == two["train"] and cut["val"] == two["val"]
+    a = torch.load(tmp / "two" / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(tmp / "cut" / "checkpoints" / "last.pt", weights_only=True)
+    assert all(torch.equal(a["method"][k], b["method"][k]) for k in a["method"])
+    assert set(a["optimizers"]) == set(b["optimizers"]) == {"critic", "student"}
+    for step, opt in a["optimizers"].items():
+        other = b["optimizers"][step]
+        assert [g["lr"] for g in opt["param_groups"]] == [g["lr"] for g in other["param_groups"]], step
+        for i, moments in opt["state"].items():
+            assert all(torch.equal(v, other["state"][i][k]) for k, v in moments.items()), step
 
 
 @pytest.mark.slow  # launcher/process integration, ~25-45 s on 2 cores: `pytest -m slow`

@@ -1,6 +1,6 @@
 """Every experiment config trains what it names: ``experiment=<method>/<table>`` alone trains ``<method>``
-(``*_isr`` configs train ``isr``), ``method=...`` on the command line still overrides it, and (slow) each
-trains one epoch on tiny synthetic faces of its image size."""
+(``*_isr`` configs train ``isr``) with every setting the file writes, ``method=...`` on the command line
+still overrides it, and (slow, a smoke test) each trains one epoch on tiny synthetic faces of its size."""
 
 from __future__ import annotations
 
@@ -38,6 +38,36 @@ def test_experiment_trains_the_method_its_folder_names(name):
     want = expected_method(name)
     assert cfg.method.name == want, f"experiment={name} trains {cfg.method.name}, not {want}"
     assert cfg.method._target_.split(".")[2] == want  # lrfer.methods.<want>.<Class>
+
+
+def _settings(node, prefix: str = "") -> list[str]:
+    """The dotted keys of every leaf an experiment file sets (its defaults list aside)."""
+    keys = []
+    for key, value in node.items():
+        if prefix == "" and key == "defaults":
+            continue
+        dotted = f"{prefix}{key}"
+        keys += _settings(value, f"{dotted}.") if isinstance(value, dict) else [dotted]
+    return keys
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_setting_an_experiment_names_is_what_its_run_gets(name):
+    """The paper's settings written in ``configs/experiment/<name>.yaml`` (epochs, optimiser, lr, batch,
+    degradations, augmentation, model) all reach the composed run config: nothing composed after the
+    experiment (a method, dataset or model default) replaces them."""
+    raw = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "experiment" / f"{name}.yaml"))
+    cfg = compose_cfg(f"experiment={name}")
+    # what the file says, resolved in the run's config (``test: ${degrade.train}`` means the run's list)
+    said = OmegaConf.merge(cfg, {k: v for k, v in raw.items() if k != "defaults"})
+    keys = _settings(raw)
+    assert keys, f"experiment={name} sets nothing"
+    for key in keys:
+        got = OmegaConf.to_container(OmegaConf.create({"v": OmegaConf.select(cfg, key)}), resolve=True)
+        want = OmegaConf.to_container(OmegaConf.create({"v": OmegaConf.select(said, key)}), resolve=True)
+        assert got == want, (
+            f"experiment={name}: {key} is {got['v']!r} in the run, the file says {want['v']!r}"
+        )
 
 
 @pytest.mark.parametrize(
@@ -143,7 +173,10 @@ def _synthetic_experiment(name: str, tmp: Path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_experiment_trains_one_epoch_on_tiny_synthetic_faces(name, tmp_path):
+def test_smoke_experiment_trains_one_epoch_on_tiny_synthetic_faces(name, tmp_path):
+    """A smoke test (the settings themselves are checked by
+    test_every_setting_an_experiment_names_is_what_its_run_gets): the experiment's method, model and
+    degradations train one epoch and test every degradation the experiment names, on all 8 test faces."""
     cfg = _synthetic_experiment(name, tmp_path)
     threads = torch.get_num_threads()
     try:
@@ -151,5 +184,6 @@ def test_experiment_trains_one_epoch_on_tiny_synthetic_faces(name, tmp_path):
     finally:
         torch.set_num_threads(threads)
     assert metrics["method"] == expected_method(name)
+    assert list(metrics["test"]) == [str(label) for label in cfg.degrade.test]
     for row in metrics["test"].values():
-        assert 0.0 <= row["acc"] <= 1.0
+        assert row["n"] == 8 and sum(map(sum, row["confusion"])) == 8

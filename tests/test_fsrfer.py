@@ -416,3 +416,25 @@ def test_extractor_weights_accepts_a_run_folder(fsr_run, tmp_path):
     assert [s.name for s in method.stages()] == ["pretrain", "gan"]
     with pytest.raises(UserError, match="extractor_weights"):
         _method(tmp_path, f"method.extractor_weights={tmp_path / 'no_run'}")
+
+
+def test_critic_steps_score_generated_features_above_real_ones(tmp_path):
+    """WGAN: the critic plays against the generator. The generator minimises ``E[D(F_sr)]`` (eq. 7), so
+    gradient steps on the critic's loss (eq. 8) must widen ``E[D(F_sr)] - E[D(F_hr)]`` and lower that loss."""
+    method, gan, batch, _, f_hr, f_sr = _gan_step(tmp_path, "critic")
+
+    def gap() -> float:
+        with torch.no_grad():
+            return (method.critic(f_sr).mean() - method.critic(f_hr).mean()).item()
+
+    before = gap()
+    optimizer = torch.optim.SGD(method.critic.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(5):
+        optimizer.zero_grad()
+        loss = method.training_step(batch, gan, "critic")["loss"]
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert gap() > before
+    assert losses[-1] < losses[0]

@@ -169,6 +169,28 @@ def test_the_teacher_is_frozen_during_the_student_stage():
     assert {id(p) for p in params}.isdisjoint(id(p) for p in method.teacher.parameters())
 
 
+def test_the_student_is_distilled_towards_the_teachers_maps_of_the_high_resolution_face():
+    """Eq. 12: L_kd compares the student's maps of the low-resolution face with the frozen teacher's maps
+    of the same face at high resolution (``image_hr``), never of the low-resolution input."""
+    method = _method()
+    student_stage = method.stages()[-1]
+    method.on_stage_start(student_stage)
+    method.eval()
+    batch = _batch()
+    out = method.training_step(batch, student_stage, "main")
+    with torch.no_grad():
+        _, student_maps = method.student(
+            method._student_input(batch["image"], batch["factor"]), return_maps=True
+        )
+        _, hr_maps = method.teacher(batch["image_hr"], return_maps=True)
+        _, lr_maps = method.teacher(batch["image"], return_maps=True)
+    assert torch.allclose(out["kd"], attention_similarity_loss(student_maps, hr_maps))
+    assert not torch.allclose(out["kd"], attention_similarity_loss(student_maps, lr_maps))
+    # the same low-resolution input with another high-resolution face gives another distillation target
+    other = method.training_step({**batch, "image_hr": batch["image_hr"].flip(0)}, student_stage, "main")
+    assert torch.equal(other["ce"], out["ce"]) and not torch.allclose(other["kd"], out["kd"])
+
+
 def test_kd_weight_zero_builds_no_teacher_and_skips_its_stage():
     method = _method(kd_weight=0.0)
     assert method.teacher is None
@@ -261,4 +283,8 @@ def test_a_tiny_run_trains_teacher_then_student_and_logs_kd(tmp_path):
     on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert list(on_disk["test"]) == ["14px"] and on_disk["test"] == metrics["test"]
     assert list(on_disk["train"]["stages"]) == ["teacher", "student"]
-    assert on_disk["train"]["kd"] > 0 and "kd" not in on_disk["train"]["stages"]["teacher"]
+    student = on_disk["train"]["stages"]["student"]
+    assert "kd" not in on_disk["train"]["stages"]["teacher"] and student["kd"] == on_disk["train"]["kd"]
+    # eq. 13 on the logged epoch means: the student's loss is L_ce + kd_weight (5) * L_kd
+    assert student["loss"] == pytest.approx(student["ce"] + 5.0 * student["kd"], rel=1e-5)
+    assert student["kd"] > 0

@@ -10,7 +10,7 @@ from conftest import run_cli
 
 from lrfer.config.compose import merge_overrides
 from lrfer.errors import UserError
-from lrfer.report.leaderboard import budget_overrides, face_side, load_protocol, plain_log_axis
+from lrfer.report.leaderboard import budget_label, budget_overrides, face_side, load_protocol, plain_log_axis
 
 TINY = [
     "dataset.num_train=56",
@@ -154,3 +154,45 @@ def test_a_call_that_trains_nothing_writes_the_table_again_but_adds_no_call(boar
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert table.is_file()
     assert json.loads((out / "leaderboard.json").read_text())["calls"] == calls
+
+
+def test_a_table_not_at_the_converged_budget_is_labelled_not_converged():
+    assert "NOT CONVERGED" in budget_label(1.0, None)
+    assert "NOT CONVERGED" in budget_label(1.0, 4.0)
+    assert "NOT CONVERGED" not in budget_label(4.0, 4.0)
+
+
+def test_the_default_leaderboard_protocol_is_not_yet_converged():
+    protocol = load_protocol("experiments/leaderboard/protocol.yaml")
+    assert "NOT CONVERGED" in budget_label(protocol["budget"], protocol["converged_budget"])
+
+
+def test_mean_and_sample_std_over_seeds_from_the_run_folders(tmp_path):
+    """Three seeds at 50, 60 and 70 % give 60.0 ± 10.0: the sample standard deviation (n - 1), not the
+    population one (8.2); a method with one seed shows ± 0.0; the table says how many seeds each row has."""
+    import csv
+
+    from lrfer.report.leaderboard import collect, write_leaderboard
+
+    for method, accs in {"three": [0.5, 0.6, 0.7], "one": [0.4]}.items():
+        for seed, acc in enumerate(accs):
+            run = tmp_path / "runs" / method / f"seed{seed}"
+            run.mkdir(parents=True)
+            test = {"x1": {"acc": acc, "n": 10}, "x4": {"acc": acc / 2, "n": 10}}
+            (run / "metrics.json").write_text(json.dumps({"test": test, "duration_s": 60.0 * (seed + 1)}))
+    results = collect(tmp_path, ["three", "one"])
+    write_leaderboard(results, ["x1", "x4"], tmp_path, "t")
+    rows = {r["method"]: r for r in csv.DictReader((tmp_path / "leaderboard.csv").open())}
+    assert (rows["three"]["seeds"], rows["three"]["x1_mean"], rows["three"]["x1_std"]) == (
+        "3",
+        "60.00",
+        "10.00",
+    )
+    assert (rows["three"]["x4_mean"], rows["three"]["x4_std"], rows["three"]["train_s"]) == (
+        "30.00",
+        "5.00",
+        "120.0",
+    )
+    assert (rows["one"]["seeds"], rows["one"]["x1_mean"], rows["one"]["x1_std"]) == ("1", "40.00", "0.00")
+    table = (tmp_path / "leaderboard.md").read_text()
+    assert "| three | 3 |" in table and "60.0 ± 10.0" in table and "40.0 ± 0.0" in table

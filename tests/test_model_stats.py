@@ -78,9 +78,45 @@ def test_export_torchscript_round_trip_matches_the_method(efc_run):
     assert loaded(torch.randn(3, 3, 32, 32)).shape == (3, 7)
 
 
-def test_export_fails_above_the_tolerance(efc_run, tmp_path):
-    result = export_run(efc_run, "torchscript", out=tmp_path / "m.pt", atol=-1.0)
-    assert not result["ok"]
+def test_export_fails_above_the_tolerance_and_leaves_a_good_export_unchanged(efc_run, tmp_path, monkeypatch):
+    from lrfer.engine import export
+
+    good = export_run(efc_run, "torchscript", out=tmp_path / "m.pt")
+    before = (tmp_path / "m.pt").read_bytes()
+    real = export.export_torchscript
+
+    def drifting(model, example, out):  # an exported model that differs from the method by 1
+        runner = real(model, example, out)
+        return lambda x: runner(x) + 1.0
+
+    monkeypatch.setattr(export, "export_torchscript", drifting)
+    result = export_run(efc_run, "torchscript", out=tmp_path / "m.pt", atol=1e-4)
+    assert good["ok"] and not result["ok"] and result["max_abs_diff"] == pytest.approx(1.0, abs=1e-3)
+    assert (tmp_path / "m.pt").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]  # no temporary file left
+
+
+@pytest.mark.parametrize("atol", [-1.0, float("nan")])
+def test_export_refuses_a_negative_tolerance(efc_run, tmp_path, atol):
+    with pytest.raises(UserError, match="--atol must be a number >= 0"):
+        export_run(efc_run, "torchscript", out=tmp_path / "m.pt", atol=atol)
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_an_export_that_differs_from_the_method_is_reported(efc_run, tmp_path, monkeypatch):
+    """A reloaded model off by 1e-3 (a broken export, simulated) fails the default 1e-4 check."""
+    import lrfer.engine.export as export
+
+    honest = export.export_torchscript
+
+    def off_by_a_little(model, example, out):
+        runner = honest(model, example, out)
+        return lambda x: runner(x) + 1e-3
+
+    monkeypatch.setattr(export, "export_torchscript", off_by_a_little)
+    result = export_run(efc_run, "torchscript", out=tmp_path / "m.pt")
+    assert result["max_abs_diff"] == pytest.approx(1e-3, rel=0.1) and not result["ok"]
+    assert export_run(efc_run, "torchscript", out=tmp_path / "m.pt", atol=2e-3)["ok"]
 
 
 def test_aggregate_folds_gives_mean_and_std_over_folds(tmp_path):

@@ -23,7 +23,17 @@ def _data(n=60, size=24, classes=3, seed=0):
     return FaceData("toy", [f"c{i}" for i in range(classes)], {"train": split, "val": split, "test": split})
 
 
-def _module(data, train=("x1",), batch_size=16, input_size=None, resize_back=True, sampler="random", **aug):
+def _module(
+    data,
+    train=("x1",),
+    batch_size=16,
+    input_size=None,
+    resize_back=True,
+    sampler="random",
+    placement=None,
+    **aug,
+):
+    """``placement``: extra FaceDataModule arguments (rank, world_size, prefetch)."""
     degrade = OmegaConf.structured(
         DegradeConfig(train=list(train), input_size=input_size, resize_back=resize_back)
     )
@@ -38,6 +48,7 @@ def _module(data, train=("x1",), batch_size=16, input_size=None, resize_back=Tru
         eval_batch_size=32,
         device=torch.device("cpu"),
         sampler=sampler,
+        **(placement or {}),
     )
 
 
@@ -93,6 +104,29 @@ def test_epochs_are_deterministic_per_seed():
     c = [b["image"] for b in dm.train_batches(degs, seed=8)]
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert not torch.equal(a[0], c[0])
+
+
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_two_ranks_augment_their_shares_of_a_global_batch_differently(prefetch):
+    """Under torchrun every rank draws its own augmentation: with every face the same image, rank 0's and
+    rank 1's halves of a global batch would be equal if the ranks shared one random stream."""
+    same = torch.randint(
+        0, 256, (1, 3, 24, 24), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    split = FaceSplit(same.expand(32, -1, -1, -1).contiguous(), torch.arange(32) % 2)
+    data = FaceData("toy", ["a", "b"], {"train": split, "val": split, "test": split})
+    degs = parse_degradations(["x1"])
+    batches = []
+    for rank in (0, 1):
+        placement = {"rank": rank, "world_size": 2, "prefetch": prefetch}
+        dm = _module(data, batch_size=16, placement=placement, translate=0.1, rotate=10.0, hflip=0.5)
+        batches.append(list(dm.train_batches(degs, seed=3)))
+    assert len(batches[0]) == len(batches[1]) == 2
+    for b0, b1 in zip(*batches):
+        assert b0["image"].shape == b1["image"].shape == (8, 3, 24, 24)
+        assert not set(b0["index"].tolist()) & set(b1["index"].tolist())  # disjoint shares
+        assert not torch.allclose(b0["image"], b1["image"])  # drawn from different streams
+        assert not torch.allclose(b0["image"][0], b0["image"][1])  # and per sample
 
 
 def test_eval_batches_cover_the_split_in_order_without_augmentation():

@@ -86,6 +86,20 @@ def test_training_again_into_a_finished_run_is_refused_and_changes_nothing(base_
     assert _checksums(run_dir) == before
 
 
+def test_a_run_killed_in_its_first_epoch_is_a_run_too(base_cfg, tmp_path):
+    """A folder with ``checkpoints/last.pt`` but no ``metrics.json`` (killed before it finished) holds a
+    resumable run: training into it again is refused and nothing in it changes; resume is accepted."""
+    run_dir = tmp_path / "run"
+    _finished_run(run_dir, base_cfg)
+    (run_dir / "metrics.json").unlink()
+    (run_dir / "checkpoints" / "best.pt").unlink()
+    before = _checksums(run_dir)
+    with pytest.raises(UserError, match="already holds a run"):
+        run_training(base_cfg, run_dir)
+    assert _checksums(run_dir) == before
+    open_run_folder(_with(base_cfg, trainer__resume=True), run_dir)
+
+
 def test_overwrite_replaces_the_previous_results_explicitly(base_cfg, tmp_path):
     run_dir = tmp_path / "run"
     _finished_run(run_dir, base_cfg)
@@ -351,6 +365,8 @@ INVALID = {
     "dataset.val_fraction": 1.5,
     "trainer.channels_last": "maybe",
     "degrade.test": ["x0"],
+    "objective": "bar",
+    "trainer.monitor": "foo",
 }
 
 
@@ -361,6 +377,34 @@ def test_an_invalid_value_is_one_line_naming_it(base_cfg, key):
     with pytest.raises(UserError) as err:
         validate_config(cfg)
     assert key in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_method_s_own_metric_may_be_monitored_only_by_that_method(base_cfg):
+    drgfer = compose_cfg(
+        *tiny(Path("unused")), "method=drgfer", "trainer.monitor=rrn_acc", "objective=x1/rrn_acc"
+    )
+    assert validate_config(drgfer, warn=False) is not None
+    with pytest.raises(UserError, match=r"trainer\.monitor=rrn_acc: the method reports no 'rrn_acc'"):
+        validate_config(_with(base_cfg, trainer__monitor="rrn_acc"))
+    with pytest.raises(UserError, match=r"objective=x4/acc: x4 is not a validated degradation"):
+        validate_config(_with(base_cfg, objective="x4/acc"))
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        (
+            {"dataset__image_size": 5},
+            r"dataset\.image_size=5: the synthetic faces are drawn at 16 px or more",
+        ),
+        ({"dataset__image_size": 15}, r"dataset\.image_size=15: "),
+        ({"dataset__num_train": 0}, r"dataset\.num_train=0: the synthetic set needs train faces"),
+        ({"dataset__root": "/data/rafdb"}, r"dataset\.root=/data/rafdb but the dataset is synthetic"),
+    ],
+)
+def test_synthetic_dataset_values_it_cannot_use_are_refused_at_composition(base_cfg, values, expected):
+    with pytest.raises(UserError, match=expected):
+        validate_config(_with(base_cfg, **values))
 
 
 def test_every_problem_is_reported_at_once(base_cfg):

@@ -121,7 +121,16 @@ def test_a_failed_start_writes_the_error_to_train_log(tmp_path):
     assert f"error: dataset.root={tmp_path / 'no-such-folder'} does not exist" in log
 
 
-@pytest.mark.parametrize("override", ["trainer.max_epochs=0", "augment.hflip=2", "dataset.val_fraction=1.5"])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "trainer.max_epochs=0",
+        "augment.hflip=2",
+        "dataset.val_fraction=1.5",
+        "objective=bar",
+        "trainer.monitor=foo",
+    ],
+)
 def test_an_invalid_value_stops_the_cli_in_one_line_before_a_run_folder_exists(tmp_path, override):
     run_dir = tmp_path / "run"
     proc = run_cli(["train.py", *tiny(tmp_path), override, f"hydra.run.dir={run_dir}"])

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import compose_cfg, run_cli, tiny
+from conftest import TINY_RESNET, compose_cfg, run_cli, tiny
 
 from lrfer.data.pipeline import FaceDataModule
 from lrfer.engine.metrics import named_metric
@@ -42,14 +42,30 @@ def test_checkpoints_load_with_weights_only_and_leave_no_temporary_files(tmp_pat
     assert last["epoch"] == 2 and "method" in last and "optimizers" in last
 
 
-def test_resume_continues_exactly(tmp_path):
-    straight = _run(tmp_path, tmp_path / "a", "trainer.max_epochs=2")
-    _run(tmp_path, tmp_path / "b", "trainer.max_epochs=1")
-    resumed = _run(tmp_path, tmp_path / "b", "trainer.max_epochs=2", "trainer.resume=true")
-    assert resumed["test"] == straight["test"]
-    a = torch.load(tmp_path / "a" / "checkpoints" / "last.pt", weights_only=True)["method"]
-    b = torch.load(tmp_path / "b" / "checkpoints" / "last.pt", weights_only=True)["method"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+def test_extending_a_finished_run_past_an_lr_drop_equals_training_it_that_long(tmp_path):
+    """``trainer.max_epochs=1``, then ``trainer.resume=true`` with 3: the step schedule (lr x 0.1 every 2
+    epochs) continues where it stopped, so the lr drops after epoch 2 as in a 3-epoch run, and the weights,
+    Adam state, learning rate and metrics are those of the 3-epoch run (the tests/test_resume.py tests
+    interrupt a run instead)."""
+    step = (TINY_RESNET, "trainer.scheduler.name=step", "trainer.scheduler.step_size=2")
+    straight = _run(tmp_path, tmp_path / "a", *step, "trainer.max_epochs=3")
+    _run(tmp_path, tmp_path / "b", *step, "trainer.max_epochs=1")
+    resumed = _run(tmp_path, tmp_path / "b", *step, "trainer.max_epochs=3", "trainer.resume=true")
+    assert resumed["test"] == straight["test"] and resumed["train"] == straight["train"]
+    assert resumed["val"] == straight["val"]
+    a = torch.load(tmp_path / "a" / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "checkpoints" / "last.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 3
+    assert a["optimizers"]["main"]["param_groups"][0]["lr"] == pytest.approx(0.0003)  # dropped once
+    assert (
+        b["optimizers"]["main"]["param_groups"][0]["lr"] == a["optimizers"]["main"]["param_groups"][0]["lr"]
+    )
+    assert all(torch.equal(a["method"][k], b["method"][k]) for k in a["method"])
+    moments = [
+        (a["optimizers"]["main"]["state"][i], b["optimizers"]["main"]["state"][i])
+        for i in a["optimizers"]["main"]["state"]
+    ]
+    assert all(torch.equal(x[k], y[k]) for x, y in moments for k in x)
 
 
 def test_cpu_runs_repeat_bit_for_bit(tmp_path):
@@ -161,13 +177,46 @@ def test_a_diverging_loss_stops_with_a_clear_message(tmp_path):
         run_training(cfg, tmp_path / "run")
 
 
-@pytest.mark.parametrize("name", ["none", "step", "multistep", "exponential", "plateau", "cosine"])
-def test_every_scheduler_runs(tmp_path, name):
-    extra = [f"trainer.scheduler.name={name}", "trainer.max_epochs=1", "dataset.num_train=56"]
-    if name == "multistep":
-        extra.append("trainer.scheduler.milestones=[1]")
-    metrics = _run(tmp_path, None, *extra)
-    assert metrics["test"]["x1"]["n"] == 70
+@pytest.mark.parametrize(
+    ("options", "lr"),
+    [
+        (["trainer.scheduler.name=none"], 3e-3),
+        (["trainer.scheduler.name=step", "trainer.scheduler.step_size=1"], 3e-5),  # x 0.1 twice
+        (["trainer.scheduler.name=step", "trainer.scheduler.step_size=2"], 3e-4),  # x 0.1 once
+        (["trainer.scheduler.name=multistep", "trainer.scheduler.milestones=[1]"], 3e-4),
+        (["trainer.scheduler.name=exponential", "trainer.scheduler.gamma=0.5"], 7.5e-4),  # x 0.5 twice
+        (["trainer.scheduler.name=cosine", "trainer.scheduler.min_lr=1e-4"], 1e-4),  # the end of its 2 epochs
+    ],
+    ids=["none", "step1", "step2", "multistep", "exponential", "cosine"],
+)
+def test_every_scheduler_steps_once_per_epoch(tmp_path, options, lr):
+    """Two epochs at trainer.optimizer.lr=0.003: the learning rate the optimiser holds at the end."""
+    extra = [TINY_RESNET, "trainer.max_epochs=2", "dataset.num_train=56", *options]
+    _run(tmp_path, tmp_path / "run", *extra)
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert last["optimizers"]["main"]["param_groups"][0]["lr"] == pytest.approx(lr, rel=1e-9)
+
+
+@pytest.mark.parametrize("monitor", ["val_acc", "train_acc"])
+def test_plateau_lowers_the_lr_after_patience_epochs_without_improvement(monitor):
+    from omegaconf import OmegaConf
+
+    from lrfer.engine.optim import EpochScheduler
+
+    cfg = OmegaConf.create(
+        {"name": "plateau", "monitor": monitor, "factor": 0.5, "patience": 1, "min_lr": 0.0}
+    )
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    sched = EpochScheduler(opt, cfg, epochs=10)
+    lrs = []
+    for acc in (0.5, 0.6, 0.6, 0.55, 0.6, 0.6):
+        other = 1.0 - acc  # the metric it does not watch, improving whenever the watched one does not
+        sched.step(*((acc, other) if monitor == "val_acc" else (other, acc)))
+        lrs.append(opt.param_groups[0]["lr"])
+    # best 0.6 at the 2nd epoch; the 3rd and 4th bring nothing better (2 > patience): x 0.5; again
+    assert lrs == pytest.approx([0.1, 0.1, 0.1, 0.05, 0.05, 0.025])
+    sched.step(None, None)  # an epoch without the metric (no validation that epoch): no step
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.025)
 
 
 @pytest.mark.parametrize(
@@ -216,3 +265,61 @@ def test_decay_norm_and_bias_false_exempts_vectors_from_weight_decay(name):
     for p in net.parameters():  # one step runs with the two groups
         p.grad = torch.ones_like(p)
     opt.step()
+
+
+def test_a_resume_with_another_learning_rate_applies_it_with_a_log_line(tmp_path, caplog):
+    _run(tmp_path, tmp_path / "run", "trainer.max_epochs=1", "trainer.scheduler.name=none")
+    stored = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert stored["settings"]["main"]["optimizer"]["lr"] == 0.003
+    with caplog.at_level("WARNING"):
+        _run(
+            tmp_path,
+            tmp_path / "run",
+            "trainer.max_epochs=2",
+            "trainer.resume=true",
+            "trainer.scheduler.name=none",
+            "trainer.optimizer.lr=0.5",
+        )
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert [g["lr"] for g in last["optimizers"]["main"]["param_groups"]] == [0.5]
+    assert last["settings"]["main"]["optimizer"]["lr"] == 0.5
+    assert "trainer.optimizer.lr=0.5 (the run used 0.003)" in caplog.text
+
+
+def test_a_resume_with_another_scheduler_type_is_refused_in_one_line(tmp_path):
+    _run(tmp_path, tmp_path / "run", "trainer.max_epochs=1", "trainer.scheduler.name=cosine")
+    before = (tmp_path / "run" / "checkpoints" / "last.pt").read_bytes()
+    with pytest.raises(UserError, match=r"trainer.scheduler.name=exponential \(the run used cosine\)"):
+        _run(
+            tmp_path,
+            tmp_path / "run",
+            "trainer.max_epochs=2",
+            "trainer.resume=true",
+            "trainer.scheduler.name=exponential",
+        )
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").read_bytes() == before
+
+
+def test_progress_lines_come_once_per_interval_and_never_after_the_last_step(caplog):
+    from lrfer.engine.trainer import progress_lines
+
+    ticks = iter(range(0, 1000, 25))  # 25 s per step
+    with caplog.at_level("INFO", logger="lrfer.engine.trainer"):
+        items = list(progress_lines(range(10), 10, "[train] epoch 1/3", 60.0, clock=lambda: next(ticks)))
+    assert items == list(range(10))
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line.split(": step ")[1].split(" ")[0] for line in lines] == ["3/10", "6/10", "9/10"]
+    assert lines[0].startswith("[train] epoch 1/3: step 3/10 (30%)")
+
+
+def test_training_without_a_terminal_logs_progress_lines(tmp_path, caplog):
+    with caplog.at_level("INFO", logger="lrfer.engine.trainer"):
+        _run(
+            tmp_path,
+            tmp_path / "run",
+            "trainer.max_epochs=1",
+            "trainer.progress=false",
+            "trainer.progress_every_s=1e-9",
+        )
+    steps = [r.getMessage() for r in caplog.records if ": step " in r.getMessage()]
+    assert steps[0].startswith("[train] epoch 1/1: step 1/5") and len(steps) == 4  # not after the last step

@@ -12,11 +12,13 @@ Exit status of every lrfer command (``python train.py``, ``lrfer-train``, ``lrfe
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -73,6 +75,77 @@ def disk_error(err: BaseException, path: str | Path, what: str = "write") -> Use
             )
         cause = cause.__cause__ or cause.__context__
     return None
+
+
+#: ``errno`` values of a write to a path that cannot hold a file (a file where a folder should be, ...).
+_PATH_ERRNOS = {
+    getattr(errno, name): reason
+    for name, reason in (
+        ("ENOTDIR", "a part of the path is a file, not a folder"),
+        ("EEXIST", "a file of that name is in the way"),
+        ("EISDIR", "it is a folder"),
+        ("ENAMETOOLONG", "the name is too long"),
+        ("EINVAL", "the name is not valid on this file system"),
+    )
+    if hasattr(errno, name)
+}
+
+
+def output_error(err: BaseException, path: str | Path, what: str = "write") -> UserError | None:
+    """:func:`disk_error`, or a :class:`UserError` for a path that cannot be written (a file in the way of a
+    folder, a folder in the way of a file); None when the failure is neither."""
+    if (user := disk_error(err, path, what)) is not None:
+        return user
+    seen = set()
+    cause: BaseException | None = err
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and cause.errno in _PATH_ERRNOS:
+            where = f" ({cause.filename})" if cause.filename and str(cause.filename) != str(path) else ""
+            return UserError(
+                f"cannot {what} {path}: {_PATH_ERRNOS[cause.errno]}{where} ([Errno {cause.errno}]); "
+                "write elsewhere"
+            )
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+@contextlib.contextmanager
+def writing(path: str | Path, what: str = "write") -> Iterator[None]:
+    """Turn a failed write to ``path`` (full or read-only disk, impossible path) into one-line
+    :class:`UserError` (:func:`output_error`); other errors pass unchanged."""
+    try:
+        yield
+    except (OSError, RuntimeError) as err:
+        if (user := output_error(err, path, what)) is not None:
+            raise user from None
+        raise
+
+
+def make_output_folder(path: str | Path) -> Path:
+    """``mkdir -p path``, or a one-line :class:`UserError` saying why it cannot be made."""
+    path = Path(path)
+    with writing(path, "create the folder"):
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def check_folder_can_be_written(path: str | Path, what: str = "write into") -> None:
+    """Refuse (one line, as :func:`output_error`) a folder that cannot be made or written, without making it:
+    a file in its way, a read-only file system, a folder the user may not write."""
+    path = Path(path).expanduser().absolute()
+    existing = path
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        err: OSError = NotADirectoryError(errno.ENOTDIR, "Not a directory", str(existing))
+    elif os.statvfs(existing).f_flag & os.ST_RDONLY:
+        err = OSError(errno.EROFS, "Read-only file system", str(existing))
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        err = PermissionError(errno.EACCES, "Permission denied", str(existing))
+    else:
+        return
+    raise output_error(err, path, what) or UserError(f"cannot {what} {path}")
 
 
 def exit_on_user_error(fn: F) -> F:

@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf, read_write
 
 from lrfer.engine.distributed import env_rank
 from lrfer.engine.runfolder import claim_new_dir, claimed_dirs
-from lrfer.errors import USER_ERROR_EXIT_CODE, ProcessError, UserError
+from lrfer.errors import USER_ERROR_EXIT_CODE, ProcessError, UserError, check_folder_can_be_written
 
 log = logging.getLogger("lrfer")
 
@@ -143,6 +143,7 @@ class RunGuard(Callback):
                 return  # torchrun: this rank's hydra.run.dir is a scratch folder; rank 0 checks the run's
             run_dir = self._claim(config, "run.dir")
             try:
+                check_folder_can_be_written(run_dir, "write the run folder")
                 self._take_lock(run_dir)
                 check_run_folder(task, run_dir)
             except UserError:

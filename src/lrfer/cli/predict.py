@@ -7,7 +7,9 @@ clipped), made square (``--square``: ``crop`` the centred square, the default; `
 ``stretch`` squashes it), resized (MATLAB bicubic) to the network input size, normalised with the dataset's
 mean and std. Faces shorter than 3 px get a warning. Its downsampling factor (native size / face side) is
 passed to methods that use one; methods that infer the resolution themselves (DRGFER's router) ignore it.
-Columns: path, width, height, factor, prediction, confidence, then one probability per class.
+Columns: path, width, height, factor, prediction, confidence, then one probability per class. An image of
+more than ``--max-pixels`` pixels (a decompression bomb is one) is refused as unreadable; ``--skip-corrupt``
+skips unreadable images, naming each on stderr.
 Exit status: 0 success (results in the CSV and one summary line on stdout), 2 a user error.
 
 With ``--detect`` the inputs are photos: every face is detected, cropped and classified, one CSV row per
@@ -35,7 +37,7 @@ from lrfer.detect import photos, video
 from lrfer.engine.loading import load_method_weights, load_run_config
 from lrfer.engine.run import build_method, method_context
 from lrfer.engine.trainer import resolve_device
-from lrfer.errors import UserError, console_script, exit_on_user_error
+from lrfer.errors import UserError, check_folder_can_be_written, console_script, exit_on_user_error, writing
 
 log = logging.getLogger(__name__)
 
@@ -58,16 +60,24 @@ def list_images(inputs: list[Path]) -> list[Path]:
     return files
 
 
-def read_rgb(path: Path) -> torch.Tensor:
-    """uint8 (3, H, W) (16-bit images scaled to 8 bits); a :class:`UserError` naming an unreadable file.
+def read_rgb(path: Path, max_pixels: int = photos.MAX_PIXELS) -> torch.Tensor:
+    """uint8 (3, H, W) (16-bit images scaled to 8 bits); a :class:`UserError` naming an unreadable file, or
+    an image of more than ``max_pixels`` pixels (``--max-pixels``; a decompression bomb is one).
 
     A face shorter than :data:`~lrfer.config.validate.MIN_FACE_SIDE` px gets a warning.
     """
     try:
         with Image.open(path) as im:
+            w, h = im.size
+            if w * h > max_pixels:
+                raise UserError(
+                    f"cannot read image {path}: {w}x{h} = {w * h / 1e6:.0f} MP is more than "
+                    f"--max-pixels={max_pixels}; crop the face out of it, or raise --max-pixels"
+                )
             arr = np.asarray(to_rgb8(im))
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise UserError(f"cannot read image {path}: {err}") from None
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as err:
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise UserError(f"cannot read image {path}: {reason}") from None
     if min(arr.shape[:2]) < MIN_FACE_SIDE:
         log.warning(
             "%s is %dx%d px: below %d px a face carries no expression, its prediction means little",
@@ -77,6 +87,19 @@ def read_rgb(path: Path) -> torch.Tensor:
             MIN_FACE_SIDE,
         )
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse impossible options in one line before anything is loaded: a batch size below 1, an output
+    CSV or ``--annotate`` folder that cannot be written (a file in the way, a read-only disk)."""
+    photos.check_arguments(args)
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.out.is_dir():
+        raise UserError(f"--out {args.out} is a folder: give the CSV file to write")
+    check_folder_can_be_written(args.out.parent, "write")
+    if args.annotate is not None:
+        check_folder_can_be_written(args.annotate, "write the annotated photos into")
 
 
 @exit_on_user_error
@@ -102,11 +125,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     elif not args.inputs:
         parser.error("give image files or folders, a video, or --camera INDEX")
     else:
-        photos.check_arguments(args)
+        check_arguments(args)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     cfg = load_run_config(args.run_dir)
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, "--device")
     context = method_context(cfg)
     method = build_method(cfg, context)
     load_method_weights(method, args.run_dir, args.checkpoint)
@@ -124,10 +147,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     faces, skipped = [], 0
     for path in list_images(args.inputs):
         try:
-            faces.append((path, read_rgb(path)))
-        except UserError:
+            faces.append((path, read_rgb(path, args.max_pixels)))
+        except UserError as err:
             if not args.skip_corrupt:
                 raise
+            print(f"skipped: {str(err).removeprefix('cannot read image ')}", file=sys.stderr, flush=True)
             skipped += 1
     rows = []
     names = context.class_names
@@ -157,11 +181,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 }
                 row.update({f"p_{n}": round(float(v), 4) for n, v in zip(names, p)})
                 rows.append(row)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with args.out.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0].keys()) if rows else ["path"])
-        writer.writeheader()
-        writer.writerows(rows)
+    with writing(args.out):
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with args.out.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0].keys()) if rows else ["path"])
+            writer.writeheader()
+            writer.writerows(rows)
     print(f"classified {len(rows)} faces ({skipped} unreadable skipped) -> {args.out}")
     return rows
 

@@ -2,12 +2,16 @@
 
 Also installed as ``lrfer-train``. Exit status: 0 success, 1 a Hydra/config error (or a crash), 2 a user
 error (one ``error: ...`` line on stderr, also written to the run's ``train.log``); see :mod:`lrfer.errors`.
+Ctrl-C (130) and SIGTERM (143) stop the run with one line, on stderr and in ``train.log``, saying how to
+continue it (``trainer.resume=true``) from its last finished epoch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
+import signal
 import sys
 import tempfile
 import traceback
@@ -36,11 +40,50 @@ def log_to_files(level: int, message: str) -> None:
             handler.handle(record)
 
 
+#: Exit status of a run stopped by SIGTERM (128 + 15, what the shell reports for a killed process).
+SIGTERM_EXIT_CODE = 128 + signal.SIGTERM
+#: Exit status of a run stopped by Ctrl-C (SIGINT).
+INTERRUPT_EXIT_CODE = 130
+
+
+class Terminated(BaseException):
+    """Raised in the main thread when the process receives SIGTERM (a scheduler's kill, ``kill <pid>``)."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+def resume_hint(run_dir: Path) -> str:
+    """Where and how a stopped run continues (or that nothing can be continued yet)."""
+    if not (Path(run_dir) / "checkpoints" / "last.pt").is_file():
+        return f"no epoch had finished, nothing to resume in {run_dir}: start it again"
+    try:
+        given = list(HydraConfig.get().overrides.task)
+    except ValueError:  # not under Hydra
+        given = []
+    kept = [o for o in given if not o.startswith(("trainer.resume=", "trainer.overwrite=", "hydra.run.dir="))]
+    command = " ".join(["python train.py", *kept, "trainer.resume=true", f"hydra.run.dir={run_dir}"])
+    return f"continue from its last finished epoch with: {command}"
+
+
+def _stopped(what: str, run_dir: Path | None, status: int) -> None:
+    """Log and print one line for a run stopped by a signal, then exit with ``status``."""
+    line = what if run_dir is None else f"{what}: {resume_hint(run_dir)}"
+    log_to_files(logging.WARNING, line)
+    if env_rank() == 0:
+        print(line, file=sys.stderr, flush=True)
+    sys.exit(status)
+
+
 def _task(cfg: DictConfig) -> float | FailedJob | None:
     from lrfer.engine import distributed as dist
     from lrfer.engine.run import format_table, run_training
     from lrfer.engine.trainer import resolve_device
 
+    run_dir = None
+    with contextlib.suppress(ValueError):  # signal handlers can be set in the main thread only
+        signal.signal(signal.SIGTERM, _raise_terminated)
     hydra_cfg = HydraConfig.get()
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     try:
@@ -61,6 +104,10 @@ def _task(cfg: DictConfig) -> float | FailedJob | None:
         if in_sweep:  # the sweep goes on with its other jobs, and names this one in its summary
             return FailedJob("error", str(err))
         sys.exit(USER_ERROR_EXIT_CODE)
+    except KeyboardInterrupt:
+        _stopped("interrupted (Ctrl-C)", run_dir, INTERRUPT_EXIT_CODE)
+    except Terminated:
+        _stopped("terminated (SIGTERM)", run_dir, SIGTERM_EXIT_CODE)
     except Exception as err:
         log_to_files(logging.ERROR, "the run crashed:\n" + traceback.format_exc().rstrip())
         if in_sweep:

@@ -101,13 +101,16 @@ class SchedulerConfig:
     """Learning-rate schedule: none, step, multistep, exponential, plateau or cosine (stepped per epoch).
 
     ``plateau`` watches ``monitor``: ``val_acc`` (validation accuracy) or ``train_acc`` (training accuracy,
-    as the EFC paper did); ``mode`` max.
+    as the EFC paper did); ``mode`` max. ``multistep`` multiplies the learning rate by ``gamma`` at every
+    milestone, or by ``gammas[i]`` at ``milestones[i]`` when ``gammas`` is given (a piecewise-constant
+    schedule such as CovPoolFER's 5e-3, 2e-3, 1e-3, 5e-4, 1e-4).
     """
 
     name: str = "step"
     step_size: int = 6
     gamma: float = 0.1
     milestones: list[int] = field(default_factory=list)
+    gammas: list[float] = field(default_factory=list)
     patience: int = 10
     factor: float = 0.1
     min_lr: float = 0.0
@@ -135,6 +138,7 @@ class TrainerConfig:
     checkpoint_budget: float = 0.1
     log_every_n_steps: int = 10
     progress: AutoBool = auto_bool()
+    progress_every_s: float | None = 60.0
     num_threads: int | None = None
     deterministic: bool = False
     tf32: bool = True
@@ -191,6 +195,7 @@ class DatasetConfig:
     class_names: list[str] = MISSING
     image_size: int = MISSING
     val_fraction: float = 0.1
+    val_per_class: int | None = None
     merge_val: bool = False
     split_seed: int = 0
     sampler: str = "random"

@@ -128,6 +128,7 @@ def validate_config(cfg: DictConfig, *, warn: bool = True) -> list[str]:
         "must be auto or a whole number of epochs >= 1",
     )
     c.above(t + "checkpoint_budget", 0)
+    c.above(t + "progress_every_s", 0, optional=True)
     c.above(t + "grad_clip", 0, optional=True)
     c.choice(t + "precision", PRECISIONS)
     c.check(  # which names the validation reports is checked by the trainer (lrfer.engine.metrics)
@@ -162,6 +163,7 @@ def validate_config(cfg: DictConfig, *, warn: bool = True) -> list[str]:
     c.check(s + "factor", lambda v: _number(v) and 0 < v < 1, "must be in (0, 1)")
     c.at_least(s + "min_lr", 0)
     c.check(s + "milestones", lambda v: all(_number(m) and m >= 1 for m in v), "must be epochs >= 1")
+    c.check(s + "gammas", lambda v: all(_number(g) and g > 0 for g in v), "must be factors > 0")
     # -- method --------
     c.between("method.label_smoothing", 0, 1, high_open=True)
     c.at_least("method.epochs", 1, integer=True)
@@ -181,6 +183,7 @@ def validate_config(cfg: DictConfig, *, warn: bool = True) -> list[str]:
         lambda v: _number(v) and 0 <= v < 1,
         "must be in [0, 1): the share of train held out for validation (0: none, the last epoch is kept)",
     )
+    c.at_least(d + "val_per_class", 1, optional=True, integer=True)
     c.choice(d + "sampler", ("random", "balanced"))
     for key in ("num_train", "num_val", "num_test"):
         c.at_least(d + key, 0, integer=True)
@@ -206,8 +209,14 @@ def validate_config(cfg: DictConfig, *, warn: bool = True) -> list[str]:
     c.choice(g + "resize_kernel", (*KERNELS, "nearest"))
     c.at_least(g + "input_size", 1, optional=True, integer=True)
     _check_degradations(c, image_size)
+    _check_metric_names(c)
+    _check_dataset(c)
     # -- logger --------
     c.at_least("logger.num_sample_images", 0, integer=True)
+    # -- the paper's initialisation --------
+    message = paper_init_warning(cfg)
+    if message:
+        c.warnings.append(message)
 
     if c.errors:
         raise UserError("; ".join(c.errors))
@@ -215,6 +224,27 @@ def validate_config(cfg: DictConfig, *, warn: bool = True) -> list[str]:
         for message in c.warnings:
             log.warning("%s", message)
     return c.warnings
+
+
+def paper_init_warning(cfg: DictConfig) -> str | None:
+    """The warning for a paper-table experiment run without the paper's initialisation, else None.
+
+    An experiment config names what its paper's numbers start from in a top-level ``paper_init`` block:
+    ``key`` (the option that must be set, e.g. ``model.weights``), ``expects`` (what the paper used) and
+    ``otherwise`` (what the run starts from when the key is unset). The run still goes ahead: the fallback
+    is legal, only its numbers are not the paper's.
+    """
+    init = cfg.get("paper_init") if isinstance(cfg, DictConfig) else None
+    if not init:
+        return None
+    value = OmegaConf.select(cfg, str(init.key), default=None)
+    if value is not None and str(value).strip():
+        return None
+    return (
+        f"{init.key} is unset: this experiment runs without the paper's initialisation ({init.expects}); "
+        f"it starts from {init.otherwise} instead, so expect lower accuracy than the paper's table "
+        f"(set {init.key}=PATH; expected ranges in experiments/<method>/README.md)"
+    )
 
 
 def _check_degradations(c: _Checker, image_size: int | None) -> None:
@@ -242,3 +272,59 @@ def _check_degradations(c: _Checker, image_size: int | None) -> None:
                     f"degradation {deg.label} turns the {image_size}-px faces into {side}x{side} px "
                     f"(below {MIN_FACE_SIDE} px a face carries no expression)"
                 )
+
+
+def method_metrics(cfg: DictConfig) -> list[str] | None:
+    """The validation metrics the config's method reports (``acc``, ``balanced_acc`` and its
+    :attr:`~lrfer.methods.base.Method.extra_metrics`); None when the method class cannot be found."""
+    from hydra.utils import get_class
+
+    target = _get(cfg, "method._target_")
+    if not isinstance(target, str):
+        return None
+    try:
+        cls = get_class(target)
+    except Exception:  # a method that does not import is reported when it is built
+        return None
+    return ["acc", "balanced_acc", *getattr(cls, "extra_metrics", ())]
+
+
+def _check_metric_names(c: _Checker) -> None:
+    """``trainer.monitor`` and ``objective`` name a metric the method reports at a validated degradation."""
+    from lrfer.data.degrade import parse_degradations
+
+    metrics = method_metrics(c.cfg)
+    labels = _get(c.cfg, "degrade.val")
+    if labels is _MISSING or labels is None:
+        labels = _get(c.cfg, "degrade.train")
+    try:
+        validated = [d.label for d in parse_degradations(list(labels))]
+    except Exception:  # an impossible degradation list is already reported
+        validated = None
+    for key in ("trainer.monitor", "objective"):
+        name = _get(c.cfg, key)
+        if not isinstance(name, str) or name.count("/") > 1:
+            continue  # the format is checked above (trainer.monitor) or by the schema
+        label, _, metric = name.rpartition("/")
+        if label and validated is not None and label not in validated:
+            c.errors.append(f"{key}={name}: {label} is not a validated degradation (they are {validated})")
+        elif metrics is not None and metric not in metrics:
+            c.errors.append(
+                f"{key}={name}: the method reports no {metric!r} on the validation split; "
+                f"choose one of {', '.join(metrics)} (or <degradation>/<metric>, e.g. x4/acc)"
+            )
+
+
+def _check_dataset(c: _Checker) -> None:
+    """The dataset adapter's own checks (:meth:`~lrfer.data.datasets.base.DatasetAdapter.config_problems`)."""
+    from hydra.utils import get_class
+
+    node, target = _get(c.cfg, "dataset"), _get(c.cfg, "dataset._target_")
+    if not isinstance(node, DictConfig) or not isinstance(target, str):
+        return
+    try:
+        adapter = get_class(target)
+    except Exception:  # an adapter that does not import is reported when it is built
+        return
+    if hasattr(adapter, "config_problems"):
+        c.errors.extend(adapter.config_problems(node))

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+
+from lrfer.errors import UserError
 
 SPLITS = ("train", "val", "test")
 
@@ -136,23 +139,61 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
     return torch.sort(torch.cat(keep)).values, torch.sort(torch.cat(held)).values
 
 
-def carve_validation(data: FaceData, fraction: float, seed: int) -> FaceData:
-    """Add a seeded, stratified ``val`` split carved from ``train`` when the dataset has none.
+def per_class_split(
+    labels: torch.Tensor, per_class: int, seed: int, class_names: Sequence[str] = ()
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (keep, held_out) with exactly ``per_class`` samples of every class held out, drawn at random
+    (reproducible from ``seed``), the rest kept: a balanced validation split such as AffectNet's 500 faces
+    per class (residual voting network, Sec. 3.2.1).
+
+    A class with ``per_class`` samples or fewer would leave nothing to train on: :class:`UserError`.
+    """
+    if per_class < 1:
+        raise ValueError(f"per_class must be >= 1, got {per_class}")
+    gen = torch.Generator().manual_seed(seed)
+    labels = labels.cpu()
+    counts = torch.bincount(labels)
+    short = [int(c) for c in torch.nonzero((counts > 0) & (counts <= per_class)).flatten()]
+    if short:
+        named = ", ".join(
+            f"{class_names[c] if c < len(class_names) else c} ({int(counts[c])})" for c in short
+        )
+        raise UserError(
+            f"dataset.val_per_class={per_class} but these classes have no more training faces than that: "
+            f"{named}; lower dataset.val_per_class or use dataset.val_fraction"
+        )
+    keep, held = [], []
+    for cls in torch.unique(labels).tolist():
+        idx = torch.nonzero(labels == cls).flatten()
+        idx = idx[torch.randperm(len(idx), generator=gen)]
+        held.append(idx[:per_class])
+        keep.append(idx[per_class:])
+    return torch.sort(torch.cat(keep)).values, torch.sort(torch.cat(held)).values
+
+
+def carve_validation(data: FaceData, fraction: float, seed: int, per_class: int | None = None) -> FaceData:
+    """Add a seeded ``val`` split carved from ``train`` when the dataset has none: ``per_class`` samples of
+    every class (:func:`per_class_split`) when given, else a stratified ``fraction`` of every class.
 
     Both splits select rows of the training images (no copy of them: see :class:`FaceSplit`).
-    ``fraction=0`` carves nothing: the run trains on every training face and has no validation split (no
-    best-epoch selection; the last epoch is kept).
+    ``fraction=0`` (and no ``per_class``) carves nothing: the run trains on every training face and has no
+    validation split (no best-epoch selection; the last epoch is kept).
     """
     if "val" in data.splits:
         return data
-    if fraction <= 0:
+    if fraction <= 0 and not per_class:
         info = {**data.info, "val_carved_from_train": None}
         return FaceData(data.name, data.class_names, dict(data.splits), info)
     train = data.splits["train"]
-    keep, held = stratified_split(train.labels, fraction, seed)
+    if per_class:
+        keep, held = per_class_split(train.labels, int(per_class), seed, data.class_names)
+        carved: dict = {"per_class": int(per_class), "seed": seed}
+    else:
+        keep, held = stratified_split(train.labels, fraction, seed)
+        carved = {"fraction": fraction, "seed": seed}
     splits = dict(data.splits)
     splits["train"], splits["val"] = train.subset(keep), train.subset(held)
-    info = {**data.info, "val_carved_from_train": {"fraction": fraction, "seed": seed}}
+    info = {**data.info, "val_carved_from_train": carved}
     return FaceData(data.name, data.class_names, {k: splits[k] for k in SPLITS if k in splits}, info)
 
 

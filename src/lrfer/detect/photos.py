@@ -28,7 +28,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from lrfer.data.degrade import resize_to
 from lrfer.detect.detectors import DetectorConfig, FaceDetector, build_detector, crop_box
-from lrfer.errors import UserError
+from lrfer.errors import UserError, make_output_folder, writing
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ def classify_photos(
     report = PhotoReport(rows=[])
     taken: set[Path] = set()
     if annotate_dir is not None:
-        annotate_dir.mkdir(parents=True, exist_ok=True)
+        make_output_folder(annotate_dir)
     for path in paths:
         try:
             photo = read_photo(path, max_pixels)
@@ -231,7 +231,9 @@ def classify_photos(
             report.without_face += 1
             say(f"{path}: no face found ({photo.shape[1]}x{photo.shape[0]} px)")
         if annotate_dir is not None:
-            annotate(photo, rows, names).save(annotation_path(annotate_dir, path, taken))
+            drawn = annotation_path(annotate_dir, path, taken)
+            with writing(drawn):
+                annotate(photo, rows, names).save(drawn)
             report.annotated += 1
         report.rows += rows
     return report
@@ -241,11 +243,12 @@ def write_rows(rows: Sequence[dict], out: Path, class_names: Sequence[str]) -> N
     """The per-face CSV (a header only when no face was found)."""
     fields = ["path", "face", "left", "top", "width", "height", "face_px", "score", "crop_px", "factor",
               "prediction", "confidence", *(f"p_{n}" for n in class_names)]  # fmt: skip
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
+    with writing(out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
 
 
 # -- lrfer-predict --detect --------
@@ -260,7 +263,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--detector-model", metavar="ONNX", help="OpenCV YuNet model (default: Haar cascades)")
     group.add_argument("--min-face", type=int, default=defaults.min_face, help="smallest face height, px")
     group.add_argument("--margin", type=float, default=defaults.margin, help="crop margin per side / box")
-    group.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="larger photos are skipped")
+    group.add_argument(
+        "--max-pixels", type=int, default=MAX_PIXELS, help="larger images are refused (--detect: skipped)"
+    )
 
 
 def check_arguments(args: argparse.Namespace) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from lrfer.errors import UserError, disk_error
+from lrfer.errors import UserError, output_error
 
 #: Temporary files are ``.<name>.tmp-<pid>-<random>`` beside their target (``.<name>.<8 chars>`` before).
 _TEMPORARY = re.compile(r"^\..+\.(pt|json)\.(tmp-\d+-[0-9a-f]+|[A-Za-z0-9_]{8})$")
@@ -49,7 +49,7 @@ def atomic_write_bytes(path: Path, write) -> None:
     except BaseException as err:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, Exception) and (user := disk_error(err, path)) is not None:
+        if isinstance(err, Exception) and (user := output_error(err, path)) is not None:
             raise user from None
         raise
 

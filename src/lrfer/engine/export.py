@@ -6,13 +6,16 @@ The command-line layer is ``scripts/export.py``; the formats and the check are d
 from __future__ import annotations
 
 import logging
+import math
+import os
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from lrfer.engine.predictor import Predictor, load_predictor
-from lrfer.errors import UserError
+from lrfer.errors import UserError, check_folder_can_be_written, make_output_folder, writing
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +26,6 @@ Runner = Callable[[torch.Tensor], torch.Tensor]
 def export_torchscript(model: Predictor, example: torch.Tensor, out: Path) -> Runner:
     with torch.no_grad():
         traced = torch.jit.freeze(torch.jit.trace(model, example, check_trace=False))
-    out.parent.mkdir(parents=True, exist_ok=True)
     torch.jit.save(traced, str(out))
     loaded = torch.jit.load(str(out))
     return lambda x: loaded(x)
@@ -34,7 +36,6 @@ def export_onnx(model: Predictor, example: torch.Tensor, out: Path) -> Runner | 
         import onnx  # noqa: F401  (the TorchScript-based exporter needs it)
     except ImportError:
         raise UserError("ONNX export needs the onnx package: pip install onnx onnxruntime") from None
-    out.parent.mkdir(parents=True, exist_ok=True)
     torch.onnx.export(
         model,
         (example,),
@@ -62,21 +63,41 @@ def export_run(
     overrides: list[str] | None = None,
     batch: int = 4,
 ) -> dict:
-    """Export, reload, compare; returns ``{"path", "format", "max_abs_diff", "ok", ...}``."""
+    """Export, reload, compare; returns ``{"path", "format", "max_abs_diff", "ok", ...}``.
+
+    The model is exported to a temporary file beside ``out`` and renamed onto ``out`` only when it passes
+    the check: an export that fails it (``ok`` false) leaves a previous ``out`` as it was.
+    """
     if fmt not in ("torchscript", "onnx"):
         raise UserError(f"unknown --format {fmt!r}: choose torchscript or onnx")
+    if not (math.isfinite(atol) and atol >= 0):
+        raise UserError(f"--atol must be a number >= 0 (the largest allowed max |difference|), got {atol}")
     run_dir = Path(run_dir)
+    out = Path(out or run_dir / "export" / ("model.pt" if fmt == "torchscript" else "model.onnx"))
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder: give the file to write")
+    check_folder_can_be_written(out.parent, "write the export into")
     model, shape = load_predictor(run_dir, checkpoint, overrides or [])
-    out = out or run_dir / "export" / ("model.pt" if fmt == "torchscript" else "model.onnx")
     gen = torch.Generator().manual_seed(0)
     example = torch.randn(batch, *shape, generator=gen)
-    runner = (export_torchscript if fmt == "torchscript" else export_onnx)(model, example, out)
-    check = torch.randn(batch, *shape, generator=gen)
-    result = {"path": str(out), "format": fmt, "checkpoint": checkpoint, "input": shape, "atol": atol}
-    if runner is None:
-        return {**result, "max_abs_diff": None, "ok": True}
-    with torch.no_grad():
-        expected = model(check)
-        got = runner(check)
-    diff = float((expected - got).abs().max())
-    return {**result, "max_abs_diff": diff, "ok": diff <= atol}
+    make_output_folder(out.parent)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}{out.suffix}")
+    try:
+        with writing(out):
+            runner = (export_torchscript if fmt == "torchscript" else export_onnx)(model, example, tmp)
+        check = torch.randn(batch, *shape, generator=gen)
+        result = {"path": str(out), "format": fmt, "checkpoint": checkpoint, "input": shape, "atol": atol}
+        if runner is None:
+            ok, diff = True, None
+        else:
+            with torch.no_grad():
+                expected = model(check)
+                got = runner(check)
+            diff = float((expected - got).abs().max())
+            ok = diff <= atol
+        if ok:
+            with writing(out):
+                os.replace(tmp, out)
+        return {**result, "max_abs_diff": diff, "ok": ok}
+    finally:
+        tmp.unlink(missing_ok=True)

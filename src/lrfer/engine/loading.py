@@ -18,7 +18,8 @@ def apply_overrides(cfg: DictConfig, overrides: list[str]) -> None:
     """Apply ``key=value`` overrides as Hydra's command line does.
 
     ``64`` is an int, ``[x1,x2]`` a list, ``null`` None, ``'64'`` a string; ``+key=value`` adds and ``~key``
-    deletes. A bad override is a :class:`UserError`.
+    deletes. A bad override, or one of a key the config does not have (without ``+``), is a
+    :class:`UserError`.
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -39,9 +40,21 @@ def apply_overrides(cfg: DictConfig, overrides: list[str]) -> None:
                 raise UserError(f"override {text}: {key} is not in the run's config")
             del node[leaf]
             continue
+        if not (override.is_add() or override.is_force_add()) and not _has_key(cfg, key):
+            raise UserError(
+                f"override {text}: {key} is not in the run's config (a misspelt key?); "
+                f"add a new key with +{text}"
+            )
         if isinstance(OmegaConf.select(cfg, key), DictConfig) and not isinstance(value, dict):
             raise UserError(f"override {text}: {key} is a config group; set its keys ({key}.<key>=...)")
         OmegaConf.update(cfg, key, value, merge=True)
+
+
+def _has_key(cfg: DictConfig, key: str) -> bool:
+    """Whether the dotted ``key`` exists in ``cfg`` (a key holding null counts)."""
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent, default=None) if parent else cfg
+    return isinstance(node, DictConfig) and leaf in node
 
 
 def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> DictConfig:

@@ -56,6 +56,22 @@ _SHAPE = {
 }
 
 
+class PiecewiseFactor:
+    """The learning-rate factor of epoch ``e``: the product of ``gammas[i]`` over the ``milestones[i] <= e``
+    (``multistep`` with ``gammas``; a class, not a lambda, so that LambdaLR saves its state)."""
+
+    def __init__(self, milestones: list[int], gammas: list[float]) -> None:
+        self.milestones = [int(m) for m in milestones]
+        self.gammas = [float(g) for g in gammas]
+
+    def __call__(self, epoch: int) -> float:
+        factor = 1.0
+        for milestone, gamma in zip(self.milestones, self.gammas):
+            if epoch >= milestone:
+                factor *= gamma
+        return factor
+
+
 class EpochScheduler:
     """A torch scheduler stepped once per epoch; ``plateau`` receives the monitored accuracy."""
 
@@ -75,6 +91,14 @@ class EpochScheduler:
         if name == "step":
             return lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
         if name == "multistep":
+            gammas = list(cfg.get("gammas") or [])
+            if gammas:
+                if len(gammas) != len(cfg.milestones):
+                    raise UserError(
+                        f"scheduler.gammas has {len(gammas)} factors for {len(cfg.milestones)} milestones: "
+                        "give one factor per milestone (or none, for gamma at every milestone)"
+                    )
+                return lr_scheduler.LambdaLR(optimizer, PiecewiseFactor(list(cfg.milestones), gammas))
             return lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.milestones), gamma=cfg.gamma)
         if name == "exponential":
             return lr_scheduler.ExponentialLR(optimizer, gamma=cfg.gamma)
@@ -132,3 +156,99 @@ class EpochScheduler:
             f"epoch {epoch}: the epochs already trained followed the old schedule, so this is not the run a "
             "single training with the new settings would give"
         )
+
+
+#: Settings whose change a resumed run refuses: the stored optimiser / scheduler state belongs to them.
+_REFUSED = {
+    "optimizer": ("name", "decay_norm_and_bias"),
+    "scheduler": ("name",),
+}
+#: Optimiser settings held in every parameter group, applied to the groups when a resume changes them.
+_GROUP_KEYS = ("weight_decay", "momentum", "betas", "eps", "nesterov")
+#: ReduceLROnPlateau attributes that its stored state would otherwise bring back.
+_PLATEAU_KEYS = {"factor": "factor", "patience": "patience"}
+
+
+def step_settings(opt_cfg, sched_cfg) -> dict:
+    """The optimiser and scheduler settings of one step, as stored in ``last.pt`` (``"settings"``)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    def plain(cfg) -> dict:
+        return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+
+    return {"optimizer": plain(opt_cfg), "scheduler": plain(sched_cfg)}
+
+
+def check_resumed_settings(stored: dict | None, now: dict, where: str) -> None:
+    """Refuse (one line) a resume whose optimiser or scheduler type differs from the stored one.
+
+    Call before the stored states are loaded: another scheduler's state would be loaded into this one
+    (a cosine state in ExponentialLR sets the learning rate to 0). ``stored`` None: an older checkpoint
+    without settings, nothing to compare.
+    """
+    if not stored:
+        return
+    changed = [
+        f"trainer.{part}.{key}={now[part].get(key)} (the run used {stored[part].get(key)})"
+        for part, keys in _REFUSED.items()
+        for key in keys
+        if part in stored and key in stored[part] and stored[part].get(key) != now[part].get(key)
+    ]
+    if changed:
+        raise UserError(
+            f"cannot resume {where} with {', '.join(changed)}: the stored optimiser and schedule state "
+            "belongs to the old setting; resume with it, or train into a new hydra.run.dir"
+        )
+
+
+def apply_resumed_settings(
+    stored: dict | None, now: dict, optimizer: torch.optim.Optimizer, scheduler: EpochScheduler
+) -> list[str]:
+    """After loading the stored states, apply the settings a resume changed; returns one line per change.
+
+    A changed ``lr`` scales the current learning rate (and the schedule's base rates) by new / old, so the
+    schedule keeps its position and continues from the new rate; other changed optimiser settings
+    (``weight_decay``, ``momentum``, ...) replace the stored ones in every parameter group that held the old
+    value (a group exempt from weight decay stays exempt). ``stored`` None: nothing to compare.
+    """
+    if not stored:
+        return []
+    lines = []
+    old_opt, new_opt = stored.get("optimizer", {}), now["optimizer"]
+    old_lr, new_lr = old_opt.get("lr"), new_opt.get("lr")
+    if old_lr is not None and new_lr is not None and float(old_lr) != float(new_lr):
+        ratio = float(new_lr) / float(old_lr) if float(old_lr) else None
+        sched = scheduler.sched
+        for group in optimizer.param_groups:
+            group["lr"] = group["lr"] * ratio if ratio is not None else float(new_lr)
+            if "initial_lr" in group:
+                group["initial_lr"] = group["initial_lr"] * ratio if ratio is not None else float(new_lr)
+        if sched is not None and hasattr(sched, "base_lrs"):
+            sched.base_lrs = [b * ratio if ratio is not None else float(new_lr) for b in sched.base_lrs]
+            sched._last_lr = [g["lr"] for g in optimizer.param_groups]
+        lines.append(
+            f"trainer.optimizer.lr={new_lr} (the run used {old_lr}): the learning rate continues from "
+            f"{optimizer.param_groups[0]['lr']:.6g}"
+        )
+    for key in _GROUP_KEYS:
+        old, new = old_opt.get(key), new_opt.get(key)
+        if key not in old_opt or key not in new_opt or old == new:
+            continue
+        old_value = tuple(old) if isinstance(old, list) else old
+        for group in optimizer.param_groups:
+            current = tuple(group[key]) if isinstance(group.get(key), (list, tuple)) else group.get(key)
+            if key in group and current == old_value:
+                group[key] = tuple(new) if isinstance(new, list) else new
+        lines.append(f"trainer.optimizer.{key}={new} (the run used {old}): applied")
+    if scheduler.name == "plateau" and scheduler.sched is not None:
+        old_sched, new_sched = stored.get("scheduler", {}), now["scheduler"]
+        for key, attr in _PLATEAU_KEYS.items():
+            if key in old_sched and old_sched[key] != new_sched.get(key):
+                setattr(scheduler.sched, attr, new_sched[key])
+                was = old_sched[key]
+                lines.append(f"trainer.scheduler.{key}={new_sched[key]} (the run used {was}): applied")
+        if "min_lr" in old_sched and old_sched["min_lr"] != new_sched.get("min_lr"):
+            scheduler.sched.min_lrs = [float(new_sched["min_lr"])] * len(optimizer.param_groups)
+            was, now_min = old_sched["min_lr"], new_sched["min_lr"]
+            lines.append(f"trainer.scheduler.min_lr={now_min} (the run used {was}): applied")
+    return lines

@@ -50,8 +50,11 @@ def load_data(cfg: DictConfig) -> FaceData:
     """Decode (or read from the cache) the configured dataset and settle its validation split.
 
     * ``dataset.merge_val=true``: the official ``val`` split is folded into ``train``; no validation split;
-    * otherwise a dataset without ``val`` gets one carved from ``train`` (``dataset.val_fraction``);
-    * ``val_fraction=0``: no validation split at all (an official one is left unused; merge it instead).
+    * otherwise a dataset without ``val`` gets one carved from ``train``: exactly ``dataset.val_per_class``
+      faces of every class when set (a balanced split, e.g. AffectNet's 500 per class), else
+      ``dataset.val_fraction`` of every class;
+    * ``val_fraction=0`` (and no ``val_per_class``): no validation split at all (an official one is left
+      unused; merge it instead).
 
     Without a validation split a run keeps every stage's last epoch (``metrics.json``: ``model_selection``).
     """
@@ -61,6 +64,9 @@ def load_data(cfg: DictConfig) -> FaceData:
         if needed not in data.splits or len(data.splits[needed]) == 0:
             raise UserError(f"dataset {cfg.dataset.name} has no {needed} images: check dataset.root")
     fraction = float(cfg.dataset.val_fraction)
+    per_class = cfg.dataset.get("val_per_class")
+    if per_class is not None and int(per_class) < 1:
+        raise UserError(f"dataset.val_per_class={per_class} must be >= 1 (null: use dataset.val_fraction)")
     if not 0.0 <= fraction < 1.0:
         raise UserError(f"dataset.val_fraction={fraction} must be in [0, 1): 0 = no validation split")
     if cfg.dataset.get("merge_val", False):
@@ -70,12 +76,12 @@ def load_data(cfg: DictConfig) -> FaceData:
                 "(use dataset.val_fraction=0 to train on every training face)"
             )
         data = merge_validation(data)
-    elif fraction == 0.0 and "val" in data.splits:  # no validation split at all, not even an official one
+    elif fraction == 0.0 and not per_class and "val" in data.splits:  # no validation split at all
         splits = {k: v for k, v in data.splits.items() if k != "val"}
         info = {**data.info, "official_val_unused": len(data.splits["val"])}
         data = FaceData(data.name, data.class_names, splits, info)
     else:
-        data = carve_validation(data, fraction, cfg.dataset.split_seed)
+        data = carve_validation(data, fraction, cfg.dataset.split_seed, per_class)
     if data.num_classes != cfg.dataset.num_classes:
         raise UserError(
             f"dataset {cfg.dataset.name} has {data.num_classes} classes but dataset.num_classes="
@@ -350,6 +356,8 @@ def run_metrics(
             "gpu": torch.cuda.get_device_name(parts.device) if parts.device.type == "cuda" else None,
         },
         "duration_s": round(time.perf_counter() - t0, 2),
+        # CPU seconds of this process, all threads (since the last start, when the run was resumed)
+        "cpu_s": round(time.process_time(), 1),
     }
 
 

@@ -34,7 +34,13 @@ from lrfer.engine.checkpoint import load_checkpoint
 from lrfer.engine.checkpoint_writer import STAGE_START, CheckpointSchedule, CheckpointWriter, stage_state_keys
 from lrfer.engine.deferred_log import DeferredScalars
 from lrfer.engine.metrics import add_to_confusion_, check_metric_name, metrics_from_confusion, named_metric
-from lrfer.engine.optim import EpochScheduler, build_optimizer
+from lrfer.engine.optim import (
+    EpochScheduler,
+    apply_resumed_settings,
+    build_optimizer,
+    check_resumed_settings,
+    step_settings,
+)
 from lrfer.engine.stop import StopRequest
 from lrfer.engine.tblog import RunLogger
 from lrfer.errors import ProcessError, UserError
@@ -129,14 +135,29 @@ def pad_batch(batch: dict[str, torch.Tensor], rows: int) -> dict[str, torch.Tens
     return out
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, key: str = "trainer.device") -> torch.device:
+    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:<i>`` as a device; ``key`` names the option in the messages."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("trainer.device=cuda but no CUDA device is available: use trainer.device=cpu or auto")
     if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise UserError(f"unknown trainer.device {name!r}: choose auto, cpu or cuda")
+        raise UserError(f"unknown {key} {name!r}: choose auto, cpu or cuda")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        sep = " " if key.startswith("--") else "="
+        raise UserError(f"{key}{sep}{name} but no CUDA device is available: use {key}{sep}cpu or auto")
     return torch.device(name)
+
+
+def progress_lines(iterable, total: int, desc: str, every_s: float, clock=time.monotonic):
+    """Yield from ``iterable``, logging ``<desc>: step i/total (p%), r steps/s`` at most once per ``every_s``
+    seconds (what a log file gets instead of a progress bar). Reads the clock only: no device sync."""
+    start = last = clock()
+    for i, item in enumerate(iterable, 1):
+        yield item
+        now = clock()
+        if now - last >= every_s and i < total:
+            last = now
+            rate = i / max(now - start, 1e-9)
+            log.info("%s: step %d/%d (%.0f%%), %.2f steps/s", desc, i, total, 100 * i / max(total, 1), rate)
 
 
 @dataclass
@@ -263,9 +284,14 @@ class Trainer:
         return batch
 
     def _progress(self, iterable, total: int, desc: str):
+        """A tqdm bar on a terminal; otherwise a log line every ``trainer.progress_every_s`` seconds."""
         show = resolve_auto_bool(self.cfg.progress, auto=sys.stderr.isatty(), key="trainer.progress")
-        disable = not show or not dist.is_main()
-        return tqdm(iterable, total=total, desc=desc, disable=disable, leave=False, dynamic_ncols=True)
+        if not dist.is_main():
+            return iterable
+        if show:
+            return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
+        every = self.cfg.get("progress_every_s")
+        return iterable if not every else progress_lines(iterable, total, desc, float(every))
 
     def _stage_epochs(self, stage: Stage) -> int:
         cap = self.cfg.max_epochs
@@ -441,11 +467,18 @@ class Trainer:
         summary = StageSummary(stage.name)
         start_epoch = 0
         if state is not None:
+            stored = state.get("settings") or {}
             for step in stage.steps:
+                where = f"stage {stage.name}, step {step}"
+                check_resumed_settings(stored.get(step), self.step_settings[step], where)
                 optimizers[step].load_state_dict(state["optimizers"][step])
                 rebuilt = schedulers[step].load_state_dict(state["schedulers"][step])
                 if rebuilt:
-                    log.warning("stage %s, step %s: %s", stage.name, step, rebuilt)
+                    log.warning("%s: %s", where, rebuilt)
+                for line in apply_resumed_settings(
+                    stored.get(step), self.step_settings[step], optimizers[step], schedulers[step]
+                ):
+                    log.warning("resuming %s with %s", where, line)
             start_epoch = int(state["epoch"])
             summary = StageSummary(**state["summary"])
         log.info("stage %s: %d epochs on %s", stage.name, epochs, [d.label for d in train_degs])
@@ -539,9 +572,12 @@ class Trainer:
     def build_optimizers(self, stage: Stage, epochs: int):
         """One optimiser and one epoch scheduler per optimisation step of ``stage``."""
         optimizers, schedulers = {}, {}
+        #: per step, the settings stored in last.pt that a resume compares with its own
+        self.step_settings = {}
         for step in stage.steps:
             opt_cfg = self._merged(self.cfg.optimizer, stage.optimizer, step)
             sched_cfg = self._merged(self.cfg.scheduler, stage.scheduler, step)
+            self.step_settings[step] = step_settings(opt_cfg, sched_cfg)
             optimizers[step] = build_optimizer(self.method.stage_parameters(stage, step), opt_cfg)
             schedulers[step] = EpochScheduler(optimizers[step], sched_cfg, epochs)
         return optimizers, schedulers
@@ -566,7 +602,9 @@ class Trainer:
         )
         n_batches = self.data.num_train_batches(degs)
         batches = self.data.train_batches(degs, seed=seed, need_hr=stage.needs_hr)
-        bar = self._progress(batches, n_batches, f"{stage.name} {epoch + 1}")
+        bar = self._progress(
+            batches, n_batches, f"[{stage.name}] epoch {epoch + 1}/{self._stage_epochs(stage)}"
+        )
         try:
             for batch in bar:
                 batch = self._prepare(batch)
@@ -706,6 +744,7 @@ class Trainer:
                 "method": method if keys is None else {k: v for k, v in method.items() if k in keys},
                 "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
                 "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
+                "settings": self.step_settings,
                 "summary": dict(summary.__dict__),
                 "summaries": [dict(s.__dict__) for s in self.summaries],
                 "val_history": list(self.val_history),

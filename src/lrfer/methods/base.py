@@ -82,6 +82,11 @@ class Stage:
 class Method(nn.Module):
     """Base class of every method. Subclasses implement :meth:`predict` and usually :meth:`training_step`."""
 
+    #: The per-sample values :meth:`evaluate_step` may add to the metrics rows besides ``acc`` and
+    #: ``balanced_acc`` (DRGFER's ``rrn_acc``): what ``trainer.monitor`` and ``objective`` may name, checked
+    #: when the config is composed (:func:`lrfer.config.validate.validate_config`).
+    extra_metrics: tuple[str, ...] = ()
+
     def __init__(self, context: MethodContext, *, epochs: int, label_smoothing: float) -> None:
         """``epochs``: the length of the default single stage (``method.epochs``); ``label_smoothing``: of
         :meth:`classification_loss` (``method.label_smoothing``)."""

@@ -50,7 +50,16 @@ Choices the paper leaves open (also in ``experiments/fsrfer/README.md``):
   short runs.
 * G adds its output to its input (global skip), so it starts near the identity.
 * The extractor's own training (stage 1) is not described by the paper (it used a pre-trained
-  CovPoolFER): Adam 1e-3 for ``extractor_epochs`` epochs with the trainer's scheduler unless overridden.
+  CovPoolFER): Adam 1e-3 for ``extractor_epochs`` epochs with the trainer's scheduler unless overridden;
+  CovPoolFER's own recipe (884 epochs of batch 128, lr 5e-3 -> 1e-4 on its schedule file, Adam epsilon 0.1,
+  centre loss 1e-2: ``method.center_loss``, :mod:`lrfer.methods.center_loss`) is
+  ``experiment=fsrfer/rafdb_covpoolfer_isr``, trained once and reused with ``extractor_weights``.
+* Precision: under the trainer's autocast (``trainer.precision=auto`` = bf16 on CUDA) only the generator
+  runs in bf16; the frozen extractor's feature maps, the critic (eq. 7-8), its divergence term and the
+  classifier head (eq. 9, 11) are float32 islands (:func:`full_precision`): F_sr and F_hr differ by a few
+  hundredths, below what bf16's 8 significant bits resolve, and the p = 6 power multiplies the rounding of
+  the gradient norm six times. ``tests/test_fsrfer_recipe.py`` checks every loss term on one batch under bf16
+  autocast against float32 (relative 1e-5).
 """
 
 from __future__ import annotations
@@ -120,19 +129,33 @@ def wgan_div_penalty(
     """The Wasserstein-divergence term of eq. 8, ``k * E[||grad_x D(x_hat)||^p]``.
 
     ``x_hat = alpha * real + (1 - alpha) * fake`` with ``alpha ~ U(0, 1)`` per sample unless given. The
-    gradient keeps its graph, so the term trains the critic.
+    gradient keeps its graph, so the term trains the critic. It is computed in float32 with autocast off
+    (:func:`full_precision`): the p = 6 power of a gradient norm taken through bf16 would carry bf16's
+    rounding six times over.
     """
+    real, fake = real.detach().float(), fake.detach().float()
     if alpha is None:
         alpha = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), device=real.device, dtype=real.dtype)
-    x_hat = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
-    score = critic(x_hat)
-    (grad,) = torch.autograd.grad(score.sum(), x_hat, create_graph=True)
-    norm = grad.float().flatten(1).norm(dim=1)
-    return k * norm.pow(p).mean()
+    with full_precision(real):
+        x_hat = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+        score = critic(x_hat)
+        (grad,) = torch.autograd.grad(score.sum(), x_hat, create_graph=True)
+        norm = grad.float().flatten(1).norm(dim=1)
+        return k * norm.pow(p).mean()
+
+
+def full_precision(like: torch.Tensor) -> torch.autocast:
+    """A float32 island under the trainer's autocast (``trainer.precision=auto`` = bf16 on CUDA): the critic
+    (eq. 7-8), its divergence term and the frozen classifier's head (eq. 9, eq. 11) run in float32 on the
+    feature maps, whose entries differ between F_sr and F_hr by a few hundredths (bf16 keeps 8 significant
+    bits). The generator keeps the autocast precision. Inputs must be cast to float32 by the caller."""
+    return torch.autocast(device_type=like.device.type, enabled=False)
 
 
 class FSRFER(HRClassifierMethod):
     """FSR-FER: frozen feature extractor + RRDB feature generator + WGAN-div critic (module docstring)."""
+
+    extra_metrics = ("direct_acc",)
 
     def __init__(
         self,
@@ -252,13 +275,21 @@ class FSRFER(HRClassifierMethod):
         if self._cache is not None and self._cache[0] is batch["image"]:
             return self._cache[1], self._cache[2]
         n = batch["image"].shape[0]
-        both = self.classifier.feature_map(torch.cat([batch["image"], batch["image_hr"]])).float()
+        both = self.hr_features(torch.cat([batch["image"], batch["image_hr"]]))
         f_lr, f_hr = both[:n], both[n:]
         self._cache = (batch["image"], f_lr, f_hr)
         return f_lr, f_hr
 
+    def hr_features(self, images: torch.Tensor) -> torch.Tensor:
+        """``SPD(F(x))`` of the frozen extractor, float32 throughout (:func:`full_precision`): F_hr is the
+        target of stages 2-3 and F_lr the generator's input."""
+        with full_precision(images):
+            return self.classifier.feature_map(images.float()).float()
+
     def sr_logits(self, features: torch.Tensor) -> torch.Tensor:
-        return self.classifier.classify(self.classifier.embed(features))
+        """The frozen classifier's logits of a feature map, in float32 (:func:`full_precision`)."""
+        with full_precision(features):
+            return self.classifier.classify(self.classifier.embed(features.float()))
 
     # -- training --------
     def training_step(self, batch: Batch, stage: Stage, step: str) -> dict[str, torch.Tensor]:
@@ -295,8 +326,9 @@ class FSRFER(HRClassifierMethod):
                 weight = classification_aware_weights(
                     self.sr_logits(f_sr), batch["label"], self.reweight_sigma, self.reweight_power
                 )
-        scores_real = self.critic(f_hr).float()
-        scores_fake = self.critic(f_sr).float()
+        with full_precision(f_hr):
+            scores_real = self.critic(f_hr.float()).float()
+            scores_fake = self.critic(f_sr).float()
         if weight is not None:
             scores_real, scores_fake = weight * scores_real, weight * scores_fake
         d_real, d_fake = scores_real.mean(), scores_fake.mean()
@@ -313,17 +345,19 @@ class FSRFER(HRClassifierMethod):
         squared norms, weighted per sample, averaged over the batch."""
         f_lr, f_hr = self._features(batch)
         f_sr = self.generator(f_lr)
-        self.critic.requires_grad_(False)  # gradients flow through D to G only
-        try:
-            adv = self.critic(f_sr).float()  # eq. 7, per sample
-        finally:
-            self.critic.requires_grad_(True)
-        e_sr = self.classifier.embed(f_sr).float()
-        with torch.no_grad():
-            e_hr = self.classifier.embed(f_hr).float()
-        perceptual = perceptual_distance(e_sr, e_hr)  # eq. 9
-        l2 = feature_l2(f_sr, f_hr)
-        logits = self.classifier.classify(e_sr)
+        f_sr = f_sr.float()
+        with full_precision(f_sr):
+            self.critic.requires_grad_(False)  # gradients flow through D to G only
+            try:
+                adv = self.critic(f_sr).float()  # eq. 7, per sample
+            finally:
+                self.critic.requires_grad_(True)
+            e_sr = self.classifier.embed(f_sr).float()
+            with torch.no_grad():
+                e_hr = self.classifier.embed(f_hr.float()).float()
+            perceptual = perceptual_distance(e_sr, e_hr)  # eq. 9
+            l2 = feature_l2(f_sr, f_hr)
+            logits = self.classifier.classify(e_sr)
         weight = None
         if self.reweight:
             weight = classification_aware_weights(
@@ -346,12 +380,12 @@ class FSRFER(HRClassifierMethod):
 
     # -- prediction --------
     def predict(self, images: torch.Tensor, factor: torch.Tensor | None = None) -> torch.Tensor:
-        return self.sr_logits(self.generator(self.classifier.feature_map(images)))
+        return self.sr_logits(self.generator(self.hr_features(images)))
 
     def evaluate_step(self, batch: Batch, stage: Stage | None = None) -> dict[str, torch.Tensor]:
         if stage is not None and stage.name == "extractor":
             return {"logits": self.classifier(batch["image"])}
-        features = self.classifier.feature_map(batch["image"])
+        features = self.hr_features(batch["image"])
         direct = self.sr_logits(features)
         logits = self.sr_logits(self.generator(features))
         return {"logits": logits, "direct_acc": (direct.argmax(1) == batch["label"]).float()}

@@ -8,7 +8,9 @@ e.g. ``[14px]``) resized back to the input size and Gaussian-blurred (Sec. 3.1),
     L_kd = sum over Mixed-Attention Blocks of (1 - cos(M_C,T, M_C,S)) + (1 - cos(M_S,T, M_S,S))
                                                                                        (eq. 9-11)
 
-(``kd_reduction=sum``, A-SKD's code; ``mean`` divides by the number of maps, 2 per block)
+(``kd_reduction=sum``, A-SKD's code; ``paper`` is eq. 11 exactly, ``((1 - S_c) + (1 - S_s)) / 2`` per block
+summed over the blocks, half of ``sum``, the experiment configs' choice; ``mean`` divides by the number of
+maps, 2 per block)
 
 on the PRE-SIGMOID channel and spatial attention maps (A-SKD, "Teaching Where to Look", ECCV 2022), the
 teacher seeing the high-resolution image of the same sample (``needs_hr``).
@@ -29,7 +31,7 @@ from lrfer.errors import UserError
 from lrfer.methods.base import Batch, Method, MethodContext, Stage
 from lrfer.models.gmenet import AttentionMaps, GMENet
 
-KD_REDUCTIONS = ("sum", "mean")
+KD_REDUCTIONS = ("sum", "paper", "mean")
 
 
 def attention_similarity_loss(
@@ -43,12 +45,14 @@ def attention_similarity_loss(
 
     * ``sum`` (default): their sum, as A-SKD's code (``utility/distill_loss.py``: ``loss_sum += d_loss *
       distill_attn_param`` over every channel and spatial map), which GME-Net's distillation follows;
+    * ``paper``: eq. 11 exactly, ``L_kd = ((1 - S_c) + (1 - S_s)) / 2`` per block, summed over the B blocks
+      (half of ``sum``; eq. 13 adds ``lambda * L_kd``);
     * ``mean``: their mean, ``(1/B) sum_b ((1 - cos_c) + (1 - cos_s)) / 2`` (2 B times smaller).
 
     The teacher maps are detached.
     """
     if reduction not in KD_REDUCTIONS:
-        raise UserError(f"unknown method.kd_reduction {reduction!r}: choose sum or mean")
+        raise UserError(f"unknown method.kd_reduction {reduction!r}: choose {', '.join(KD_REDUCTIONS)}")
     if len(student_maps) != len(teacher_maps) or not student_maps:
         raise ValueError(
             f"attention-similarity loss needs the same non-zero number of attention blocks in student and "
@@ -65,7 +69,9 @@ def attention_similarity_loss(
         cos_s = F.cosine_similarity(s_s.flatten(1).float(), t_s.detach().flatten(1).float(), dim=1)
         per_block.append((1 - cos_c).mean() + (1 - cos_s).mean())
     total = torch.stack(per_block).sum()
-    return total if reduction == "sum" else total / (2 * len(per_block))
+    if reduction == "sum":
+        return total
+    return total / 2 if reduction == "paper" else total / (2 * len(per_block))
 
 
 def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -97,7 +103,8 @@ class GMENetMethod(Method):
       network input size; 0 disables it); high-resolution (x1) inputs are never blurred;
     * L_kd uses every MAB's maps, averages the per-sample cosine distances over the batch and SUMS them over
       the maps (``kd_reduction=sum``: A-SKD's code sums ``distill_attn_param * mean(1 - cos)`` over every
-      channel and spatial map; ``mean`` averages them instead), and the teacher runs in eval mode
+      channel and spatial map; ``paper`` halves that sum, eq. 11's ``/2``, the experiment configs' choice;
+      ``mean`` averages them instead), and the teacher runs in eval mode
       (BatchNorm running statistics) on the HR image of the sample with
       the same augmentation;
     * the teacher is trained with the same optimiser, schedule and epochs as the student (``teacher_epochs``
@@ -133,7 +140,8 @@ class GMENetMethod(Method):
             )
         self.kd_weight = float(kd_weight)
         if kd_reduction not in KD_REDUCTIONS:
-            raise UserError(f"unknown method.kd_reduction {kd_reduction!r}: choose sum or mean")
+            choices = ", ".join(KD_REDUCTIONS)
+            raise UserError(f"unknown method.kd_reduction {kd_reduction!r}: choose {choices}")
         self.kd_reduction = kd_reduction
         self.teacher_epochs = int(teacher_epochs) if teacher_epochs is not None else epochs
         self.teacher_checkpoint = teacher_checkpoint

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from lrfer.engine.checkpoint import load_checkpoint, resolve_run_checkpoint
 from lrfer.errors import UserError
 from lrfer.methods.base import Batch, Method, MethodContext, Stage, model_weights
+from lrfer.methods.center_loss import CenterLoss
 from lrfer.models.fsr import build_feature_classifier
 
 
@@ -30,6 +31,10 @@ class HRClassifierMethod(Method):
     Shared by :class:`FSRFER` and the image-SR baselines (:mod:`lrfer.methods.isr`). A loaded checkpoint
     may come from an ``fsrfer`` or ``isr`` run (keys ``classifier.*``) or, for ResNet extractors, from a
     ``baseline`` run (keys ``net.*``).
+
+    ``center_loss > 0`` adds CovPoolFER's centre loss to stage 1's cross-entropy,
+    ``L = L_ce + center_loss * L_c`` (:mod:`lrfer.methods.center_loss`; its ``train.sh``: 1e-2, alpha 0.9) on
+    the classifier's prelogits (the 7-d bottleneck of CovPoolFER's head, the pooled vector of a ResNet).
     """
 
     def __init__(
@@ -43,8 +48,14 @@ class HRClassifierMethod(Method):
         extractor_scheduler: dict | None,
         covpool: dict | None,
         label_smoothing: float,
+        center_loss: float,
+        center_loss_alpha: float,
     ) -> None:
         super().__init__(context, epochs=extractor_epochs, label_smoothing=label_smoothing)
+        if center_loss < 0:
+            raise UserError(f"method.center_loss must be >= 0 (0 = off), got {center_loss}")
+        if not 0.0 <= center_loss_alpha <= 1.0:
+            raise UserError(f"method.center_loss_alpha must be in [0, 1], got {center_loss_alpha}")
         self.extractor_name = extractor
         self.extractor_optimizer = plain(extractor_optimizer) or None
         self.extractor_scheduler = plain(extractor_scheduler) or None
@@ -55,6 +66,13 @@ class HRClassifierMethod(Method):
             context.in_channels,
             plain(covpool),
             weights=model_weights(context),
+        )
+        self.center_loss_weight = float(center_loss)
+        # only when on, so that checkpoints without centres stay loadable
+        self.center_loss = (
+            CenterLoss(context.num_classes, self.classifier.prelogit_dim, center_loss_alpha)
+            if center_loss > 0
+            else None
         )
         self.classifier_loaded = False
         self._frozen = False
@@ -125,8 +143,21 @@ class HRClassifierMethod(Method):
         self.train(self.training)
 
     def classifier_step(self, batch: Batch) -> dict[str, torch.Tensor]:
-        logits = self.classifier(batch["image"])
-        return {"loss": self.classification_loss(logits, batch), "logits": logits.detach()}
+        """Stage 1: cross-entropy, plus ``center_loss * L_c`` on the prelogits when the centre loss is on."""
+        if self.center_loss is None:
+            logits = self.classifier(batch["image"])
+            return {"loss": self.classification_loss(logits, batch), "logits": logits.detach()}
+        c = self.classifier
+        pre = c.prelogits(c.embed(c.feature_map(batch["image"])))
+        logits = c.logits(pre)
+        ce = self.classification_loss(logits, batch)
+        center = self.center_loss(pre, batch["label"])
+        return {
+            "loss": ce + self.center_loss_weight * center,
+            "ce": ce.detach(),
+            "center": center.detach(),
+            "logits": logits.detach(),
+        }
 
     @staticmethod
     def labels_of(factors: Iterable[str] | None, context: MethodContext) -> list[str]:

@@ -50,6 +50,8 @@ SR_CHOICES = ("bicubic", "rcan", "metasr")
 class ISR(HRClassifierMethod):
     """Image super-resolution baseline: SR network (or bicubic) -> frozen HR classifier."""
 
+    extra_metrics = ("direct_acc",)
+
     def __init__(
         self,
         context: MethodContext,

@@ -38,6 +38,8 @@ class ResolutionAwareBNMethod(ResolutionMethod):
     * Every BN of a resolution starts from the same initialisation (weight 1, bias 0).
     """
 
+    extra_metrics = ("rrn_acc",)
+
     def __init__(self, context: MethodContext, *, bn_select: str, **common: Any) -> None:
         """Every option is a ``method.*`` key of configs/method/rabn.yaml; ``common`` holds those every
         :class:`~lrfer.methods.resolution.ResolutionMethod` has (epochs, rrn_epochs, factors, ...)."""

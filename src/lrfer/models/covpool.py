@@ -234,6 +234,7 @@ class CovPoolFER(nn.Module):
             pre += _fc(dim, int(bottleneck), fc_bn)
             dim = int(bottleneck)
         self.pre_fc = nn.Sequential(*pre)
+        self.prelogit_dim = dim
         self.fc = nn.Linear(dim, num_classes)
 
     def spd(self, x: torch.Tensor) -> torch.Tensor:
@@ -249,8 +250,16 @@ class CovPoolFER(nn.Module):
         """``C(F)`` (eq. 9): flatten -> fc 2000 -> ReLU -> fc 128."""
         return self.head(features)
 
+    def prelogits(self, embedding: torch.Tensor) -> torch.Tensor:
+        """What the final fc reads: the 7-d "Bottleneck" output with ``bottleneck=7`` (CovPoolFER's
+        ``prelogits``, on which its centre loss acts), else the embedding (after ``embed_relu``)."""
+        return self.pre_fc(embedding)
+
+    def logits(self, prelogits: torch.Tensor) -> torch.Tensor:
+        return self.fc(prelogits)
+
     def classify(self, embedding: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.pre_fc(embedding))
+        return self.logits(self.prelogits(embedding))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classify(self.embed(self.feature_map(x)))

@@ -138,6 +138,7 @@ class ResNetFeatureClassifier(nn.Module):
         super().__init__()
         self.net = net
         self.embed_dim = net.feature_dim
+        self.prelogit_dim = net.feature_dim
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         b = self.net.backbone
@@ -147,8 +148,15 @@ class ResNetFeatureClassifier(nn.Module):
     def embed(self, features: torch.Tensor) -> torch.Tensor:
         return torch.flatten(self.net.backbone.avgpool(features), 1)
 
+    def prelogits(self, embedding: torch.Tensor) -> torch.Tensor:
+        """What the fc layer reads (before its dropout): the pooled embedding itself."""
+        return embedding
+
+    def logits(self, prelogits: torch.Tensor) -> torch.Tensor:
+        return self.net.fc(self.net.dropout(prelogits))
+
     def classify(self, embedding: torch.Tensor) -> torch.Tensor:
-        return self.net.fc(self.net.dropout(embedding))
+        return self.logits(self.prelogits(embedding))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classify(self.embed(self.feature_map(x)))

@@ -26,7 +26,18 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
 PROTOCOL_KEYS = {"test", "budget", "common", "latency", "methods"}
-OPTIONAL_PROTOCOL_KEYS = {"datasets"}  # dataset name -> overrides for that dataset only (after common)
+# datasets: dataset name -> overrides for that dataset only (after common); converged_budget: the budget at
+# which every method's validation curve was shown flat (null: none yet)
+OPTIONAL_PROTOCOL_KEYS = {"datasets", "converged_budget"}
+
+
+def budget_label(budget: float, converged_budget: float | None) -> str:
+    """The budget as a table title states it: tables at any budget other than the protocol's
+    ``converged_budget`` are labelled "not converged" (a quick look, not a ranking)."""
+    label = f"budget {budget:g}"
+    if converged_budget is None or float(budget) != float(converged_budget):
+        label += ", NOT CONVERGED (a quick look: the models are under-trained)"
+    return label
 
 
 def load_protocol(path: str | Path) -> dict:
@@ -36,14 +47,23 @@ def load_protocol(path: str | Path) -> dict:
         raise UserError(
             f"protocol file {path} not found: pass --protocol experiments/leaderboard/protocol.yaml"
         )
-    protocol = OmegaConf.to_container(OmegaConf.load(path))
+    try:
+        protocol = OmegaConf.to_container(OmegaConf.load(path))
+    except Exception as err:
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        raise UserError(f"cannot read the protocol file {path}: {reason}") from None
+    if not isinstance(protocol, dict):
+        raise UserError(f"{path} is not a leaderboard protocol (a mapping with keys {sorted(PROTOCOL_KEYS)})")
     unknown = set(protocol) - PROTOCOL_KEYS - OPTIONAL_PROTOCOL_KEYS
     missing = PROTOCOL_KEYS - set(protocol)
     if unknown or missing:
         raise UserError(f"{path}: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}")
     protocol.setdefault("datasets", {})
+    protocol.setdefault("converged_budget", None)
+    if not isinstance(protocol["methods"], dict):
+        raise UserError(f"{path}: methods must map each method's name to its overrides")
     for name, spec in protocol["methods"].items():
-        if not spec.get("overrides"):
+        if not isinstance(spec, dict) or not spec.get("overrides"):
             raise UserError(f"{path}: method {name} has no overrides (e.g. [method={name}])")
     return protocol
 

@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,8 +50,51 @@ def run_name(run_dir: Path, metrics: dict) -> str:
     return name
 
 
-def collect_runs(dirs: list[str | Path], split: str = "test", metric: str = "acc") -> list[RunRow]:
-    """Every ``metrics.json`` below the given folders (runs and multiruns), sorted by path."""
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def read_run_row(f: Path, split: str = "test", metric: str = "acc") -> RunRow | None:
+    """One run's row from its ``metrics.json``; None when it holds no ``split`` results (``{}``).
+
+    A file that is not such a metrics.json (not JSON, not an object, a non-numeric ``metric``) is a
+    :class:`UserError` naming it.
+    """
+    try:
+        metrics = json.loads(f.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"{f} is not a readable metrics.json ({' '.join(str(err).split())[:120]})") from None
+    if not isinstance(metrics, dict):
+        raise UserError(f"{f} is not a metrics.json (it holds a {type(metrics).__name__}, not an object)")
+    table = metrics.get(split) or {}
+    if not isinstance(table, dict):
+        raise UserError(f"{f}: {split} is a {type(table).__name__}, not a table of degradations")
+    if not table:
+        return None
+    row = RunRow(run_name(f.parent, metrics), str(f.parent))
+    for label, entry in table.items():
+        if not isinstance(entry, dict) or metric not in entry:
+            raise UserError(f"{f}: {split}.{label} has no {metric!r}")
+        if not _number(entry[metric]):
+            raise UserError(f"{f}: {split}.{label}.{metric}={entry[metric]!r} is not a number")
+        row.values[label] = float(entry[metric])
+        for key, value in entry.items():
+            if key not in (metric, "n", "confusion") and _number(value):
+                row.extras.setdefault(key, {})[label] = float(value)
+    return row
+
+
+def collect_runs(
+    dirs: list[str | Path],
+    split: str = "test",
+    metric: str = "acc",
+    warn: Callable[[str], None] | None = None,
+) -> list[RunRow]:
+    """Every ``metrics.json`` below the given folders (runs and multiruns), sorted by path.
+
+    ``warn``: a file that is not a usable metrics.json is skipped and ``warn`` receives one line naming it
+    (without ``warn`` it is a :class:`UserError`); one without ``split`` results (``{}``) adds no row.
+    """
     rows = []
     for d in dirs:
         d = Path(d)
@@ -59,20 +103,16 @@ def collect_runs(dirs: list[str | Path], split: str = "test", metric: str = "acc
         files = [d] if d.is_file() else sorted(d.rglob("metrics.json"))
         for f in files:
             try:
-                metrics = json.loads(f.read_text())
-            except (OSError, json.JSONDecodeError) as err:
-                raise UserError(f"{f} is not a readable metrics.json ({err})") from None
-            table = metrics.get(split, {})
-            row = RunRow(run_name(f.parent, metrics), str(f.parent))
-            for label, entry in table.items():
-                if metric not in entry:
-                    raise UserError(f"{f}: {split}.{label} has no {metric!r}")
-                row.values[label] = float(entry[metric])
-                for key, value in entry.items():
-                    if key not in ("acc", "balanced_acc", "n", "confusion") and isinstance(
-                        value, (int, float)
-                    ):
-                        row.extras.setdefault(key, {})[label] = float(value)
+                row = read_run_row(f, split, metric)
+            except UserError as err:
+                if warn is None:
+                    raise
+                warn(f"{err}: skipped")
+                continue
+            if row is None:
+                if warn is not None:
+                    warn(f"{f} holds no {split} results: skipped")
+                continue
             rows.append(row)
     return rows
 
@@ -84,14 +124,21 @@ def read_paper_csv(path: str | Path) -> list[RunRow]:
         raise UserError(f"paper table {path} does not exist")
     rows = []
     with path.open(newline="") as f:
-        for rec in csv.DictReader(f):
-            name = rec.pop("method", None) or rec.pop("row", "?")
-            values = {
-                k: float(v) / 100.0
-                for k, v in rec.items()
-                if k and v not in (None, "", "-") and re.fullmatch(r"x[\d.]+|\d+px", k)
-            }
-            rows.append(RunRow(f"{name} (paper)", str(path), values, source="paper"))
+        try:
+            records = list(csv.DictReader(f))
+        except (csv.Error, UnicodeDecodeError) as err:
+            raise UserError(f"paper table {path} is not a readable CSV ({err})") from None
+    for rec in records:
+        name = rec.pop("method", None) or rec.pop("row", "?")
+        values = {}
+        for k, v in rec.items():
+            if not (isinstance(k, str) and v not in (None, "", "-") and re.fullmatch(r"x[\d.]+|\d+px", k)):
+                continue
+            try:
+                values[k] = float(v) / 100.0
+            except (TypeError, ValueError):
+                raise UserError(f"paper table {path}: {name} at {k} is {v!r}, not a number (in %)") from None
+        rows.append(RunRow(f"{name} (paper)", str(path), values, source="paper"))
     return rows
 
 

@@ -25,6 +25,12 @@ class DatasetAdapter:
         self.cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
 
     # -- to implement --------
+    @classmethod
+    def config_problems(cls, cfg: DictConfig) -> list[str]:
+        """What is wrong with the dataset's config values for this adapter (checked at composition, before a
+        run folder exists, by :func:`lrfer.config.validate.validate_config`); empty when nothing is."""
+        return []
+
     def load(self) -> FaceData:
         raise NotImplementedError
 
@@ -40,7 +46,17 @@ class DatasetAdapter:
     # -- shared --------
     def options(self) -> dict:
         """Config values that change the decoded cache (all but the ones that only affect training)."""
-        skip = {"root", "sampler", "mean", "std", "on_device", "val_fraction", "merge_val", "split_seed"}
+        skip = {
+            "root",
+            "sampler",
+            "mean",
+            "std",
+            "on_device",
+            "val_fraction",
+            "val_per_class",
+            "merge_val",
+            "split_seed",
+        }
         return {k: v for k, v in OmegaConf.to_container(self.cfg, resolve=True).items() if k not in skip}
 
     def fingerprint(self) -> dict:

@@ -10,7 +10,7 @@ from lrfer.config.schema import DatasetConfig, register_dataset_schema
 from lrfer.data import synthetic as generator_module
 from lrfer.data.datasets.base import DatasetAdapter
 from lrfer.data.faces import FaceData, FaceSplit
-from lrfer.data.synthetic import CLASS_NAMES, GENERATOR_VERSION, make_synthetic_faces
+from lrfer.data.synthetic import CLASS_NAMES, GENERATOR_VERSION, MIN_IMAGE_SIZE, make_synthetic_faces
 
 
 @dataclass
@@ -28,6 +28,28 @@ class SyntheticFaces(DatasetAdapter):
     """Train / val / test splits of synthetic faces drawn from three disjoint seeds."""
 
     name = "synthetic"
+
+    @classmethod
+    def config_problems(cls, cfg) -> list[str]:
+        """The faces are drawn at 16 px or more; there must be training and test faces; nothing is read
+        from ``dataset.root`` (set without ``dataset=<name>``, it would be ignored)."""
+        problems = []
+        size = cfg.get("image_size")
+        if isinstance(size, int) and 0 < size < MIN_IMAGE_SIZE:
+            problems.append(
+                f"dataset.image_size={size}: the synthetic faces are drawn at {MIN_IMAGE_SIZE} px or more "
+                f"(give dataset.image_size>={MIN_IMAGE_SIZE}; smaller faces: a degradation, e.g. "
+                "degrade.test=[5px])"
+            )
+        for key in ("num_train", "num_test"):
+            if cfg.get(key) == 0:
+                problems.append(f"dataset.{key}=0: the synthetic set needs {key[4:]} faces (give 1 or more)")
+        if cfg.get("root"):
+            problems.append(
+                f"dataset.root={cfg.root} but the dataset is synthetic (generated, no files read): choose "
+                "the dataset too, e.g. dataset=rafdb dataset.root=..."
+            )
+        return problems
 
     def fingerprint(self) -> dict:
         """Options, the generator version and a hash of its source: a changed generator rebuilds the cache."""

@@ -1,0 +1,207 @@
+#!/usr/bin/env python
+"""The papers' findings on the synthetic faces: train the runs each claim needs, one verdict per claim.
+
+    python scripts/findings.py [key=value ...] [--out DIR] [--seeds N] [--runs NAME ...] [--jobs N]
+    python scripts/findings.py --collect [--out DIR]     # no training: copy finished runs, rebuild
+    python scripts/findings.py --from-repo               # no training: rebuild from the repository alone
+    python scripts/findings.py --quick --out DIR         # 2 cheap runs, 1 seed, tiny faces (the tests)
+
+The claims and the verdict rule are in ``lrfer.report.findings`` (``CLAIMS``, ``RULE``); the runs and the
+budget (one scaling rule: a fraction of each paper's epochs) in ``experiments/findings/protocol.yaml``.
+Runs train in ``<out>/runs/<run>/seed<k>-<hash of overrides>/`` (default ``outputs/findings``, git-ignored;
+an interrupted run resumes, a finished one is reused only when its overrides and the generator version
+match: another override is another folder). Each finished run's ``metrics.json``, config, overrides and
+validation history (small files, never checkpoints) are copied to ``<results>/runs/`` (default
+``experiments/findings``), and the table is built from that copy: ``<results>/synthetic.{md,csv,png}`` and
+``<results>/curves/<run>.png``. ``key=value`` arguments are Hydra overrides for every run (they change the
+runs' folders). The last line printed is JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from lrfer.config.compose import compose_config
+from lrfer.data.datasets import build_adapter
+from lrfer.engine.latency import cpu_model
+from lrfer.engine.launch import finished_run, train_side_by_side
+from lrfer.errors import UserError, exit_on_user_error
+from lrfer.report.findings import (
+    claims_for,
+    convergence,
+    copy_artefacts,
+    evaluate_claim,
+    load_findings_protocol,
+    load_records,
+    metrics_by_run,
+    plan_runs,
+    plot_curves,
+    previous_calls,
+    provenance_lines,
+    run_folder,
+    write_findings,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_PROTOCOL = REPO / "experiments" / "findings" / "protocol.yaml"
+DEFAULT_RESULTS = REPO / "experiments" / "findings"
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run")
+    parser.add_argument("--out", type=Path, default=Path("outputs/findings"), help="where runs train")
+    parser.add_argument("--results", type=Path, default=None, help="table + run copies (default: the repo's)")
+    parser.add_argument("--protocol", type=Path, default=DEFAULT_PROTOCOL)
+    parser.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default: the protocol's)")
+    parser.add_argument("--runs", nargs="+", default=None, help="train only these runs (the table: all)")
+    parser.add_argument("--jobs", type=int, default=None, help="runs at once (default: one per core)")
+    mode = parser.add_mutually_exclusive_group()
+    parser.add_argument("--quick", action="store_true", help="the protocol's quick runs, 1 seed, tiny faces")
+    mode.add_argument("--collect", action="store_true", help="train nothing; copy finished runs, rebuild")
+    mode.add_argument("--from-repo", action="store_true", help="train nothing; rebuild from <results>/runs")
+    args = parser.parse_args(argv)
+    command = " ".join(["python scripts/findings.py", *(sys.argv[1:] if argv is None else argv)])
+    protocol = load_findings_protocol(args.protocol)
+    quick = protocol["quick"]
+    all_runs = list(quick["runs"] if args.quick else protocol["runs"])
+    seeds = args.seeds if args.seeds is not None else int(quick["seeds"] if args.quick else protocol["seeds"])
+    if seeds < 1:
+        raise UserError("--seeds must be at least 1")
+    extra = [*(quick["overrides"] if args.quick else []), *args.overrides]
+    plan = plan_runs(protocol, all_runs, seeds, extra)
+    results = args.results or (args.out / "results" if args.quick else DEFAULT_RESULTS)
+    copies = results / "runs"
+    start, cpu0 = time.perf_counter(), _children_cpu()
+    trained = 0
+    failed: list[str] = []
+
+    if not args.from_repo:
+        first = next(iter(plan.values()))
+        provenance = build_adapter(compose_config(first).dataset).provenance()  # the generator version
+        to_train = set(args.runs or all_runs)
+        if to_train - set(all_runs):  # also catches key=value overrides given after --runs
+            raise UserError(
+                f"--runs: unknown run(s) {sorted(to_train - set(all_runs))}; the protocol has "
+                f"{', '.join(all_runs)} (give key=value overrides before --runs)"
+            )
+        todo = []
+        for (run, seed), overrides in plan.items():
+            folder = run_folder(args.out / "runs", run, seed, overrides).resolve()
+            copy = run_folder(copies, run, seed, overrides)
+            if finished_run(folder, overrides, provenance):
+                print(f"{run} seed {seed}: finished earlier ({folder})", flush=True)
+                copy_artefacts(folder, copy)
+            elif finished_run(copy, overrides, provenance):
+                print(f"{run} seed {seed}: finished earlier (copy in {copy})", flush=True)
+            elif run in to_train and not args.collect:
+                todo.append((run, seed, folder, copy, overrides))
+
+        # the calls that trained runs: their history lives with the runs (<out>/calls.json), is updated as
+        # each run ends (a call that runs for days is on record from its start) and is copied with them
+        calls = previous_calls(args.out / "calls.json")
+        call = {
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "command": command,
+            "code": code_version(),
+            "machine": f"{cpu_model()} ({os.cpu_count()} cores), torch {torch.__version__}",
+            "runs_planned": len(todo),
+            "runs_trained": 0,
+            "wall_s": 0.0,
+            "cpu_s": 0.0,
+        }
+        lock = threading.Lock()
+
+        def record_call() -> None:
+            call.update(wall_s=round(time.perf_counter() - start, 1), cpu_s=round(_children_cpu() - cpu0, 1))
+            (args.out / "calls.json").write_text(json.dumps([*calls, call], indent=1) + "\n")
+
+        def done(index: int, ok: bool, seconds: float) -> None:
+            run, seed, folder, copy, _ = todo[index]
+            print(f"{run} seed {seed}: {'done' if ok else 'FAILED'} in {seconds / 60:.1f} min", flush=True)
+            with lock:
+                if ok:
+                    copy_artefacts(folder, copy)
+                    call["runs_trained"] += 1
+                else:
+                    failed.append(f"{run}/seed{seed} (see {folder.with_suffix('.log')})")
+                record_call()
+
+        if todo:
+            print(f"{len(todo)} run(s) to train", flush=True)
+            args.out.mkdir(parents=True, exist_ok=True)
+            record_call()
+            jobs = args.jobs if args.jobs is not None else (os.cpu_count() or 1)
+            train_side_by_side([(o, f) for _, _, f, _, o in todo], max(1, jobs), done)
+            trained = call["runs_trained"]
+            record_call()
+
+    calls = previous_calls((results if args.from_repo else args.out) / "calls.json")
+    if calls and not args.from_repo:
+        results.mkdir(parents=True, exist_ok=True)
+        (results / "calls.json").write_text(json.dumps(calls, indent=1) + "\n")
+
+    records = load_records(copies, plan)
+    metrics = metrics_by_run(records)
+    claim_results = [evaluate_claim(c, metrics) for c in claims_for(all_runs)]
+    conv = convergence(records)
+    title = f"Papers' findings on SYNTHETIC faces (not real data), {seeds} seed(s)"
+    if args.quick:
+        title += ", QUICK mode: not converged"
+    notes = [f"Table made {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} by `{command}`."]
+    notes += provenance_lines(records, calls, float(protocol["fraction"]))
+    md = write_findings(claim_results, conv, results, "synthetic", title, notes)
+    curves = plot_curves(records, results / "curves")
+    summary = {
+        "table": str(md),
+        "curves": [str(p) for p in curves],
+        "runs_finished": len(records),
+        "runs_planned": len(plan),
+        "runs_trained_this_call": trained,
+        "verdicts": {c.claim.text: c.verdict if c.measured else "not run yet" for c in claim_results},
+        "failed": failed,
+    }
+    print(md.read_text())
+    print(json.dumps(summary))
+    if failed:
+        print(f"error: {len(failed)} run(s) failed: {'; '.join(failed)}", file=sys.stderr)
+        sys.exit(1)
+    return summary
+
+
+def code_version() -> str:
+    """The ``COMMIT`` file of an exported copy (``git archive`` into a git-ignored folder, which a
+    ``git rev-parse`` would see as the enclosing checkout), else the repository's commit."""
+    commit = REPO / "COMMIT"
+    if commit.is_file():
+        return commit.read_text().strip()[:12]
+    try:
+        git = ["git", "rev-parse", "--short", "HEAD"]
+        out = subprocess.run(git, cwd=REPO, capture_output=True, text=True)
+        if out.returncode == 0:
+            dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=REPO).returncode != 0
+            return out.stdout.strip() + ("-dirty" if dirty else "")
+    except OSError:
+        pass
+    return "unknown"
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+if __name__ == "__main__":
+    main()

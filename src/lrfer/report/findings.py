@@ -1,0 +1,856 @@
+"""The papers' findings checked on the synthetic faces (``scripts/findings.py``): a registry of claims, one
+verdict rule for all of them, the runs that measure them, and the table, plot and validation curves.
+
+A claim compares two numbers, ``A`` and ``B``, each measured on every seed of a run (one test accuracy,
+or the mean over several degradations, or the best of several), and says ``A - B > margin`` (``margin`` 0:
+"A beats B"; ``margin`` -1: "A is within 1 point of B, or above"). The paper's own numbers stand beside
+ours, labelled as the paper's.
+
+**The verdict rule** (:data:`RULE`, :func:`verdict`), the same for every row: with ``d`` the mean over
+seeds of ``A - B`` in accuracy points and ``se`` its standard error over seeds,
+
+* *holds*: ``d - margin > 2 se`` (the paper's sign, beyond twice the standard error);
+* *contradicted*: ``d - margin < -2 se`` (the opposite sign, beyond twice the standard error);
+* *inconclusive*: anything else, and always with fewer than 2 seeds (no standard error).
+
+``se`` is paired when ``A`` and ``B`` come from the same runs (one DRGFER run gives both routings): the
+standard deviation of the per-seed differences over ``sqrt(n)``; else it is Welch's
+``sqrt(s_A^2 / n_A + s_B^2 / n_B)``.
+
+Run folders: ``<root>/<run>/seed<k>-<key>/`` where ``key`` is a short hash of the run's overrides, so
+that a changed override makes another folder (a new run) and never reuses or overwrites the old one.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import hashlib
+import json
+import math
+import shutil
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from lrfer.config.compose import compose_config
+from lrfer.errors import UserError
+
+RULE = (
+    "Verdict rule (every row): d = mean over seeds of A - B (accuracy points), se = its standard error over "
+    "seeds (paired when A and B come from the same runs, else Welch's). **holds**: d - margin > 2 se (the "
+    "paper's sign beyond twice the standard error); **contradicted**: d - margin < -2 se; **inconclusive**: "
+    "anything else, and always with fewer than 2 seeds."
+)
+SE_FACTOR = 2.0  # "beyond twice the standard error"
+HOLDS, CONTRADICTED, INCONCLUSIVE = "holds", "contradicted", "inconclusive"
+
+
+# -- the claims ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Measure:
+    """One number per seed from the runs named ``runs``: ``key`` of ``test[label]`` of ``metrics.json``
+    (``acc``, or a method's extra such as DRGFER's ``acc_oracle``), averaged over ``labels``; with several
+    runs or keys (``alternatives``), the per-seed maximum over them (e.g. "the best other expert")."""
+
+    run: str
+    labels: tuple[str, ...]
+    key: str = "acc"
+    alternatives: tuple[tuple[str, str], ...] = ()  # more (run, key) pairs; the value is the max per seed
+    name: str = ""
+
+    def sources(self) -> tuple[tuple[str, str], ...]:
+        return ((self.run, self.key), *self.alternatives)
+
+    def runs(self) -> set[str]:
+        return {run for run, _ in self.sources()}
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A paper's finding: ``a - b > margin`` (accuracy points), with the paper's own two numbers."""
+
+    paper: str
+    table: str
+    text: str
+    a: Measure
+    b: Measure
+    paper_a: float | None
+    paper_b: float | None
+    margin: float = 0.0
+    note: str = ""
+    params: bool = False  # the note also gives our parameter counts of A and B (metrics.json num_params)
+
+    def runs(self) -> set[str]:
+        return self.a.runs() | self.b.runs()
+
+
+DRGFER_FACTORS = ("x1", "x2", "x4", "x6", "x8")
+DRGFER_T1 = {  # the paper's Table 1 (RAF-DB), mean over x1-x8
+    "DRGFER": 84.41,
+    "MSTrain": 82.85,
+    "RA-BN": 82.94,
+    "DA": 73.89,
+    "Mean": 79.84,
+    "Max": 80.38,
+}
+DRGFER_T3_DIAGONAL = {"x1": 89.24, "x2": 88.23, "x4": 85.20, "x6": 80.35, "x8": 76.86}
+DRGFER_T3_BEST_OTHER = {"x1": 86.96, "x2": 86.17, "x4": 79.27, "x6": 78.39, "x8": 69.82}
+PAPER_DRGFER = "DRGFER (Wang et al.)"
+PAPER_FSRFER = "FSR-FER"
+PAPER_GMENET = "GME-Net"
+PAPER_EFC = "EFC"
+PAPER_VOTING = "Residual voting network"
+
+
+def _drgfer_claims() -> list[Claim]:
+    mean = DRGFER_FACTORS
+    drgfer = Measure("drgfer", mean, "acc_rrn", name="DRGFER (RRN routing)")
+    rivals = {
+        "MSTrain": Measure("mstrain", mean, name="MSTrain"),
+        "RA-BN": Measure("rabn", mean, name="RA-BN"),
+        "DA": Measure("da", mean, name="DA"),
+        "Mean": Measure("drgfer", mean, "acc_mean", name="Mean routing"),
+        "Max": Measure("drgfer", mean, "acc_max", name="Max routing"),
+    }
+    out = [
+        Claim(
+            PAPER_DRGFER,
+            "Table 1",
+            f"DRGFER >= {name} (mean over x1-x8)",
+            drgfer,
+            rival,
+            DRGFER_T1["DRGFER"],
+            DRGFER_T1[name],
+        )
+        for name, rival in rivals.items()
+    ]
+    out.append(
+        Claim(
+            PAPER_DRGFER,
+            "Table 1",
+            "DRGFER within 1 point of oracle routing (mean over x1-x8)",
+            drgfer,
+            Measure("drgfer", mean, "acc_oracle", name="oracle routing"),
+            DRGFER_T1["DRGFER"],
+            None,
+            margin=-1.0,
+            note="The paper reports no oracle row; its RRN is 99 % accurate.",
+        )
+    )
+    for name, rival in rivals.items():
+        if name != "DA":
+            out.append(
+                Claim(
+                    PAPER_DRGFER,
+                    "Table 1",
+                    f"DA is the lowest: {name} > DA (mean over x1-x8)",
+                    rival,
+                    rivals["DA"],
+                    DRGFER_T1[name],
+                    DRGFER_T1["DA"],
+                )
+            )
+    out.append(
+        Claim(
+            PAPER_DRGFER,
+            "Table 1",
+            "DA is the lowest: DRGFER > DA (mean over x1-x8)",
+            drgfer,
+            rivals["DA"],
+            DRGFER_T1["DRGFER"],
+            DRGFER_T1["DA"],
+        )
+    )
+    for f in DRGFER_FACTORS:
+        others = tuple(("drgfer", f"acc_{g}") for g in DRGFER_FACTORS if g != f)
+        out.append(
+            Claim(
+                PAPER_DRGFER,
+                "Table 3",
+                f"the {f} expert is the best expert at {f}",
+                Measure("drgfer", (f,), f"acc_{f}", name=f"expert {f}"),
+                Measure("drgfer", (f,), others[0][1], alternatives=others[1:], name="best other expert"),
+                DRGFER_T3_DIAGONAL[f],
+                DRGFER_T3_BEST_OTHER[f],
+                note="Our experts are DRGFER's (each trained on its factor only); the paper's are "
+                "single-resolution models.",
+            )
+        )
+    return out
+
+
+FSRFER_T1 = {  # Table 1 (RAF-DB): FSR-FER and bicubic image SR + the same classifier
+    "x2": (83.214, 84.518),
+    "x5": (75.196, 67.177),
+    "x6": (71.675, 60.495),
+    "x7": (68.872, 52.771),
+    "x8": (64.244, 40.264),
+}
+FSRFER_T2_AVG = (74.637, 74.573)  # Table 2: with / without re-weighting, mean over x2-x8
+
+
+def _fsrfer_claims() -> list[Claim]:
+    out = [
+        Claim(
+            PAPER_FSRFER,
+            "Table 1",
+            f"FSR-FER > bicubic ISR at {f}",
+            Measure("fsrfer", (f,), name="FSR-FER"),
+            Measure("isr_bicubic", (f,), name="bicubic ISR"),
+            *FSRFER_T1[f],
+        )
+        for f in ("x5", "x6", "x7", "x8")
+    ]
+    out.append(
+        Claim(
+            PAPER_FSRFER,
+            "Table 1",
+            "bicubic ISR >= FSR-FER at x2",
+            Measure("isr_bicubic", ("x2",), name="bicubic ISR"),
+            Measure("fsrfer", ("x2",), name="FSR-FER"),
+            FSRFER_T1["x2"][1],
+            FSRFER_T1["x2"][0],
+        )
+    )
+    factors = ("x2", "x5", "x6", "x7", "x8")
+    out.append(
+        Claim(
+            PAPER_FSRFER,
+            "Table 2",
+            "re-weighting > no re-weighting (mean over x2, x5-x8)",
+            Measure("fsrfer", factors, name="FSR-FER"),
+            Measure("fsrfer_noreweight", factors, name="FSR-FER w/o re-weighting"),
+            *FSRFER_T2_AVG,
+            note="The paper's gap is 0.06 points (mean over x2-x8): inconclusive is the expected answer.",
+        )
+    )
+    return out
+
+
+GMENET_T4 = {  # Table 4 (RAF-DB at 14 px)
+    "gmenet": 75.5215,
+    "gmenet_nokd": 71.5361,
+    "gmenet_dbam": 74.2940,
+    "gmenet_cbam": 73.7288,
+    "gmenet_base": 71.0654,
+}
+GMENET_NAMES = {
+    "gmenet": "GME-Net (DBAM+GM, KD)",
+    "gmenet_nokd": "DBAM+GM without KD",
+    "gmenet_dbam": "Baseline+DBAM",
+    "gmenet_cbam": "Baseline+CBAM",
+    "gmenet_base": "Baseline",
+}
+
+
+def _gmenet_claims() -> list[Claim]:
+    def m(run: str) -> Measure:
+        return Measure(run, ("14px",), name=GMENET_NAMES[run])
+
+    def c(a: str, b: str, text: str, note: str = "") -> Claim:
+        return Claim(PAPER_GMENET, "Table 4", text, m(a), m(b), GMENET_T4[a], GMENET_T4[b], note=note)
+
+    return [
+        c("gmenet", "gmenet_nokd", "GME-Net with KD > without KD at 14 px"),
+        c("gmenet_dbam", "gmenet_cbam", "DBAM > CBAM at 14 px"),
+        c("gmenet_cbam", "gmenet_base", "CBAM > baseline at 14 px"),
+        c(
+            "gmenet",
+            "gmenet_dbam",
+            "the global module adds to DBAM: GME-Net > Baseline+DBAM at 14 px",
+            note="As the paper's Table 4 compares them: GME-Net is DBAM+GM with KD; the paper's DBAM+GM "
+            "without KD (71.54) is below Baseline+DBAM (74.29).",
+        ),
+    ]
+
+
+def _efc_claims() -> list[Claim]:
+    return [
+        Claim(
+            PAPER_EFC,
+            "Table 1",
+            "EFC within 1 point of ResNet-18 at 32 px (or above)",
+            Measure("efc_32px", ("32px",), name="EFC"),
+            Measure("resnet18_32px", ("32px",), name="ResNet-18"),
+            97.34,
+            97.12,
+            margin=-1.0,
+            note="KDEF in the paper; its parameters: 513,484 against 11,198,919 (1/22).",
+            params=True,
+        ),
+        Claim(
+            PAPER_EFC,
+            "Table 1",
+            "EFC > MobileNetV3-Small at 10 px",
+            Measure("efc_10px", ("10px",), name="EFC"),
+            Measure("mobilenetv3s_10px", ("10px",), name="MobileNetV3-Small"),
+            92.04,
+            84.64,
+        ),
+    ]
+
+
+VOTING_T3 = {  # RAF-DB validation, soft voting unless named
+    "voting_soft": 85.88,
+    "voting_hard": 85.06,
+    "voting_single": 83.76,
+    "voting_split2": 85.31,
+    "voting_split3": 85.31,
+}
+
+
+def _voting_claims() -> list[Claim]:
+    names = {
+        "voting_soft": "soft voting",
+        "voting_hard": "hard voting",
+        "voting_single": "whole face",
+        "voting_split2": "crops after module 2",
+        "voting_split3": "crops after module 3",
+    }
+
+    def m(run: str) -> Measure:
+        return Measure(run, ("x1",), name=names[run])
+
+    def c(a: str, b: str, text: str) -> Claim:
+        return Claim(PAPER_VOTING, "Table 3", text, m(a), m(b), VOTING_T3[a], VOTING_T3[b])
+
+    return [
+        c("voting_soft", "voting_hard", "soft voting >= hard voting (crops after module 1)"),
+        c("voting_hard", "voting_single", "hard voting (module 1) >= a single whole-face network"),
+        c("voting_soft", "voting_single", "soft voting (module 1) >= a single whole-face network"),
+        c("voting_soft", "voting_split2", "the paper's split (module 1) >= crops after module 2 (soft)"),
+        c("voting_soft", "voting_split3", "the paper's split (module 1) >= crops after module 3 (soft)"),
+    ]
+
+
+#: Every claim the findings table checks, in table order.
+CLAIMS: tuple[Claim, ...] = (
+    *_drgfer_claims(),
+    *_fsrfer_claims(),
+    *_gmenet_claims(),
+    *_efc_claims(),
+    *_voting_claims(),
+)
+
+
+# -- the verdict ---------------------------------------------------------------------------------------------
+def verdict(diff: float, se: float, margin: float = 0.0) -> str:
+    """:data:`RULE`: ``holds`` when ``diff - margin > 2 se``, ``contradicted`` when ``< -2 se``, else
+    ``inconclusive`` (also when ``se`` is not finite: fewer than 2 seeds)."""
+    excess = diff - margin  # with se = inf or diff = nan neither comparison below is true
+    if excess > SE_FACTOR * se:
+        return HOLDS
+    if excess < -SE_FACTOR * se:
+        return CONTRADICTED
+    return INCONCLUSIVE
+
+
+def _std(values: Sequence[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else float("nan")
+
+
+def difference(a: dict[int, float], b: dict[int, float], paired: bool) -> tuple[float, float, int]:
+    """Mean difference ``A - B`` over seeds and its standard error (paired over the seeds both have, else
+    Welch's); ``se`` is ``inf`` with fewer than 2 seeds."""
+    if paired:
+        seeds = sorted(set(a) & set(b))
+        diffs = [a[s] - b[s] for s in seeds]
+        if not diffs:
+            return float("nan"), float("inf"), 0
+        se = _std(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else float("inf")
+        return statistics.fmean(diffs), se, len(diffs)
+    if not a or not b:
+        return float("nan"), float("inf"), 0
+    va, vb = list(a.values()), list(b.values())
+    diff = statistics.fmean(va) - statistics.fmean(vb)
+    if len(va) < 2 or len(vb) < 2:
+        return diff, float("inf"), min(len(va), len(vb))
+    se = math.sqrt(_std(va) ** 2 / len(va) + _std(vb) ** 2 / len(vb))
+    return diff, se, min(len(va), len(vb))
+
+
+# -- the measurements ----------------------------------------------------------------------------------------
+def measure_values(measure: Measure, metrics: dict[str, dict[int, dict]]) -> dict[int, float]:
+    """Per seed: the measure in accuracy points, from ``metrics[run][seed]`` (``metrics.json`` dicts).
+    A seed counts only when every run and key of the measure has it."""
+    per_source: list[dict[int, float]] = []
+    for run, key in measure.sources():
+        values = {}
+        for seed, m in metrics.get(run, {}).items():
+            test = m.get("test", {})
+            cells = [test.get(label, {}).get(key) for label in measure.labels]
+            if all(c is not None for c in cells):
+                values[seed] = 100.0 * statistics.fmean(float(c) for c in cells)
+        per_source.append(values)
+    seeds = set.intersection(*(set(v) for v in per_source)) if per_source else set()
+    return {s: max(v[s] for v in per_source) for s in sorted(seeds)}
+
+
+@dataclass
+class ClaimResult:
+    claim: Claim
+    a: dict[int, float]
+    b: dict[int, float]
+    diff: float
+    se: float
+    n: int
+    verdict: str
+    note: str = ""
+
+    @property
+    def measured(self) -> bool:
+        return bool(self.a) and bool(self.b)
+
+
+def evaluate_claim(claim: Claim, metrics: dict[str, dict[int, dict]], note: str = "") -> ClaimResult:
+    a = measure_values(claim.a, metrics)
+    b = measure_values(claim.b, metrics)
+    paired = claim.a.runs() == claim.b.runs() and len(claim.a.runs()) == 1
+    diff, se, n = difference(a, b, paired)
+    note = note or claim.note
+    if claim.params:
+        note = " ".join(filter(None, [note, params_note(claim, metrics)]))
+    return ClaimResult(claim, a, b, diff, se, n, verdict(diff, se, claim.margin), note)
+
+
+def params_note(claim: Claim, metrics: dict[str, dict[int, dict]]) -> str:
+    """Our parameter counts of A's and B's runs (from any seed's ``metrics.json``), or "" when not run."""
+    counts = []
+    for run in (claim.a.run, claim.b.run):
+        found = [m["num_params"] for m in metrics.get(run, {}).values() if "num_params" in m]
+        if not found:
+            return ""
+        counts.append(found[0])
+    return f"Ours: {counts[0]:,} against {counts[1]:,} parameters (1/{counts[1] / counts[0]:.0f})."
+
+
+# -- the protocol and the run folders ------------------------------------------------------------------------
+PROTOCOL_KEYS = {"fraction", "seeds", "common", "runs", "quick"}
+
+
+def load_findings_protocol(path: str | Path) -> dict:
+    """The findings protocol (``experiments/findings/protocol.yaml``) as a dict, its keys checked."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"protocol file {path} not found: pass --protocol experiments/findings/protocol.yaml")
+    protocol = OmegaConf.to_container(OmegaConf.load(path))
+    unknown, missing = set(protocol) - PROTOCOL_KEYS, PROTOCOL_KEYS - set(protocol)
+    if unknown or missing:
+        raise UserError(f"{path}: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}")
+    if not 0 < float(protocol["fraction"]) <= 1:
+        raise UserError(f"{path}: fraction must be in (0, 1], got {protocol['fraction']}")
+    for name, spec in protocol["runs"].items():
+        if not spec.get("overrides"):
+            raise UserError(f"{path}: run {name} has no overrides")
+        if not spec.get("paper_epochs"):
+            raise UserError(f"{path}: run {name} has no paper_epochs (the scaling rule needs them)")
+    unknown_quick = set(protocol["quick"]["runs"]) - set(protocol["runs"])
+    if unknown_quick:
+        raise UserError(f"{path}: quick runs {sorted(unknown_quick)} are not in runs")
+    return protocol
+
+
+def scaled_overrides(spec: dict, fraction: float) -> list[str]:
+    """The scaling rule: every ``paper_epochs`` key at ``ceil(fraction * paper's epochs)`` (at least 1),
+    every ``paper_scale`` key at ``fraction * paper's value``."""
+    out = [f"{k}={max(1, math.ceil(fraction * float(v) - 1e-9))}" for k, v in spec["paper_epochs"].items()]
+    out += [f"{k}={fraction * float(v):g}" for k, v in spec.get("paper_scale", {}).items()]
+    return out
+
+
+#: The composed config sections that say what a run trains: a change of their defaults (a method option's
+#: new default, say) is another run, even with the same overrides.
+TRAINED_SECTIONS = ("method", "model", "degrade", "augment")
+
+
+def run_key(overrides: Iterable[str]) -> str:
+    """A short hash of a run's overrides (order-free) and of the config sections they compose to
+    (:data:`TRAINED_SECTIONS`): its folder name's suffix."""
+    return _key(tuple(sorted(overrides)))
+
+
+@functools.cache
+def _key(overrides: tuple[str, ...]) -> str:  # composing takes a fraction of a second: once per run
+    cfg = compose_config(list(overrides))
+    trained = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in TRAINED_SECTIONS if k in cfg}
+    text = json.dumps({"overrides": list(overrides), "config": trained}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def run_folder(root: Path, run: str, seed: int, overrides: Sequence[str]) -> Path:
+    """``<root>/<run>/seed<k>-<hash of the overrides>``: another override, another folder."""
+    return root / run / f"seed{seed}-{run_key(overrides)}"
+
+
+def seed_of(folder: Path) -> int:
+    return int(folder.name.split("-")[0].removeprefix("seed"))
+
+
+#: The files of a finished run copied into the repository (small; never checkpoints).
+ARTEFACTS = ("metrics.json", ".hydra/config.yaml", ".hydra/overrides.yaml")
+
+
+def validation_history(run_dir: Path) -> list[dict]:
+    """``val_history`` of a run (stage, epoch, score per validated epoch): from its small
+    ``val_history.json`` copy, else from ``checkpoints/last.pt``."""
+    copy = run_dir / "val_history.json"
+    if copy.is_file():
+        return json.loads(copy.read_text())
+    last = run_dir / "checkpoints" / "last.pt"
+    if not last.is_file():
+        return []
+    import torch
+
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    return [
+        {"stage": e["stage"], "epoch": int(e["epoch"]), "score": float(e["score"])}
+        for e in state.get("val_history", [])
+    ]
+
+
+def copy_artefacts(run_dir: Path, dest: Path) -> bool:
+    """Copy a finished run's small files (:data:`ARTEFACTS` and ``val_history.json``) to ``dest``; returns
+    whether anything was copied (a finished copy already there is left alone). Written to a temporary
+    folder first and renamed, so a copy is never half there."""
+    if not (run_dir / "metrics.json").is_file() or (dest / "metrics.json").is_file():
+        return False
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for name in ARTEFACTS:
+        src = run_dir / name
+        if src.is_file():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, tmp / name)
+    (tmp / "val_history.json").write_text(json.dumps(validation_history(run_dir), indent=1) + "\n")
+    if dest.exists():  # an unfinished copy without metrics.json
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+    return True
+
+
+@dataclass
+class RunRecord:
+    """A finished run found for a protocol entry and seed."""
+
+    run: str
+    seed: int
+    folder: Path
+    metrics: dict
+    history: list[dict] = field(default_factory=list)
+
+
+def load_records(root: Path, wanted: dict[tuple[str, int], list[str]]) -> list[RunRecord]:
+    """The finished runs below ``root`` of ``wanted`` ((run, seed) -> overrides): only the folder whose
+    overrides hash matches (other folders hold runs of other overrides)."""
+    records = []
+    for (run, seed), overrides in wanted.items():
+        folder = run_folder(root, run, seed, overrides)
+        metrics_file = folder / "metrics.json"
+        if metrics_file.is_file():
+            records.append(
+                RunRecord(run, seed, folder, json.loads(metrics_file.read_text()), validation_history(folder))
+            )
+    return records
+
+
+def metrics_by_run(records: Iterable[RunRecord]) -> dict[str, dict[int, dict]]:
+    out: dict[str, dict[int, dict]] = {}
+    for r in records:
+        out.setdefault(r.run, {})[r.seed] = r.metrics
+    return out
+
+
+# -- convergence ---------------------------------------------------------------------------------------------
+LAST_FRACTION = 0.2  # "flat over the last 20 % of epochs"
+
+
+@dataclass
+class Convergence:
+    """Per run and stage: the validation score's change over the last 20 % of epochs (each seed) against
+    the seed noise (the standard deviation over seeds of the final score)."""
+
+    run: str
+    stage: str
+    epochs: int
+    changes: list[float]  # per seed, in accuracy points: score(E) - score(E - window)
+    noise: float  # std over seeds of the final score, points (nan with one seed)
+
+    @property
+    def converged(self) -> bool | None:
+        if not self.changes or not math.isfinite(self.noise):
+            return None
+        return all(abs(c) <= self.noise for c in self.changes)
+
+
+def stage_curves(history: list[dict]) -> dict[str, list[tuple[int, float]]]:
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for e in history:
+        curves.setdefault(e["stage"], []).append((int(e["epoch"]), 100.0 * float(e["score"])))
+    return {s: sorted(v) for s, v in curves.items()}
+
+
+def convergence(records: list[RunRecord]) -> list[Convergence]:
+    """One :class:`Convergence` per (run, stage) of ``records``."""
+    by_stage: dict[tuple[str, str], list[list[tuple[int, float]]]] = {}
+    for r in records:
+        for stage, curve in stage_curves(r.history).items():
+            by_stage.setdefault((r.run, stage), []).append(curve)
+    out = []
+    for (run, stage), curves in by_stage.items():
+        changes, finals = [], []
+        epochs = max(c[-1][0] for c in curves)
+        for curve in curves:
+            window = max(1, math.ceil(LAST_FRACTION * len(curve)))
+            if len(curve) > window:
+                changes.append(curve[-1][1] - curve[-1 - window][1])
+            finals.append(curve[-1][1])
+        out.append(Convergence(run, stage, epochs, changes, _std(finals)))
+    return out
+
+
+# -- the table -----------------------------------------------------------------------------------------------
+def _ms(values: dict[int, float]) -> str:
+    if not values:
+        return "not run yet"
+    v = list(values.values())
+    return f"{statistics.fmean(v):.1f} ± {_std(v):.1f}" if len(v) > 1 else f"{v[0]:.1f} (1 seed)"
+
+
+def _paper(x: float | None) -> str:
+    return "" if x is None else f"{x:.2f}"
+
+
+def _diff(r: ClaimResult) -> str:
+    if not r.measured:
+        return ""
+    se = f" ± {r.se:.1f}" if math.isfinite(r.se) else ""
+    return f"{r.diff:+.1f}{se}"
+
+
+def claim_rows(results: list[ClaimResult]) -> list[dict]:
+    rows = []
+    for r in results:
+        c = r.claim
+        rows.append(
+            {
+                "paper": c.paper,
+                "table": c.table,
+                "claim": c.text,
+                "a": c.a.name,
+                "b": c.b.name,
+                "margin": c.margin,
+                "paper_a": c.paper_a,
+                "paper_b": c.paper_b,
+                "a_mean": statistics.fmean(r.a.values()) if r.a else None,
+                "a_std": _std(list(r.a.values())) if len(r.a) > 1 else None,
+                "b_mean": statistics.fmean(r.b.values()) if r.b else None,
+                "b_std": _std(list(r.b.values())) if len(r.b) > 1 else None,
+                "diff": r.diff if r.measured else None,
+                "se": r.se if r.measured and math.isfinite(r.se) else None,
+                "seeds": r.n,
+                "verdict": r.verdict if r.measured else "not run yet",
+                "note": r.note,
+            }
+        )
+    return rows
+
+
+def write_findings(
+    results: list[ClaimResult],
+    conv: list[Convergence],
+    out_dir: Path,
+    stem: str,
+    title: str,
+    notes: list[str],
+) -> Path:
+    """``<stem>.md``, ``<stem>.csv`` and ``<stem>.png`` under ``out_dir``; returns the markdown path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    head = ["paper", "table", "claim (A vs B)", "paper's A / B", "ours A", "ours B", "A - B ± se", "seeds"]
+    head += ["verdict", "note"]
+    lines = [f"# {title}", "", RULE, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        c = r.claim
+        margin = f" (margin {c.margin:+g})" if c.margin else ""
+        cells = [
+            c.paper,
+            c.table,
+            f"{c.text}: {c.a.name} vs {c.b.name}{margin}",
+            f"{_paper(c.paper_a) or '-'} / {_paper(c.paper_b) or '-'} (paper's)",
+            _ms(r.a),
+            _ms(r.b),
+            _diff(r),
+            str(r.n),
+            f"**{r.verdict}**" if r.measured else "not run yet",
+            r.note,
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Accuracy in % on the test split of the SYNTHETIC faces, mean ± std over seeds.", ""]
+    lines += ["## Convergence", "", _convergence_text(conv), ""]
+    lines += ["## Provenance", "", *notes, ""]
+    md = out_dir / f"{stem}.md"
+    md.write_text("\n".join(lines))
+    rows = claim_rows(results)
+    with (out_dir / f"{stem}.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["claim"])
+        writer.writeheader()
+        writer.writerows(rows)
+    plot_findings(results, out_dir / f"{stem}.png", title)
+    return md
+
+
+def _convergence_text(conv: list[Convergence]) -> str:
+    if not conv:
+        return "No validation curve yet."
+    lines = [
+        "Each stage's validation score over its last 20 % of epochs (per seed: final minus the score 20 % of "
+        "the epochs earlier) against the seed noise (std over seeds of the final score). Curves: "
+        "`curves/<run>.png`.",
+        "",
+        "| run | stage | epochs | change over the last 20 % (points, per seed) | seed noise | flat |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in conv:
+        flat = {True: "yes", False: "**no**", None: "n/a (1 seed)"}[c.converged]
+        changes = ", ".join(f"{x:+.1f}" for x in c.changes)
+        noise = f"{c.noise:.1f}" if math.isfinite(c.noise) else "n/a"
+        lines.append(f"| {c.run} | {c.stage} | {c.epochs} | {changes} | {noise} | {flat} |")
+    return "\n".join(lines)
+
+
+def plot_findings(results: list[ClaimResult], path: Path, title: str) -> None:
+    """One bar per claim: ``A - B - margin`` (points) with its 2-standard-error bar, coloured by verdict."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {HOLDS: "tab:green", CONTRADICTED: "tab:red", INCONCLUSIVE: "tab:grey"}
+    shown = [r for r in results if r.measured]
+    fig, ax = plt.subplots(figsize=(9, 0.32 * max(len(results), 4) + 1.2))
+    for i, r in enumerate(results):
+        if not r.measured:
+            continue
+        err = SE_FACTOR * r.se if math.isfinite(r.se) else 0.0
+        ax.barh(i, r.diff - r.claim.margin, xerr=err, color=colours[r.verdict], capsize=2)
+    ax.set_yticks(range(len(results)))
+    ax.set_yticklabels([f"{r.claim.paper.split(' ')[0]} {r.claim.table}: {r.claim.text}" for r in results])
+    ax.tick_params(axis="y", labelsize=6)
+    ax.invert_yaxis()
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_xlabel("A - B - margin (accuracy points; bar: 2 standard errors; green holds, red contradicted)")
+    ax.set_title(f"{title} ({len(shown)} of {len(results)} claims measured)", fontsize=9)
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_curves(records: list[RunRecord], out_dir: Path) -> list[Path]:
+    """One PNG per run name (``<out_dir>/<run>.png``): every stage's validation score per epoch, one line
+    per seed, the last 20 % of epochs shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    by_run: dict[str, list[RunRecord]] = {}
+    for r in records:
+        if r.history:
+            by_run.setdefault(r.run, []).append(r)
+    paths = []
+    for run, recs in sorted(by_run.items()):
+        stages = list(dict.fromkeys(e["stage"] for r in recs for e in r.history))
+        fig, axes = plt.subplots(1, len(stages), figsize=(3.2 * len(stages) + 1, 3.2), squeeze=False)
+        for ax, stage in zip(axes[0], stages):
+            for r in sorted(recs, key=lambda r: r.seed):
+                curve = stage_curves(r.history).get(stage, [])
+                if curve:
+                    ax.plot([e for e, _ in curve], [s for _, s in curve], marker=".", label=f"seed {r.seed}")
+            epochs = max((e["epoch"] for r in recs for e in r.history if e["stage"] == stage), default=1)
+            ax.axvspan(epochs - LAST_FRACTION * epochs, epochs, color="grey", alpha=0.15)
+            ax.set_title(stage, fontsize=8)
+            ax.set_xlabel("epoch")
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel("validation score (%)")
+        axes[0][0].legend(fontsize=7)
+        fig.suptitle(f"{run}: validation curves (SYNTHETIC faces)", fontsize=9)
+        fig.tight_layout()
+        path = out_dir / f"{run}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+# -- planning and provenance ---------------------------------------------------------------------------------
+def plan_runs(
+    protocol: dict, runs: Sequence[str], seeds: int, extra: Sequence[str] = ()
+) -> dict[tuple[str, int], list[str]]:
+    """(run, seed) -> the run's overrides: the protocol's common ones, the run's own, its scaled epochs,
+    ``extra`` (the command line's, which win) and its seed; in training order (run by run)."""
+    from lrfer.config.compose import merge_overrides
+
+    unknown = [r for r in runs if r not in protocol["runs"]]
+    if unknown:
+        raise UserError(f"unknown run(s) {unknown}: the protocol has {', '.join(protocol['runs'])}")
+    fraction = float(protocol["fraction"])
+    plan = {}
+    for run in runs:
+        spec = protocol["runs"][run]
+        for seed in range(seeds):
+            scaled = scaled_overrides(spec, fraction)
+            plan[(run, seed)] = merge_overrides(
+                protocol["common"], spec["overrides"], scaled, extra, [f"seed={seed}"]
+            )
+    return plan
+
+
+def claims_for(runs: Iterable[str]) -> list[Claim]:
+    """The claims every run of which is in ``runs`` (all of them for the full protocol)."""
+    have = set(runs)
+    return [c for c in CLAIMS if c.runs() <= have]
+
+
+def provenance_lines(records: list[RunRecord], calls: list[dict], fraction: float) -> list[str]:
+    """Lines under the table: budget, commands and dates, machines, torch and generator versions, CPU time."""
+    torch_versions = sorted({r.metrics.get("environment", {}).get("torch", "?") for r in records})
+    generators = sorted(
+        {str(r.metrics.get("dataset_info", {}).get("generator_version", "?")) for r in records}
+    )
+    cpu = [r.metrics["cpu_s"] for r in records if "cpu_s" in r.metrics]
+    wall = [r.metrics.get("duration_s", 0.0) for r in records]
+    lines = [
+        f"Budget: every stage at {fraction:g} of its paper's epochs (experiments/findings/protocol.yaml).",
+        f"Runs: {len(records)} finished; torch {', '.join(torch_versions) or '-'}; synthetic-face generator "
+        f"v{', v'.join(generators) or '-'}.",
+        f"**Total CPU time of the runs: {duration(sum(cpu))}** over {len(cpu)} run(s) that record it "
+        f"(metrics.json cpu_s); their wall time {duration(sum(wall))}.",
+    ]
+    for c in calls:
+        lines.append(
+            f"- {c.get('date', '?')}: `{c.get('command', '?')}` (code {c.get('code', '?')}) on "
+            f"{c.get('machine', '?')}: {c.get('runs_trained', 0)} of {c.get('runs_planned', '?')} run(s) "
+            f"trained so far, wall {duration(c.get('wall_s', 0))}, CPU {duration(c.get('cpu_s', 0))}"
+        )
+    return lines
+
+
+def duration(seconds: float) -> str:
+    """Seconds as minutes below two hours, else hours."""
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.2f} h"
+
+
+def previous_calls(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    try:
+        return list(json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError) as err:
+        raise UserError(
+            f"{path} is not a JSON list ({err}): remove it to start its call history anew"
+        ) from None

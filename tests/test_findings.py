@@ -1,0 +1,254 @@
+"""The papers' findings (scripts/findings.py, lrfer.report.findings): one verdict rule, resumable runs."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pytest
+from conftest import run_cli
+
+from lrfer.errors import UserError
+from lrfer.report.findings import (
+    CLAIMS,
+    CONTRADICTED,
+    HOLDS,
+    INCONCLUSIVE,
+    Claim,
+    Measure,
+    RunRecord,
+    convergence,
+    copy_artefacts,
+    difference,
+    evaluate_claim,
+    load_findings_protocol,
+    measure_values,
+    plan_runs,
+    run_folder,
+    scaled_overrides,
+    verdict,
+)
+
+PROTOCOL = "experiments/findings/protocol.yaml"
+
+
+# -- the verdict rule, on hand-made numbers ------------------------------------------------------------------
+def test_verdict_holds_when_the_papers_sign_is_beyond_two_standard_errors():
+    assert verdict(2.1, 1.0) == HOLDS
+
+
+def test_verdict_is_contradicted_when_the_opposite_sign_is_beyond_two_standard_errors():
+    assert verdict(-2.1, 1.0) == CONTRADICTED
+
+
+def test_verdict_is_inconclusive_within_two_standard_errors_either_way():
+    assert verdict(1.9, 1.0) == INCONCLUSIVE
+    assert verdict(-1.9, 1.0) == INCONCLUSIVE
+
+
+def test_verdict_is_inconclusive_without_a_standard_error():
+    assert verdict(50.0, math.inf) == INCONCLUSIVE
+
+
+def test_verdict_measures_the_difference_from_the_margin():
+    # "A within 1 point of B": A - B = -0.5 with se 0.1 is 0.5 above the margin of -1
+    assert verdict(-0.5, 0.1, margin=-1.0) == HOLDS
+    assert verdict(-1.5, 0.1, margin=-1.0) == CONTRADICTED
+
+
+def _metrics(accs: dict[str, list[float]], key: str = "acc") -> dict[str, dict[int, dict]]:
+    return {
+        run: {seed: {"test": {"x1": {key: a / 100}}} for seed, a in enumerate(values)}
+        for run, values in accs.items()
+    }
+
+
+def _claim(margin: float = 0.0) -> Claim:
+    return Claim("P", "T1", "A > B", Measure("a", ("x1",)), Measure("b", ("x1",)), 90.0, 80.0, margin)
+
+
+def test_three_seeds_give_each_verdict():
+    assert evaluate_claim(_claim(), _metrics({"a": [80, 81, 82], "b": [70, 71, 72]})).verdict == HOLDS
+    assert evaluate_claim(_claim(), _metrics({"a": [70, 71, 72], "b": [80, 81, 82]})).verdict == CONTRADICTED
+    assert evaluate_claim(_claim(), _metrics({"a": [70, 80, 90], "b": [75, 80, 85]})).verdict == INCONCLUSIVE
+
+
+def test_welch_standard_error_of_two_runs():
+    diff, se, n = difference({0: 80.0, 1: 82.0, 2: 84.0}, {0: 70.0, 1: 71.0, 2: 72.0}, paired=False)
+    assert diff == pytest.approx(11.0)
+    assert se == pytest.approx(math.sqrt(4 / 3 + 1 / 3))
+    assert n == 3
+
+
+def test_paired_standard_error_uses_the_per_seed_differences():
+    # the per-seed differences are 1, 1, 1: no spread, although each side varies a lot
+    diff, se, _ = difference({0: 60.0, 1: 80.0, 2: 90.0}, {0: 59.0, 1: 79.0, 2: 89.0}, paired=True)
+    assert diff == pytest.approx(1.0) and se == pytest.approx(0.0)
+
+
+def test_a_claim_within_one_run_is_paired():
+    claim = Claim("P", "T", "r > o", Measure("d", ("x1",), "acc_r"), Measure("d", ("x1",), "acc_o"), 1, 0)
+    rows = {s: {"x1": {"acc_r": a / 100, "acc_o": (a - 1) / 100}} for s, a in enumerate([60, 80, 90])}
+    metrics = {"d": {s: {"test": row} for s, row in rows.items()}}
+    assert evaluate_claim(claim, metrics).verdict == HOLDS  # unpaired, the spread would hide the 1 point
+
+
+def test_a_measure_with_alternatives_is_the_best_of_them_per_seed():
+    m = Measure("d", ("x1",), "acc_x2", alternatives=(("d", "acc_x4"),))
+    rows = {0: {"acc_x2": 0.5, "acc_x4": 0.7}, 1: {"acc_x2": 0.9, "acc_x4": 0.1}}
+    metrics = {"d": {s: {"test": {"x1": row}} for s, row in rows.items()}}
+    assert measure_values(m, metrics) == {0: pytest.approx(70.0), 1: pytest.approx(90.0)}
+
+
+def test_a_params_claim_notes_our_parameter_counts():
+    claim = Claim("P", "T", "a ~ b", Measure("a", ("x1",)), Measure("b", ("x1",)), 1, 1, params=True)
+    metrics = {"a": {0: {"num_params": 500, "test": {}}}, "b": {0: {"num_params": 11000, "test": {}}}}
+    assert "500 against 11,000 parameters (1/22)" in evaluate_claim(claim, metrics).note
+
+
+def test_a_measure_averages_its_labels():
+    m = Measure("r", ("x1", "x2"))
+    metrics = {"r": {0: {"test": {"x1": {"acc": 0.8}, "x2": {"acc": 0.6}}}}}
+    assert measure_values(m, metrics) == {0: pytest.approx(70.0)}
+
+
+# -- the registry and the protocol ---------------------------------------------------------------------------
+def test_every_claim_of_the_issue_is_registered_and_measured_by_protocol_runs():
+    protocol = load_findings_protocol(PROTOCOL)
+    tables = {(c.paper.split(" ")[0], c.table) for c in CLAIMS}
+    assert tables >= {
+        ("DRGFER", "Table 1"),
+        ("DRGFER", "Table 3"),
+        ("FSR-FER", "Table 1"),
+        ("FSR-FER", "Table 2"),
+        ("GME-Net", "Table 4"),
+        ("EFC", "Table 1"),
+        ("Residual", "Table 3"),
+    }
+    for claim in CLAIMS:
+        assert claim.runs() <= set(protocol["runs"]), claim.text
+
+
+def test_one_scaling_rule_a_fraction_of_the_papers_epochs_rounded_up():
+    spec = {"paper_epochs": {"a": 80, "b": 50, "c": 5}, "paper_scale": {"method.s": 1.0}}
+    assert scaled_overrides(spec, 0.125) == ["a=10", "b=7", "c=1", "method.s=0.125"]
+
+
+def test_a_changed_override_is_another_run_folder(tmp_path):
+    a = run_folder(tmp_path, "efc", 0, ["method=efc", "seed=0"])
+    assert a == run_folder(tmp_path, "efc", 0, ["seed=0", "method=efc"])  # order-free
+    assert a != run_folder(tmp_path, "efc", 0, ["method=efc", "seed=0", "dataset.num_train=10"])
+
+
+def test_a_changed_default_of_the_trained_config_is_another_run_folder(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    import lrfer.report.findings as findings
+
+    before = run_folder(tmp_path, "efc", 0, ["method=efc"])
+    monkeypatch.setattr(findings, "compose_config", lambda o: OmegaConf.create({"method": {"epochs": -1}}))
+    findings._key.cache_clear()
+    assert run_folder(tmp_path, "efc", 0, ["method=efc"]) != before
+
+
+def test_plan_gives_every_run_its_seed_and_scaled_epochs():
+    protocol = load_findings_protocol(PROTOCOL)
+    plan = plan_runs(protocol, ["drgfer"], 3, ["trainer.max_epochs=1"])
+    assert sorted(plan) == [("drgfer", 0), ("drgfer", 1), ("drgfer", 2)]
+    assert "seed=2" in plan[("drgfer", 2)] and "method.epochs=10" in plan[("drgfer", 0)]
+    assert "trainer.max_epochs=1" in plan[("drgfer", 0)]
+    with pytest.raises(UserError):
+        plan_runs(protocol, ["no_such_run"], 1)
+
+
+# -- convergence and artefacts -------------------------------------------------------------------------------
+def _record(seed: int, scores: list[float]) -> RunRecord:
+    history = [{"stage": "train", "epoch": i + 1, "score": s} for i, s in enumerate(scores)]
+    return RunRecord("r", seed, None, {}, history)
+
+
+def test_a_curve_flat_within_seed_noise_over_its_last_fifth_is_converged():
+    flat = [_record(0, [0.5, 0.7, 0.8, 0.8, 0.81]), _record(1, [0.5, 0.7, 0.78, 0.85, 0.85])]
+    (c,) = convergence(flat)
+    assert c.changes == [pytest.approx(1.0), pytest.approx(0.0)] and c.converged is True
+
+
+def test_a_curve_still_climbing_over_its_last_fifth_is_not_converged():
+    climbing = [_record(0, [0.3, 0.4, 0.5, 0.6, 0.7]), _record(1, [0.3, 0.4, 0.5, 0.6, 0.71])]
+    (c,) = convergence(climbing)
+    assert c.converged is False
+
+
+def test_copy_keeps_the_small_files_and_never_a_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / "checkpoints").mkdir()
+    (run / "metrics.json").write_text("{}")
+    (run / ".hydra" / "config.yaml").write_text("a: 1\n")
+    (run / ".hydra" / "overrides.yaml").write_text("- a=1\n")
+    (run / "checkpoints" / "last.pt").write_bytes(b"not read: val_history.json is there")
+    (run / "val_history.json").write_text(json.dumps([{"stage": "train", "epoch": 1, "score": 0.5}]))
+    dest = tmp_path / "copy"
+    assert copy_artefacts(run, dest)
+    assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()) == [
+        ".hydra/config.yaml",
+        ".hydra/overrides.yaml",
+        "metrics.json",
+        "val_history.json",
+    ]
+    assert not copy_artefacts(run, dest)  # a finished copy is left alone
+
+
+# -- the script, end to end (quick mode) ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("findings")
+    args = ["scripts/findings.py", "--quick", "--out", str(tmp / "out"), f"paths.cache_dir={tmp / 'cache'}"]
+    proc = run_cli(args)
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
+    return tmp, args, proc
+
+
+def test_quick_mode_writes_the_table_plot_curves_and_run_copies(quick):
+    tmp, _, proc = quick
+    results = tmp / "out" / "results"
+    for name in ("synthetic.md", "synthetic.csv", "synthetic.png", "calls.json"):
+        assert (results / name).is_file(), name
+    assert {p.name for p in (results / "curves").iterdir()} == {"efc_32px.png", "resnet18_32px.png"}
+    copies = sorted(p.parent.parent.name for p in (results / "runs").glob("*/*/metrics.json"))
+    assert copies == ["efc_32px", "resnet18_32px"]
+    assert not list((results / "runs").rglob("*.pt"))
+    md = (results / "synthetic.md").read_text()
+    assert "SYNTHETIC" in md and "not converged" in md and "EFC within 1 point" in md
+    assert "Total CPU time of the runs" in md and "torch" in md and "generator v3" in md
+    for metrics_file in (results / "runs").glob("*/*/metrics.json"):
+        assert json.loads(metrics_file.read_text())["cpu_s"] > 0  # the run's own CPU seconds
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["runs_trained_this_call"] == 2 and summary["failed"] == []
+
+
+def test_quick_mode_reuses_finished_runs_and_trains_a_changed_override_anew(quick):
+    tmp, args, _ = quick
+    efc = next((tmp / "out" / "runs" / "efc_32px").glob("seed0-*/metrics.json"))
+    before = efc.stat().st_mtime_ns
+    proc = run_cli(args)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["runs_trained_this_call"] == 0
+    assert efc.stat().st_mtime_ns == before
+    changed = run_cli([*args, "dataset.num_test=27", "--runs", "efc_32px"])
+    assert changed.returncode == 0, changed.stderr[-2000:]
+    assert json.loads(changed.stdout.strip().splitlines()[-1])["runs_trained_this_call"] == 1
+    assert len(list((tmp / "out" / "runs" / "efc_32px").glob("seed0-*/metrics.json"))) == 2
+    assert efc.stat().st_mtime_ns == before  # the old run is still there, untouched
+
+
+def test_the_table_is_rebuilt_from_the_copies_alone(quick):
+    tmp, args, _ = quick
+    results = tmp / "out" / "results"
+    assert run_cli(args).returncode == 0  # the table of these runs, written with the run folders there
+    table = (results / "synthetic.csv").read_text()
+    shutil.rmtree(tmp / "out" / "runs")
+    proc = run_cli([*args, "--from-repo", "--results", str(results)])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (results / "synthetic.csv").read_text() == table
