@@ -523,7 +523,14 @@ class Trainer:
             stop = self.stop.agreed
             if schedule.due(last_of_stage=epoch + 1 == epochs, stop=stop):
                 self._save_last(si, epoch + 1, optimizers, schedulers, summary, whole=epoch + 1 == epochs)
-                schedule.done(self.writer.last_cost, trained_seconds / max(1, schedule.since))
+                per_epoch = trained_seconds / max(1, schedule.since)
+                schedule.done(self.writer.last_cost, per_epoch)
+                if self.writer.last_wait > schedule.budget * per_epoch * schedule.every:
+                    log.warning(
+                        "checkpoint waited %.2fs for the previous write: a slow disk; consider a larger "
+                        "trainer.checkpoint_every",
+                        self.writer.last_wait,
+                    )
                 trained_seconds = 0.0
             msg = " ".join(f"{k}={v:.4f}" for k, v in losses.items())
             log.info(
