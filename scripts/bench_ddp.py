@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""DDP scaling: training images/s of N processes x 1 thread against 1 process x 1 thread, same global batch.
+"""DDP scaling: training images/s of N processes x 1 thread against 1 process x 1 and x N threads, same global
+batch.
 
     python scripts/bench_ddp.py [--nproc 2] [--device cpu] [--method baseline] [--size 100]
                                 [--batch-size 64] [--steps 4] [--epochs 3] [--rounds 2]
@@ -9,12 +10,15 @@ loop (``Trainer._train_epoch``: batch assembly from the cached views x1/x2/x4, a
 backward, DDP all-reduce, optimiser step) on ``steps`` global batches of ``--batch-size`` per epoch: one
 warm-up epoch, then ``--epochs`` timed epochs (barrier before and after each). With N processes every
 rank trains on its own share (``batch-size / N``) of each global batch, so the same images are seen per
-epoch. The two configurations alternate for ``--rounds`` rounds; images/s = global images per epoch /
-median epoch time. On the CPU every process gets one intra-op thread (``OMP_NUM_THREADS=1``), so N
-processes use N cores; on CUDA (``--device cuda``) each process drives one GPU.
+epoch. The configurations alternate for ``--rounds`` rounds; images/s = global images per epoch /
+median epoch time. On the CPU every DDP process gets one intra-op thread (``OMP_NUM_THREADS=1``), so N
+processes use N cores; on CUDA (``--device cuda``) each process drives one GPU. The third configuration,
+1 process x N threads, is the best a single process can do with the same cores (CPU only).
 
-The last stdout line is JSON with ``ddp_speedup`` (the limit is N), both throughputs and the machine's
-load average before and after (other jobs on the machine depress the speed-up).
+The last stdout line is JSON with ``ddp_speedup`` (against 1 process x 1 thread; the limit is N),
+``speedup_vs_best_single`` (against the faster of 1 x 1 and 1 x N threads: what DDP gains over simply
+giving one process the cores), the throughputs and the machine's load average before and after (other jobs
+on the machine depress the speed-up).
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ def overrides(args, cache: str) -> list[str]:
         f"degrade.train=[{','.join(DEGRADATIONS)}]",
         f"trainer.batch_size={args.batch_size}",
         f"trainer.device={args.device}",
-        "trainer.num_threads=1",
+        f"trainer.num_threads={args.threads}",
         "trainer.progress=off",
         "logger=none",
         f"paths.cache_dir={cache}",
@@ -79,7 +83,7 @@ def worker(args) -> None:
     from lrfer.engine.run import build_parts
     from lrfer.engine.trainer import Trainer
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     cfg = compose_cfg(args, args.cache)
     parts = build_parts(cfg)  # joins the process group
     trainer = Trainer.from_config(cfg, parts.method, parts.datamodule, parts.device)
@@ -123,7 +127,7 @@ def worker(args) -> None:
     dist.cleanup()
 
 
-def launch(args, nproc: int, cache: str, out: Path) -> dict:
+def launch(args, nproc: int, cache: str, out: Path, threads: int = 1) -> dict:
     cmd = [
         sys.executable,
         "-m",
@@ -137,8 +141,10 @@ def launch(args, nproc: int, cache: str, out: Path) -> dict:
         "--cache",
         cache,
         *sys.argv[1:],
+        "--threads",
+        str(threads),
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         sys.exit(f"{nproc}-process run failed:\n{proc.stderr[-3000:]}")
@@ -155,6 +161,7 @@ def main() -> dict:
     parser.add_argument("--steps", type=int, default=4, help="global batches per epoch")
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per launch (after one warm-up)")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--cache", help=argparse.SUPPRESS)
@@ -165,24 +172,30 @@ def main() -> dict:
     if args.batch_size % args.nproc:
         sys.exit(f"--batch-size {args.batch_size} must be divisible by --nproc {args.nproc}")
     load_before = os.getloadavg()
-    speeds: dict[int, list[float]] = {1: [], args.nproc: []}
+    # (processes, threads per process)
+    configs = [(1, 1), (args.nproc, 1)] + ([(1, args.nproc)] if args.device == "cpu" else [])
+    speeds: dict[tuple[int, int], list[float]] = {c: [] for c in configs}
     with tempfile.TemporaryDirectory() as tmp:
         cache = str(Path(tmp) / "cache")
         from lrfer.engine.run import load_data
 
         load_data(compose_cfg(args, cache))  # build the synthetic cache once, before any rank reads it
         for r in range(args.rounds):
-            for nproc in (1, args.nproc):
-                row = launch(args, nproc, cache, Path(tmp) / f"r{r}_p{nproc}.json")
-                speeds[nproc].append(row["imgs_per_s"])
-                print(json.dumps({"round": r, "processes": nproc, **row}), flush=True)
+            for nproc, threads in configs:
+                row = launch(args, nproc, cache, Path(tmp) / f"r{r}_p{nproc}_t{threads}.json", threads)
+                speeds[(nproc, threads)].append(row["imgs_per_s"])
+                print(json.dumps({"round": r, "processes": nproc, "threads": threads, **row}), flush=True)
     import torch
 
-    one, many = round(statistics.median(speeds[1]), 2), round(statistics.median(speeds[args.nproc]), 2)
+    median = {c: round(statistics.median(v), 2) for c, v in speeds.items()}
+    one, many = median[(1, 1)], median[(args.nproc, 1)]
+    best_single = max(v for (nproc, _), v in median.items() if nproc == 1)
     summary = {
         "ddp_speedup": round(many / one, 3),
+        "speedup_vs_best_single": round(many / best_single, 3),
         "limit": args.nproc,
         "one_process_imgs_per_s": one,
+        "one_process_n_threads_imgs_per_s": median.get((1, args.nproc)),
         "ddp_imgs_per_s": many,
         "processes": args.nproc,
         "threads_per_process": 1,

@@ -29,7 +29,13 @@ first runs one untimed warm-up of K steps (views, allocator, cuDNN autotuning, t
 ``--optimizations`` times the trainer loop (a) again with each optimisation of the trainer and reports
 its speed relative to fp32 eager: bf16 autocast (``trainer.precision=bf16``), channels_last
 (``trainer.channels_last=true``), ``trainer.compile=true``, and all three together; the compile time
-(the warm-up minus a timed run) is reported separately. The last stdout line is JSON.
+(the warm-up minus a timed run) is reported separately.
+
+``--epoch`` measures whole epochs instead of K steps: ``Trainer.fit`` for ``--epochs`` epochs of the
+``--n-train`` faces with validation, TensorBoard logging and checkpoints on (``last.pt`` every epoch,
+``best.pt`` when validation improves, written by the background writer), and splits each epoch's time into
+training steps, validation and the training thread's checkpoint share; the first epoch (warm-up) is not
+counted. The last stdout line is JSON.
 """
 
 from __future__ import annotations
@@ -251,6 +257,69 @@ def bench(method: str, size: int, args, tmp: Path) -> dict:
     return row
 
 
+def epoch_bench(method: str, size: int, args, tmp: Path) -> dict:
+    """Median seconds of an epoch of ``Trainer.fit`` with validation, logging and checkpoints on, and
+    the parts of it: training steps, validation, the training thread's share of the checkpoints."""
+    from lrfer.engine.tblog import RunLogger
+
+    run = tmp / f"run-{method}-{size}"
+    cfg = compose_cfg(
+        method,
+        size,
+        args,
+        str(tmp / "cache"),
+        [f"trainer.max_epochs={args.epochs}", f"method.epochs={args.epochs}", "trainer.checkpoint_every=1"],
+    )
+    parts = build_parts(cfg)
+    logger = RunLogger(run, enabled=True)
+    trainer = Trainer.from_config(
+        cfg, parts.method, parts.datamodule, parts.device, run_dir=run, logger=logger
+    )
+    parts_s: dict[str, list[float]] = {"train": [], "val": [], "checkpoint": []}
+
+    def timed(name, fn):
+        def run_timed(*a, **k):
+            sync(parts.device)
+            t0 = time.perf_counter()
+            out = fn(*a, **k)
+            sync(parts.device)
+            parts_s[name].append(time.perf_counter() - t0)
+            return out
+
+        return run_timed
+
+    trainer._train_epoch = timed("train", trainer._train_epoch)
+    trainer.evaluate = timed("val", trainer.evaluate)
+    trainer._save_last = timed("checkpoint", trainer._save_last)
+    t0 = time.perf_counter()
+    trainer.fit()
+    total = time.perf_counter() - t0
+    logger.close()
+    n = len(parts_s["train"])
+    epochs = [sum(parts_s[k][i] for k in parts_s if i < len(parts_s[k])) for i in range(n)]
+    steady = slice(1, None) if n > 1 else slice(None)
+
+    def med(values):
+        return round(statistics.median(values[steady]), 4)
+
+    epoch_s = med(epochs)
+    return {
+        "method": method,
+        "input_size": size,
+        "batch_size": args.batch_size,
+        "n_train": args.n_train,
+        "epochs": n,
+        "fit_s": round(total, 2),
+        "epoch_s": epoch_s,
+        "train_steps_s": med(parts_s["train"]),
+        "val_s": med(parts_s["val"]),
+        "checkpoint_s": med(parts_s["checkpoint"]),
+        "checkpoint_share_of_epoch": round(med(parts_s["checkpoint"]) / epoch_s, 4),
+        "epoch_imgs_per_s": round(args.n_train / epoch_s, 2),
+        "checkpoint_mb": round((run / "checkpoints" / "last.pt").stat().st_size / 2**20, 2),
+    }
+
+
 def optimisation_ratios(method: str, size: int, args, cache: str, parts) -> dict:
     """Speed of the trainer loop with each optimisation relative to fp32 eager, same data, same machine."""
     base = ["dataset.on_device='true'", "trainer.precision=fp32", "trainer.channels_last='false'"]
@@ -288,6 +357,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--optimizations", action="store_true")
     parser.add_argument("--no-conventional", dest="conventional", action="store_false")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--epoch", action="store_true", help="time whole epochs (validation, logging, checkpoints)"
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=3, help="--epoch: epochs per run (the first is warm-up)"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -300,7 +375,7 @@ def main(argv: list[str] | None = None) -> dict:
                 print(json.dumps({"method": method, "skipped": f"no configs/method/{method}.yaml"}))
                 continue
             for size in args.sizes:
-                row = bench(method, size, args, Path(tmp))
+                row = (epoch_bench if args.epoch else bench)(method, size, args, Path(tmp))
                 results.append(row)
                 print(json.dumps(row), flush=True)
     device = resolve_device(args.device)
@@ -312,6 +387,7 @@ def main(argv: list[str] | None = None) -> dict:
         "threads": torch.get_num_threads(),
         "workers": args.workers,
         "torch": torch.__version__,
+        "mode": "epoch" if args.epoch else "steps",
         "steps": args.steps,
         "repeats": args.repeats,
         "n_train": args.n_train,
@@ -320,7 +396,9 @@ def main(argv: list[str] | None = None) -> dict:
         "wall_s": round(time.perf_counter() - t0, 1),
         "provenance": provenance(),
     }
-    if results:  # the first row's headline numbers at top level, for quick checks
+    if results and args.epoch:
+        summary["epoch_s"] = results[0]["epoch_s"]
+    elif results:  # the first row's headline numbers at top level, for quick checks
         for key in (
             "trainer_imgs_per_s",
             "model_only_imgs_per_s",

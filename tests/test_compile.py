@@ -124,3 +124,33 @@ def test_under_ddp_the_ddp_wrapped_method_is_compiled(tmp_path, recorder):
         assert trained <= recorder.params
     finally:
         tdist.destroy_process_group()
+
+
+@pytest.mark.slow  # 9 stages compiled under DDP (a gloo world of one process), ~30 s on 2 cores
+def test_every_one_of_nine_stages_runs_compiled_under_ddp(tmp_path, recorder):
+    """DDP + compile with 9 stages (DRGFER with 8 factors): dynamo's recompile limit (8 per code object:
+    the stage's training step is guarded on its stage) must not leave the last stage's step uncompiled."""
+    import torch._dynamo.utils as dynamo_utils
+    import torch.distributed as tdist
+
+    tdist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        _, _, trainer = _trainer(
+            tmp_path, "method._target_=toy_methods.ManyStages", "trainer.max_epochs=1", "dataset.num_train=32"
+        )
+        per_stage = []
+        real = trainer._train_epoch
+
+        def counted(si, stage, *args):
+            out = real(si, stage, *args)
+            limit = [k for k in dynamo_utils.counters["unimplemented"] if "recompile limit" in k]
+            per_stage.append((type(trainer.model).__name__, len(limit)))
+            return out
+
+        trainer._train_epoch = counted
+        trainer.fit()
+    finally:
+        tdist.destroy_process_group()
+    assert len(per_stage) == 9
+    assert all(kind == "OptimizedModule" for kind, _ in per_stage)
+    assert all(hits == 0 for _, hits in per_stage), f"recompile limit hit (stage, hits): {per_stage}"

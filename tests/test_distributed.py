@@ -26,6 +26,7 @@ from toy_methods import TwoStageToy
 
 from lrfer.data.degrade import parse_degradations
 from lrfer.engine import distributed as dist
+from lrfer.engine.syncbn import SumSyncBatchNorm
 from lrfer.methods.base import MethodContext
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
@@ -205,6 +206,6 @@ def test_sync_batchnorm_keeps_the_parameters_and_checkpoint_keys():
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Sequential(nn.Flatten(), nn.BatchNorm1d(4)))
     params, keys = [id(p) for p in net.parameters()], list(net.state_dict())
     assert dist.convert_sync_batchnorm([net]) == 2
-    assert isinstance(net[1], nn.SyncBatchNorm) and isinstance(net[2][1], nn.SyncBatchNorm)
+    assert isinstance(net[1], SumSyncBatchNorm) and isinstance(net[2][1], SumSyncBatchNorm)
     assert [id(p) for p in net.parameters()] == params and list(net.state_dict()) == keys
     assert dist.convert_sync_batchnorm([net]) == 0

@@ -105,6 +105,9 @@ class TwoStageToy(Method):
         logits = net(batch["image"])
         return {"logits": logits, "is_x1": (batch["factor"] == 1.0).float()}
 
+    def evaluation_values(self, stage=None):
+        return ("is_x1",)
+
 
 class Diverging(Method):
     def __init__(self, context: MethodContext, epochs: int = 1, **_) -> None:
@@ -116,3 +119,27 @@ class Diverging(Method):
 
     def predict(self, images, factor=None):
         return self.net(images)
+
+
+class ManyStages(Method):
+    """``stages`` stages, each training its own small network (like DRGFER's experts, one per stage)."""
+
+    def __init__(self, context: MethodContext, epochs: int = 1, stages: int = 9, **_) -> None:
+        super().__init__(context, epochs=epochs, label_smoothing=0.0)
+        self.nets = nn.ModuleList(TinyNet(context.num_classes) for _ in range(stages))
+
+    def stages(self):
+        return [Stage(f"s{i}", epochs=self.epochs, monitor=False) for i in range(len(self.nets))]
+
+    def _net(self, stage):
+        return self.nets[int(stage.name[1:])]
+
+    def stage_parameters(self, stage, step):
+        return self._net(stage).parameters()
+
+    def training_step(self, batch, stage, step):
+        logits = self._net(stage)(batch["image"])
+        return {"loss": self.classification_loss(logits, batch), "logits": logits.detach()}
+
+    def predict(self, images, factor=None):
+        return self.nets[-1](images)

@@ -134,6 +134,8 @@ class TrainerConfig:
     sync_bn: AutoBool = auto_bool()
     restore_best: bool = True
     val_every: int = 1
+    checkpoint_every: Any = "auto"
+    checkpoint_budget: float = 0.1
     log_every_n_steps: int = 10
     progress: AutoBool = auto_bool()
     progress_every_s: float | None = 60.0

@@ -122,6 +122,12 @@ def validate_config(cfg: DictConfig, *, warn: bool = True) -> list[str]:
     for key in ("batch_size", "eval_batch_size", "val_every", "log_every_n_steps"):
         c.at_least(t + key, 1, integer=True)
     c.at_least(t + "num_threads", 1, optional=True, integer=True)
+    c.check(
+        t + "checkpoint_every",
+        lambda v: str(v).lower() == "auto" or (str(v).isdigit() and int(v) >= 1),
+        "must be auto or a whole number of epochs >= 1",
+    )
+    c.above(t + "checkpoint_budget", 0)
     c.above(t + "progress_every_s", 0, optional=True)
     c.above(t + "grad_clip", 0, optional=True)
     c.choice(t + "precision", PRECISIONS)

@@ -92,9 +92,28 @@ def load_checkpoint(path: Path, require: Iterable[str] = ("method",)) -> dict[st
         problem = f"no {', '.join(repr(k) for k in missing)}"
     elif "method" in state and not isinstance(state["method"], dict):
         problem = f"a {type(state['method']).__name__} as its method weights"
+    elif state.get("method_base"):
+        return _with_method_base(state, path)
     else:
         return state
     raise UserError(f"{path} is not an lrfer checkpoint (it holds {problem}): give a run's best.pt/last.pt")
+
+
+def _with_method_base(state: dict[str, Any], path: Path) -> dict[str, Any]:
+    """A mid-stage ``last.pt`` holds only what its stage changes: the rest of the method comes from the
+    file it names (``stage_start.pt``, the whole method when that stage started)."""
+    base_path = path.parent / str(state["method_base"])
+    base = load_checkpoint(base_path, require=("method", "stage_index"))
+    if base["stage_index"] != state.get("stage_index"):
+        raise UserError(
+            f"{path} continues stage {state.get('stage_index')} but {base_path} is the start of stage "
+            f"{base['stage_index']}: the run folder was changed by hand; train into a new hydra.run.dir"
+        )
+    partial = state["method"]
+    state["method"] = {k: partial.get(k, v) for k, v in base["method"].items()}
+    state["method"].update({k: v for k, v in partial.items() if k not in state["method"]})
+    del state["method_base"]
+    return state
 
 
 def resolve_run_checkpoint(path: str | Path, what: str = "checkpoint") -> Path:

@@ -12,6 +12,7 @@ master address from ``submitit.helpers.TorchDistributedEnvironment`` when the jo
 
 from __future__ import annotations
 
+import inspect
 import os
 from datetime import timedelta
 
@@ -19,6 +20,7 @@ import torch
 import torch.distributed as tdist
 from torch import nn
 
+from lrfer.engine.syncbn import SumSyncBatchNorm
 from lrfer.errors import ProcessError
 
 
@@ -149,15 +151,19 @@ def trained_modules(root: nn.Module, params) -> list[nn.Module] | None:
 
 
 def convert_sync_batchnorm(modules: list[nn.Module]) -> int:
-    """Replace (in place) every BatchNorm inside ``modules`` by a SyncBatchNorm holding the same parameters
-    and running statistics (so checkpoints and optimisers are unaffected); returns how many."""
+    """Replace (in place) every BatchNorm inside ``modules`` by a synchronised one holding the same parameters
+    and running statistics (so checkpoints and optimisers are unaffected); returns how many.
+
+    The replacement is :class:`~lrfer.engine.syncbn.SumSyncBatchNorm` (one all-reduce per layer and pass,
+    no host wait), not torch's ``nn.SyncBatchNorm`` (an all-gather and a boolean mask per layer: a host
+    wait each, and a graph break under ``torch.compile``)."""
     count = 0
     for module in modules:
         for name, child in list(module.named_children()):
-            if isinstance(child, nn.SyncBatchNorm):
+            if isinstance(child, (nn.SyncBatchNorm, SumSyncBatchNorm)):
                 continue
             if isinstance(child, nn.modules.batchnorm._BatchNorm):
-                setattr(module, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
+                setattr(module, name, SumSyncBatchNorm.convert(child))
                 count += 1
             else:
                 count += convert_sync_batchnorm([child])
@@ -189,7 +195,31 @@ def wrap_stage(
     if sync_bn:
         convert_sync_batchnorm(modules)
     return nn.parallel.DistributedDataParallel(
-        StageModules(method, modules), device_ids=ids, find_unused_parameters=find_unused_parameters
+        StageModules(method, modules),
+        device_ids=ids,
+        find_unused_parameters=find_unused_parameters,
+        **_buffer_sync(needs_buffer_broadcast(modules)),
+    )
+
+
+def _buffer_sync(on: bool) -> dict[str, bool]:
+    """DDP's keyword for copying rank 0's buffers before every forward (``forward_sync_buffers`` in newer
+    torch, ``broadcast_buffers`` before; both keep the copy made when DDP is built)."""
+    params = inspect.signature(nn.parallel.DistributedDataParallel).parameters
+    return {"forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers": on}
+
+
+def needs_buffer_broadcast(modules: list[nn.Module]) -> bool:
+    """Whether DDP must copy rank 0's buffers to the others before every forward: only when a trained module
+    updates buffers per process (BatchNorm running statistics of a per-process BatchNorm). Synchronised
+    BatchNorms update theirs from the same all-reduced statistics on every rank, and other buffers (fixed
+    normalisation constants) never change, so their broadcasts (one per forward) would be wasted."""
+    return any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm)
+        and not isinstance(m, (nn.SyncBatchNorm, SumSyncBatchNorm))
+        and m.track_running_stats
+        for module in modules
+        for m in module.modules()
     )
 
 

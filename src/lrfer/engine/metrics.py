@@ -9,8 +9,20 @@ from lrfer.errors import UserError
 
 def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """(num_classes, num_classes) int64 counts, rows = true class, columns = predicted class."""
-    flat = labels.long() * num_classes + preds.long()
-    return torch.bincount(flat, minlength=num_classes * num_classes).view(num_classes, num_classes)
+    cm = torch.zeros(num_classes, num_classes, dtype=torch.long, device=preds.device)
+    return add_to_confusion_(cm, preds, labels)
+
+
+def add_to_confusion_(cm: torch.Tensor, preds: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Add the (label, prediction) pairs of a batch to the square count matrix ``cm``, in place.
+
+    A fixed-size ``scatter_add_``, not ``torch.bincount`` (which reads the input's range on the host: a
+    device synchronisation per batch on a GPU).
+    """
+    k = cm.shape[0]
+    flat = labels.long() * k + preds.long()
+    cm.view(-1).scatter_add_(0, flat, torch.ones_like(flat, dtype=cm.dtype))
+    return cm
 
 
 def metrics_from_confusion(cm: torch.Tensor) -> dict[str, float | int]:

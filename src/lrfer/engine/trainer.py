@@ -30,8 +30,10 @@ from lrfer.config.schema import parse_auto_bool, resolve_auto_bool
 from lrfer.data.degrade import Degradation, parse_degradations
 from lrfer.data.pipeline import FaceDataModule
 from lrfer.engine import distributed as dist
-from lrfer.engine.checkpoint import load_checkpoint, save_checkpoint
-from lrfer.engine.metrics import check_metric_name, confusion_matrix, metrics_from_confusion, named_metric
+from lrfer.engine.checkpoint import load_checkpoint
+from lrfer.engine.checkpoint_writer import STAGE_START, CheckpointSchedule, CheckpointWriter, stage_state_keys
+from lrfer.engine.deferred_log import DeferredScalars
+from lrfer.engine.metrics import add_to_confusion_, check_metric_name, metrics_from_confusion, named_metric
 from lrfer.engine.optim import (
     EpochScheduler,
     apply_resumed_settings,
@@ -39,6 +41,7 @@ from lrfer.engine.optim import (
     check_resumed_settings,
     step_settings,
 )
+from lrfer.engine.stop import StopRequest
 from lrfer.engine.tblog import RunLogger
 from lrfer.errors import ProcessError, UserError
 from lrfer.methods.base import Method, Stage
@@ -118,6 +121,20 @@ def compile_networks(networks, mode: str) -> None:
             setattr(net, name, torch.compile(bound, **kwargs))
 
 
+def pad_batch(batch: dict[str, torch.Tensor], rows: int) -> dict[str, torch.Tensor]:
+    """``batch`` with every per-sample tensor padded to ``rows`` rows by repeating its last row (the
+    outputs of the padding rows are dropped): every evaluation batch then has one shape."""
+    n = batch["label"].shape[0]
+    if n >= rows:
+        return batch
+    out = {}
+    for k, v in batch.items():
+        if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == n:
+            v = torch.cat([v, v[-1:].expand(rows - n, *v.shape[1:])])
+        out[k] = v
+    return out
+
+
 def resolve_device(name: str, key: str = "trainer.device") -> torch.device:
     """``auto`` | ``cpu`` | ``cuda`` | ``cuda:<i>`` as a device; ``key`` names the option in the messages."""
     if name == "auto":
@@ -195,11 +212,6 @@ class Trainer:
             cfg.monitor, [d.label for d in parse_degradations(self.val_degrade)], "trainer.monitor"
         )
         self.sync_bn = parse_auto_bool(cfg.get("sync_bn"), "trainer.sync_bn")  # None: auto
-        if self.sync_bn and device.type != "cuda" and dist.world_size() > 1:
-            raise UserError(
-                "trainer.sync_bn=true needs CUDA (torch's SyncBatchNorm does not train on the CPU): "
-                "leave it null (auto) or set false"
-            )
         if cfg.compile_mode not in COMPILE_MODES:
             raise UserError(
                 f"unknown trainer.compile_mode {cfg.compile_mode!r}: choose one of {', '.join(COMPILE_MODES)}"
@@ -223,6 +235,13 @@ class Trainer:
         self.global_step = 0
         self.summaries: list[StageSummary] = []
         self.val_history: list[dict] = []
+        # Only the main process writes checkpoints; the others do no checkpoint work at all.
+        self.writer = CheckpointWriter(self.run_dir is not None and dist.is_main(), pin=device.type == "cuda")
+        self.stop = StopRequest()
+        #: Pad every evaluation batch to ``eval_batch_size`` rows (CUDA graphs replay fixed shapes only).
+        self.fixed_eval_shapes = bool(cfg.compile) and cfg.compile_mode == "reduce-overhead"
+        #: ``state_dict`` keys the current stage changes (None: all); what a mid-stage ``last.pt`` holds.
+        self._stage_keys: set[str] | None = None
 
     @classmethod
     def from_config(
@@ -324,25 +343,41 @@ class Trainer:
         was_training = self.method.training
         self.method.eval()
         k = self.data.data.num_classes
-        results: dict[str, dict] = {}
-        for deg in parse_degradations(degradations):
-            cm = torch.zeros(k, k, dtype=torch.long, device=self.device)
-            extras: dict[str, torch.Tensor] = {}
+        degs = parse_degradations(degradations)
+        # Every rank sums the method's declared values, in the declared order, even with an empty shard.
+        names = tuple(self.method.evaluation_values(stage))
+        cms = torch.zeros(len(degs), k, k, dtype=torch.long, device=self.device)
+        sums = torch.zeros(len(degs), len(names), dtype=torch.float64, device=self.device)
+        for d, deg in enumerate(degs):
             for batch in self.data.eval_batches(split, deg):
+                n = batch["label"].shape[0]
+                if self.fixed_eval_shapes:
+                    batch = pad_batch(batch, self.data.eval_batch_size)
                 batch = self._prepare(batch)
                 with self._autocast():
                     out = self.method.evaluate_step(batch, stage)
-                preds = out["logits"].argmax(dim=1)
-                cm += confusion_matrix(preds, batch["label"], k)
-                for key, value in out.items():
-                    if key != "logits":
-                        extras[key] = extras.get(key, 0) + value.detach().float().sum()
-            cm = dist.all_reduce_sum(cm)
-            row: dict = metrics_from_confusion(cm)
-            for key, total in extras.items():
-                row[key] = float(dist.all_reduce_sum(total).item() / max(1, row["n"]))
+                out = {k: v[:n] for k, v in out.items()}  # per-sample values of the real rows
+                batch = {k: v[:n] if isinstance(v, torch.Tensor) and v.dim() else v for k, v in batch.items()}
+                add_to_confusion_(cms[d], out["logits"].argmax(dim=1), batch["label"])
+                undeclared = set(out) - {"logits", *names}
+                if undeclared:
+                    raise ValueError(
+                        f"{type(self.method).__name__}.evaluate_step returned {sorted(undeclared)}, which "
+                        f"its evaluation_values({stage.name if stage else None}) does not declare"
+                    )
+                for i, key in enumerate(names):
+                    if key in out:
+                        sums[d, i] += out[key].detach().double().sum()
+        # One all-reduce and one read of the whole evaluation (not one per degradation and value).
+        cms = dist.all_reduce_sum(cms).cpu()
+        sums = dist.all_reduce_sum(sums).cpu()
+        results: dict[str, dict] = {}
+        for d, deg in enumerate(degs):
+            row: dict = metrics_from_confusion(cms[d])
+            for i, key in enumerate(names):
+                row[key] = float(sums[d, i].item() / max(1, row["n"]))
             if keep_confusion:
-                row["confusion"] = cm.cpu().tolist()
+                row["confusion"] = cms[d].tolist()
             results[deg.label] = row
         self.method.train(was_training)
         return results
@@ -353,14 +388,36 @@ class Trainer:
         if not stages:
             raise ValueError(f"{type(self.method).__name__}.stages() returned no stage")
         resume = self._load_resume_state()
-        for si, stage in enumerate(stages):
-            if resume is not None and si < resume["stage_index"]:
-                self.summaries.append(StageSummary(**resume["summaries"][si]))
-                continue
-            state = resume if (resume is not None and si == resume["stage_index"]) else None
-            self._fit_stage(si, stage, state)
-            resume = None
+        with self.stop.on_sigterm(), self._flushed_on_exit():
+            for si, stage in enumerate(stages):
+                if resume is not None and si < resume["stage_index"]:
+                    self.summaries.append(StageSummary(**resume["summaries"][si]))
+                    continue
+                state = resume if (resume is not None and si == resume["stage_index"]) else None
+                self._fit_stage(si, stage, state)
+                resume = None
         return self.summaries
+
+    @contextlib.contextmanager
+    def _flushed_on_exit(self):
+        """Every checkpoint handed to the background writer is on disk when training ends, also when it
+        fails (the error in flight wins over one of the last write, which is logged)."""
+        try:
+            yield
+        except BaseException:
+            try:
+                self.writer.close()
+            except Exception as err:  # the training error is the one to report
+                log.error("the last checkpoint could not be written: %s", err)
+            raise
+        self.writer.close()
+        base = self._ckpt(STAGE_START)
+        if base is not None and dist.is_main():
+            base.unlink(missing_ok=True)  # the last last.pt holds the whole method
+
+    def close(self) -> None:
+        """Wait for the checkpoint being written in the background (``fit`` does so before it returns)."""
+        self.writer.close()
 
     def _load_resume_state(self) -> dict | None:
         if not self.cfg.resume:
@@ -404,21 +461,8 @@ class Trainer:
                         "(dataset.val_fraction=0 or dataset.merge_val=true): "
                         "set trainer.scheduler.monitor=train_acc"
                     )
-        # (Re)wrap per stage: DDP over the modules this stage trains, synchronised when it is built.
-        trained = [p for step in stage.steps for p in self.method.stage_parameters(stage, step)]
-        find_unused = stage.find_unused_parameters
-        self.model = dist.wrap_stage(
-            self.method,
-            trained,
-            self.device,
-            find_unused_parameters=len(stage.steps) > 1 if find_unused is None else bool(find_unused),
-            sync_bn=self._stage_sync_bn(stage),
-        )
-        if self.cfg.compile and self.model is not self.method:
-            # Compile the DDP-wrapped module, so that its gradient buckets' all-reduce overlaps the
-            # compiled backward (the networks inside are compiled too, for what dynamo cannot inline).
-            kwargs = {} if self.cfg.compile_mode == "default" else {"mode": self.cfg.compile_mode}
-            self.model = torch.compile(self.model, backend=COMPILE_BACKEND, **kwargs)
+        self.model = self.wrap_stage(stage)
+        self._start_stage_checkpoints(si, stage, fresh=state is None)
         optimizers, schedulers = self.build_optimizers(stage, epochs)
         summary = StageSummary(stage.name)
         start_epoch = 0
@@ -438,6 +482,8 @@ class Trainer:
             start_epoch = int(state["epoch"])
             summary = StageSummary(**state["summary"])
         log.info("stage %s: %d epochs on %s", stage.name, epochs, [d.label for d in train_degs])
+        schedule = CheckpointSchedule(self.cfg.checkpoint_every, self.cfg.checkpoint_budget)
+        trained_seconds = 0.0
         for epoch in range(start_epoch, epochs):
             t0 = time.perf_counter()
             losses, train_acc = self._train_epoch(si, stage, epoch, train_degs, optimizers)
@@ -473,7 +519,19 @@ class Trainer:
                 )
             summary.epochs = epoch + 1
             summary.losses = losses
-            self._save_last(si, epoch + 1, optimizers, schedulers, summary)
+            trained_seconds += time.perf_counter() - t0
+            stop = self.stop.agreed
+            if schedule.due(last_of_stage=epoch + 1 == epochs, stop=stop):
+                self._save_last(si, epoch + 1, optimizers, schedulers, summary, whole=epoch + 1 == epochs)
+                per_epoch = trained_seconds / max(1, schedule.since)
+                schedule.done(self.writer.last_cost, per_epoch)
+                if self.writer.last_wait > schedule.budget * per_epoch * schedule.every:
+                    log.warning(
+                        "checkpoint waited %.2fs for the previous write: a slow disk; consider a larger "
+                        "trainer.checkpoint_every",
+                        self.writer.last_wait,
+                    )
+                trained_seconds = 0.0
             msg = " ".join(f"{k}={v:.4f}" for k, v in losses.items())
             log.info(
                 "[%s] epoch %d/%d %s%s (%.1fs)",
@@ -484,10 +542,39 @@ class Trainer:
                 f" val {monitor}={val_acc:.4f}" if val_acc is not None else "",
                 time.perf_counter() - t0,
             )
+            if stop:
+                self.writer.flush()
+                raise UserError(
+                    f"stopped by SIGTERM after epoch {epoch + 1} of stage {stage.name}, which "
+                    f"{self._ckpt('last.pt')} holds: continue with trainer.resume=true"
+                )
         if self.cfg.restore_best and monitor and summary.best_epoch is not None:
             self._restore_best(si)
         self.method.on_stage_end(stage)
         self.summaries.append(summary)
+
+    def wrap_stage(self, stage: Stage) -> torch.nn.Module:
+        """What runs a training step of ``stage``: the method, or under torchrun DDP over the modules the
+        stage trains (synchronised when it is built), compiled with them when ``trainer.compile``."""
+        trained = [p for step in stage.steps for p in self.method.stage_parameters(stage, step)]
+        find_unused = stage.find_unused_parameters
+        model = dist.wrap_stage(
+            self.method,
+            trained,
+            self.device,
+            find_unused_parameters=len(stage.steps) > 1 if find_unused is None else bool(find_unused),
+            sync_bn=self._stage_sync_bn(stage),
+        )
+        if self.cfg.compile and model is not self.method:
+            # Compile the DDP-wrapped module, so that its gradient buckets' all-reduce overlaps the
+            # compiled backward (the networks inside are compiled too, for what dynamo cannot inline).
+            # Per stage, from a clean cache: the step is guarded on its stage, and dynamo compiles one code
+            # object at most ``recompile_limit`` (8) times, so DRGFER's 9th stage would run uncompiled.
+            # The stages before are done, and their graphs are not needed again.
+            torch._dynamo.reset()
+            kwargs = {} if self.cfg.compile_mode == "default" else {"mode": self.cfg.compile_mode}
+            model = torch.compile(model, backend=COMPILE_BACKEND, **kwargs)
+        return model
 
     def build_optimizers(self, stage: Stage, epochs: int):
         """One optimiser and one epoch scheduler per optimisation step of ``stage``."""
@@ -517,6 +604,9 @@ class Trainer:
         seen = 0
         has_logits = False
         logging_on = self.logger.writer is not None
+        deferred = DeferredScalars(
+            lambda values, step: self.logger.scalars(values, step, prefix=f"train/{stage.name}/")
+        )
         n_batches = self.data.num_train_batches(degs)
         batches = self.data.train_batches(degs, seed=seed, need_hr=stage.needs_hr)
         bar = self._progress(
@@ -549,22 +639,24 @@ class Trainer:
                         correct += (out["logits"].argmax(1) == batch["label"]).sum()
                 seen += batch["label"].shape[0]
                 self.global_step += 1
-                if logging_on and self.global_step % self.cfg.log_every_n_steps == 0:
-                    self.logger.scalars(
-                        {k: v.item() for k, v in out.items() if k != "logits" and v.dim() == 0},
-                        self.global_step,
-                        prefix=f"train/{stage.name}/",
-                    )
+                if logging_on:
+                    deferred.poll()  # an earlier logging step's losses, once their copy has landed
+                    if self.global_step % self.cfg.log_every_n_steps == 0:
+                        scalars = {k: v for k, v in out.items() if k != "logits" and v.dim() == 0}
+                        deferred.push(scalars, self.global_step)
         except Exception:
             # A non-finite loss may break the method before the epoch ends (an eigendecomposition of NaNs):
             # report the loss, not its consequence.
             self._check_finite(stage, epoch, bad, bad_value)
             raise
+        deferred.flush()
         # One read of everything the epoch accumulated (and one all-reduce under torchrun).
         keys = list(sums)
         values = [sums[k] for k in keys] + [correct.float(), torch.full((), float(seen), device=self.device)]
         flags = [bad[step].float() for step in stage.steps]
-        totals = dist.all_reduce_sum(torch.stack(values + flags)).tolist()
+        stop = torch.full((), float(self.stop.requested), device=self.device)  # agreed by every rank
+        totals = dist.all_reduce_sum(torch.stack(values + flags + [stop])).tolist()
+        self.stop.agreed = totals.pop() > 0
         self._check_finite(stage, epoch, bad, bad_value, totals[len(values) :])
         world = dist.world_size()
         n_steps = max(1, n_batches)
@@ -599,13 +691,24 @@ class Trainer:
             )
 
     # -- checkpoints --------
+    def _start_stage_checkpoints(self, si: int, stage: Stage, fresh: bool) -> None:
+        """Which keys the stage's ``last.pt`` holds; for a stage started afresh, the whole method as it
+        starts (``stage_start.pt``: the part of the method a mid-stage ``last.pt`` leaves out)."""
+        trained = [p for step in stage.steps for p in self.method.stage_parameters(stage, step)]
+        modules = dist.trained_modules(self.method, [p for p in trained if p.requires_grad])
+        self._stage_keys = stage_state_keys(self.method, modules)
+        path = self._ckpt(STAGE_START)
+        if fresh and path is not None and self._stage_keys is not None:
+            self.writer.submit(path, lambda: {"stage_index": si, "method": self.method.state_dict()})
+
     def _save_best(self, si: int, stage: Stage, epoch: int, score: float, val: dict) -> None:
         path = self._ckpt("best.pt")
-        if path is None or not dist.is_main():
+        if path is None:  # no run folder: every rank keeps its own copy to restore
             self._best_in_memory = {k: v.detach().clone() for k, v in self.method.state_dict().items()}
             return
-        save_checkpoint(
-            {
+        self.writer.submit(
+            path,
+            lambda: {
                 "version": CHECKPOINT_VERSION,
                 "stage_index": si,
                 "stage": stage.name,
@@ -615,7 +718,6 @@ class Trainer:
                 "method": self.method.state_dict(),
                 "config": self.identity,
             },
-            path,
         )
 
     def _restore_best(self, si: int) -> None:
@@ -625,29 +727,38 @@ class Trainer:
             if best is not None:
                 self.method.load_state_dict(best)
             return
+        self.writer.flush()  # best.pt is on disk before any rank reads it
         dist.barrier()
         state = load_checkpoint(path, require=("method", "stage_index"))
         if int(state["stage_index"]) == si:
             self.method.load_state_dict(state["method"])
 
-    def _save_last(self, si, epoch, optimizers, schedulers, summary: StageSummary) -> None:
+    def _save_last(self, si, epoch, optimizers, schedulers, summary: StageSummary, whole: bool) -> None:
+        """``last.pt``: everything a resume needs. ``whole`` (a stage's last epoch): the whole method;
+        otherwise only what the stage changes, completed from ``stage_start.pt`` when it is read."""
         path = self._ckpt("last.pt")
-        if path is None or not dist.is_main():
+        if path is None:
             return
-        save_checkpoint(
-            {
+        keys = None if whole else self._stage_keys
+
+        def build() -> dict:
+            method = self.method.state_dict()
+            state = {
                 "version": CHECKPOINT_VERSION,
                 "stage_index": si,
                 "epoch": epoch,
                 "global_step": self.global_step,
-                "method": self.method.state_dict(),
+                "method": method if keys is None else {k: v for k, v in method.items() if k in keys},
                 "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
                 "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
                 "settings": self.step_settings,
-                "summary": summary.__dict__,
-                "summaries": [s.__dict__ for s in self.summaries],
-                "val_history": self.val_history,
+                "summary": dict(summary.__dict__),
+                "summaries": [dict(s.__dict__) for s in self.summaries],
+                "val_history": list(self.val_history),
                 "config": self.identity,
-            },
-            path,
-        )
+            }
+            if keys is not None:
+                state["method_base"] = STAGE_START
+            return state
+
+        self.writer.submit(path, build)

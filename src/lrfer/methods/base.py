@@ -154,6 +154,14 @@ class Method(nn.Module):
         """
         return {"logits": self.predict(batch["image"], factor=batch["factor"])}
 
+    def evaluation_values(self, stage: Stage | None = None) -> tuple[str, ...]:
+        """The names of the per-sample values :meth:`evaluate_step` returns besides ``logits`` for ``stage``.
+
+        Declared, not discovered, so that under torchrun every rank sums the same values in the same order
+        even when its share of the split is empty (a rank that ran no batch saw no keys). Default: none.
+        """
+        return ()
+
     def forward(self, batch: Batch, stage: Stage, step: str) -> dict[str, torch.Tensor]:
         """``training_step`` as the module's forward, so DistributedDataParallel can wrap a method."""
         return self.training_step(batch, stage, step)

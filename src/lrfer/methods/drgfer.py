@@ -204,6 +204,14 @@ class DRGFER(ResolutionMethod):
             return {**out, "rrn_acc": rrn_acc}
         return {"logits": self._predict(images, self.routing, onehot, batch["factor"]), "rrn_acc": rrn_acc}
 
+    def evaluation_values(self, stage: Stage | None = None) -> tuple[str, ...]:
+        if self._expert_index(stage) is not None:
+            return ()
+        if stage is None and self.eval_all_routings:
+            names = ("rrn", "oracle", "mean", "max", *self.resolutions.labels)
+            return (*(f"acc_{name}" for name in names), "rrn_acc")
+        return ("rrn_acc",)
+
     def _all_routings(
         self, images: torch.Tensor, labels: torch.Tensor, chosen: torch.Tensor, truth: torch.Tensor
     ) -> dict[str, torch.Tensor]:

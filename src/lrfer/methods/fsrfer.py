@@ -389,3 +389,6 @@ class FSRFER(HRClassifierMethod):
         direct = self.sr_logits(features)
         logits = self.sr_logits(self.generator(features))
         return {"logits": logits, "direct_acc": (direct.argmax(1) == batch["label"]).float()}
+
+    def evaluation_values(self, stage: Stage | None = None) -> tuple[str, ...]:
+        return () if stage is not None and stage.name == "extractor" else ("direct_acc",)

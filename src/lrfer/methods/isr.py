@@ -164,6 +164,11 @@ class ISR(HRClassifierMethod):
         logits = self.predict(batch["image"], batch["factor"])
         return {"logits": logits, "direct_acc": (direct.argmax(1) == batch["label"]).float()}
 
+    def evaluation_values(self, stage: Stage | None = None) -> tuple[str, ...]:
+        if (stage is not None and stage.name == "extractor") or self.sr == "bicubic":
+            return ()
+        return ("direct_acc",)
+
 
 def _key(label: str) -> str:
     """A ModuleDict key for a degradation label (``x2`` -> ``x2``, ``x1.5`` -> ``x1_5``)."""

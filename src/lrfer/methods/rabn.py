@@ -103,3 +103,8 @@ class ResolutionAwareBNMethod(ResolutionMethod):
         if self.rrn is None:
             return {"logits": logits}
         return {"logits": logits, "rrn_acc": (branch == truth).float()}
+
+    def evaluation_values(self, stage: Stage | None = None) -> tuple[str, ...]:
+        if (stage is not None and stage.name == "train") or self.rrn is None:
+            return ()
+        return ("rrn_acc",)
