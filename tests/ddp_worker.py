@@ -103,6 +103,10 @@ def main() -> None:
     result = {"evaluate": evaluate, "syncs": syncs, "checkpoints": checkpoints}[scenario](trainer, cfg)
     result["world_size"] = dist.world_size()
     (out / f"{scenario}-rank{dist.rank()}.json").write_text(json.dumps(result))
+    if dist.is_distributed():
+        # every rank's last collective completes on every rank before one tears the group down (without it, a
+        # loaded machine saw rank 1 abort in gloo's teardown: "terminate called without an active exception")
+        torch.distributed.barrier()
     dist.cleanup()
 
 
