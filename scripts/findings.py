@@ -50,8 +50,11 @@ from lrfer.report.findings import (
     previous_calls,
     provenance_lines,
     run_folder,
+    write_calls,
     write_findings,
 )
+from lrfer.report.provenance import provenance as result_provenance
+from lrfer.report.provenance import provenance_line
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PROTOCOL = REPO / "experiments" / "findings" / "protocol.yaml"
@@ -126,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         def record_call() -> None:
             call.update(wall_s=round(time.perf_counter() - start, 1), cpu_s=round(_children_cpu() - cpu0, 1))
-            (args.out / "calls.json").write_text(json.dumps([*calls, call], indent=1) + "\n")
+            write_calls(args.out / "calls.json", [*calls, call])
 
         def done(index: int, ok: bool, seconds: float) -> None:
             run, seed, folder, copy, _ = todo[index]
@@ -151,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     calls = previous_calls((results if args.from_repo else args.out) / "calls.json")
     if calls and not args.from_repo:
         results.mkdir(parents=True, exist_ok=True)
-        (results / "calls.json").write_text(json.dumps(calls, indent=1) + "\n")
+        write_calls(results / "calls.json", calls)
 
     records = load_records(copies, plan)
     metrics = metrics_by_run(records)
@@ -160,7 +163,8 @@ def main(argv: list[str] | None = None) -> dict:
     title = f"Papers' findings on SYNTHETIC faces (not real data), {seeds} seed(s)"
     if args.quick:
         title += ", QUICK mode: not converged"
-    notes = [f"Table made {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} by `{command}`."]
+    notes = [provenance_line(result_provenance(synthetic=True))]
+    notes += [f"Table made {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} by `{command}`."]
     notes += provenance_lines(records, calls, float(protocol["fraction"]))
     md = write_findings(claim_results, conv, results, "synthetic", title, notes)
     curves = plot_curves(records, results / "curves")

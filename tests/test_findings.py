@@ -184,9 +184,9 @@ def test_copy_keeps_the_small_files_and_never_a_checkpoint(tmp_path):
     run = tmp_path / "run"
     (run / ".hydra").mkdir(parents=True)
     (run / "checkpoints").mkdir()
-    (run / "metrics.json").write_text("{}")
+    (run / "metrics.json").write_text(json.dumps({"environment": {"torch": "9.9"}, "dataset_info": {}}))
     (run / ".hydra" / "config.yaml").write_text("a: 1\n")
-    (run / ".hydra" / "overrides.yaml").write_text("- a=1\n")
+    (run / ".hydra" / "overrides.yaml").write_text("- a=1\n- seed=2\n")
     (run / "checkpoints" / "last.pt").write_bytes(b"not read: val_history.json is there")
     (run / "val_history.json").write_text(json.dumps([{"stage": "train", "epoch": 1, "score": 0.5}]))
     dest = tmp_path / "copy"
@@ -195,9 +195,19 @@ def test_copy_keeps_the_small_files_and_never_a_checkpoint(tmp_path):
         ".hydra/config.yaml",
         ".hydra/overrides.yaml",
         "metrics.json",
+        "provenance.json",
         "val_history.json",
     ]
     assert not copy_artefacts(run, dest)  # a finished copy is left alone
+    # the copied files' provenance: the run's own command, end time and torch (tests/test_provenance.py)
+    record = json.loads((dest / "provenance.json").read_text())
+    assert set(record["describes"]) >= {"metrics.json", "val_history.json"}
+    assert record["provenance"]["command"] == "python -m lrfer.cli.train a=1 seed=2"
+    assert record["provenance"]["torch"] == "9.9" and record["provenance"]["date"].endswith(" UTC")
+    assert record["provenance"]["machine"]["cores"] >= 1
+    (dest / "provenance.json").unlink()  # a copy made before provenance files gets one, nothing else
+    assert not copy_artefacts(run, dest)
+    assert json.loads((dest / "provenance.json").read_text())["describes"] == record["describes"]
 
 
 # -- the script, end to end (quick mode) ---------------------------------------------------------------------
@@ -222,6 +232,9 @@ def test_quick_mode_writes_the_table_plot_curves_and_run_copies(quick):
     md = (results / "synthetic.md").read_text()
     assert "SYNTHETIC" in md and "not converged" in md and "EFC within 1 point" in md
     assert "Total CPU time of the runs" in md and "torch" in md and "generator v3" in md
+    assert "\nProvenance: command `python " in md  # the line tests/test_provenance.py checks
+    calls = json.loads((results / "calls.json").read_text())
+    assert calls["provenance"]["generator_version"] == 3 and len(calls["calls"]) == 1
     for metrics_file in (results / "runs").glob("*/*/metrics.json"):
         assert json.loads(metrics_file.read_text())["cpu_s"] > 0  # the run's own CPU seconds
     summary = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -17,35 +17,23 @@ from conftest import REPO
 
 from lrfer.report.provenance import REQUIRED, provenance
 
-#: Files that reached main without provenance while this check was being added (issue 30's findings, merged
-#: 2026-12-06): listed so that the check stays strict for every other file; each one is to get its provenance
-#: (or, for the committed run folders, a provenance file beside them) and leave this list.
-NOT_YET = {
-    "experiments/findings/calibration_100px_input64.json",
-    "experiments/findings/calibration_64px.json",
-    "experiments/findings/calls.json",
-    "experiments/findings/calibration_100px_input64.md",
-    "experiments/findings/calibration_64px.md",
-    "experiments/findings/synthetic.md",
-}
-
-
-def _checked(paths):
-    return [
-        p for p in paths if str(p.relative_to(REPO)) not in NOT_YET and "findings/runs/" not in p.as_posix()
-    ]
-
-
-RESULTS = _checked(
-    sorted((REPO / "experiments").rglob("*.json")) + sorted((REPO / "experiments").rglob("*.jsonl"))
-)
+RESULTS = sorted((REPO / "experiments").rglob("*.json")) + sorted((REPO / "experiments").rglob("*.jsonl"))
 
 
 def _record(path: Path) -> dict | None:
-    """The file's ``provenance``: a key of a JSON object, the first line of a JSON-lines file."""
+    """The file's ``provenance``: a key of a JSON object, the first line of a JSON-lines file; else that of
+    a ``provenance.json`` beside it which lists the file under ``describes`` (a run's copied files, whose
+    format is the run's: ``experiments/findings/runs/``)."""
     text = path.read_text()
     first = json.loads(text.splitlines()[0]) if path.suffix == ".jsonl" else json.loads(text)
-    return first.get("provenance") if isinstance(first, dict) else None
+    if isinstance(first, dict) and "provenance" in first:
+        return first["provenance"]
+    sidecar = path.with_name("provenance.json")
+    if sidecar.is_file() and sidecar != path:
+        covering = json.loads(sidecar.read_text())
+        if path.name in covering.get("describes", []):
+            return covering.get("provenance")
+    return None
 
 
 def missing_fields(record: dict | None, synthetic: bool) -> list[str]:
@@ -88,6 +76,14 @@ def test_the_check_fails_on_a_file_without_provenance_or_with_a_field_missing(tm
     lines = tmp_path / "rows.jsonl"
     lines.write_text(json.dumps({"round": 0}) + "\n" + json.dumps({"provenance": record}) + "\n")
     assert missing_fields(_record(lines), synthetic=False) == ["provenance"]  # it must come first
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"acc": 0.9}))
+    (run / "val_history.json").write_text(json.dumps([{"epoch": 1, "score": 0.5}]))
+    assert missing_fields(_record(run / "metrics.json"), synthetic=False) == ["provenance"]
+    (run / "provenance.json").write_text(json.dumps({"describes": ["metrics.json"], "provenance": record}))
+    assert missing_fields(_record(run / "metrics.json"), synthetic=True) == []
+    assert missing_fields(_record(run / "val_history.json"), synthetic=False) == ["provenance"]  # not listed
 
 
 def test_a_scripts_provenance_names_this_command_machine_torch_and_generator(monkeypatch):
@@ -105,7 +101,7 @@ def test_a_scripts_provenance_names_this_command_machine_torch_and_generator(mon
     assert "generator_version" not in provenance()
 
 
-TABLES = _checked(sorted(p for p in (REPO / "experiments").rglob("*.md") if p.name != "README.md"))
+TABLES = sorted(p for p in (REPO / "experiments").rglob("*.md") if p.name != "README.md")
 #: CSVs that hold measurements (the rest hold a paper's numbers: ``*_paper.csv``, ``table<N>_<name>.csv``).
 MEASURED_CSVS = sorted(
     p

@@ -512,11 +512,52 @@ def validation_history(run_dir: Path) -> list[dict]:
     ]
 
 
+#: Beside a run's copied files: where they came from (``tests/test_provenance.py``: a file without its own
+#: ``provenance`` key is covered by a ``provenance.json`` beside it that lists it under ``describes``).
+RUN_PROVENANCE = "provenance.json"
+
+
+def run_provenance(run_dir: Path) -> dict:
+    """The provenance of a finished run's copied files, from the run itself: its training command (the
+    overrides of ``.hydra/overrides.yaml``), the time its ``metrics.json`` was written (the run's end), the
+    torch and generator versions its ``metrics.json`` records, and the machine of this call (which copies
+    the run from its local output folder: runs train where their output folder is)."""
+    from datetime import datetime, timezone
+
+    from lrfer.report.provenance import provenance
+
+    metrics_file = run_dir / "metrics.json"
+    metrics = json.loads(metrics_file.read_text())
+    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    overrides = [str(o) for o in OmegaConf.load(overrides_file)] if overrides_file.is_file() else []
+    finished = datetime.fromtimestamp(metrics_file.stat().st_mtime, timezone.utc)
+    here = provenance()
+    record = {
+        "command": " ".join(["python -m lrfer.cli.train", *overrides]),
+        "date": finished.strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": here["machine"],
+        "torch": metrics.get("environment", {}).get("torch") or "not recorded",
+        "generator_version": metrics.get("dataset_info", {}).get("generator_version", "not recorded"),
+        "copied_by": here["command"],
+        "copied": here["date"],
+    }
+    return {"describes": [*ARTEFACTS, "val_history.json"], "provenance": record}
+
+
+def write_run_provenance(run_dir: Path, dest: Path) -> None:
+    (dest / RUN_PROVENANCE).write_text(json.dumps(run_provenance(run_dir), indent=1) + "\n")
+
+
 def copy_artefacts(run_dir: Path, dest: Path) -> bool:
-    """Copy a finished run's small files (:data:`ARTEFACTS` and ``val_history.json``) to ``dest``; returns
-    whether anything was copied (a finished copy already there is left alone). Written to a temporary
-    folder first and renamed, so a copy is never half there."""
-    if not (run_dir / "metrics.json").is_file() or (dest / "metrics.json").is_file():
+    """Copy a finished run's small files (:data:`ARTEFACTS` and ``val_history.json``) and their provenance
+    (:data:`RUN_PROVENANCE`) to ``dest``; returns whether anything was copied (a finished copy already there
+    is left alone, but gets its provenance file if it lacks one). Written to a temporary folder first and
+    renamed, so a copy is never half there."""
+    if not (run_dir / "metrics.json").is_file():
+        return False
+    if (dest / "metrics.json").is_file():
+        if not (dest / RUN_PROVENANCE).is_file():
+            write_run_provenance(run_dir, dest)
         return False
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -526,6 +567,7 @@ def copy_artefacts(run_dir: Path, dest: Path) -> bool:
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, tmp / name)
     (tmp / "val_history.json").write_text(json.dumps(validation_history(run_dir), indent=1) + "\n")
+    write_run_provenance(run_dir, tmp)
     if dest.exists():  # an unfinished copy without metrics.json
         shutil.rmtree(dest)
     tmp.rename(dest)
@@ -845,12 +887,21 @@ def duration(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.2f} h"
 
 
+def write_calls(path: Path, calls: list[dict]) -> None:
+    """``calls.json``: the calls that trained runs, under ``"calls"``, after this call's ``"provenance"``."""
+    from lrfer.report.provenance import provenance
+
+    path.write_text(json.dumps({"provenance": provenance(synthetic=True), "calls": calls}, indent=1) + "\n")
+
+
 def previous_calls(path: Path) -> list[dict]:
+    """The calls of a ``calls.json`` (:func:`write_calls`; a plain list, as first written, is read too)."""
     if not path.is_file():
         return []
     try:
-        return list(json.loads(path.read_text()))
-    except (json.JSONDecodeError, TypeError) as err:
+        data = json.loads(path.read_text())
+        return list(data["calls"] if isinstance(data, dict) else data)
+    except (json.JSONDecodeError, TypeError, KeyError) as err:
         raise UserError(
-            f"{path} is not a JSON list ({err}): remove it to start its call history anew"
+            f"{path} is not a JSON list of calls ({err}): remove it to start its call history anew"
         ) from None

@@ -39,3 +39,19 @@ def provenance(synthetic: bool = False) -> dict:
 
         record["generator_version"] = GENERATOR_VERSION
     return record
+
+
+def provenance_line(record: dict) -> str:
+    """``record`` as the ``Provenance:`` line under a markdown table (tests/test_provenance.py reads it)."""
+    machine = record.get("machine", {})
+    parts = [
+        f"command `{record.get('command', 'not recorded')}`",
+        f"date {record.get('date', 'not recorded')}",
+        f"machine {machine.get('cpu', 'not recorded')} ({machine.get('cores', '?')} cores"
+        + (f", {machine['gpu']}" if machine.get("gpu") else "")
+        + ")",
+        f"torch {record.get('torch', 'not recorded')}",
+    ]
+    if "generator_version" in record:
+        parts.append(f"synthetic-face generator v{record['generator_version']}")
+    return "Provenance: " + "; ".join(parts) + "."
