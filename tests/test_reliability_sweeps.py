@@ -149,6 +149,22 @@ def test_an_optuna_search_goes_on_past_a_failed_trial(tmp_path):
     assert _error_lines(proc.stderr)[-1] == "error: 1 of the sweep's 3 jobs failed"
 
 
+def test_an_optuna_search_whose_every_trial_fails_ends_with_the_summary(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    sweep = tmp_path / "sweep"
+    proc = run_cli(
+        [
+            TRAIN, "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={sweep}",
+            *_small(tmp_path), "trainer.optimizer.lr=choice(1e30,1e31)",  # both diverge in the first steps
+        ]
+    )  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    summary = json.loads((sweep / "sweep_summary.json").read_text())
+    assert [r["status"] for r in summary["records"]] == ["error", "error"]
+    assert not (sweep / "optimization_results.yaml").exists()  # no best trial to write
+    assert _error_lines(proc.stderr)[-1] == "error: 2 of the sweep's 2 jobs failed"
+
+
 def test_a_sweep_with_an_invalid_job_is_refused_before_any_job_trains(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli([TRAIN, "-m", *_small(tmp_path), f"hydra.sweep.dir={sweep}", "degrade.train=[x1],[x0]"])

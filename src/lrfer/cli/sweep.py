@@ -231,6 +231,11 @@ def read_records(sweep_dir: Path) -> list[dict]:
     return sorted(records, key=lambda r: (r.get("job") is None, r.get("job") or 0))
 
 
+def no_job_finished(sweep_dir: Path) -> bool:
+    """Whether no job of the running sweep ended well (none recorded ``ok``): every Optuna trial failed."""
+    return not any(r.get("status") == "ok" for r in read_records(Path(sweep_dir)))
+
+
 def finish_sweep(sweep_dir: Path) -> int:
     """Write ``sweep_summary.json``, print the failed jobs; the exit status the sweep should end with."""
     sweep_dir = Path(sweep_dir)
