@@ -16,6 +16,7 @@ from conftest import compose_cfg, tiny
 from lrfer.engine import checkpoint_writer
 from lrfer.engine.checkpoint import load_checkpoint
 from lrfer.engine.checkpoint_writer import CheckpointSchedule, CheckpointWriter
+from lrfer.engine.stop import Terminated
 from lrfer.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -146,7 +147,7 @@ def test_sigterm_checkpoints_the_epoch_and_stops(tmp_path, monkeypatch):
     monkeypatch.setattr(TwoStageToy, "training_step", signalled)
     trainer, _ = _toy_trainer(tmp_path, "trainer.checkpoint_every=50")
     assert threading.current_thread() is threading.main_thread()
-    with pytest.raises(UserError, match=r"SIGTERM.*trainer\.resume=true"):
+    with pytest.raises(Terminated, match=r"SIGTERM.*trainer\.resume=true"):
         trainer.fit()
     last = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
     assert (last["stage_index"], last["epoch"]) == (1, 1)

@@ -27,6 +27,7 @@ from lrfer.cli.guard import report_user_error
 from lrfer.cli.sweep import FailedJob, start_if_never_ran
 from lrfer.config import register_schemas
 from lrfer.engine.distributed import env_rank
+from lrfer.engine.stop import Terminated
 from lrfer.errors import USER_ERROR_EXIT_CODE, UserError
 
 log = logging.getLogger("lrfer")
@@ -44,10 +45,6 @@ def log_to_files(level: int, message: str) -> None:
 SIGTERM_EXIT_CODE = 128 + signal.SIGTERM
 #: Exit status of a run stopped by Ctrl-C (SIGINT).
 INTERRUPT_EXIT_CODE = 130
-
-
-class Terminated(BaseException):
-    """Raised in the main thread when the process receives SIGTERM (a scheduler's kill, ``kill <pid>``)."""
 
 
 def _raise_terminated(signum, frame) -> None:

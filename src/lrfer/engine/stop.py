@@ -16,6 +16,12 @@ import threading
 log = logging.getLogger(__name__)
 
 
+class Terminated(BaseException):
+    """The run stopped because of SIGTERM: raised by the trainer once the stop request's ``last.pt`` is on
+    disk, or at once by a second SIGTERM (``lrfer.cli.train``). The command-line layer turns it into one
+    line saying how to resume, and exit status 143."""
+
+
 class StopRequest:
     def __init__(self) -> None:
         self.requested = False

@@ -41,7 +41,7 @@ from lrfer.engine.optim import (
     check_resumed_settings,
     step_settings,
 )
-from lrfer.engine.stop import StopRequest
+from lrfer.engine.stop import StopRequest, Terminated
 from lrfer.engine.tblog import RunLogger
 from lrfer.errors import ProcessError, UserError
 from lrfer.methods.base import Method, Stage
@@ -544,7 +544,7 @@ class Trainer:
             )
             if stop:
                 self.writer.flush()
-                raise UserError(
+                raise Terminated(
                     f"stopped by SIGTERM after epoch {epoch + 1} of stage {stage.name}, which "
                     f"{self._ckpt('last.pt')} holds: continue with trainer.resume=true"
                 )
