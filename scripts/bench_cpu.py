@@ -27,9 +27,9 @@ from collections.abc import Callable
 import torch
 
 from lrfer.config import compose_config
+from lrfer.core.errors import exit_on_user_error
 from lrfer.engine.latency import cpu_model
 from lrfer.engine.predictor import Predictor, build_predictor
-from lrfer.errors import exit_on_user_error
 from lrfer.report.provenance import provenance
 
 NETWORKS = {

@@ -54,8 +54,8 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from lrfer.cli import CONFIG_DIR
-from lrfer.compat import torchvision
 from lrfer.config import register_schemas
+from lrfer.core.compat import torchvision
 from lrfer.data.degrade import parse_degradations
 from lrfer.engine.latency import cpu_model
 from lrfer.engine.run import build_method, build_parts, method_context

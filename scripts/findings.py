@@ -33,10 +33,10 @@ from pathlib import Path
 import torch
 
 from lrfer.config.compose import compose_config
+from lrfer.core.errors import UserError, exit_on_user_error
 from lrfer.data.datasets import build_adapter
 from lrfer.engine.latency import cpu_model
 from lrfer.engine.launch import finished_run, train_side_by_side
-from lrfer.errors import UserError, exit_on_user_error
 from lrfer.report.findings import (
     claims_for,
     convergence,

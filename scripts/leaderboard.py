@@ -34,14 +34,14 @@ import torch
 
 from lrfer.config.compose import compose_config, merge_overrides
 from lrfer.config.validate import validate_config
+from lrfer.core.checkpoint import write_json
+from lrfer.core.errors import UserError, exit_on_user_error, make_output_folder
 from lrfer.data.datasets import build_adapter
 from lrfer.data.synthetic import GENERATOR_VERSION
-from lrfer.engine.checkpoint import write_json
 from lrfer.engine.latency import cpu_model
 from lrfer.engine.launch import finished_run, train_side_by_side
 from lrfer.engine.loading import load_run_config
 from lrfer.engine.model_stats import method_cost
-from lrfer.errors import UserError, exit_on_user_error, make_output_folder
 from lrfer.report.leaderboard import (
     budget_label,
     budget_overrides,

@@ -32,8 +32,8 @@ from pathlib import Path
 import torch
 
 from lrfer.config import compose_config
+from lrfer.core.errors import exit_on_user_error
 from lrfer.engine.model_stats import append_csv, model_stats
-from lrfer.errors import exit_on_user_error
 
 
 @exit_on_user_error

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from lrfer.core.errors import UserError
 from lrfer.data.degrade import degrade_uint8, parse_degradation, parse_degradations, resize_to
-from lrfer.errors import UserError
 
 
 @pytest.mark.parametrize(

@@ -15,8 +15,8 @@ from multires_toys import FixedLogits, MarkerRouter, SnapshotDRGFER, TaggedExper
 from omegaconf import OmegaConf
 from PIL import Image
 
+from lrfer.core.errors import UserError
 from lrfer.engine.run import method_context, run_training
-from lrfer.errors import UserError
 from lrfer.methods.drgfer import DRGFER
 from lrfer.methods.resolution import ResolutionSet
 from lrfer.models.mrafer import MRAFER, assign, binarize, fuse_max, fuse_mean, gather

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from conftest import compose_cfg, method_options
 
+from lrfer.core.errors import UserError
 from lrfer.engine.run import method_context
-from lrfer.errors import UserError
 from lrfer.methods.drgfer import DRGFER
 
 TINY_MODEL = "model._target_=multires_toys.tiny_classifier"

@@ -9,7 +9,7 @@ import shutil
 import pytest
 from conftest import run_cli
 
-from lrfer.errors import UserError
+from lrfer.core.errors import UserError
 from lrfer.report.findings import (
     CLAIMS,
     CONTRADICTED,

@@ -11,9 +11,9 @@ from conftest import FSR_FACTORS, TINY_FSRFER, compose_cfg, run_cli, tiny
 from omegaconf import OmegaConf
 from torch import nn
 
+from lrfer.core.errors import UserError
 from lrfer.data.degrade import parse_degradations
 from lrfer.engine.run import build_parts, run_training
-from lrfer.errors import UserError
 from lrfer.methods.fsrfer import (
     FSRFER,
     classification_aware_weights,

@@ -9,10 +9,10 @@ import pytest
 import torch
 from conftest import compose_cfg, method_options, tiny
 
+from lrfer.core.checkpoint import save_checkpoint
+from lrfer.core.errors import UserError
 from lrfer.data.degrade import parse_degradations
-from lrfer.engine.checkpoint import save_checkpoint
 from lrfer.engine.run import run_training
-from lrfer.errors import UserError
 from lrfer.methods.base import MethodContext
 from lrfer.methods.gmenet import GMENetMethod, attention_similarity_loss
 from lrfer.models.gmenet import (

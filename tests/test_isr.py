@@ -7,9 +7,9 @@ import torch
 from conftest import FSR_FACTORS, TINY_COVPOOL, compose_cfg, tiny
 from torch import nn
 
+from lrfer.core.errors import UserError
 from lrfer.data.degrade import parse_degradations
 from lrfer.engine.run import build_parts, run_training
-from lrfer.errors import UserError
 from lrfer.models.image_sr import MetaSRLite, MetaUpscale, RCANLite
 
 FACTORS = FSR_FACTORS

@@ -9,9 +9,9 @@ import torch
 from conftest import run_cli, tiny
 
 from lrfer.config import compose_config
+from lrfer.core.errors import UserError
 from lrfer.engine.export import export_run
 from lrfer.engine.model_stats import model_stats
-from lrfer.errors import UserError
 from lrfer.report.folds import aggregate_folds
 
 

@@ -8,11 +8,11 @@ from conftest import compose_cfg
 from omegaconf import OmegaConf
 
 from lrfer.config.schema import AugmentConfig, DegradeConfig
+from lrfer.core.errors import UserError
 from lrfer.data.degrade import parse_degradations
 from lrfer.data.faces import FaceData, FaceSplit, carve_validation, stratified_split
 from lrfer.data.pipeline import FaceDataModule
 from lrfer.engine.run import method_context
-from lrfer.errors import UserError
 
 
 def _data(n=60, size=24, classes=3, seed=0):

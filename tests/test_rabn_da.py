@@ -10,8 +10,8 @@ import torch
 from conftest import compose_cfg, method_options, tiny
 from multires_toys import tiny_classifier
 
+from lrfer.core.errors import UserError
 from lrfer.engine.run import method_context, run_training
-from lrfer.errors import UserError
 from lrfer.methods.base import Stage
 from lrfer.methods.da import DomainAdversarial, ganin_coefficient
 from lrfer.methods.mstrain import MultiScaleTraining

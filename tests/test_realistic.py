@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
+from lrfer.core.errors import UserError
 from lrfer.data.degrade import degrade_uint8, parse_degradation, parse_degradations
 from lrfer.data.realistic import gaussian_blur_uint8, gaussian_noise_uint8, hashed_normal, jpeg_uint8
-from lrfer.errors import UserError
 from lrfer.report.tables import degradation_sort_key
 
 

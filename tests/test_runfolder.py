@@ -13,7 +13,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lrfer.engine.checkpoint import save_checkpoint
+from lrfer.core.checkpoint import save_checkpoint
+from lrfer.core.errors import UserError
 from lrfer.engine.runfolder import (
     RESUME_CONFIG_DIR,
     check_run_folder,
@@ -25,7 +26,6 @@ from lrfer.engine.runfolder import (
     run_identity,
     stored_identity,
 )
-from lrfer.errors import UserError
 
 
 def _cfg(resume: bool = False, overwrite: bool = False, method: str = "baseline", **dataset):

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from conftest import compose_cfg
 from torch.utils.flop_counter import FlopCounterMode
 
+from lrfer.core.errors import UserError
 from lrfer.engine.run import build_method, method_context
-from lrfer.errors import UserError
 from lrfer.methods.base import Stage
 from lrfer.methods.voting import Voting, load_matching_weights
 from lrfer.models.voting import VotingResNet, crop_boxes, ten_crops, vote

@@ -33,9 +33,9 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
 
+from lrfer.core.errors import USER_ERROR_EXIT_CODE, ProcessError, UserError, check_folder_can_be_written
 from lrfer.engine.distributed import env_rank
 from lrfer.engine.runfolder import claim_new_dir, claimed_dirs
-from lrfer.errors import USER_ERROR_EXIT_CODE, ProcessError, UserError, check_folder_can_be_written
 
 log = logging.getLogger("lrfer")
 

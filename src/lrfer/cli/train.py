@@ -1,7 +1,8 @@
 """``python train.py method=<m> dataset=<d> [key=value ...]``: train, test once, write metrics.json.
 
 Also installed as ``lrfer-train``. Exit status: 0 success, 1 a Hydra/config error (or a crash), 2 a user
-error (one ``error: ...`` line on stderr, also written to the run's ``train.log``); see :mod:`lrfer.errors`.
+error (one ``error: ...`` line on stderr, also written to the run's ``train.log``);
+see :mod:`lrfer.core.errors`.
 Ctrl-C (130) and SIGTERM (143) stop the run with one line, on stderr and in ``train.log``, saying how to
 continue it (``trainer.resume=true``) from its last finished epoch.
 """
@@ -26,9 +27,9 @@ from lrfer.cli import CONFIG_DIR
 from lrfer.cli.guard import report_user_error
 from lrfer.cli.sweep import FailedJob, start_if_never_ran
 from lrfer.config import register_schemas
+from lrfer.core.errors import USER_ERROR_EXIT_CODE, UserError
 from lrfer.engine.distributed import env_rank
 from lrfer.engine.stop import Terminated
-from lrfer.errors import USER_ERROR_EXIT_CODE, UserError
 
 log = logging.getLogger("lrfer")
 

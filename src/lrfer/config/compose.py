@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from lrfer.config.schema import register_schemas
-from lrfer.errors import UserError
+from lrfer.core.errors import UserError
 
 _PACKAGE = Path(__file__).resolve().parents[1]
 
@@ -74,7 +74,8 @@ def compose_config(
     """The composed config, as ``python train.py <overrides>`` would see it (no run folder, no logging).
 
     Accepts the ``input_size=<px>`` shorthand (:func:`expand_shorthands`). A bad override (unknown key,
-    wrong type, missing group option) raises :class:`~lrfer.errors.UserError` with Hydra's first line, or,
+    wrong type, missing group option) raises :class:`~lrfer.core.errors.UserError` with Hydra's first line,
+    or,
     with ``hydra_errors=True``, Hydra's / OmegaConf's own exception (what tests of the schemas inspect).
     """
     register_schemas()

@@ -33,7 +33,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from lrfer.errors import UserError
+from lrfer.core.errors import UserError
 
 #: The type of an ``auto | true | false`` option: ``True``, ``False``, ``"auto"`` or ``None`` (= auto).
 #: (OmegaConf 2.3 has no union types, so the schema accepts any value and :func:`parse_auto_bool`, run by the

@@ -4,7 +4,7 @@ The schemas (``lrfer.config.schema``) check keys and types when Hydra composes t
 ranges and choices (a negative learning rate, a probability of 2, a validation fraction of 1.5, an unknown
 optimiser, an ``auto | true | false`` option set to something else, impossible degradations) right after
 composition, before anything is built or written. Every problem found is reported at once, in one line
-(a :class:`~lrfer.errors.UserError`). Values that are legal but degenerate (a 1-pixel face made by
+(a :class:`~lrfer.core.errors.UserError`). Values that are legal but degenerate (a 1-pixel face made by
 ``x1000``, a single class, a learning rate of 0) are logged as warnings.
 
 ``python train.py`` runs it before Hydra creates the run folder (:mod:`lrfer.cli.guard`) and again at the
@@ -23,7 +23,17 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lrfer.config.schema import auto_bool_keys, parse_auto_bool
-from lrfer.errors import UserError
+from lrfer.core.errors import UserError
+from lrfer.core.names import (
+    KERNELS,
+    OPTIMIZERS,
+    PLATEAU_MONITORS,
+    PRECISIONS,
+    RESIZE_KERNELS,
+    SAMPLERS,
+    SCHEDULERS,
+    TRAIN_MODES,
+)
 
 log = logging.getLogger(__name__)
 
@@ -103,10 +113,6 @@ def validate_config(cfg: DictConfig, *, warn: bool = True) -> list[str]:
 
     Returns the warnings (degenerate but legal values), which are also logged when ``warn``.
     """
-    from lrfer.data.degrade import KERNELS
-    from lrfer.engine.optim import OPTIMIZERS, PLATEAU_MONITORS, SCHEDULERS
-    from lrfer.engine.trainer import PRECISIONS
-
     c = _Checker(cfg)
     # -- auto | true | false options --------
     for key in auto_bool_keys():
@@ -184,7 +190,7 @@ def validate_config(cfg: DictConfig, *, warn: bool = True) -> list[str]:
         "must be in [0, 1): the share of train held out for validation (0: none, the last epoch is kept)",
     )
     c.at_least(d + "val_per_class", 1, optional=True, integer=True)
-    c.choice(d + "sampler", ("random", "balanced"))
+    c.choice(d + "sampler", SAMPLERS)
     for key in ("num_train", "num_val", "num_test"):
         c.at_least(d + key, 0, integer=True)
     for key in ("mean", "std"):
@@ -204,9 +210,9 @@ def validate_config(cfg: DictConfig, *, warn: bool = True) -> list[str]:
         c.errors.append(f"augment.erase_area_min={low} must not exceed augment.erase_area_max={high}")
     # -- degrade --------
     g = "degrade."
-    c.choice(g + "train_mode", ("random", "all"))
+    c.choice(g + "train_mode", TRAIN_MODES)
     c.choice(g + "kernel", KERNELS)
-    c.choice(g + "resize_kernel", (*KERNELS, "nearest"))
+    c.choice(g + "resize_kernel", RESIZE_KERNELS)
     c.at_least(g + "input_size", 1, optional=True, integer=True)
     _check_degradations(c, image_size)
     _check_metric_names(c)

@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lrfer.core.errors import disk_error
 from lrfer.data.faces import FaceData, FaceSplit
-from lrfer.errors import disk_error
 
 log = logging.getLogger(__name__)
 

@@ -15,15 +15,15 @@ from dataclasses import dataclass
 
 import torch
 
+from lrfer.core.errors import UserError
+from lrfer.core.names import KERNELS, RESIZE_KERNELS
 from lrfer.data.imresize import imresize, imresize_uint8
 from lrfer.data.realistic import Operation, apply_operations, parse_operation
-from lrfer.errors import UserError
 
 __all__ = ["Degradation", "degrade_uint8", "imresize", "parse_degradation", "parse_degradations", "resize_to"]
 
 _FACTOR = re.compile(r"^x(\d+(?:\.\d+)?)$")
 _SIZE = re.compile(r"^(\d+)px$")
-KERNELS = ("bicubic", "bilinear")
 
 
 @dataclass(frozen=True)
@@ -150,7 +150,7 @@ def degrade_uint8(
 
 def resize_to(images: torch.Tensor, size: int, kernel: str = "bicubic") -> torch.Tensor:
     """Resize float images (N, C, h, w) to ``size`` x ``size`` with MATLAB semantics (no-op when equal)."""
-    if kernel not in (*KERNELS, "nearest"):
+    if kernel not in RESIZE_KERNELS:
         raise UserError(f"unknown resize kernel {kernel!r}: choose bicubic, bilinear or nearest")
     if tuple(images.shape[-2:]) == (size, size):
         return images

@@ -31,10 +31,11 @@ from dataclasses import dataclass
 
 import torch
 
+from lrfer.core.errors import UserError
+from lrfer.core.names import SAMPLERS
 from lrfer.data.augment import augment_batch
 from lrfer.data.degrade import Degradation, degrade_uint8, resize_to
 from lrfer.data.faces import FaceData, FaceSplit
-from lrfer.errors import UserError
 
 X1 = Degradation("x1", factor=1.0)
 
@@ -119,7 +120,7 @@ class FaceDataModule:
                 f"the {world_size} processes"
             )
         self.rank, self.world_size = rank, world_size
-        if sampler not in ("random", "balanced"):
+        if sampler not in SAMPLERS:
             raise UserError(f"unknown sampler {sampler!r}: choose random or balanced")
         if batch_size <= 0 or eval_batch_size <= 0:
             raise UserError("trainer.batch_size and trainer.eval_batch_size must be positive")

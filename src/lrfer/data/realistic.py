@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lrfer.errors import UserError
+from lrfer.core.errors import UserError
 
 #: operation name -> (what the number means, smallest value, largest value)
 OPERATIONS = {

@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from lrfer.core.errors import UserError, make_output_folder, writing
 from lrfer.data.degrade import resize_to
 from lrfer.detect.detectors import DetectorConfig, FaceDetector, build_detector, crop_box
-from lrfer.errors import UserError, make_output_folder, writing
 
 log = logging.getLogger(__name__)
 

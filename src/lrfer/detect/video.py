@@ -37,10 +37,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lrfer.core.errors import UserError
 from lrfer.detect.detectors import DetectorConfig, FaceDetector, build_detector, import_cv2
 from lrfer.detect.photos import FaceClassifier, face_crops
 from lrfer.detect.tracking import FaceTracker, Track, TrackerConfig
-from lrfer.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from lrfer.core.errors import UserError
 from lrfer.detect.detectors import import_cv2
 from lrfer.detect.photos import PALETTE
-from lrfer.errors import UserError
 
 #: The timeline shows at most this many tracks (the longest ones); the summary lists all.
 TIMELINE_TRACKS = 12

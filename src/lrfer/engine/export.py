@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
+from lrfer.core.errors import UserError, check_folder_can_be_written, make_output_folder, writing
 from lrfer.engine.predictor import Predictor, load_predictor
-from lrfer.errors import UserError, check_folder_can_be_written, make_output_folder, writing
 
 log = logging.getLogger(__name__)
 

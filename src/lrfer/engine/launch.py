@@ -18,7 +18,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from lrfer.config.compose import merge_overrides
-from lrfer.errors import UserError
+from lrfer.core.errors import UserError
 
 
 def train_in_subprocess(overrides: list[str], run_dir: Path) -> tuple[bool, float]:
@@ -62,7 +62,8 @@ def finished_run(run_dir: Path, overrides: list[str], dataset_info: dict | None 
     """Whether ``run_dir`` holds a finished run of ``overrides`` (one to reuse, not to train again).
 
     A finished run (``metrics.json``) made with other overrides (``.hydra/overrides.yaml``: another protocol,
-    budget or seed) is never silently reused: :class:`~lrfer.errors.UserError` says which overrides differ.
+    budget or seed) is never silently reused: :class:`~lrfer.core.errors.UserError` says which overrides
+    differ.
     ``dataset_info`` (e.g. ``{"generator_version": 3}``) must also match the run's ``metrics.json``
     ``dataset_info`` key by key: the same overrides drawn by another synthetic-face generator are other faces.
     """

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from lrfer.engine.checkpoint import load_checkpoint
-from lrfer.errors import UserError
+from lrfer.core.checkpoint import load_checkpoint
+from lrfer.core.errors import UserError
 from lrfer.methods.base import Method
 
 log = logging.getLogger(__name__)

@@ -13,8 +13,8 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.flop_counter import FlopCounterMode
 
+from lrfer.core.errors import UserError
 from lrfer.engine.run import build_method, method_context
-from lrfer.errors import UserError
 from lrfer.methods.base import Method
 
 MIB = 2**20

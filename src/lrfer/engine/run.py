@@ -15,18 +15,18 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lrfer.config.schema import parse_auto_bool
 from lrfer.config.validate import validate_config
+from lrfer.core.checkpoint import write_json
+from lrfer.core.errors import UserError
 from lrfer.data.cache import load_or_build
 from lrfer.data.datasets import build_adapter
 from lrfer.data.degrade import parse_degradation, parse_degradations
 from lrfer.data.faces import FaceData, carve_validation, merge_validation
 from lrfer.data.pipeline import FaceDataModule, network_input_size
 from lrfer.engine import distributed as dist
-from lrfer.engine.checkpoint import write_json
 from lrfer.engine.metrics import check_metric_name, named_metric
 from lrfer.engine.runfolder import open_run_folder, run_identity
 from lrfer.engine.tblog import RunLogger
 from lrfer.engine.trainer import Trainer, resolve_device
-from lrfer.errors import UserError
 from lrfer.methods.base import Method, MethodContext
 from lrfer.models import pretrained
 

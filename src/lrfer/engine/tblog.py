@@ -37,7 +37,7 @@ class RunLogger:
         """``images`` in [0, 1], (N, C, H, W)."""
         if self.writer is None:
             return
-        from lrfer.compat import torchvision
+        from lrfer.core.compat import torchvision
 
         grid = torchvision.utils.make_grid(images.float().cpu(), nrow=nrow, padding=2, pad_value=1.0)
         self.writer.add_image(tag, grid, step)

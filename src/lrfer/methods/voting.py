@@ -26,8 +26,8 @@ from typing import ClassVar
 
 import torch
 
-from lrfer.engine.checkpoint import resolve_run_checkpoint
-from lrfer.errors import UserError
+from lrfer.core.checkpoint import resolve_run_checkpoint
+from lrfer.core.errors import UserError
 from lrfer.methods.base import Batch, Method, MethodContext, Stage, model_weights
 from lrfer.models.voting import VOTING_MODES, VotingResNet, vote
 

@@ -40,8 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lrfer.compat import torchvision
-from lrfer.errors import UserError
+from lrfer.core.compat import torchvision
+from lrfer.core.errors import UserError
 from lrfer.models.resnet import choose_stem
 
 ATTENTIONS = ("dbam", "cbam", "none")

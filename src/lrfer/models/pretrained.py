@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lrfer.errors import UserError
+from lrfer.core.errors import UserError
 
 log = logging.getLogger(__name__)
 

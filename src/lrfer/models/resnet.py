@@ -16,8 +16,8 @@ import logging
 import torch
 from torch import nn
 
-from lrfer.compat import torchvision
-from lrfer.errors import UserError
+from lrfer.core.compat import torchvision
+from lrfer.core.errors import UserError
 
 STEMS = ("auto", "imagenet", "conv3_pool", "conv3")
 ARCHS = ("resnet18", "resnet34", "resnet50")

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from lrfer.compat import torchvision
-from lrfer.errors import UserError
+from lrfer.core.compat import torchvision
+from lrfer.core.errors import UserError
 from lrfer.models.resnet import build_resnet
 
 ZOO_ARCHS = (

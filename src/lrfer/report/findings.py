@@ -37,7 +37,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from lrfer.config.compose import compose_config
-from lrfer.errors import UserError
+from lrfer.core.errors import UserError
 
 RULE = (
     "Verdict rule (every row): d = mean over seeds of A - B (accuracy points), se = its standard error over "

@@ -5,9 +5,9 @@ from __future__ import annotations
 from hydra.utils import get_class
 from omegaconf import DictConfig
 
+from lrfer.core.errors import UserError
 from lrfer.data.datasets import affectnet, expw, fer2013, ferplus, kdef, rafdb, synthetic  # noqa: F401
 from lrfer.data.datasets.base import DatasetAdapter
-from lrfer.errors import UserError
 
 
 def build_adapter(cfg: DictConfig) -> DatasetAdapter:

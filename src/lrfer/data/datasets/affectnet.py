@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from lrfer.config.schema import DatasetConfig, register_dataset_schema
+from lrfer.core.errors import UserError
 from lrfer.data.datasets.common import (
     Box,
     Face,
@@ -37,7 +38,6 @@ from lrfer.data.datasets.common import (
     one_line,
     to_number,
 )
-from lrfer.errors import UserError
 
 CLASS_NAMES = ("neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt")
 DROPPED_CODES = {8: "none", 9: "uncertain", 10: "no-face"}

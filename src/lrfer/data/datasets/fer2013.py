@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from lrfer.config.schema import register_dataset_schema
+from lrfer.core.errors import UserError
 from lrfer.data.datasets.common import (
     CorruptImage,
     Face,
@@ -27,7 +28,6 @@ from lrfer.data.datasets.common import (
     find_path,
     read_table,
 )
-from lrfer.errors import UserError
 
 CLASS_NAMES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 LABELS = LabelTable.consecutive(0, CLASS_NAMES)

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lrfer.config.schema import DatasetConfig, register_dataset_schema
+from lrfer.core.errors import UserError
 from lrfer.data.datasets.common import (
     Box,
     Face,
@@ -43,7 +44,6 @@ from lrfer.data.datasets.common import (
     to_number,
 )
 from lrfer.data.datasets.fer2013 import USAGE_SPLITS, find_fer2013_csv, read_fer2013
-from lrfer.errors import UserError
 
 CLASS_NAMES = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt")
 VOTE_COLUMNS = (*CLASS_NAMES, "unknown", "NF")

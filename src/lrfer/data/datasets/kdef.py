@@ -35,9 +35,9 @@ import numpy as np
 import torch
 
 from lrfer.config.schema import DatasetConfig, register_dataset_schema
+from lrfer.core.errors import UserError
 from lrfer.data.datasets.common import Box, Face, Faces, FileDataset, missing
 from lrfer.data.datasets.detect_crop import DatasetDetectorConfig, DetectCrop
-from lrfer.errors import UserError
 
 EXPRESSIONS = {
     "AF": "afraid",

@@ -19,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lrfer.config.schema import register_dataset_schema
+from lrfer.core.errors import UserError
 from lrfer.data.datasets.common import (
     Face,
     Faces,
@@ -30,7 +31,6 @@ from lrfer.data.datasets.common import (
     need_fields,
     read_rows,
 )
-from lrfer.errors import UserError
 
 CLASS_NAMES = ("surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral")
 LABELS = LabelTable.consecutive(1, CLASS_NAMES)

@@ -2,7 +2,8 @@
 
 Files are created with the permissions the umask allows (``0666 & ~umask``), like any other file the
 user writes, so a group sharing a folder can read the runs. A write that fails for want of disk (full,
-quota, read-only) is a :class:`~lrfer.errors.UserError`, and leaves no temporary file behind; one left by a
+quota, read-only) is a :class:`~lrfer.core.errors.UserError`, and leaves no temporary file behind; one left
+by a
 killed process is removed by :func:`remove_orphan_temporaries` when the run folder is next used.
 """
 
@@ -18,7 +19,7 @@ from typing import Any
 
 import torch
 
-from lrfer.errors import UserError, output_error
+from lrfer.core.errors import UserError, output_error
 
 #: Temporary files are ``.<name>.tmp-<pid>-<random>`` beside their target (``.<name>.<8 chars>`` before).
 _TEMPORARY = re.compile(r"^\..+\.(pt|json)\.(tmp-\d+-[0-9a-f]+|[A-Za-z0-9_]{8})$")
