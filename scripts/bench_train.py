@@ -57,11 +57,11 @@ from lrfer.cli import CONFIG_DIR
 from lrfer.config import register_schemas
 from lrfer.core.compat import torchvision
 from lrfer.data.degrade import parse_degradations
-from lrfer.engine.latency import cpu_model
 from lrfer.engine.run import build_method, build_parts, method_context
 from lrfer.engine.trainer import Trainer, derive_seed, resolve_device
 from lrfer.methods.base import Stage
 from lrfer.report.provenance import provenance
+from lrfer.tools.latency import cpu_model
 
 DEGRADATIONS = ["x1", "x2", "x4"]
 NATIVE = 100

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from lrfer.core.errors import exit_on_user_error
-from lrfer.engine.export import export_run
+from lrfer.tools.export import export_run
 
 #: tracing turns the input size into constants on purpose: the exported model has a fixed input size
 warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)

@@ -35,8 +35,6 @@ import torch
 from lrfer.config.compose import compose_config
 from lrfer.core.errors import UserError, exit_on_user_error
 from lrfer.data.datasets import build_adapter
-from lrfer.engine.latency import cpu_model
-from lrfer.engine.launch import finished_run, train_side_by_side
 from lrfer.report.findings import (
     claims_for,
     convergence,
@@ -55,6 +53,8 @@ from lrfer.report.findings import (
 )
 from lrfer.report.provenance import provenance as result_provenance
 from lrfer.report.provenance import provenance_line
+from lrfer.tools.latency import cpu_model
+from lrfer.tools.launch import finished_run, train_side_by_side
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PROTOCOL = REPO / "experiments" / "findings" / "protocol.yaml"

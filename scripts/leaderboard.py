@@ -38,10 +38,7 @@ from lrfer.core.checkpoint import write_json
 from lrfer.core.errors import UserError, exit_on_user_error, make_output_folder
 from lrfer.data.datasets import build_adapter
 from lrfer.data.synthetic import GENERATOR_VERSION
-from lrfer.engine.latency import cpu_model
-from lrfer.engine.launch import finished_run, train_side_by_side
 from lrfer.engine.loading import load_run_config
-from lrfer.engine.model_stats import method_cost
 from lrfer.report.leaderboard import (
     budget_label,
     budget_overrides,
@@ -52,6 +49,9 @@ from lrfer.report.leaderboard import (
     write_leaderboard,
 )
 from lrfer.report.provenance import provenance as result_provenance
+from lrfer.tools.latency import cpu_model
+from lrfer.tools.launch import finished_run, train_side_by_side
+from lrfer.tools.model_stats import method_cost
 
 DEFAULT_PROTOCOL = Path(__file__).resolve().parents[1] / "experiments" / "leaderboard" / "protocol.yaml"
 

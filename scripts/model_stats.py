@@ -33,7 +33,7 @@ import torch
 
 from lrfer.config import compose_config
 from lrfer.core.errors import exit_on_user_error
-from lrfer.engine.model_stats import append_csv, model_stats
+from lrfer.tools.model_stats import append_csv, model_stats
 
 
 @exit_on_user_error

@@ -128,7 +128,7 @@ def test_kd_reduction_reaches_the_method_and_defaults_to_sum():
 def test_paper_sized_network_is_within_5_percent_of_the_paper():
     """method=gmenet_paper: 18.75 M parameters, 2.99 GFLOPs (= GMACs at 224 px), within 5 %."""
     from lrfer.config import compose_config
-    from lrfer.engine.model_stats import model_stats
+    from lrfer.tools.model_stats import model_stats
 
     overrides = ["method=gmenet_paper", "method.kd_weight=0", "input_size=224"]
     stats = model_stats(compose_config(overrides))

@@ -8,7 +8,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from lrfer.core.errors import UserError
-from lrfer.engine.launch import finished_run
+from lrfer.tools.launch import finished_run
 
 OVERRIDES = ["method=baseline", "method.epochs=1", "seed=0"]
 

@@ -13,9 +13,9 @@ skips unreadable images, naming each on stderr.
 Exit status: 0 success (results in the CSV and one summary line on stdout), 2 a user error.
 
 With ``--detect`` the inputs are photos: every face is detected, cropped and classified, one CSV row per
-face, and ``--annotate DIR`` draws them (:mod:`lrfer.detect.photos`; needs ``pip install 'lrfer[faces]'``).
+face, and ``--annotate DIR`` draws them (:mod:`lrfer.tools.photos`; needs ``pip install 'lrfer[faces]'``).
 A video file (``clip.mp4``) or ``--camera INDEX`` takes the video path: faces detected, tracked, classified
-and smoothed over time (:mod:`lrfer.detect.video`; ``--annotate out.mp4``).
+and smoothed over time (:mod:`lrfer.tools.video`; ``--annotate out.mp4``).
 """
 
 from __future__ import annotations
@@ -40,10 +40,10 @@ from lrfer.core.errors import (
 )
 from lrfer.data.degrade import resize_to
 from lrfer.data.images import SQUARE_MODES, to_rgb8, to_square
-from lrfer.detect import photos, video
 from lrfer.engine.loading import load_method_weights, load_run_config
 from lrfer.engine.run import build_method, method_context
 from lrfer.engine.trainer import resolve_device
+from lrfer.tools import photos, video
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 
 import torch
 
-from lrfer.engine.latency import cpu_model
+from lrfer.tools.latency import cpu_model
 
 #: The fields every committed results file's provenance holds (``generator_version`` where faces are drawn).
 REQUIRED = ("command", "date", "machine", "torch")

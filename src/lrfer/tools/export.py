@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from lrfer.core.errors import UserError, check_folder_can_be_written, make_output_folder, writing
-from lrfer.engine.predictor import Predictor, load_predictor
+from lrfer.tools.predictor import Predictor, load_predictor
 
 log = logging.getLogger(__name__)
 

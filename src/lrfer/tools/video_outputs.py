@@ -27,7 +27,7 @@ import numpy as np
 
 from lrfer.core.errors import UserError
 from lrfer.detect.detectors import import_cv2
-from lrfer.detect.photos import PALETTE
+from lrfer.tools.photos import PALETTE
 
 #: The timeline shows at most this many tracks (the longest ones); the summary lists all.
 TIMELINE_TRACKS = 12

@@ -16,6 +16,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from lrfer.core.errors import UserError
 from lrfer.engine.run import build_method, method_context
 from lrfer.methods.base import Method
+from lrfer.tools.latency import cpu_latency_ms, cpu_model
+from lrfer.tools.predictor import build_predictor
 
 MIB = 2**20
 
@@ -122,11 +124,8 @@ def append_csv(path: Path, row_name: str, stats: dict) -> None:
 
 def method_cost(cfg: DictConfig, latency: dict) -> dict:
     """What a method costs at its input: parameters, GMACs and CPU batch-1 latency (``latency`` holds
-    :func:`~lrfer.engine.latency.cpu_latency_ms`'s threads / warmup / repeats / iters). Freshly
+    :func:`~lrfer.tools.latency.cpu_latency_ms`'s threads / warmup / repeats / iters). Freshly
     initialised weights: the cost does not depend on them."""
-    from lrfer.engine.latency import cpu_latency_ms, cpu_model
-    from lrfer.engine.predictor import build_predictor
-
     stats = model_stats(cfg, device="cpu")
     torch.manual_seed(0)
     predictor, shape = build_predictor(cfg)

@@ -3,7 +3,7 @@
 Used by ``lrfer-predict RUN clip.mp4 [--annotate out.mp4] [--out faces.csv]`` and ``lrfer-predict RUN --camera
 0``. Three stages run side by side: a reader thread decodes frames and runs the face detector on every
 ``detect_every``-th one; the main thread follows the faces (:mod:`lrfer.detect.tracking`), crops them and
-classifies the faces of several frames in one batch on the run's device (:class:`~lrfer.detect.photos.
+classifies the faces of several frames in one batch on the run's device (:class:`~lrfer.tools.photos.
 FaceClassifier`: each face cropped at its real size and resized once to the network input, as in training);
 a writer thread draws and encodes the annotated video. OpenCV and torch release the GIL in their kernels, so
 the stages overlap on a multi-core CPU.
@@ -39,8 +39,9 @@ import torch
 
 from lrfer.core.errors import UserError
 from lrfer.detect.detectors import DetectorConfig, FaceDetector, build_detector, import_cv2
-from lrfer.detect.photos import FaceClassifier, face_crops
 from lrfer.detect.tracking import FaceTracker, Track, TrackerConfig
+from lrfer.tools import video_outputs as vo
+from lrfer.tools.photos import FaceClassifier, face_crops
 
 log = logging.getLogger(__name__)
 
@@ -410,8 +411,6 @@ def predict_video(
     (None: when stderr is a terminal).
     """
     from tqdm import tqdm
-
-    from lrfer.detect import video_outputs as vo
 
     say = say or log.warning
     detector = build_detector(
