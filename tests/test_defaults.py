@@ -4,22 +4,20 @@
   arguments of its method class (followed through the ``**options`` a class hands on to its base class or
   network), and a Python default of any of them equals the file's value. Method classes take their options
   without defaults, so the YAML file is where a method's defaults live.
-* The trainer, degrade and augment schemas (``lrfer.config.schema``) equal their group's ``default.yaml``
-  wherever both give a value, and every dataset's schema equals the dataset's YAML file.
+* The schemas (``lrfer.config.schema``) hold types only: every option file of the trainer, degrade, augment,
+  logger, paths and dataset groups gives every schema field a value.
 """
 
 from __future__ import annotations
 
 import inspect
-from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import REPO, compose_cfg
 from hydra.utils import get_class
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
-from lrfer.config.schema import AugmentConfig, DegradeConfig, TrainerConfig, schema_node
 from lrfer.methods.gmenet import GMENetMethod
 from lrfer.models.gmenet import GMENet
 
@@ -73,28 +71,9 @@ def method_config(name: str) -> dict[str, Any]:
     return {k: v for k, v in node.items() if k not in NOT_OPTIONS}
 
 
-def disagreements(schema: DictConfig, yaml: DictConfig, prefix: str) -> list[str]:
-    """``key: schema value != yaml value`` for every key both give a value (nested nodes followed)."""
-    out = []
-    for key in yaml:
-        if key == "defaults" or key not in schema or OmegaConf.is_missing(schema, key):
-            continue
-        mine, theirs = schema[key], yaml[key]
-        if isinstance(mine, DictConfig) and isinstance(theirs, DictConfig):
-            out += disagreements(mine, theirs, f"{prefix}{key}.")
-            continue
-        a, b = (plain(OmegaConf.to_container(v) if OmegaConf.is_config(v) else v) for v in (mine, theirs))
-        if a != b:
-            out.append(f"{prefix}{key}: schema {a!r} != yaml {b!r}")
-    return out
-
-
-def dataset_schema(path: Path) -> str:
-    """The schema a dataset YAML names in its defaults list (``/schema/dataset@_here_: <name>``)."""
-    for entry in OmegaConf.load(path).get("defaults", []):
-        if isinstance(entry, DictConfig) and "/schema/dataset@_here_" in entry:
-            return str(entry["/schema/dataset@_here_"])
-    raise AssertionError(f"{path} names no dataset schema")
+def group_options(group: str) -> list[str]:
+    """``<group>=<option>`` for every option file of a config group."""
+    return [f"{group}={p.stem}" for p in sorted((CONFIGS / group).glob("*.yaml"))]
 
 
 @pytest.mark.parametrize("name", method_files())
@@ -119,19 +98,14 @@ def test_python_defaults_of_a_method_equal_its_config(name):
 
 
 @pytest.mark.parametrize(
-    ("group", "schema"), [("trainer", TrainerConfig), ("degrade", DegradeConfig), ("augment", AugmentConfig)]
+    "option",
+    [o for g in ("trainer", "degrade", "augment", "logger", "paths", "dataset") for o in group_options(g)],
 )
-def test_schema_defaults_equal_the_default_yaml(group, schema):
-    yaml = OmegaConf.load(CONFIGS / group / "default.yaml")
-    wrong = disagreements(OmegaConf.structured(schema), yaml, f"{group}.")
-    assert not wrong, f"lrfer.config.schema.{schema.__name__} vs configs/{group}/default.yaml: {wrong}"
-
-
-@pytest.mark.parametrize("path", sorted((CONFIGS / "dataset").glob("*.yaml")), ids=lambda p: p.stem)
-def test_dataset_schema_defaults_equal_the_dataset_yaml(path):
-    schema = schema_node("dataset", dataset_schema(path))
-    wrong = disagreements(OmegaConf.structured(schema), OmegaConf.load(path), "dataset.")
-    assert not wrong, f"{schema.__name__} vs configs/dataset/{path.name}: {wrong}"
+def test_every_schema_field_has_a_yaml_value(option):
+    """The schemas are types only (``MISSING``): every group option's YAML gives each field its value."""
+    group = option.split("=")[0]
+    missing = sorted(OmegaConf.missing_keys(compose_cfg(option)[group]))
+    assert not missing, f"configs/{group}/{option.split('=')[1]}.yaml gives no value to {missing}"
 
 
 def test_every_method_config_is_checked():

@@ -7,12 +7,14 @@ import torch
 from conftest import compose_cfg
 from omegaconf import OmegaConf
 
-from lrfer.config.schema import AugmentConfig, DegradeConfig
 from lrfer.core.errors import UserError
 from lrfer.data.degrade import parse_degradations
 from lrfer.data.faces import FaceData, FaceSplit, carve_validation, stratified_split
 from lrfer.data.pipeline import FaceDataModule
 from lrfer.engine.run import method_context
+
+#: The default config (configs/degrade/default.yaml, configs/augment/default.yaml, ...), composed once.
+DEFAULTS = compose_cfg()
 
 
 def _data(n=60, size=24, classes=3, seed=0):
@@ -34,10 +36,10 @@ def _module(
     **aug,
 ):
     """``placement``: extra FaceDataModule arguments (rank, world_size, prefetch)."""
-    degrade = OmegaConf.structured(
-        DegradeConfig(train=list(train), input_size=input_size, resize_back=resize_back)
+    degrade = OmegaConf.merge(
+        DEFAULTS.degrade, {"train": list(train), "input_size": input_size, "resize_back": resize_back}
     )
-    augment = OmegaConf.structured(AugmentConfig(**{"translate": 0.0, **aug}))
+    augment = OmegaConf.merge(DEFAULTS.augment, {"translate": 0.0, **aug})
     return FaceDataModule(
         data,
         degrade_cfg=degrade,

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from omegaconf import MISSING
 
-from lrfer.config.schema import DatasetConfig, register_dataset_schema
+from lrfer.config.schema import DatasetConfig
 from lrfer.core.errors import UserError
 from lrfer.data.datasets.common import (
     Box,
@@ -72,11 +73,8 @@ class AffectNetConfig(DatasetConfig):
     (``skip_corrupt``).
     """
 
-    sampler: str = "balanced"
-    skip_corrupt: bool = True
-
-
-register_dataset_schema("affectnet", AffectNetConfig)
+    sampler: str = MISSING
+    skip_corrupt: bool = MISSING
 
 
 class AffectNet(FileDataset):

@@ -18,7 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lrfer.config.schema import DatasetConfig, register_dataset_schema
+from omegaconf import MISSING
+
+from lrfer.config.schema import DatasetConfig
 from lrfer.data.datasets.common import (
     Box,
     Face,
@@ -43,13 +45,10 @@ class ExpwConfig(DatasetConfig):
     """``test_fraction`` of every class (seeded by ``test_seed``) is held out as the test split; ``crop`` is
     ``fixed`` (the labelled boxes) or ``detect`` (the ``detector``'s face in and around each box)."""
 
-    test_fraction: float = 0.1
-    test_seed: int = 0
-    crop: str = "fixed"
+    test_fraction: float = MISSING
+    test_seed: int = MISSING
+    crop: str = MISSING
     detector: DatasetDetectorConfig = field(default_factory=DatasetDetectorConfig)
-
-
-register_dataset_schema("expw", ExpwConfig)
 
 
 class Expw(DetectCrop, FileDataset):

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-from lrfer.config.schema import register_dataset_schema
 from lrfer.core.errors import UserError
 from lrfer.data.datasets.common import (
     CorruptImage,
@@ -78,9 +77,6 @@ def read_fer2013(path: Path) -> list[FerRow]:
             )
         rows.append(FerRow(lineno, split, row["emotion"], pixel_loader(row["pixels"])))
     return rows
-
-
-register_dataset_schema("fer2013")  # only the common options (``dataset.root`` = the folder of fer2013.csv)
 
 
 class Fer2013(FileDataset):

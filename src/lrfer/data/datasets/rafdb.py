@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lrfer.config.schema import register_dataset_schema
 from lrfer.core.errors import UserError
 from lrfer.data.datasets.common import (
     Face,
@@ -42,8 +41,6 @@ LAYOUT = (
     "basic/EmoLabel/list_patition_label.txt with basic/Image/aligned/, or DATASET/{train,test}/<label>/ "
     "with {train,test}_labels.csv"
 )
-
-register_dataset_schema("rafdb")  # only the common options (``dataset.root`` = the folder holding ``basic/``)
 
 
 class RafDb(FileDataset):
