@@ -28,8 +28,11 @@ from lrfer.cli.guard import report_user_error
 from lrfer.cli.sweep import FailedJob, start_if_never_ran
 from lrfer.config import register_schemas
 from lrfer.core.errors import USER_ERROR_EXIT_CODE, UserError
+from lrfer.engine import distributed as dist
 from lrfer.engine.distributed import env_rank
+from lrfer.engine.run import format_table, run_training
 from lrfer.engine.stop import Terminated
+from lrfer.engine.trainer import resolve_device
 
 log = logging.getLogger("lrfer")
 
@@ -75,10 +78,6 @@ def _stopped(what: str, run_dir: Path | None, status: int) -> None:
 
 
 def _task(cfg: DictConfig) -> float | FailedJob | None:
-    from lrfer.engine import distributed as dist
-    from lrfer.engine.run import format_table, run_training
-    from lrfer.engine.trainer import resolve_device
-
     run_dir = None
     with contextlib.suppress(ValueError):  # signal handlers can be set in the main thread only
         signal.signal(signal.SIGTERM, _raise_terminated)

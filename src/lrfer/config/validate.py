@@ -34,6 +34,7 @@ from lrfer.core.names import (
     SCHEDULERS,
     TRAIN_MODES,
 )
+from lrfer.data.degrade import parse_degradations
 
 log = logging.getLogger(__name__)
 
@@ -254,8 +255,6 @@ def paper_init_warning(cfg: DictConfig) -> str | None:
 
 
 def _check_degradations(c: _Checker, image_size: int | None) -> None:
-    from lrfer.data.degrade import parse_degradations
-
     for part in ("train", "val", "test"):
         labels = _get(c.cfg, f"degrade.{part}")
         if labels is _MISSING or (labels is None and part == "val"):
@@ -297,8 +296,6 @@ def method_metrics(cfg: DictConfig) -> list[str] | None:
 
 def _check_metric_names(c: _Checker) -> None:
     """``trainer.monitor`` and ``objective`` name a metric the method reports at a validated degradation."""
-    from lrfer.data.degrade import parse_degradations
-
     metrics = method_metrics(c.cfg)
     labels = _get(c.cfg, "degrade.val")
     if labels is _MISSING or labels is None:

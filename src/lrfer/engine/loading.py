@@ -7,6 +7,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from lrfer.config.compose import compose_config
+from lrfer.config.validate import validate_config
 from lrfer.core.checkpoint import load_checkpoint
 from lrfer.core.errors import UserError
 from lrfer.methods.base import Method
@@ -61,8 +63,6 @@ def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> 
     """The config a run was trained with, with ``key=value`` overrides applied (e.g. ``dataset.root=...``),
     parsed as Hydra parses its command line and validated (:func:`lrfer.config.validate.validate_config`).
     """
-    from lrfer.config.validate import validate_config
-
     run_dir = Path(run_dir)
     path = run_dir / ".hydra" / "config.yaml"
     if not path.is_file():
@@ -93,8 +93,6 @@ def fill_new_method_options(cfg: DictConfig) -> None:
     an option existed would not rebuild. Every option the run's config lacks is taken from the current
     config of the same method (same ``_target_``) and logged; the options the run has keep their values.
     """
-    from lrfer.config.compose import compose_config
-
     method = cfg.get("method")
     if method is None or not method.get("name"):
         return

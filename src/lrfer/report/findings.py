@@ -36,8 +36,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from lrfer.config.compose import compose_config
+from lrfer.config.compose import compose_config, merge_overrides
 from lrfer.core.errors import UserError
+from lrfer.report.provenance import provenance
 
 RULE = (
     "Verdict rule (every row): d = mean over seeds of A - B (accuracy points), se = its standard error over "
@@ -524,8 +525,6 @@ def run_provenance(run_dir: Path) -> dict:
     the run from its local output folder: runs train where their output folder is)."""
     from datetime import datetime, timezone
 
-    from lrfer.report.provenance import provenance
-
     metrics_file = run_dir / "metrics.json"
     metrics = json.loads(metrics_file.read_text())
     overrides_file = run_dir / ".hydra" / "overrides.yaml"
@@ -835,8 +834,6 @@ def plan_runs(
 ) -> dict[tuple[str, int], list[str]]:
     """(run, seed) -> the run's overrides: the protocol's common ones, the run's own, its scaled epochs,
     ``extra`` (the command line's, which win) and its seed; in training order (run by run)."""
-    from lrfer.config.compose import merge_overrides
-
     unknown = [r for r in runs if r not in protocol["runs"]]
     if unknown:
         raise UserError(f"unknown run(s) {unknown}: the protocol has {', '.join(protocol['runs'])}")
@@ -889,8 +886,6 @@ def duration(seconds: float) -> str:
 
 def write_calls(path: Path, calls: list[dict]) -> None:
     """``calls.json``: the calls that trained runs, under ``"calls"``, after this call's ``"provenance"``."""
-    from lrfer.report.provenance import provenance
-
     path.write_text(json.dumps({"provenance": provenance(synthetic=True), "calls": calls}, indent=1) + "\n")
 
 
