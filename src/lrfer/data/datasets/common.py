@@ -361,6 +361,8 @@ class FileDataset(DatasetAdapter):
     and :meth:`faces` (the :class:`Face` records of every split); :meth:`load` decodes them.
     """
 
+    #: The class names when the dataset's files name the classes (KDEF's file-name codes, FERPlus's vote
+    #: columns); empty: the config's ``dataset.class_names`` (the labels are numbers, index = code - first).
     class_names: ClassVar[tuple[str, ...]] = ()
     #: Info key counting decoded faces that :meth:`keep` rejects ("" = keep every face).
     rejected_as: ClassVar[str] = ""
@@ -394,7 +396,7 @@ class FileDataset(DatasetAdapter):
 
     def names(self) -> list[str]:
         """The class names, in the order of the class indices."""
-        return list(self.class_names)
+        return list(self.class_names or self.cfg.class_names)
 
     def keep(self, face: np.ndarray) -> bool:
         return True

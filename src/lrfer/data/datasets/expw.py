@@ -34,8 +34,6 @@ from lrfer.data.datasets.common import (
 )
 from lrfer.data.datasets.detect_crop import DatasetDetectorConfig, DetectCrop
 
-CLASS_NAMES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
-LABELS = LabelTable.consecutive(0, CLASS_NAMES)
 LABEL_FILES = ("label/label.lst", "data/label/label.lst")
 LAYOUT = "label/label.lst and image/origin/<image_name>"
 
@@ -55,7 +53,6 @@ class Expw(DetectCrop, FileDataset):
     """ExpW: a seeded stratified test split of the faces; the rest is train."""
 
     name = "expw"
-    class_names = CLASS_NAMES
     use_label_box = True
     layout_help = LAYOUT
 
@@ -68,6 +65,7 @@ class Expw(DetectCrop, FileDataset):
         seen: set[tuple[str, ...]] = set()
         faces: list[Face] = []
         duplicates = 0
+        labels = LabelTable.consecutive(0, self.names())  # labels 0..6 in the order of dataset.class_names
         for lineno, row in read_rows(label_file, delimiter=None):
             need_fields(row, 8, label_file, lineno, "'image face_id top left right bottom confidence label'")
             key = tuple(row[:8])
@@ -75,7 +73,7 @@ class Expw(DetectCrop, FileDataset):
                 duplicates += 1
                 continue
             seen.add(key)
-            label = LABELS.lookup(row[7], f"{label_file}:{lineno}")
+            label = labels.lookup(row[7], f"{label_file}:{lineno}")
             top, left, right, bottom = (to_number(v, label_file, lineno, "face box value") for v in row[2:6])
             where = f"{image_dir / row[0]} ({label_file}:{lineno})"
             faces.append(Face(image_dir / row[0], label, Box(top, left, bottom, right), where=where))

@@ -31,8 +31,8 @@ from lrfer.data.datasets.common import (
     read_rows,
 )
 
-CLASS_NAMES = ("surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral")
-LABELS = LabelTable.consecutive(1, CLASS_NAMES)
+#: RAF-DB's labels are 1..7, in the order of ``dataset.class_names`` (configs/dataset/rafdb.yaml).
+FIRST_LABEL = 1
 
 BASIC_LABELS = ("basic/EmoLabel/list_patition_label.txt", "EmoLabel/list_patition_label.txt")
 CSV_DIRS = (".", "DATASET")
@@ -47,8 +47,10 @@ class RafDb(FileDataset):
     """RAF-DB basic: train / test from the official split (the image name's prefix)."""
 
     name = "rafdb"
-    class_names = CLASS_NAMES
     layout_help = LAYOUT
+
+    def labels(self) -> LabelTable:
+        return LabelTable.consecutive(FIRST_LABEL, self.names())
 
     def layout(self) -> tuple[str, list[Path]]:
         """("basic", [label file]) or ("folders", [train csv, test csv])."""
@@ -77,7 +79,7 @@ class RafDb(FileDataset):
                     f"{label_file}:{lineno}: cannot tell the split of {name!r} "
                     "(expected a name starting with train_ or test_)"
                 )
-            label = LABELS.lookup(raw, f"{label_file}:{lineno}")
+            label = self.labels().lookup(raw, f"{label_file}:{lineno}")
             faces[split].append(Face(image_dir / f"{Path(name).stem}_aligned.jpg", label))
         return faces
 
@@ -87,6 +89,6 @@ class RafDb(FileDataset):
         for split, csv_file in zip(("train", "test"), csvs):
             faces[split] = [
                 Face(image_root.parent / split / row["label"] / row["image"], label)
-                for _, row, label in labelled_rows(csv_file, ("image", "label"), LABELS, "label")
+                for _, row, label in labelled_rows(csv_file, ("image", "label"), self.labels(), "label")
             ]
         return faces
