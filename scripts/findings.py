@@ -62,7 +62,7 @@ DEFAULT_RESULTS = REPO / "experiments" / "findings"
 
 
 @exit_on_user_error
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run")
     parser.add_argument("--out", type=Path, default=Path("outputs/findings"), help="where runs train")
@@ -75,7 +75,83 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="the protocol's quick runs, 1 seed, tiny faces")
     mode.add_argument("--collect", action="store_true", help="train nothing; copy finished runs, rebuild")
     mode.add_argument("--from-repo", action="store_true", help="train nothing; rebuild from <results>/runs")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def runs_to_train(args: argparse.Namespace, plan: dict, all_runs: list[str], copies: Path) -> list[tuple]:
+    """(run, seed, folder, copy, overrides) of every planned run not finished yet (finished ones are copied
+    to ``copies``), of the runs ``--runs`` names; none with ``--collect``."""
+    first = next(iter(plan.values()))
+    provenance = build_adapter(compose_config(first).dataset).provenance()  # the generator version
+    to_train = set(args.runs or all_runs)
+    if to_train - set(all_runs):  # also catches key=value overrides given after --runs
+        raise UserError(
+            f"--runs: unknown run(s) {sorted(to_train - set(all_runs))}; the protocol has "
+            f"{', '.join(all_runs)} (give key=value overrides before --runs)"
+        )
+    todo = []
+    for (run, seed), overrides in plan.items():
+        folder = run_folder(args.out / "runs", run, seed, overrides).resolve()
+        copy = run_folder(copies, run, seed, overrides)
+        if finished_run(folder, overrides, provenance):
+            print(f"{run} seed {seed}: finished earlier ({folder})", flush=True)
+            copy_artefacts(folder, copy)
+        elif finished_run(copy, overrides, provenance):
+            print(f"{run} seed {seed}: finished earlier (copy in {copy})", flush=True)
+        elif run in to_train and not args.collect:
+            todo.append((run, seed, folder, copy, overrides))
+    return todo
+
+
+def train(
+    args: argparse.Namespace, todo: list[tuple], command: str, failed: list[str], start: float, cpu0: float
+) -> int:
+    """Train ``todo`` side by side, copying each finished run; returns how many trained.
+
+    The calls that trained runs: their history lives with the runs (<out>/calls.json), is updated as each run
+    ends (a call that runs for days is on record from its start; ``start``, ``cpu0``: when this call began)
+    and is copied with them."""
+    if not todo:
+        return 0
+    calls = previous_calls(args.out / "calls.json")
+    call = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": command,
+        "code": code_version(),
+        "machine": f"{cpu_model()} ({os.cpu_count()} cores), torch {torch.__version__}",
+        "runs_planned": len(todo),
+        "runs_trained": 0,
+        "wall_s": 0.0,
+        "cpu_s": 0.0,
+    }
+    lock = threading.Lock()
+
+    def record_call() -> None:
+        call.update(wall_s=round(time.perf_counter() - start, 1), cpu_s=round(_children_cpu() - cpu0, 1))
+        write_calls(args.out / "calls.json", [*calls, call])
+
+    def done(index: int, ok: bool, seconds: float) -> None:
+        run, seed, folder, copy, _ = todo[index]
+        print(f"{run} seed {seed}: {'done' if ok else 'FAILED'} in {seconds / 60:.1f} min", flush=True)
+        with lock:
+            if ok:
+                copy_artefacts(folder, copy)
+                call["runs_trained"] += 1
+            else:
+                failed.append(f"{run}/seed{seed} (see {folder.with_suffix('.log')})")
+            record_call()
+
+    print(f"{len(todo)} run(s) to train", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    record_call()
+    jobs = args.jobs if args.jobs is not None else (os.cpu_count() or 1)
+    train_side_by_side([(o, f) for _, _, f, _, o in todo], max(1, jobs), done)
+    record_call()
+    return call["runs_trained"]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
     command = " ".join(["python scripts/findings.py", *(sys.argv[1:] if argv is None else argv)])
     protocol = load_findings_protocol(args.protocol)
     quick = protocol["quick"]
@@ -90,66 +166,9 @@ def main(argv: list[str] | None = None) -> dict:
     start, cpu0 = time.perf_counter(), _children_cpu()
     trained = 0
     failed: list[str] = []
-
     if not args.from_repo:
-        first = next(iter(plan.values()))
-        provenance = build_adapter(compose_config(first).dataset).provenance()  # the generator version
-        to_train = set(args.runs or all_runs)
-        if to_train - set(all_runs):  # also catches key=value overrides given after --runs
-            raise UserError(
-                f"--runs: unknown run(s) {sorted(to_train - set(all_runs))}; the protocol has "
-                f"{', '.join(all_runs)} (give key=value overrides before --runs)"
-            )
-        todo = []
-        for (run, seed), overrides in plan.items():
-            folder = run_folder(args.out / "runs", run, seed, overrides).resolve()
-            copy = run_folder(copies, run, seed, overrides)
-            if finished_run(folder, overrides, provenance):
-                print(f"{run} seed {seed}: finished earlier ({folder})", flush=True)
-                copy_artefacts(folder, copy)
-            elif finished_run(copy, overrides, provenance):
-                print(f"{run} seed {seed}: finished earlier (copy in {copy})", flush=True)
-            elif run in to_train and not args.collect:
-                todo.append((run, seed, folder, copy, overrides))
-
-        # the calls that trained runs: their history lives with the runs (<out>/calls.json), is updated as
-        # each run ends (a call that runs for days is on record from its start) and is copied with them
-        calls = previous_calls(args.out / "calls.json")
-        call = {
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "command": command,
-            "code": code_version(),
-            "machine": f"{cpu_model()} ({os.cpu_count()} cores), torch {torch.__version__}",
-            "runs_planned": len(todo),
-            "runs_trained": 0,
-            "wall_s": 0.0,
-            "cpu_s": 0.0,
-        }
-        lock = threading.Lock()
-
-        def record_call() -> None:
-            call.update(wall_s=round(time.perf_counter() - start, 1), cpu_s=round(_children_cpu() - cpu0, 1))
-            write_calls(args.out / "calls.json", [*calls, call])
-
-        def done(index: int, ok: bool, seconds: float) -> None:
-            run, seed, folder, copy, _ = todo[index]
-            print(f"{run} seed {seed}: {'done' if ok else 'FAILED'} in {seconds / 60:.1f} min", flush=True)
-            with lock:
-                if ok:
-                    copy_artefacts(folder, copy)
-                    call["runs_trained"] += 1
-                else:
-                    failed.append(f"{run}/seed{seed} (see {folder.with_suffix('.log')})")
-                record_call()
-
-        if todo:
-            print(f"{len(todo)} run(s) to train", flush=True)
-            args.out.mkdir(parents=True, exist_ok=True)
-            record_call()
-            jobs = args.jobs if args.jobs is not None else (os.cpu_count() or 1)
-            train_side_by_side([(o, f) for _, _, f, _, o in todo], max(1, jobs), done)
-            trained = call["runs_trained"]
-            record_call()
+        todo = runs_to_train(args, plan, all_runs, copies)
+        trained = train(args, todo, command, failed, start, cpu0)
 
     calls = previous_calls((results if args.from_repo else args.out) / "calls.json")
     if calls and not args.from_repo:

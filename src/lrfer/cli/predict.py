@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import DictConfig
 from PIL import Image, UnidentifiedImageError
 
 from lrfer.config.validate import MIN_FACE_SIDE
@@ -43,6 +44,7 @@ from lrfer.data.images import SQUARE_MODES, to_rgb8, to_square
 from lrfer.engine.loading import load_method_weights, load_run_config
 from lrfer.engine.run import build_method, method_context
 from lrfer.engine.trainer import resolve_device
+from lrfer.methods.base import Method, MethodContext
 from lrfer.tools import photos, video
 
 log = logging.getLogger(__name__)
@@ -109,7 +111,7 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 
 @exit_on_user_error
-def main(argv: list[str] | None = None) -> list[dict]:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Classify faces of any size with a trained lrfer run.")
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("inputs", nargs="*", type=Path)
@@ -132,6 +134,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         parser.error("give image files or folders, a video, or --camera INDEX")
     else:
         check_arguments(args)
+    return args
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     cfg = load_run_config(args.run_dir)
@@ -140,8 +147,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     method = build_method(cfg, context)
     load_method_weights(method, args.run_dir, args.checkpoint)
     method.to(device).eval()
-    mean = torch.tensor(list(cfg.dataset.mean), device=device).view(1, -1, 1, 1)
-    std = torch.tensor(list(cfg.dataset.std), device=device).view(1, -1, 1, 1)
     say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     if video.wants_video(args):
         print(video.predict_video(args, photos.build_classifier(cfg, context, method, device), say=say))
@@ -150,6 +155,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(photos.predict_photos(args, cfg, context, method, device, list_images(args.inputs), say=say))
         return None  # the console script exits 0 (sys.exit of a value would print it and exit 1)
 
+    faces, skipped = read_faces(args)
+    rows = classify(faces, args, cfg, context, method, device)
+    with writing(args.out):
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with args.out.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0].keys()) if rows else ["path"])
+            writer.writeheader()
+            writer.writerows(rows)
+    print(f"classified {len(rows)} faces ({skipped} unreadable skipped) -> {args.out}")
+    return rows
+
+
+def read_faces(args: argparse.Namespace) -> tuple[list[tuple[Path, torch.Tensor]], int]:
+    """(path, image) of every input image, and how many unreadable ones ``--skip-corrupt`` skipped."""
     faces, skipped = [], 0
     for path in list_images(args.inputs):
         try:
@@ -159,6 +178,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 raise
             print(f"skipped: {str(err).removeprefix('cannot read image ')}", file=sys.stderr, flush=True)
             skipped += 1
+    return faces, skipped
+
+
+def classify(
+    faces: list[tuple[Path, torch.Tensor]],
+    args: argparse.Namespace,
+    cfg: DictConfig,
+    context: MethodContext,
+    method: Method,
+    device: torch.device,
+) -> list[dict]:
+    """One CSV row per face: its size, the factor the method is given, the prediction and probabilities."""
+    mean = torch.tensor(list(cfg.dataset.mean), device=device).view(1, -1, 1, 1)
+    std = torch.tensor(list(cfg.dataset.std), device=device).view(1, -1, 1, 1)
     rows = []
     names = context.class_names
     with torch.inference_mode():
@@ -187,13 +220,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 }
                 row.update({f"p_{n}": round(float(v), 4) for n, v in zip(names, p)})
                 rows.append(row)
-    with writing(args.out):
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with args.out.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0].keys()) if rows else ["path"])
-            writer.writeheader()
-            writer.writerows(rows)
-    print(f"classified {len(rows)} faces ({skipped} unreadable skipped) -> {args.out}")
     return rows
 
 

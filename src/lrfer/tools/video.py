@@ -402,6 +402,53 @@ def output_paths(args: argparse.Namespace) -> dict[str, Path | None]:
     }
 
 
+def detector_and_options(args: argparse.Namespace) -> tuple[FaceDetector, VideoOptions]:
+    """The face detector and the tracking options the command line asks for."""
+    detector = build_detector(
+        DetectorConfig(
+            model=args.detector_model, min_face=args.min_face, margin=args.margin, profile=args.profile
+        )
+    )
+    options = VideoOptions(
+        detect_every=args.detect_every, smooth=args.smooth, margin=args.margin,
+        tracker=TrackerConfig(min_track=args.min_track), batch_size=args.batch_size,
+    )  # fmt: skip
+    return detector, options
+
+
+def video_summary(
+    source: VideoSource,
+    stats: TrackingStats,
+    options: VideoOptions,
+    tracks: list,
+    truncated: bool,
+    names: list[str],
+) -> dict:
+    """The ``summary.json`` of a video: the input, what was processed, the tracks found."""
+    fps = stats.frames / stats.seconds if stats.seconds > 0 else 0.0
+    summary = {
+        "input": source.name,
+        "frames": stats.frames,
+        "fps": source.fps,
+        "duration_s": round(stats.frames / source.fps, 3) if not source.live else round(stats.seconds, 3),
+        "width": source.width,
+        "height": source.height,
+        "processed_fps": round(fps, 2),
+        "detect_every": options.detect_every,
+        "smooth_s": options.smooth,
+        "min_track": options.tracker.min_track,
+        "no_face": not tracks,
+        "tracks": tracks,
+        "dropped_tracks": stats.dropped,
+        "interrupted": stats.interrupted,
+        "truncated": truncated,
+        "class_names": names,
+    }
+    if not tracks:
+        summary["message"] = f"no face found in {stats.frames} frames"
+    return summary
+
+
 def predict_video(
     args: argparse.Namespace, classifier: FaceClassifier, say=None, progress: bool | None = None
 ) -> str:
@@ -413,15 +460,7 @@ def predict_video(
     from tqdm import tqdm
 
     say = say or log.warning
-    detector = build_detector(
-        DetectorConfig(
-            model=args.detector_model, min_face=args.min_face, margin=args.margin, profile=args.profile
-        )
-    )
-    options = VideoOptions(
-        detect_every=args.detect_every, smooth=args.smooth, margin=args.margin,
-        tracker=TrackerConfig(min_track=args.min_track), batch_size=args.batch_size,
-    )  # fmt: skip
+    detector, options = detector_and_options(args)
     source = VideoSource(args.camera if args.camera is not None else Path(args.inputs[0]))
     threads = torch.get_num_threads()
     if classifier.device.type == "cpu":
@@ -473,26 +512,7 @@ def predict_video(
             )
         tracks = vo.summarise(table.tracks, names)
         fps = stats.frames / stats.seconds if stats.seconds > 0 else 0.0
-        summary = {
-            "input": source.name,
-            "frames": stats.frames,
-            "fps": source.fps,
-            "duration_s": round(stats.frames / source.fps, 3) if not source.live else round(stats.seconds, 3),
-            "width": source.width,
-            "height": source.height,
-            "processed_fps": round(fps, 2),
-            "detect_every": options.detect_every,
-            "smooth_s": options.smooth,
-            "min_track": options.tracker.min_track,
-            "no_face": not tracks,
-            "tracks": tracks,
-            "dropped_tracks": stats.dropped,
-            "interrupted": stats.interrupted,
-            "truncated": truncated,
-            "class_names": names,
-        }
-        if not tracks:
-            summary["message"] = f"no face found in {stats.frames} frames"
+        summary = video_summary(source, stats, options, tracks, truncated, names)
         vo.write_summary(summary_tmp, summary)
         vo.plot_timeline(timeline_tmp, table.tracks, names, f"{Path(source.name).name}: expression per track")
         partial.commit()
