@@ -61,7 +61,6 @@ DEFAULT_PROTOCOL = REPO / "experiments" / "findings" / "protocol.yaml"
 DEFAULT_RESULTS = REPO / "experiments" / "findings"
 
 
-@exit_on_user_error
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run")
@@ -150,6 +149,7 @@ def train(
     return call["runs_trained"]
 
 
+@exit_on_user_error
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     command = " ".join(["python scripts/findings.py", *(sys.argv[1:] if argv is None else argv)])

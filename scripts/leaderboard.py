@@ -63,7 +63,6 @@ def default_jobs(device: str) -> int:
     return 1 if on_gpu else os.cpu_count() or 1
 
 
-@exit_on_user_error
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run (dataset=..., ...)")
@@ -155,6 +154,7 @@ def record_call(
     return calls
 
 
+@exit_on_user_error
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     protocol = load_protocol(args.protocol)

@@ -110,7 +110,6 @@ def check_arguments(args: argparse.Namespace) -> None:
         check_folder_can_be_written(args.annotate, "write the annotated photos into")
 
 
-@exit_on_user_error
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Classify faces of any size with a trained lrfer run.")
     parser.add_argument("run_dir", type=Path)
@@ -137,6 +136,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+@exit_on_user_error
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
