@@ -193,23 +193,24 @@ class AugmentConfig:
 
 @dataclass
 class DatasetConfig:
-    """Fields every dataset has; adapters extend it with their own options (a dataclass subclass)."""
+    """Fields every dataset has (values: ``configs/dataset/common/options.yaml`` and the dataset's file);
+    adapters extend it with their own options (a dataclass subclass)."""
 
     _target_: str = MISSING
     name: str = MISSING
-    root: str | None = None
+    root: str | None = MISSING
     num_classes: int = MISSING
     class_names: list[str] = MISSING
     image_size: int = MISSING
-    val_fraction: float = 0.1
-    val_per_class: int | None = None
-    merge_val: bool = False
-    split_seed: int = 0
-    sampler: str = "random"
+    val_fraction: float = MISSING
+    val_per_class: int | None = MISSING
+    merge_val: bool = MISSING
+    split_seed: int = MISSING
+    sampler: str = MISSING
     mean: list[float] = MISSING
     std: list[float] = MISSING
-    skip_corrupt: bool = False
-    on_device: AutoBool = auto_bool("auto")
+    skip_corrupt: bool = MISSING
+    on_device: AutoBool = auto_bool()
 
 
 @dataclass
