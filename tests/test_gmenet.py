@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 
@@ -25,6 +26,8 @@ from lrfer.models.gmenet import (
 )
 
 SMALL = dict(width=8, layers=[1, 1, 1, 1], global_blocks=[1, 1, 1, 1])
+#: The network options of method=gmenet (configs/method/gmenet.yaml: the one place they are set).
+NETWORK = {k: v for k, v in method_options("gmenet").items() if k in inspect.signature(GMENet).parameters}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -232,7 +235,8 @@ def test_only_low_resolution_inputs_are_blurred():
 @pytest.mark.parametrize("global_branch", [True, False])
 def test_every_ablation_builds_and_runs_forward(attention, global_branch):
     torch.manual_seed(0)
-    net = GMENet(7, 32, attention=attention, global_branch=global_branch, **SMALL).eval()
+    options = {**NETWORK, **SMALL, "attention": attention, "global_branch": global_branch}
+    net = GMENet(7, 32, **options).eval()
     logits, maps = net(torch.randn(2, 3, 32, 32), return_maps=True)
     assert logits.shape == (2, 7) and torch.isfinite(logits).all()
     assert len(maps) == (0 if attention == "none" else 4)
@@ -266,7 +270,7 @@ def test_mixed_channel_block_keeps_the_shape_and_follows_eq_5_to_8():
 
 
 def test_default_network_size():
-    net = GMENet(7, 100)
+    net = GMENet(7, 100, **NETWORK)
     assert sum(p.numel() for p in net.parameters()) == 7_899_661
 
 
