@@ -1,13 +1,14 @@
 #!/usr/bin/env python
 """Are two training runs the same, number for number? (A refactor's check that training did not change.)
 
-    python scripts/compare_runs.py RUN_A RUN_B
+    python scripts/compare_runs.py RUN_A RUN_B [--partial]
 
 Compares every scalar the runs wrote to TensorBoard (``tb/events.*`` and the files under ``tb/``, read with
 TensorBoard's ``EventAccumulator``: each tag's steps and values, exactly) and the ``val`` and ``test``
 numbers of their ``metrics.json``. Wall times (tags and keys naming ``time``, ``_s``, ``per_s``) are
 machine-dependent and skipped. Prints one line per difference and exits 1 if there is any, else prints
-what was compared and exits 0.
+what was compared and exits 0. ``--partial`` compares a run still training (RUN_B) with a finished one: only
+the TensorBoard steps both have written so far (at least one per tag), and no metrics.json.
 """
 
 from __future__ import annotations
@@ -82,9 +83,22 @@ def differences(a: dict[str, Any], b: dict[str, Any], what: str) -> list[str]:
     return lines
 
 
-def compare(run_a: Path, run_b: Path) -> tuple[list[str], int, int]:
+def common_steps(a: dict[str, list], b: dict[str, list]) -> tuple[dict[str, list], dict[str, list]]:
+    """Both runs' scalars cut to the steps the shorter one has logged (tags only one run has are dropped)."""
+    cut_a, cut_b = {}, {}
+    for tag in set(a) & set(b):
+        n = min(len(a[tag]), len(b[tag]))
+        cut_a[tag], cut_b[tag] = a[tag][:n], b[tag][:n]
+    return cut_a, cut_b
+
+
+def compare(run_a: Path, run_b: Path, partial: bool = False) -> tuple[list[str], int, int]:
     """The differences between two run folders, and how many scalar tags and metric values were compared."""
     tb_a, tb_b = tb_scalars(run_a), tb_scalars(run_b)
+    if partial:
+        tb_a, tb_b = common_steps(tb_a, tb_b)
+        lines = differences(tb_a, tb_b, "tensorboard")
+        return lines, sum(len(v) for v in tb_a.values()), 0
     m_a, m_b = metrics(run_a), metrics(run_b)
     lines = differences(tb_a, tb_b, "tensorboard") + differences(m_a, m_b, "metrics.json")
     return lines, len(set(tb_a) | set(tb_b)), len(set(m_a) | set(m_b))
@@ -94,18 +108,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_a", type=Path)
     parser.add_argument("run_b", type=Path)
+    parser.add_argument("--partial", action="store_true", help="RUN_B still trains: the steps both have")
     args = parser.parse_args(argv)
-    for run in (args.run_a, args.run_b):
+    for run in (args.run_a,) if args.partial else (args.run_a, args.run_b):
         if not (run / "metrics.json").is_file() or not (run / "tb").is_dir():
             print(f"error: {run} is not a finished run folder (no metrics.json or tb/)", file=sys.stderr)
             return 2
-    lines, tags, values = compare(args.run_a, args.run_b)
+    lines, tags, values = compare(args.run_a, args.run_b, args.partial)
     for line in lines:
         print(line)
     if lines:
         print(f"{len(lines)} difference(s)")
         return 1
-    print(f"identical: {tags} TensorBoard scalar tags (every step) and {values} metrics.json val/test values")
+    if args.partial:
+        print(f"identical so far: {tags} TensorBoard scalar values (the steps both runs have logged)")
+    else:
+        print(f"identical: {tags} TensorBoard scalar tags (every step), {values} metrics.json values")
     return 0
 
 

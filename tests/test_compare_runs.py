@@ -50,3 +50,12 @@ def test_a_differing_test_accuracy_fails(tmp_path, capsys):
     b = _run(tmp_path / "b", [1.0], 0.76)
     assert _script().main([str(a), str(b)]) == 1
     assert "metrics.json test.x1.acc: 0.75 != 0.76" in capsys.readouterr().out
+
+
+def test_partial_compares_the_steps_a_run_in_progress_has_logged(tmp_path, capsys):
+    finished = _run(tmp_path / "a", [1.0, 0.5, 0.25], 0.75)
+    same_so_far = _run(tmp_path / "b", [1.0, 0.5], 0.0)
+    other_so_far = _run(tmp_path / "c", [1.0, 0.6], 0.0)
+    assert _script().main([str(finished), str(same_so_far), "--partial"]) == 0
+    assert _script().main([str(finished), str(other_so_far), "--partial"]) == 1
+    assert "tensorboard epoch/train/loss" in capsys.readouterr().out
