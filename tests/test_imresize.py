@@ -313,3 +313,14 @@ def test_dtype_errors():
         imresize_uint8(torch.zeros(8, 8), scale=0.5)
     with pytest.raises(ValueError, match=r"\(H, W\)"):
         imresize(torch.zeros(8), scale=0.5)
+
+
+def test_a_wrong_dtype_is_named_in_the_error():
+    with pytest.raises(ValueError, match=r"use imresize_uint8 for uint8\), got torch\.uint8"):
+        imresize(torch.zeros(8, 8, dtype=torch.uint8), scale=0.5)
+    with pytest.raises(ValueError, match=r"got float64"):
+        imresize(np.zeros((8, 8)), scale=0.5)
+    with pytest.raises(ValueError, match=r"got list"):
+        imresize([[0.0, 1.0]], scale=0.5)
+    with pytest.raises(ValueError, match=r"uint8 tensor, got torch\.float32"):
+        imresize_uint8(torch.zeros(8, 8), scale=0.5)

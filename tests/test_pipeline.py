@@ -411,3 +411,14 @@ def test_training_batches_are_augmented_and_evaluation_batches_are_not():
     assert torch.allclose(train["image"] * 0.25 + 0.5, raw.flip(-1), atol=1e-6)
     test = next(dm.eval_batches("test", deg[0]))
     assert torch.allclose(test["image"] * 0.25 + 0.5, data.splits["test"].images.float() / 255, atol=1e-6)
+
+
+def test_a_one_off_batch_brings_its_native_partner_when_asked():
+    data = _data(n=20)
+    degs = parse_degradations(["x1", "x4"])
+    dm = _module(data, train=degs_labels(degs))
+    index, which = torch.tensor([3, 7, 11]), torch.tensor([1, 0, 1])
+    batch = dm.make_batch("train", index, which, degs, augment=False, need_hr=True)
+    native = data.splits["train"].images[index].float() / 255
+    assert torch.allclose(batch["image_hr"] * 0.25 + 0.5, native, atol=1e-6)
+    assert "image_hr" not in dm.make_batch("train", index, which, degs, augment=False)
