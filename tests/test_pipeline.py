@@ -422,3 +422,17 @@ def test_a_one_off_batch_brings_its_native_partner_when_asked():
     native = data.splits["train"].images[index].float() / 255
     assert torch.allclose(batch["image_hr"] * 0.25 + 0.5, native, atol=1e-6)
     assert "image_hr" not in dm.make_batch("train", index, which, degs, augment=False)
+
+
+def test_every_epoch_draws_new_augmentations():
+    """With every face the same image, the order of samples cannot matter: epoch seeds 3 and 4 must still
+    augment differently (the augmentation stream follows the epoch's seed, not only the rank)."""
+    same = torch.randint(
+        0, 256, (1, 3, 24, 24), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    split = FaceSplit(same.expand(16, -1, -1, -1).contiguous(), torch.arange(16) % 2)
+    data = FaceData("toy", ["a", "b"], {"train": split, "val": split, "test": split})
+    dm = _module(data, batch_size=16, translate=0.1, rotate=10.0)
+    degs = parse_degradations(["x1"])
+    epochs = [next(dm.train_batches(degs, seed=s))["image"] for s in (3, 4, 3)]
+    assert torch.equal(epochs[0], epochs[2]) and not torch.allclose(epochs[0], epochs[1])
