@@ -190,3 +190,10 @@ def test_jpeg_of_grey_images_uses_the_grey_codec():
         Image.fromarray(grey[k, 0].numpy()).save(buffer, format="JPEG", quality=20)
         expected = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("L"))
         assert np.array_equal(got[k, 0].numpy(), expected)
+
+
+@pytest.mark.parametrize("label", ["x2+noise8", "x2+blur1", "x2+jpeg30", "x1+noise4"])
+def test_an_empty_split_has_an_empty_realistic_view(label):
+    empty = torch.zeros(0, 3, 16, 16, dtype=torch.uint8)
+    deg = parse_degradation(label)
+    assert degrade_uint8(empty, deg).shape == (0, 3, *deg.output_size(16, 16))
