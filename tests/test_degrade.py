@@ -162,3 +162,9 @@ def test_resize_back_is_matlab_bicubic_to_the_given_size_and_nearest_on_request(
     centres = ((torch.arange(20) + 0.5) * 13 / 20).floor().long()  # the nearest pixel centre
     assert torch.equal(resize_to(small, 20, "nearest"), small[..., centres, :][..., centres])
     assert resize_to(small, 13) is small
+
+
+@pytest.mark.parametrize("images", [torch.zeros(1, 3, 8, 8), torch.zeros(3, 8, 8, dtype=torch.uint8)])
+def test_views_are_made_of_uint8_batches_only(images):
+    with pytest.raises(ValueError, match=r"degrade_uint8 expects uint8 images of shape \(N, C, H, W\)"):
+        degrade_uint8(images, parse_degradation("x2"))

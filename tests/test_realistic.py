@@ -11,7 +11,13 @@ import torch
 from PIL import Image
 
 from lrfer.data.degrade import degrade_uint8, parse_degradation, parse_degradations
-from lrfer.data.realistic import gaussian_blur_uint8, gaussian_noise_uint8, hashed_normal, jpeg_uint8
+from lrfer.data.realistic import (
+    apply_operations,
+    gaussian_blur_uint8,
+    gaussian_noise_uint8,
+    hashed_normal,
+    jpeg_uint8,
+)
 from lrfer.errors import UserError
 from lrfer.report.tables import degradation_sort_key
 
@@ -197,3 +203,4 @@ def test_an_empty_split_has_an_empty_realistic_view(label):
     empty = torch.zeros(0, 3, 16, 16, dtype=torch.uint8)
     deg = parse_degradation(label)
     assert degrade_uint8(empty, deg).shape == (0, 3, *deg.output_size(16, 16))
+    assert apply_operations(empty, deg.operations, seed=1).shape == (0, 3, 16, 16)  # called directly too
