@@ -327,3 +327,5 @@ def test_a_wrong_dtype_is_named_in_the_error():
         imresize([[0.0, 1.0]], scale=0.5)
     with pytest.raises(ValueError, match=r"uint8 tensor, got torch\.float32"):
         imresize_uint8(torch.zeros(8, 8), scale=0.5)
+    with pytest.raises(ValueError, match=r"uint8 tensor, got list"):
+        imresize_uint8([[0, 1]], scale=0.5)
