@@ -204,3 +204,15 @@ def test_an_empty_split_has_an_empty_realistic_view(label):
     deg = parse_degradation(label)
     assert degrade_uint8(empty, deg).shape == (0, 3, *deg.output_size(16, 16))
     assert apply_operations(empty, deg.operations, seed=1).shape == (0, 3, 16, 16)  # called directly too
+
+
+def test_the_noise_stream_is_the_one_the_committed_results_were_made_with():
+    """Realistic views are recomputed in every run, never stored: a changed hash (a constant, a shift)
+    would still be deterministic but would silently change every committed ``+noise`` result."""
+    flat = torch.full((2, 1, 2, 4), 128, dtype=torch.uint8)
+    assert gaussian_noise_uint8(flat, 20.0, seed=0, first_index=5).flatten().tolist() == [
+        160, 94, 81, 110, 100, 124, 145, 129, 114, 134, 121, 123, 144, 111, 125, 134,
+    ]  # fmt: skip
+    assert gaussian_noise_uint8(flat, 20.0, seed=7, first_index=5).flatten().tolist() == [
+        154, 158, 148, 125, 145, 123, 134, 106, 129, 97, 106, 115, 119, 133, 138, 138,
+    ]  # fmt: skip
