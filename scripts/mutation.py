@@ -22,7 +22,9 @@ list and show the survivors. docs/mutation.md holds the measured numbers and wha
 of N of them (drawn with ``random.Random(S)`` from the sorted mutant names, so the same N and S draw the same
 sample): mutmut first generates the mutants and collects which test reaches which function (it is given a
 name that matches nothing, so it stops there), then runs the sampled mutants by name. A second call with the
-same N and S checks only the sampled mutants that have no verdict yet. ``summary.json`` then holds the
+same N and S checks only the sampled mutants that have no verdict yet; ``--no-run`` only writes the summary
+of what has been checked (mutmut checks the mutants with the fastest tests first, so a stopped sample is not
+a random subset of it). ``summary.json`` then holds the
 sample's counts and the kill rate among its checked mutants with a 95 % (Wilson) interval: an estimate for
 the module, labelled as a sample.
 """
@@ -151,6 +153,7 @@ def main() -> int:
     parser.add_argument("--max-children", type=int, default=1, help="mutants tested at once (default 1)")
     parser.add_argument("--sample", type=int, default=None, help="check only N randomly drawn mutants")
     parser.add_argument("--seed", type=int, default=0, help="seed of the --sample draw (default 0)")
+    parser.add_argument("--no-run", action="store_true", help="--sample: summary only")
     args = parser.parse_args()
     text, pyproject = load_pyproject()
     config = pyproject["tool"]["mutmut"]
@@ -184,7 +187,7 @@ def main() -> int:
             subprocess.run([*run, GENERATE_ONLY], cwd=work, env=env)
         sample = draw_sample(list(verdicts(work, module)), args.sample, args.seed)
         todo = [name for name in sample if verdicts(work, module)[name] is None]
-        if todo:
+        if todo and not args.no_run:
             subprocess.run([*run, *todo], cwd=work, env=env)
         stats = {"module": module, **sample_summary(work, module, sample, args.seed)}
         (work / f"sample-{args.sample}-seed-{args.seed}.json").write_text(json.dumps(stats, indent=2) + "\n")
