@@ -278,12 +278,12 @@ def test_a_changed_text_file_is_damage(tmp_path):
 @pytest.mark.parametrize(
     ("change", "match"),
     [
-        ({"format": cache_module.CACHE_FORMAT + 1}, "manifest format"),
-        ({"splits": {}}, "no splits"),
-        ({"class_names": []}, "no classes"),
-        ({"image_size": [8]}, "no image size"),
-        ({"image_size": [8, 9]}, "train images are not 8x9"),
-        ({"content_hash": "0" * 40}, "content hash"),
+        ({"format": cache_module.CACHE_FORMAT + 1}, f"^manifest format {cache_module.CACHE_FORMAT + 1}$"),
+        ({"splits": {}}, r"^manifest\.json lists no splits$"),
+        ({"class_names": []}, r"^manifest\.json lists no classes$"),
+        ({"image_size": [8]}, r"^manifest\.json has no image size$"),
+        ({"image_size": [8, 9]}, "^train images are not 8x9$"),
+        ({"content_hash": "0" * 40}, "^the content hash does not match$"),
     ],
 )
 def test_a_manifest_that_does_not_describe_the_entry_is_damage(tmp_path, change, match):

@@ -168,3 +168,13 @@ def test_resize_back_is_matlab_bicubic_to_the_given_size_and_nearest_on_request(
 def test_views_are_made_of_uint8_batches_only(images):
     with pytest.raises(ValueError, match=r"degrade_uint8 expects uint8 images of shape \(N, C, H, W\)"):
         degrade_uint8(images, parse_degradation("x2"))
+
+
+def test_a_view_computed_on_a_named_device_is_the_same_view():
+    images = torch.randint(
+        0, 256, (5, 3, 24, 24), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    deg = parse_degradation("x3+noise4")
+    assert torch.equal(
+        degrade_uint8(images, deg, device=torch.device("cpu"), chunk=2), degrade_uint8(images, deg)
+    )

@@ -329,3 +329,10 @@ def test_a_wrong_dtype_is_named_in_the_error():
         imresize_uint8(torch.zeros(8, 8), scale=0.5)
     with pytest.raises(ValueError, match=r"uint8 tensor, got list"):
         imresize_uint8([[0, 1]], scale=0.5)
+
+
+@pytest.mark.parametrize("size", [(1, 10), (10, 1), (1, 1)])
+def test_a_side_of_one_pixel_is_a_valid_size(size):
+    x = torch.rand(2, 3, 12, 14, dtype=torch.float64)
+    assert imresize(x, size=size).shape == (2, 3, *size)
+    assert imresize_uint8((x * 255).to(torch.uint8), size=size).shape == (2, 3, *size)

@@ -263,3 +263,9 @@ def test_the_plot_compares_latency_at_the_hardest_degradation(tmp_path, monkeypa
     assert (tmp_path / "p.png").stat().st_size > 0
     monkeypatch.undo()
     plt.close(fig)
+
+
+def test_a_summary_without_calls_has_no_previous_calls(tmp_path):
+    summary = tmp_path / "leaderboard.json"
+    summary.write_text(json.dumps({"methods": ["a"]}))
+    assert lb.previous_calls(summary) == []

@@ -216,3 +216,11 @@ def test_the_noise_stream_is_the_one_the_committed_results_were_made_with():
     assert gaussian_noise_uint8(flat, 20.0, seed=7, first_index=5).flatten().tolist() == [
         154, 158, 148, 125, 145, 123, 134, 106, 129, 97, 106, 115, 119, 133, 138, 138,
     ]  # fmt: skip
+
+
+def test_blur_works_down_to_two_pixel_faces():
+    tiny = torch.tensor([[[[0, 255], [255, 0]]]], dtype=torch.uint8)
+    blurred = gaussian_blur_uint8(tiny, 1.0)
+    assert 0 < int(blurred.min()) <= int(blurred.max()) < 255
+    one = torch.full((1, 1, 1, 5), 9, dtype=torch.uint8)
+    assert torch.equal(gaussian_blur_uint8(one, 1.0), one)  # a side of 1 pixel: nothing to blur against
