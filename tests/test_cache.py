@@ -203,6 +203,7 @@ def test_a_write_failing_half_way_leaves_nothing_and_training_continues_without_
         data = load_or_build(adapter, tmp_path / "cache")
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "no space left" in warnings[0].lower() and "without a cache" in warnings[0]
+    assert f"cannot write {entry}:" in warnings[0]  # which entry could not be written
     _same(data, adapter.load())
     assert os.listdir(entry.parent) == []
 
@@ -362,3 +363,37 @@ def test_a_damaged_entry_is_logged_once_rebuilt_and_sound_afterwards(tmp_path, c
     _same(data, adapter.load())
     _same(read_cache(entry), data)
     assert [p.name for p in entry.parent.iterdir()] == [entry.name]  # the damaged copy is gone
+
+
+def test_building_and_reusing_an_entry_are_logged_with_its_path(tmp_path, caplog):
+    adapter = ToyAdapter()
+    entry = cache_path(tmp_path / "cache", adapter.name, adapter.fingerprint())
+    with caplog.at_level(logging.INFO, logger="lrfer.data.cache"):
+        load_or_build(adapter, tmp_path / "cache")
+        load_or_build(adapter, tmp_path / "cache")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"building the toy cache at {entry}",
+        f"using cached toy at {entry}",
+    ]
+
+
+def test_the_images_are_mapped_from_disk_not_read_into_memory(tmp_path):
+    """A later run memory-maps the cached images: reading an entry (without the full checksum) allocates far
+    less than the images' size."""
+    import tracemalloc
+
+    class Big(ToyAdapter):
+        def load(self):
+            data = super().load()
+            images = torch.zeros(16000, 3, 8, 8, dtype=torch.uint8)  # 3 MB
+            data.splits["train"] = FaceSplit(images, torch.arange(16000) % len(CLASSES))
+            return data
+
+    entry = _entry(tmp_path, Big())
+    tracemalloc.start()
+    try:
+        data = read_cache(entry, every_byte=False)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(data.splits["train"]) == 16000 and peak < 1_000_000

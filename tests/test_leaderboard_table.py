@@ -269,3 +269,20 @@ def test_a_summary_without_calls_has_no_previous_calls(tmp_path):
     summary = tmp_path / "leaderboard.json"
     summary.write_text(json.dumps({"methods": ["a"]}))
     assert lb.previous_calls(summary) == []
+
+
+def test_a_method_without_finished_runs_keeps_its_row_with_empty_cells(tmp_path):
+    _runs(tmp_path, {"a": {"x1": [0.5]}})
+    (tmp_path / "runs" / "b").mkdir(parents=True)
+    write_leaderboard(collect(tmp_path, ["a", "b"]), ["x1"], tmp_path, "t")
+    row = _md_rows(tmp_path)["b"]
+    assert row["seeds"] == "0" and row["x1"] == "" and row["train min"] == ""
+    assert _csv(tmp_path)["b"]["seeds"] == "0"
+
+
+def test_the_markdown_table_has_its_separator_row(tmp_path):
+    _runs(tmp_path, {"a": {"x1": [0.5], "x2": [0.4]}})
+    write_leaderboard(collect(tmp_path, ["a"]), ["x1", "x2"], tmp_path, "t")
+    lines = (tmp_path / "leaderboard.md").read_text().splitlines()
+    head = lines.index(next(line for line in lines if line.startswith("| method")))
+    assert lines[head + 1] == "|" + "---|" * (2 + len(lb.COST_COLUMNS) + 2)
