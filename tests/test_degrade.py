@@ -170,11 +170,13 @@ def test_views_are_made_of_uint8_batches_only(images):
         degrade_uint8(images, parse_degradation("x2"))
 
 
-def test_a_view_computed_on_a_named_device_is_the_same_view():
+@pytest.mark.parametrize("device", ["cpu", "cpu:0"], ids=["same", "other"])
+def test_a_view_computed_on_a_named_device_is_the_same_view_kept_beside_the_images(device):
+    """``cpu:0`` is not the images' ``cpu`` device: it takes the path of host images resized on a GPU a
+    chunk at a time (the view filled in place, kept on the host)."""
     images = torch.randint(
         0, 256, (5, 3, 24, 24), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
     )
     deg = parse_degradation("x3+noise4")
-    assert torch.equal(
-        degrade_uint8(images, deg, device=torch.device("cpu"), chunk=2), degrade_uint8(images, deg)
-    )
+    view = degrade_uint8(images, deg, device=torch.device(device), chunk=2)
+    assert torch.equal(view, degrade_uint8(images, deg)) and view.device == images.device
