@@ -28,6 +28,7 @@ import functools
 import hashlib
 import json
 import math
+import os
 import shutil
 import statistics
 from collections.abc import Iterable, Sequence
@@ -496,10 +497,12 @@ ARTEFACTS = ("metrics.json", ".hydra/config.yaml", ".hydra/overrides.yaml")
 
 def validation_history(run_dir: Path) -> list[dict]:
     """``val_history`` of a run (stage, epoch, score per validated epoch): from its small
-    ``val_history.json`` copy, else from ``checkpoints/last.pt``."""
+    ``val_history.json`` copy (``{"provenance": ..., "history": [...]}``, or a plain list as first written),
+    else from ``checkpoints/last.pt``."""
     copy = run_dir / "val_history.json"
     if copy.is_file():
-        return json.loads(copy.read_text())
+        data = json.loads(copy.read_text())
+        return list(data["history"] if isinstance(data, dict) else data)
     last = run_dir / "checkpoints" / "last.pt"
     if not last.is_file():
         return []
@@ -512,8 +515,8 @@ def validation_history(run_dir: Path) -> list[dict]:
     ]
 
 
-#: Beside a run's copied files: where they came from (``tests/test_provenance.py``: a file without its own
-#: ``provenance`` key is covered by a ``provenance.json`` beside it that lists it under ``describes``).
+#: The provenance file that copies made before provenance was embedded carry beside their files (it lists
+#: them under ``describes``); :func:`embed_provenance` moves its record into the files and removes it.
 RUN_PROVENANCE = "provenance.json"
 
 
@@ -532,7 +535,7 @@ def run_provenance(run_dir: Path) -> dict:
     overrides = [str(o) for o in OmegaConf.load(overrides_file)] if overrides_file.is_file() else []
     finished = datetime.fromtimestamp(metrics_file.stat().st_mtime, timezone.utc)
     here = provenance()
-    record = {
+    return {
         "command": " ".join(["python -m lrfer.cli.train", *overrides]),
         "date": finished.strftime("%Y-%m-%d %H:%M UTC"),
         "machine": here["machine"],
@@ -541,23 +544,49 @@ def run_provenance(run_dir: Path) -> dict:
         "copied_by": here["command"],
         "copied": here["date"],
     }
-    return {"describes": [*ARTEFACTS, "val_history.json"], "provenance": record}
 
 
-def write_run_provenance(run_dir: Path, dest: Path) -> None:
-    (dest / RUN_PROVENANCE).write_text(json.dumps(run_provenance(run_dir), indent=1) + "\n")
+def _write_json(path: Path, data: object, indent: int) -> None:
+    """``path`` replaced at once (a temporary file renamed): never half written."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=indent) + "\n")
+    tmp.replace(path)
+
+
+def _with_provenance(metrics: dict, history: list[dict], record: dict) -> tuple[dict, dict]:
+    return {"provenance": record, **metrics}, {"provenance": record, "history": history}
+
+
+def embed_provenance(dest: Path) -> bool:
+    """Give a copy made before provenance was embedded (no ``provenance`` key in its ``metrics.json``) the
+    record its :data:`RUN_PROVENANCE` file holds (else one made from the copy itself), in its
+    ``metrics.json`` and ``val_history.json``; then remove that file. Returns whether anything changed."""
+    metrics_file = dest / "metrics.json"
+    metrics = json.loads(metrics_file.read_text())
+    if "provenance" in metrics:
+        return False
+    sidecar = dest / RUN_PROVENANCE
+    record = json.loads(sidecar.read_text())["provenance"] if sidecar.is_file() else run_provenance(dest)
+    mtime = metrics_file.stat().st_mtime  # the run's end, which a record made from the copy reads
+    metrics, history = _with_provenance(metrics, validation_history(dest), record)
+    _write_json(dest / "val_history.json", history, indent=1)
+    _write_json(metrics_file, metrics, indent=2)  # the indent the trainer writes
+    os.utime(metrics_file, (mtime, mtime))
+    sidecar.unlink(missing_ok=True)
+    return True
 
 
 def copy_artefacts(run_dir: Path, dest: Path) -> bool:
-    """Copy a finished run's small files (:data:`ARTEFACTS` and ``val_history.json``) and their provenance
-    (:data:`RUN_PROVENANCE`) to ``dest``; returns whether anything was copied (a finished copy already there
-    is left alone, but gets its provenance file if it lacks one). Written to a temporary folder first and
-    renamed, so a copy is never half there."""
+    """Copy a finished run's small files (:data:`ARTEFACTS` and ``val_history.json``) to ``dest``, with
+    their provenance (:func:`run_provenance`) under the key ``provenance`` of ``metrics.json`` and of
+    ``val_history.json`` (``{"provenance": ..., "history": [...]}``); returns whether anything was copied (a
+    finished copy already there is left alone, but gets its provenance if it lacks it:
+    :func:`embed_provenance`). Written to a temporary folder first and renamed, so a copy is never half
+    there."""
     if not (run_dir / "metrics.json").is_file():
         return False
     if (dest / "metrics.json").is_file():
-        if not (dest / RUN_PROVENANCE).is_file():
-            write_run_provenance(run_dir, dest)
+        embed_provenance(dest)
         return False
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -566,8 +595,14 @@ def copy_artefacts(run_dir: Path, dest: Path) -> bool:
         if src.is_file():
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, tmp / name)
-    (tmp / "val_history.json").write_text(json.dumps(validation_history(run_dir), indent=1) + "\n")
-    write_run_provenance(run_dir, tmp)
+    metrics_file = tmp / "metrics.json"
+    metrics, history = _with_provenance(
+        json.loads(metrics_file.read_text()), validation_history(run_dir), run_provenance(run_dir)
+    )
+    (tmp / "val_history.json").write_text(json.dumps(history, indent=1) + "\n")
+    mtime = metrics_file.stat().st_mtime
+    metrics_file.write_text(json.dumps(metrics, indent=2) + "\n")  # the indent the trainer writes
+    os.utime(metrics_file, (mtime, mtime))  # the run's end time stays the file's
     if dest.exists():  # an unfinished copy without metrics.json
         shutil.rmtree(dest)
     tmp.rename(dest)
@@ -894,6 +929,15 @@ def write_calls(path: Path, calls: list[dict]) -> None:
     path.write_text(json.dumps({"provenance": provenance(synthetic=True), "calls": calls}, indent=1) + "\n")
 
 
+def merge_calls(kept: list[dict], new: list[dict]) -> list[dict]:
+    """The calls of ``kept`` (e.g. the repository's ``calls.json``, with calls whose run folders are gone) and
+    of ``new`` (an output folder's), one per (date, command, code): ``new``'s record of a call wins (it has
+    the call's later progress), in date order."""
+    merged = {(c.get("date"), c.get("command"), c.get("code")): c for c in kept}
+    merged.update({(c.get("date"), c.get("command"), c.get("code")): c for c in new})
+    return sorted(merged.values(), key=lambda c: str(c.get("date", "")))
+
+
 def previous_calls(path: Path) -> list[dict]:
     """The calls of a ``calls.json`` (:func:`write_calls`; a plain list, as first written, is read too)."""
     if not path.is_file():
@@ -905,3 +949,30 @@ def previous_calls(path: Path) -> list[dict]:
         raise UserError(
             f"{path} is not a JSON list of calls ({err}): remove it to start its call history anew"
         ) from None
+
+
+# -- the cost estimate ---------------------------------------------------------------------------------------
+def load_epoch_costs(path: str | Path) -> dict:
+    """``epoch_costs.yaml``: per run, the CPU seconds of one unit of each scaled key (one epoch of that
+    stage; for a ``paper_scale`` key, the paper's whole schedule), with ``source`` saying where each was
+    measured."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"cost file {path} not found: pass --costs experiments/findings/epoch_costs.yaml")
+    return OmegaConf.to_container(OmegaConf.load(path))
+
+
+def estimate_cpu(plan: dict[tuple[str, int], list[str]], costs: dict) -> dict[str, float]:
+    """Estimated CPU seconds of every run of ``plan`` (summed over its seeds), in plan order: each scaled
+    key's value in the run's overrides times its cost per unit (:func:`load_epoch_costs`)."""
+    out: dict[str, float] = {}
+    for (run, _seed), overrides in plan.items():
+        if run not in costs.get("runs", {}):
+            raise UserError(f"no cost for run {run} in the cost file: add it (CPU seconds per epoch)")
+        values = dict(o.split("=", 1) for o in overrides if "=" in o)
+        per_unit = costs["runs"][run]["cpu_s"]
+        missing = sorted(k for k in per_unit if k not in values)
+        if missing:
+            raise UserError(f"run {run}: the cost file prices {missing}, which its overrides do not set")
+        out[run] = out.get(run, 0.0) + sum(float(values[k]) * float(c) for k, c in per_unit.items())
+    return out
