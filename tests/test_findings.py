@@ -383,3 +383,13 @@ def test_the_efc_comparison_networks_are_torchvisions_own_as_the_paper_ran_them(
     protocol = load_findings_protocol(PROTOCOL)
     for run in ("resnet18_32px", "mobilenetv3s_10px"):
         assert "method.small_input=false" in protocol["runs"][run]["overrides"], run
+
+
+def test_the_findings_gmenet_distils_with_the_papers_eq_11():
+    """GME-Net's eq. 11 halves the two attention terms (kd_reduction=paper, the experiment configs' choice);
+    the method's quick default (sum) gives the distillation twice the paper's weight."""
+    from lrfer.config.compose import compose_config
+
+    protocol = load_findings_protocol(PROTOCOL)
+    cfg = compose_config(plan_runs(protocol, ["gmenet"], 1)[("gmenet", 0)])
+    assert cfg.method.kd_weight == 5.0 and cfg.method.kd_reduction == "paper"
