@@ -393,3 +393,14 @@ def test_the_findings_gmenet_distils_with_the_papers_eq_11():
     protocol = load_findings_protocol(PROTOCOL)
     cfg = compose_config(plan_runs(protocol, ["gmenet"], 1)[("gmenet", 0)])
     assert cfg.method.kd_weight == 5.0 and cfg.method.kd_reduction == "paper"
+
+
+def test_soft_and_hard_voting_are_two_votes_of_the_same_networks_compared_per_seed():
+    claim = next(c for c in CLAIMS if c.text.startswith("soft voting >= hard voting"))
+    assert claim.a.runs() == claim.b.runs() == {"voting_soft"}
+    # soft beats hard by 1 point on every seed; unpaired, the 10-point spread over seeds would hide it
+    rows = {s: {"x1": {"acc_soft": (a + 1) / 100, "acc_hard": a / 100}} for s, a in enumerate([60, 70, 80])}
+    metrics = {"voting_soft": {s: {"test": row} for s, row in rows.items()}}
+    assert evaluate_claim(claim, metrics).verdict == HOLDS
+    protocol = load_findings_protocol(PROTOCOL)
+    assert "method.eval_all_votings=true" in protocol["runs"]["voting_soft"]["overrides"]
