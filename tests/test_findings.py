@@ -28,6 +28,7 @@ from lrfer.report.findings import (
     measure_values,
     merge_calls,
     plan_runs,
+    provenance_lines,
     run_folder,
     scaled_overrides,
     validation_history,
@@ -404,3 +405,22 @@ def test_soft_and_hard_voting_are_two_votes_of_the_same_networks_compared_per_se
     assert evaluate_claim(claim, metrics).verdict == HOLDS
     protocol = load_findings_protocol(PROTOCOL)
     assert "method.eval_all_votings=true" in protocol["runs"]["voting_soft"]["overrides"]
+
+
+def test_a_resumed_runs_copy_says_its_cpu_time_counts_only_its_last_start(tmp_path):
+    run = tmp_path / "runs" / "seed0-abc"
+    (run / ".hydra").mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({"cpu_s": 20.0, "test": {}}))
+    (run / ".hydra" / "overrides.yaml").write_text("- a=1\n")
+    log = run.with_suffix(".log")  # what train_in_subprocess appends: one "$ command" line per start
+    log.write_text("$ python -m lrfer.cli.train a=1\nepoch 1\n")
+    dest = tmp_path / "copy"
+    assert copy_artefacts(run, dest)
+    assert "starts" not in json.loads((dest / "metrics.json").read_text())["provenance"]
+    log.write_text(log.read_text() + "$ python -m lrfer.cli.train a=1 trainer.resume=true\nepoch 2\n")
+    assert not copy_artefacts(run, dest)  # the copy learns it (a copy made before the resume was counted)
+    metrics = json.loads((dest / "metrics.json").read_text())
+    assert metrics["provenance"]["starts"] == 2
+    assert json.loads((dest / "val_history.json").read_text())["provenance"]["starts"] == 2
+    record = RunRecord("r", 0, dest, metrics)
+    assert "1 of them were stopped and resumed" in " ".join(provenance_lines([record], [], 0.5))

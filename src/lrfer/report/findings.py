@@ -561,6 +561,10 @@ def run_provenance(run_dir: Path) -> dict:
     overrides = [str(o) for o in OmegaConf.load(overrides_file)] if overrides_file.is_file() else []
     finished = datetime.fromtimestamp(metrics_file.stat().st_mtime, timezone.utc)
     here = provenance()
+    extra = {}
+    starts = _starts(run_dir)
+    if starts > 1:  # metrics.json's cpu_s and duration_s count since the last start only
+        extra["starts"] = starts
     return {
         "command": " ".join(["python -m lrfer.cli.train", *overrides]),
         "date": finished.strftime("%Y-%m-%d %H:%M UTC"),
@@ -569,7 +573,17 @@ def run_provenance(run_dir: Path) -> dict:
         "generator_version": metrics.get("dataset_info", {}).get("generator_version", "not recorded"),
         "copied_by": here["command"],
         "copied": here["date"],
+        **extra,
     }
+
+
+def _starts(run_dir: Path) -> int:
+    """How many times a run was started (the ``$ command`` lines of its ``<run folder>.log``, which
+    :func:`lrfer.engine.launch.train_in_subprocess` appends): more than 1 when it was resumed; 0 unknown."""
+    log = run_dir.with_suffix(".log")
+    if not log.is_file():
+        return 0
+    return sum(1 for line in log.read_text(errors="replace").splitlines() if line.startswith("$ "))
 
 
 def _write_json(path: Path, data: object, indent: int) -> None:
@@ -580,7 +594,8 @@ def _write_json(path: Path, data: object, indent: int) -> None:
 
 
 def _with_provenance(metrics: dict, history: list[dict], record: dict) -> tuple[dict, dict]:
-    return {"provenance": record, **metrics}, {"provenance": record, "history": history}
+    rest = {k: v for k, v in metrics.items() if k != "provenance"}
+    return {"provenance": record, **rest}, {"provenance": record, "history": history}
 
 
 def embed_provenance(dest: Path) -> bool:
@@ -602,6 +617,21 @@ def embed_provenance(dest: Path) -> bool:
     return True
 
 
+def _note_starts(run_dir: Path, dest: Path) -> None:
+    """Add the run's number of starts to a copy whose provenance lacks it (a copy made before it was kept)."""
+    metrics_file = dest / "metrics.json"
+    metrics = json.loads(metrics_file.read_text())
+    starts = _starts(run_dir)
+    if starts <= 1 or metrics["provenance"].get("starts") == starts:
+        return
+    record = {**metrics["provenance"], "starts": starts}
+    mtime = metrics_file.stat().st_mtime
+    metrics, history = _with_provenance(metrics, validation_history(dest), record)
+    _write_json(dest / "val_history.json", history, indent=1)
+    _write_json(metrics_file, metrics, indent=2)
+    os.utime(metrics_file, (mtime, mtime))
+
+
 def copy_artefacts(run_dir: Path, dest: Path) -> bool:
     """Copy a finished run's small files (:data:`ARTEFACTS` and ``val_history.json``) to ``dest``, with
     their provenance (:func:`run_provenance`) under the key ``provenance`` of ``metrics.json`` and of
@@ -613,6 +643,7 @@ def copy_artefacts(run_dir: Path, dest: Path) -> bool:
         return False
     if (dest / "metrics.json").is_file():
         embed_provenance(dest)
+        _note_starts(run_dir, dest)
         return False
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -927,12 +958,18 @@ def provenance_lines(records: list[RunRecord], calls: list[dict], fraction: floa
     )
     cpu = [r.metrics["cpu_s"] for r in records if "cpu_s" in r.metrics]
     wall = [r.metrics.get("duration_s", 0.0) for r in records]
+    resumed = sum(1 for r in records if r.metrics.get("provenance", {}).get("starts", 1) > 1)
     lines = [
         f"Budget: every stage at {fraction:g} of its paper's epochs (experiments/findings/protocol.yaml).",
         f"Runs: {len(records)} finished; torch {', '.join(torch_versions) or '-'}; synthetic-face generator "
         f"v{', v'.join(generators) or '-'}.",
         f"**Total CPU time of the runs: {duration(sum(cpu))}** over {len(cpu)} run(s) that record it "
-        f"(metrics.json cpu_s); their wall time {duration(sum(wall))}.",
+        f"(metrics.json cpu_s); their wall time {duration(sum(wall))}"
+        + (
+            f"; {resumed} of them were stopped and resumed, and count only their last start: a lower bound."
+            if resumed
+            else "."
+        ),
     ]
     for c in calls:
         lines.append(
