@@ -124,7 +124,7 @@ def cached_bytes(cfg: DictConfig, data: FaceData) -> int:
                 oh, ow = deg.output_size(h, w)
             except UserError:
                 continue
-            if (oh, ow) != (h, w):
+            if (oh, ow) != (h, w) or deg.operations:  # x1+noise8: native size, yet a new tensor
                 total += n * c * oh * ow
     return total
 
