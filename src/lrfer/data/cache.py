@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from lrfer.data.faces import FaceData, FaceSplit
+from lrfer.data.shared_views import register
 from lrfer.errors import disk_error
 
 log = logging.getLogger(__name__)
@@ -196,7 +197,9 @@ def _read_verified(path: Path, every_byte: bool = True) -> FaceData:
         if targets_file.exists():
             targets = torch.from_numpy(np.load(targets_file)).float()
             _check(targets.shape[0] == n, f"{split_name}_targets.npy does not have {n} rows")
-        splits[split_name] = FaceSplit(torch.from_numpy(images), torch.from_numpy(labels).long(), targets)
+        images = torch.from_numpy(images)
+        register(images, path, f"{split_name}_images.npy")  # its views can be shared across processes
+        splits[split_name] = FaceSplit(images, torch.from_numpy(labels).long(), targets)
     data = FaceData(manifest["dataset"], list(class_names), splits, dict(manifest.get("info", {})))
     _check(_content_hash(data) == manifest["content_hash"], "the content hash does not match")
     return data
@@ -225,7 +228,10 @@ def load_or_build(adapter, cache_dir: str | Path | None) -> FaceData:
         log.info("building the %s cache at %s", adapter.name, path)
     data = adapter.load()
     try:
-        write_cache(path, data, fingerprint)
+        write_cache(path, data, fingerprint)  # False: another process wrote the same entry meanwhile
+        for split_name, split in data.splits.items():
+            if split.rows is None:  # the entry's file holds exactly these images
+                register(split.base, path, f"{split_name}_images.npy")
     except OSError as err:
         # A disk that fills during the write may surface as numpy's short write ("... requested and ...
         # written", no errno): any failed write of the cache leaves the decoded data usable.

@@ -236,6 +236,7 @@ def build_parts(cfg: DictConfig) -> RunParts:
         rank=dist.rank(),
         world_size=dist.world_size(),
     )
+    datamodule.view_sharing = dist.view_sharing()  # one host copy of the views per machine (torchrun)
     side = int(cfg.dataset.image_size)
     if data.image_size != (side, side):
         raise UserError(
