@@ -33,6 +33,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import weakref
 import zlib
 from collections.abc import Callable
@@ -98,8 +99,9 @@ def publish(folder: Path, name: str, view: torch.Tensor) -> bool:
     """Write ``view`` as ``folder/name.npy`` (then its record ``name.json``), atomically; False (and a
     warning) when the disk refuses, leaving no partial file."""
     array, record = folder / f"{name}.npy", folder / f"{name}.json"
-    tmp_array = folder / f".{name}.tmp-{os.getpid()}.npy"  # np.save would append .npy to another suffix
-    tmp_record = folder / f".{name}.tmp-{os.getpid()}.json"
+    unique = f"{os.getpid()}-{secrets.token_hex(4)}"  # machines sharing one cache folder have their own
+    tmp_array = folder / f".{name}.tmp-{unique}.npy"  # np.save would append .npy to another suffix
+    tmp_record = folder / f".{name}.tmp-{unique}.json"
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tmp_array.open("wb") as f:
