@@ -1,9 +1,13 @@
-"""Run under torchrun (gloo, CPU): one host copy of the views per machine (lrfer.data.shared_views).
+"""Run under torchrun (gloo, CPU): one host copy of the data per machine (lrfer.data.shared_views).
 
-``python -m torch.distributed.run --standalone --nproc_per_node=2 tests/shared_views_worker.py ENTRY OUT``
-reads the cache entry ENTRY (written by the test), serves a training epoch and an evaluation of it from
-host-resident images with view sharing on, and writes ``OUT/rank<r>.json``: how many views this rank
-computed, a digest of every view and of the batches, and the file each view's memory is mapped from.
+``python -m torch.distributed.run --standalone --nproc_per_node=2 tests/shared_views_worker.py SCENARIO ...``
+writes ``OUT/rank<r>.json``:
+
+* ``views ENTRY OUT``: reads the cache entry ENTRY (written by the test), serves a training epoch and an
+  evaluation of it from host-resident images with view sharing on; records how many views this rank
+  computed, a digest of every view and of the batches, and the file each view's memory is mapped from;
+* ``cache OUT``: loads a toy dataset through ``load_or_build`` into the empty cache folder ``OUT/cache``;
+  records how many times this rank decoded it, a digest of its images and the file they are mapped from.
 """
 
 from __future__ import annotations
@@ -17,9 +21,9 @@ import torch
 from omegaconf import OmegaConf
 
 from lrfer.config.schema import AugmentConfig, DegradeConfig
-from lrfer.data.cache import read_cache
+from lrfer.data.cache import load_or_build, read_cache
 from lrfer.data.degrade import parse_degradations
-from lrfer.data.faces import carve_validation
+from lrfer.data.faces import FaceData, FaceSplit, carve_validation
 from lrfer.data.pipeline import FaceDataModule
 from lrfer.engine import distributed as dist
 
@@ -42,9 +46,58 @@ def digest(t: torch.Tensor) -> str:
     return hashlib.sha1(t.contiguous().numpy().tobytes()).hexdigest()
 
 
+def toy_faces(n: int = 40) -> FaceData:
+    """``n`` random 16 px faces in train and test, the same in every process."""
+    g = torch.Generator().manual_seed(0)
+    splits = {
+        name: FaceSplit(
+            torch.randint(0, 256, (n, 3, 16, 16), dtype=torch.uint8, generator=g), torch.arange(n) % 3
+        )
+        for name in ("train", "test")
+    }
+    return FaceData("toy", ["a", "b", "c"], splits)
+
+
+class ToyAdapter:
+    """A dataset adapter that counts its decodes."""
+
+    name = "toy"
+
+    def __init__(self) -> None:
+        self.loads = 0
+
+    def fingerprint(self) -> dict:
+        return {"n": 40}
+
+    def load(self) -> FaceData:
+        self.loads += 1
+        return toy_faces()
+
+
+def cache(out: Path) -> dict:
+    adapter = ToyAdapter()
+    data = load_or_build(adapter, out / "cache", dist.machine_sharing())
+    return {
+        "loads": adapter.loads,
+        "images": {name: digest(split.base) for name, split in data.splits.items()},
+        "mapped": {name: mapped_file(split.base) for name, split in data.splits.items()},
+    }
+
+
 def main() -> None:
-    entry, out = Path(sys.argv[1]), Path(sys.argv[2])
     dist.init_from_env(torch.device("cpu"))
+    if sys.argv[1] == "cache":
+        out = Path(sys.argv[2])
+        result = cache(out)
+    else:
+        entry, out = Path(sys.argv[2]), Path(sys.argv[3])
+        result = views(entry)
+    (out / f"rank{dist.rank()}.json").write_text(json.dumps(result))
+    dist.barrier()
+    dist.cleanup()
+
+
+def views(entry: Path) -> dict:
     data = carve_validation(read_cache(entry), 0.2, seed=0)
     dm = FaceDataModule(
         data,
@@ -59,7 +112,7 @@ def main() -> None:
         world_size=dist.world_size(),
         prefetch=True,
     )
-    dm.view_sharing = dist.view_sharing()
+    dm.view_sharing = dist.machine_sharing()
     builds = []
     real = dm._make_view
 
@@ -81,16 +134,13 @@ def main() -> None:
         for split, labels in (("train", TRAIN), ("val", [EVAL]), ("test", [EVAL]))
         for label, deg in zip(labels, parse_degradations(labels))
     }
-    result = {
+    return {
         "builds": builds,
         "views": {k: digest(v) for k, v in views.items()},
         "mapped": {k: mapped_file(v) for k, v in views.items()},
         "batches": batches.hexdigest(),
         "sharing": dm.view_sharing is not None,
     }
-    (out / f"rank{dist.rank()}.json").write_text(json.dumps(result))
-    dist.barrier()
-    dist.cleanup()
 
 
 if __name__ == "__main__":

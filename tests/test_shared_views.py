@@ -17,12 +17,13 @@ from conftest import REPO
 from omegaconf import OmegaConf
 
 from lrfer.config.schema import AugmentConfig, DegradeConfig
-from lrfer.data.cache import cache_path, read_cache, write_cache
+from lrfer.data.cache import cache_path, load_or_build, read_cache, write_cache
 from lrfer.data.degrade import degrade_uint8, parse_degradations
 from lrfer.data.faces import FaceData, FaceSplit, carve_validation
 from lrfer.data.pipeline import FaceDataModule
-from lrfer.data.shared_views import VIEWS_FOLDER, ViewSharing, source_of
+from lrfer.data.shared_views import VIEWS_FOLDER, MachineSharing, source_of
 from lrfer.engine.run import cached_bytes
+from lrfer.errors import UserError
 
 
 def toy_data(n: int = 10, side: int = 16) -> FaceData:
@@ -63,11 +64,12 @@ def cached_toy(tmp: Path, n: int = 40) -> Path:
     return entry
 
 
-def run_ranks(entry: Path, out: Path) -> list[dict]:
+def run_ranks(out: Path, *scenario: str) -> list[dict]:
+    """Each rank's result of ``tests/shared_views_worker.py`` ``scenario`` writing into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
-        [*TORCHRUN, str(WORKER), str(entry), str(out)],
+        [*TORCHRUN, str(WORKER), *scenario],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -119,8 +121,8 @@ def two_ranks(tmp_path_factory):
     """Two gloo ranks on one machine, run twice on one cache entry (the second run finds the views)."""
     tmp = tmp_path_factory.mktemp("shared_views")
     entry = cached_toy(tmp)
-    first = run_ranks(entry, tmp / "first")
-    second = run_ranks(entry, tmp / "second")
+    first = run_ranks(tmp / "first", "views", str(entry), str(tmp / "first"))
+    second = run_ranks(tmp / "second", "views", str(entry), str(tmp / "second"))
     return entry, first, second
 
 
@@ -158,6 +160,18 @@ def test_a_later_run_reuses_the_shared_views_instead_of_making_them_again(two_ra
     assert rank0["views"] == first[0]["views"] and rank0["batches"] == first[0]["batches"]
 
 
+@pytest.mark.slow  # one torchrun run, ~15 s on 2 loaded cores: `pytest -m slow`
+def test_a_first_run_decodes_the_dataset_once_per_machine_and_every_rank_maps_its_cache(tmp_path):
+    """An empty cache folder: local rank 0 decodes and writes the entry while rank 1 waits; both then hold
+    the images as a mapping of the entry's files (not a decoded copy each)."""
+    rank0, rank1 = run_ranks(tmp_path, "cache", str(tmp_path))
+    assert (rank0["loads"], rank1["loads"]) == (1, 0)
+    assert rank0["images"] == rank1["images"]
+    for name in ("train", "test"):
+        assert rank0["mapped"][name] == rank1["mapped"][name]
+        assert rank0["mapped"][name].endswith(f"{name}_images.npy")
+
+
 # -- one process: what local rank 0 does with a file it finds --------
 
 
@@ -181,8 +195,8 @@ def one_view(tmp: Path):
 
 def test_the_other_local_ranks_map_what_local_rank_0_made(tmp_path):
     source, shape, build, made, expected = one_view(tmp_path)
-    first = ViewSharing(0, no_barrier).share(source, "v", shape, build)
-    second = ViewSharing(1, no_barrier).share(source, "v", shape, build)
+    first = MachineSharing(0, no_barrier).share(source, "v", shape, build)
+    second = MachineSharing(1, no_barrier).share(source, "v", shape, build)
     assert len(made) == 1
     assert torch.equal(first, expected) and torch.equal(second, expected)
 
@@ -190,14 +204,14 @@ def test_the_other_local_ranks_map_what_local_rank_0_made(tmp_path):
 def test_a_damaged_shared_view_is_made_again_by_local_rank_0(tmp_path, caplog):
     """Bytes changed in place with the modification time kept (bit rot): the CRC-32 finds it."""
     source, shape, build, made, expected = one_view(tmp_path)
-    ViewSharing(0, no_barrier).share(source, "v", shape, build)
+    MachineSharing(0, no_barrier).share(source, "v", shape, build)
     array = source[0] / VIEWS_FOLDER / "v.npy"
     st = array.stat()
     raw = bytearray(array.read_bytes())
     raw[-1] ^= 0xFF
     array.write_bytes(bytes(raw))
     os.utime(array, ns=(st.st_atime_ns, st.st_mtime_ns))
-    view = ViewSharing(0, no_barrier).share(source, "v", shape, build)
+    view = MachineSharing(0, no_barrier).share(source, "v", shape, build)
     assert len(made) == 2 and torch.equal(view, expected)
     assert "damaged (does not match its checksum)" in caplog.text
 
@@ -209,8 +223,8 @@ def test_a_view_that_cannot_be_written_is_kept_in_memory_by_every_rank(tmp_path,
     blocker = source[0] / VIEWS_FOLDER
     blocker.write_text("not a folder")
     before = sorted(p.name for p in source[0].iterdir())
-    first = ViewSharing(0, no_barrier).share(source, "v", shape, build)
-    second = ViewSharing(1, no_barrier).share(source, "v", shape, build)
+    first = MachineSharing(0, no_barrier).share(source, "v", shape, build)
+    second = MachineSharing(1, no_barrier).share(source, "v", shape, build)
     assert torch.equal(first, expected) and torch.equal(second, expected)
     assert len(made) == 2 and sorted(p.name for p in source[0].iterdir()) == before
     assert "every process keeps its own copy" in caplog.text
@@ -218,5 +232,36 @@ def test_a_view_that_cannot_be_written_is_kept_in_memory_by_every_rank(tmp_path,
 
 def test_views_of_images_from_no_cache_are_not_shared(tmp_path):
     _, shape, build, made, expected = one_view(tmp_path)
-    view = ViewSharing(1, no_barrier).share(None, "v", shape, build)
+    view = MachineSharing(1, no_barrier).share(None, "v", shape, build)
     assert len(made) == 1 and torch.equal(view, expected)
+
+
+def test_local_rank_0_reaches_the_barrier_also_when_decoding_fails(tmp_path):
+    """The others must not wait for an entry that will never come: they pass the barrier and decode (and
+    fail) on their own."""
+
+    class Broken:
+        name = "toy"
+
+        def fingerprint(self) -> dict:
+            return {"n": 1}
+
+        def load(self):
+            raise UserError("dataset.root=/nowhere does not exist")
+
+    passed = []
+    with pytest.raises(UserError, match="does not exist"):
+        load_or_build(Broken(), tmp_path / "cache", MachineSharing(0, lambda: passed.append(1)))
+    assert passed == [1]
+
+
+def test_local_rank_0_reaches_the_barrier_also_when_making_a_view_fails(tmp_path):
+    source, shape, _, _, _ = one_view(tmp_path)
+    passed = []
+
+    def build():
+        raise MemoryError("no room for the view")
+
+    with pytest.raises(MemoryError):
+        MachineSharing(0, lambda: passed.append(1)).share(source, "v", shape, build)
+    assert passed == [1]

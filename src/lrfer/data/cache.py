@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from lrfer.data.faces import FaceData, FaceSplit
-from lrfer.data.shared_views import register
+from lrfer.data.shared_views import MachineSharing, register
 from lrfer.errors import disk_error
 
 log = logging.getLogger(__name__)
@@ -205,15 +205,35 @@ def _read_verified(path: Path, every_byte: bool = True) -> FaceData:
     return data
 
 
-def load_or_build(adapter, cache_dir: str | Path | None) -> FaceData:
+def load_or_build(adapter, cache_dir: str | Path | None, sharing: MachineSharing | None = None) -> FaceData:
     """Return the adapter's data from the cache, building (or rebuilding) the cache first if needed.
 
     ``cache_dir=None`` skips the cache (the adapter is decoded every time). A cache that cannot be written
     (full disk, read-only folder, a disk filling during the write) is a warning: the decoded data are used
     without it, and no partial entry is left.
+
+    ``sharing`` (several torchrun processes on one machine): local rank 0 reads or builds the entry while
+    the others wait at a barrier, then every process memory-maps it; so a first run decodes the dataset
+    once per machine and holds its images once, not once per process. When local rank 0 could not write
+    the entry, the others decode it themselves (as without sharing).
     """
     if cache_dir is None:
         return adapter.load()
+    if sharing is None:
+        return _load_or_build(adapter, cache_dir)
+    if sharing.local_rank != 0:
+        sharing.barrier()  # local rank 0 has read or built the entry
+        return _load_or_build(adapter, cache_dir)
+    try:
+        data = _load_or_build(adapter, cache_dir, mapped=True)
+    finally:
+        sharing.barrier()  # also when it failed: the others then find no entry and fail on their own
+    return data
+
+
+def _load_or_build(adapter, cache_dir: str | Path, mapped: bool = False) -> FaceData:
+    """:func:`load_or_build` in one process; ``mapped``: a freshly built entry is read back memory-mapped
+    (the decoded copy is dropped), as the other processes of the machine will read it."""
     fingerprint = adapter.fingerprint()
     path = cache_path(cache_dir, adapter.name, fingerprint)
     if path.exists():
@@ -232,6 +252,11 @@ def load_or_build(adapter, cache_dir: str | Path | None) -> FaceData:
         for split_name, split in data.splits.items():
             if split.rows is None:  # the entry's file holds exactly these images
                 register(split.base, path, f"{split_name}_images.npy")
+        if mapped:
+            try:
+                return read_cache(path)
+            except CacheDamaged as err:  # written a moment ago: keep the decoded data
+                log.warning("the cache just written at %s reads back damaged (%s)", path, err)
     except OSError as err:
         # A disk that fills during the write may surface as numpy's short write ("... requested and ...
         # written", no errno): any failed write of the cache leaves the decoded data usable.

@@ -34,7 +34,7 @@ import torch
 from lrfer.data.augment import augment_batch
 from lrfer.data.degrade import Degradation, degrade_uint8, resize_to
 from lrfer.data.faces import FaceData, FaceSplit
-from lrfer.data.shared_views import ViewSharing, source_of, view_name
+from lrfer.data.shared_views import MachineSharing, source_of, view_name
 from lrfer.errors import UserError
 
 X1 = Degradation("x1", factor=1.0)
@@ -100,7 +100,7 @@ class FaceDataModule:
     are made once per machine and memory-mapped by its processes (:mod:`lrfer.data.shared_views`).
     """
 
-    view_sharing: ViewSharing | None = None
+    view_sharing: MachineSharing | None = None
 
     def __init__(
         self,

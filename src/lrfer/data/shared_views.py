@@ -3,8 +3,8 @@
 When the images stay on the host (``dataset.on_device=false``, or ``auto`` with data too large for the GPU),
 each low-resolution view (:meth:`~lrfer.data.pipeline.FaceDataModule.view`) is a uint8 array as large as
 the split at that resolution: AffectNet at 224 px holds 15.7 GB of them. Built by every process, an 8-GPU
-machine would hold eight copies (about 125 GB). With :class:`ViewSharing` the processes of one machine share
-one copy instead:
+machine would hold eight copies (about 125 GB). With :class:`MachineSharing` the processes of one machine
+share one copy instead:
 
 * the machine's local rank 0 computes the view and writes it into the cache entry the images came from
   (``<cache entry>/views/<name>.npy``, with ``<name>.json`` recording its size, modification time and
@@ -159,9 +159,11 @@ def open_view(folder: Path, name: str, shape: tuple[int, ...], every_byte: bool)
 
 
 @dataclass
-class ViewSharing:
-    """How the processes of one machine share views: this process's ``local_rank`` (0 builds) and a
-    ``barrier`` every process of the run reaches (``torch.distributed.barrier``)."""
+class MachineSharing:
+    """How the processes of one machine share what they would each make alike (the cache entry of the
+    dataset, :func:`lrfer.data.cache.load_or_build`; the views, :meth:`share`): this process's
+    ``local_rank`` (0 makes it) and a ``barrier`` every process of the run reaches
+    (``torch.distributed.barrier``)."""
 
     local_rank: int
     barrier: Callable[[], None]
@@ -183,16 +185,18 @@ class ViewSharing:
         """
         folder = None if source is None else source[0] / VIEWS_FOLDER
         view = None
-        if self.local_rank == 0 and on_host and folder is not None:
-            view = open_view(folder, name, shape, every_byte=True)
-            if view is None:
-                made = have if have is not None else build()
-                if publish(folder, name, made):
-                    view = open_view(folder, name, shape, every_byte=False)
-                else:
-                    view = made
-                del made
-        self.barrier()
+        try:
+            if self.local_rank == 0 and on_host and folder is not None:
+                view = open_view(folder, name, shape, every_byte=True)
+                if view is None:
+                    made = have if have is not None else build()
+                    if publish(folder, name, made):
+                        view = open_view(folder, name, shape, every_byte=False)
+                    else:
+                        view = made
+                    del made
+        finally:
+            self.barrier()  # also when making it failed: the others then make their own (or fail alike)
         if view is None:
             if on_host and folder is not None:
                 view = open_view(folder, name, shape, every_byte=False)

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as tdist
 from torch import nn
 
-from lrfer.data.shared_views import ViewSharing
+from lrfer.data.shared_views import MachineSharing
 from lrfer.engine.syncbn import SumSyncBatchNorm
 from lrfer.errors import ProcessError
 
@@ -59,12 +59,12 @@ def local_world_size() -> int:
     return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
 
 
-def view_sharing() -> ViewSharing | None:
+def machine_sharing() -> MachineSharing | None:
     """Host-resident views made once per machine and memory-mapped by its other processes
     (:mod:`lrfer.data.shared_views`); None with one process per machine."""
     if not is_distributed() or local_world_size() <= 1:
         return None
-    return ViewSharing(local_rank(), barrier)
+    return MachineSharing(local_rank(), barrier)
 
 
 def export_submitit_env() -> None:
