@@ -60,8 +60,9 @@ def local_world_size() -> int:
 
 
 def machine_sharing() -> MachineSharing | None:
-    """Host-resident views made once per machine and memory-mapped by its other processes
-    (:mod:`lrfer.data.shared_views`); None with one process per machine."""
+    """The dataset's cache entry and its host-resident views made once per machine (by local rank 0) and
+    memory-mapped by its other processes (:mod:`lrfer.data.shared_views`); None with one process per
+    machine."""
     if not is_distributed() or local_world_size() <= 1:
         return None
     return MachineSharing(local_rank(), barrier)
