@@ -2,6 +2,7 @@
 """Mutation testing (mutmut 3) of the modules that hold the README's guarantees, one module at a time.
 
     python scripts/mutation.py src/lrfer/data/imresize.py [more modules ...] [--max-children 1]
+    python scripts/mutation.py src/lrfer/data/pipeline.py --sample 60 --seed 0   # a random sample only
     python scripts/mutation.py --list          # the modules and the test files that check each one
 
 ``[tool.mutmut]`` in pyproject.toml configures mutmut for all the modules at once (``mutmut run`` in the
@@ -16,13 +17,25 @@ process, so pytest-xdist is off). A second call resumes where the first stopped.
 After the run the script prints mutmut's summary and writes ``.mutmut/<module>/summary.json``
 (killed, survived, timeout, no tests, ...); ``mutmut results`` and ``mutmut show <mutant>`` in that folder
 list and show the survivors. docs/mutation.md holds the measured numbers and what each survivor means.
+
+``--sample N --seed S``: when a module's mutants cannot all be run in the time there is, check a random sample
+of N of them (drawn with ``random.Random(S)`` from the sorted mutant names, so the same N and S draw the same
+sample): mutmut first generates the mutants and collects which test reaches which function (it is given a
+name that matches nothing, so it stops there), then runs the sampled mutants by name. A second call with the
+same N and S checks only the sampled mutants that have no verdict yet; ``--no-run`` only writes the summary
+of what has been checked (mutmut checks the mutants with the fastest tests first, so a stopped sample is not
+a random subset of it). ``summary.json`` then holds the
+sample's counts and the kill rate among its checked mutants with a 95 % (Wilson) interval: an estimate for
+the module, labelled as a sample.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import random
 import re
 import subprocess
 import sys
@@ -69,6 +82,58 @@ def prepare(module: str, text: str, config: dict, tests: list[str]) -> Path:
     return work
 
 
+#: Matches no mutant name: ``mutmut run`` with it generates the mutants and the test statistics, then stops.
+GENERATE_ONLY = "lrfer-generate-only-no-such-mutant"
+#: mutmut's exit codes (mutmut/stats.py) that count as killed, survived, and not checked.
+KILLED, SURVIVED, UNCHECKED = {1, 3}, {0}, {None}
+
+
+def meta_file(work: Path, module: str) -> Path:
+    return work / "mutants" / (module + ".meta")
+
+
+def verdicts(work: Path, module: str) -> dict[str, int | None]:
+    """mutant name -> mutmut's exit code (None: not checked yet), from mutmut's meta file of the module."""
+    return json.loads(meta_file(work, module).read_text())["exit_code_by_key"]
+
+
+def draw_sample(names: list[str], n: int, seed: int) -> list[str]:
+    """``n`` of the mutant names, drawn reproducibly (the same names, n and seed give the same sample)."""
+    return sorted(random.Random(seed).sample(sorted(names), min(n, len(names))))
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion k / n."""
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def sample_summary(work: Path, module: str, sample: list[str], seed: int) -> dict:
+    codes = verdicts(work, module)
+    got = [codes.get(name) for name in sample]
+    killed = sum(code in KILLED for code in got)
+    survived = [name for name, code in zip(sample, got, strict=True) if code in SURVIVED]
+    checked = sum(code not in UNCHECKED for code in got)
+    low, high = wilson(killed, killed + len(survived))
+    return {
+        "sample": len(sample),
+        "seed": seed,
+        "mutants_in_module": len(codes),
+        "checked": checked,
+        "killed": killed,
+        "survived": len(survived),
+        "other": checked - killed - len(survived),  # timeout, suspicious, no tests, ...
+        "kill_rate_of_killed_or_survived": round(killed / max(1, killed + len(survived)), 4),
+        "kill_rate_95ci_wilson": [round(low, 4), round(high, 4)],
+        "survivors": survived,
+        "sampled": sample,
+    }
+
+
 def summary(work: Path) -> dict:
     """mutmut's own counts (``mutmut export-cicd-stats``) plus the surviving mutants' names."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -86,6 +151,9 @@ def main() -> int:
     parser.add_argument("modules", nargs="*", help="paths such as src/lrfer/data/imresize.py")
     parser.add_argument("--list", action="store_true", help="print the modules and their test files")
     parser.add_argument("--max-children", type=int, default=1, help="mutants tested at once (default 1)")
+    parser.add_argument("--sample", type=int, default=None, help="check only N randomly drawn mutants")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the --sample draw (default 0)")
+    parser.add_argument("--no-run", action="store_true", help="--sample: summary only")
     args = parser.parse_args()
     text, pyproject = load_pyproject()
     config = pyproject["tool"]["mutmut"]
@@ -110,8 +178,20 @@ def main() -> int:
         (work / "mutants" / "src").mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "PYTHONPATH": str(work / "mutants" / "src")}
         print(f"== {module} ({' '.join(tests[module])}) in {work.relative_to(REPO)}", flush=True)
-        subprocess.run(["mutmut", "run", "--max-children", str(args.max_children)], cwd=work, env=env)
-        print(json.dumps({"module": module, **summary(work)}, indent=2), flush=True)
+        run = ["mutmut", "run", "--max-children", str(args.max_children)]
+        if args.sample is None:
+            subprocess.run(run, cwd=work, env=env)
+            print(json.dumps({"module": module, **summary(work)}, indent=2), flush=True)
+            continue
+        if not meta_file(work, module).exists():  # generate the mutants and the test statistics only
+            subprocess.run([*run, GENERATE_ONLY], cwd=work, env=env)
+        sample = draw_sample(list(verdicts(work, module)), args.sample, args.seed)
+        todo = [name for name in sample if verdicts(work, module)[name] is None]
+        if todo and not args.no_run:
+            subprocess.run([*run, *todo], cwd=work, env=env)
+        stats = {"module": module, **sample_summary(work, module, sample, args.seed)}
+        (work / f"sample-{args.sample}-seed-{args.seed}.json").write_text(json.dumps(stats, indent=2) + "\n")
+        print(json.dumps(stats, indent=2), flush=True)
     return 0
 
 
