@@ -68,7 +68,7 @@ class Voting(Method):
         stem: str,
         init_from: str | None,
         init_exclude: Sequence[str],
-        eval_all_votings: bool = False,
+        eval_all_votings: bool,
     ) -> None:
         super().__init__(context, epochs=epochs, label_smoothing=label_smoothing)
         self.eval_all_votings = bool(eval_all_votings)
