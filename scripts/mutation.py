@@ -3,6 +3,7 @@
 
     python scripts/mutation.py src/lrfer/data/imresize.py [more modules ...] [--max-children 1]
     python scripts/mutation.py --list          # the modules and the test files that check each one
+    python scripts/mutation.py src/lrfer/engine/trainer.py --sample 60 --seed 0   # a seeded random sample
 
 ``[tool.mutmut]`` in pyproject.toml configures mutmut for all the modules at once (``mutmut run`` in the
 repository root mutates every one of them against every listed test file: hours on a laptop). This script
@@ -16,13 +17,21 @@ process, so pytest-xdist is off). A second call resumes where the first stopped.
 After the run the script prints mutmut's summary and writes ``.mutmut/<module>/summary.json``
 (killed, survived, timeout, no tests, ...); ``mutmut results`` and ``mutmut show <mutant>`` in that folder
 list and show the survivors. docs/mutation.md holds the measured numbers and what each survivor means.
+
+``--sample N --seed S`` checks a seeded random sample of N of a module's mutants (for modules with hundreds of
+mutants on a busy machine): the mutants are generated first, N names are drawn with ``random.Random(S)`` from
+the sorted list of all of them and passed to ``mutmut run <names>`` (names already checked by an earlier call
+are skipped). The summary then also gives the sample's kill rate with a 95 % Wilson interval: an estimate for
+the module, labelled as a sample.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import random
 import re
 import subprocess
 import sys
@@ -69,6 +78,54 @@ def prepare(module: str, text: str, config: dict, tests: list[str]) -> Path:
     return work
 
 
+def generate_mutants(work: Path, module: str, env: dict) -> list[str]:
+    """Let mutmut write the module's mutants (no test runs) and return all their names, sorted."""
+    code = (
+        "import os\n"
+        "from mutmut.__main__ import create_mutants\n"
+        "from mutmut.utils.file_utils import copy_also_copy_files, copy_src_dir, setup_source_paths\n"
+        "os.makedirs('mutants', exist_ok=True)\n"
+        "copy_src_dir(); copy_also_copy_files(); setup_source_paths(); create_mutants(1)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=work, env=env, check=True, capture_output=True)
+    return sorted(json.loads((work / "mutants" / f"{module}.meta").read_text())["exit_code_by_key"])
+
+
+def mutant_results(work: Path, module: str) -> dict[str, int | None]:
+    """mutant name -> mutmut's exit code (None: not checked yet)."""
+    return json.loads((work / "mutants" / f"{module}.meta").read_text())["exit_code_by_key"]
+
+
+def wilson(killed: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a binomial proportion (the sample's kill rate)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = killed / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def sample_summary(work: Path, module: str, names: list[str]) -> dict:
+    """Counts over the sampled mutants only (by mutmut's own reading of its exit codes)."""
+    from mutmut.stats import status_by_exit_code
+
+    codes = mutant_results(work, module)
+    counts: dict[str, int] = {}
+    for name in names:
+        key = status_by_exit_code[codes.get(name)]
+        counts[key] = counts.get(key, 0) + 1
+    checked = counts.get("killed", 0) + counts.get("survived", 0)
+    low, high = wilson(counts.get("killed", 0), checked)
+    return {
+        "sample": len(names),
+        "counts": counts,
+        "kill_rate_estimate": round(counts.get("killed", 0) / checked, 3) if checked else None,
+        "kill_rate_95ci": [round(low, 3), round(high, 3)],
+        "survivors": [n for n in names if codes.get(n) == 0],
+    }
+
+
 def summary(work: Path) -> dict:
     """mutmut's own counts (``mutmut export-cicd-stats``) plus the surviving mutants' names."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -86,6 +143,8 @@ def main() -> int:
     parser.add_argument("modules", nargs="*", help="paths such as src/lrfer/data/imresize.py")
     parser.add_argument("--list", action="store_true", help="print the modules and their test files")
     parser.add_argument("--max-children", type=int, default=1, help="mutants tested at once (default 1)")
+    parser.add_argument("--sample", type=int, default=0, help="check a random sample of N mutants per module")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the --sample draw (default 0)")
     args = parser.parse_args()
     text, pyproject = load_pyproject()
     config = pyproject["tool"]["mutmut"]
@@ -110,8 +169,23 @@ def main() -> int:
         (work / "mutants" / "src").mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "PYTHONPATH": str(work / "mutants" / "src")}
         print(f"== {module} ({' '.join(tests[module])}) in {work.relative_to(REPO)}", flush=True)
-        subprocess.run(["mutmut", "run", "--max-children", str(args.max_children)], cwd=work, env=env)
-        print(json.dumps({"module": module, **summary(work)}, indent=2), flush=True)
+        run = ["mutmut", "run", "--max-children", str(args.max_children)]
+        if not args.sample:
+            subprocess.run(run, cwd=work, env=env)
+            print(json.dumps({"module": module, **summary(work)}, indent=2), flush=True)
+            continue
+        names = generate_mutants(work, module, env)
+        drawn = sorted(random.Random(args.seed).sample(names, min(args.sample, len(names))))
+        stem = work / f"sample-{args.sample}-seed-{args.seed}"
+        stem.with_suffix(".json").write_text(json.dumps(drawn, indent=2) + "\n")
+        todo = [n for n in drawn if mutant_results(work, module).get(n) is None]
+        print(f"   sample of {len(drawn)} of {len(names)} mutants (seed {args.seed}), {len(todo)} to check")
+        if todo:
+            subprocess.run(run + todo, cwd=work, env=env)
+        report = {"module": module, "mutants": len(names), "seed": args.seed}
+        report.update(sample_summary(work, module, drawn))
+        Path(f"{stem}-summary.json").write_text(json.dumps(report, indent=2) + "\n")
+        print(json.dumps(report, indent=2), flush=True)
     return 0
 
 
