@@ -194,3 +194,13 @@ def test_an_epochs_loss_and_accuracy_are_the_means_over_its_steps_and_samples(tm
     assert losses["loss"] == pytest.approx(sum(s[0] for s in steps) / 5, rel=1e-6)
     assert train_acc == losses["train_acc"] == pytest.approx(sum(s[1] for s in steps) / 140)
     assert trainer.global_step == 5
+
+
+def test_evaluation_leaves_the_method_in_the_mode_it_found(tmp_path):
+    trainer, method = _trainer(tmp_path, run_dir=None)
+    method.train()
+    trainer.evaluate("val", ["x1"])
+    assert method.training
+    method.eval()
+    trainer.evaluate("val", ["x1"])
+    assert not method.training
