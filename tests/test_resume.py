@@ -124,7 +124,9 @@ def test_resume_after_a_step_lr_drop_continues_the_uninterrupted_run(tmp_path, m
     straight, cut, at_cut, cfg = _straight_and_interrupted(tmp_path, monkeypatch, overrides, calls)
     assert (at_cut["stage_index"], at_cut["epoch"]) == (1, 3)
     assert _lrs(at_cut) == {"critic": [pytest.approx(0.05)], "student": [pytest.approx(0.001)]}  # one drop
+    assert at_cut["global_step"] == 2 * 5 + 3 * 5  # batches trained: teacher 2 epochs, student 3
     _resume(cfg, cut)
+    assert _last(cut)["global_step"] == 2 * 5 + 7 * 5
     assert _lrs(_last(straight)) == {"critic": [pytest.approx(5e-4)], "student": [pytest.approx(1e-5)]}
     _assert_resumed_run_is_the_straight_run(straight, cut)
 
