@@ -169,3 +169,11 @@ def test_expert_probabilities_are_every_experts_softmax_in_float32():
     low = images.flatten(1).to(torch.bfloat16)  # the bf16 expert's logits, softmaxed in float32
     assert torch.equal(probs[0], low.float().softmax(1))
     assert torch.allclose(probs.sum(2), torch.ones(2, 3))
+
+
+def test_an_empty_groups_output_is_ignored_whatever_its_shape_or_dtype():
+    """Gather: a group nobody was routed to may come with an empty output instead of None."""
+    empty = torch.tensor([], dtype=torch.long)
+    outputs = [torch.empty(0, dtype=torch.float64), torch.tensor([[1.0, 2.0], [3.0, 4.0]])]
+    out = gather(outputs, [empty, torch.tensor([1, 0])], 2)
+    assert out.dtype == torch.float32 and out.tolist() == [[3.0, 4.0], [1.0, 2.0]]
