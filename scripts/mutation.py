@@ -3,6 +3,8 @@
 
     python scripts/mutation.py src/lrfer/data/imresize.py [more modules ...] [--max-children 1]
     python scripts/mutation.py --list          # the modules and the test files that check each one
+    python scripts/mutation.py src/lrfer/methods/fsrfer.py --sample 60 --seed 0   # a random sample of mutants
+    python scripts/mutation.py src/lrfer/methods/fsrfer.py --only '*critic_step*'  # one function's mutants
 
 ``[tool.mutmut]`` in pyproject.toml configures mutmut for all the modules at once (``mutmut run`` in the
 repository root mutates every one of them against every listed test file: hours on a laptop). This script
@@ -21,8 +23,11 @@ list and show the survivors. docs/mutation.md holds the measured numbers and wha
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
+import math
 import os
+import random
 import re
 import subprocess
 import sys
@@ -69,6 +74,55 @@ def prepare(module: str, text: str, config: dict, tests: list[str]) -> Path:
     return work
 
 
+#: Generates a module's mutants in its working folder without running a test (``mutmut run``'s first step).
+GENERATE = """
+import os
+from mutmut.__main__ import (copy_also_copy_files, copy_src_dir, create_mutants, set_mutant_under_test,
+                             setup_source_paths, store_lines_covered_by_tests)
+set_mutant_under_test("mutant_generation")
+os.makedirs("mutants", exist_ok=True)
+copy_src_dir(); copy_also_copy_files(); setup_source_paths()
+store_lines_covered_by_tests(); create_mutants(1)
+"""
+
+
+def mutant_names(work: Path, module: str, env: dict) -> list[str]:
+    """Every mutant of ``module`` (generated first if the working folder has none yet), sorted."""
+    meta = work / "mutants" / (module + ".meta")
+    if not meta.exists():
+        subprocess.run([sys.executable, "-c", GENERATE], cwd=work, env=env, check=True, capture_output=True)
+    return sorted(json.loads(meta.read_text())["exit_code_by_key"])
+
+
+def wilson(killed: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95 % Wilson score interval of a proportion ``killed / n``."""
+    if n == 0:
+        return 0.0, 1.0
+    p = killed / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def sample_summary(work: Path, module: str, names: list[str], total: int, seed: int) -> dict:
+    """Counts over the sampled mutants only, with the kill rate's 95 % interval (labelled as a sample)."""
+    from mutmut.stats import status_by_exit_code
+
+    codes = json.loads((work / "mutants" / (module + ".meta")).read_text())["exit_code_by_key"]
+    status = {n: status_by_exit_code[codes.get(n)] for n in names}
+    counts = {s: sum(1 for v in status.values() if v == s) for s in sorted(set(status.values()))}
+    killed, survived = counts.get("killed", 0), counts.get("survived", 0)
+    low, high = wilson(killed, killed + survived)
+    return {
+        "sample": {"of": total, "size": len(names), "seed": seed},
+        **counts,
+        "kill_rate": round(killed / (killed + survived), 4) if killed + survived else None,
+        "kill_rate_95ci_wilson": [round(low, 4), round(high, 4)],
+        "survivors": [n for n, s in status.items() if s == "survived"],
+        "status": status,
+    }
+
+
 def summary(work: Path) -> dict:
     """mutmut's own counts (``mutmut export-cicd-stats``) plus the surviving mutants' names."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -86,6 +140,11 @@ def main() -> int:
     parser.add_argument("modules", nargs="*", help="paths such as src/lrfer/data/imresize.py")
     parser.add_argument("--list", action="store_true", help="print the modules and their test files")
     parser.add_argument("--max-children", type=int, default=1, help="mutants tested at once (default 1)")
+    parser.add_argument("--sample", type=int, help="test only N mutants drawn at random (an estimate)")
+    parser.add_argument("--seed", type=int, default=0, help="the random sample's seed (default 0)")
+    parser.add_argument(
+        "--only", action="append", default=[], help="only mutants whose names match this glob (repeatable)"
+    )
     args = parser.parse_args()
     text, pyproject = load_pyproject()
     config = pyproject["tool"]["mutmut"]
@@ -110,7 +169,25 @@ def main() -> int:
         (work / "mutants" / "src").mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "PYTHONPATH": str(work / "mutants" / "src")}
         print(f"== {module} ({' '.join(tests[module])}) in {work.relative_to(REPO)}", flush=True)
-        subprocess.run(["mutmut", "run", "--max-children", str(args.max_children)], cwd=work, env=env)
+        command = ["mutmut", "run", "--max-children", str(args.max_children)]
+        if args.sample or args.only:
+            names = mutant_names(work, module, env)
+            pool = [n for n in names if not args.only or any(fnmatch.fnmatch(n, p) for p in args.only)]
+            chosen = pool
+            if args.sample:
+                chosen = sorted(random.Random(args.seed).sample(pool, min(args.sample, len(pool))))
+            print(f"   {len(chosen)} of {len(names)} mutants ({len(pool)} match), seed {args.seed}")
+            if not chosen:
+                continue
+            subprocess.run([*command, *chosen], cwd=work, env=env)
+            stats = sample_summary(work, module, chosen, len(names), args.seed)
+            stats["only"] = args.only
+            tag = "-".join(re.sub(r"[^A-Za-z0-9_]+", "", p) for p in args.only) or "all"
+            out = work / f"sample-{tag}-{args.sample or 'every'}-seed-{args.seed}.json"
+            out.write_text(json.dumps(stats, indent=2) + "\n")
+            print(json.dumps({"module": module, **stats}, indent=2), flush=True)
+            continue
+        subprocess.run(command, cwd=work, env=env)
         print(json.dumps({"module": module, **summary(work)}, indent=2), flush=True)
     return 0
 
