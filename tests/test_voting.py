@@ -180,3 +180,19 @@ def test_experiment_configs_hold_the_paper_recipe():
         assert cfg.trainer.scheduler.name == "exponential" and cfg.trainer.scheduler.gamma == gamma
         assert cfg.dataset.image_size == 48 and cfg.dataset.num_classes == 7
     assert affectnet.dataset.sampler == "balanced" and rafdb.dataset.sampler == "random"
+
+
+def test_soft_targets_follow_their_sample_to_every_crop_and_training_logits_are_voted():
+    """Mixed-up (soft) targets: each of a sample's 10 crops is trained towards that sample's target (crops are
+    sample-major); the training step's ``logits`` are the configured vote of the crops (training accuracy)."""
+    method = _method("method.split_after=3", "method.voting=hard").eval()
+    images = torch.randn(2, 3, 24, 24)
+    target = torch.tensor([[0.0, 0.7, 0.0, 0.3, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0]])
+    batch = {"image": images, "label": torch.tensor([1, 5]), "target": target}
+    out = method.training_step(batch, STAGE, "main")
+    with torch.no_grad():
+        crop_logits = method.net(images)
+    expected = F.cross_entropy(crop_logits, target.repeat_interleave(10, dim=0))
+    assert torch.allclose(out["loss"], expected, atol=1e-6)
+    assert not torch.allclose(out["loss"], F.cross_entropy(crop_logits, target.repeat(10, 1)), atol=1e-6)
+    assert torch.allclose(out["logits"], vote(crop_logits, "hard"))
