@@ -29,6 +29,7 @@ import math
 import os
 import random
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -94,6 +95,47 @@ def mutant_names(work: Path, module: str, env: dict) -> list[str]:
     return sorted(json.loads(meta.read_text())["exit_code_by_key"])
 
 
+#: Runs mutants one after another in ONE pytest process (``--in-process``): the trampolines mutmut writes read
+#: ``MUTANT_UNDER_TEST`` at every call, so no process or torch start-up is paid per mutant. A clean run first.
+IN_PROCESS = """
+import json, os, sys
+import pytest
+names, files, select, out = json.loads(sys.argv[1])
+base = ["-x", "-q", "-n", "0", "-p", "no:cacheprovider", "--no-header", "--tb=no"]
+base += ["-k", select] if select else []
+# mutmut's stats run says which tests reach each function: the others are deselected (tests newer than the
+# stats always run)
+reach, known = {}, set()
+if os.path.exists("mutmut-stats.json"):
+    with open("mutmut-stats.json") as f:
+        stats = json.load(f)
+    reach, known = stats["tests_by_mangled_function_name"], set(stats["duration_by_test"])
+os.environ["MUTANT_UNDER_TEST"] = ""
+if pytest.main([*base, *files]) != 0:
+    sys.exit("the clean run of the selected tests fails: fix it before testing mutants")
+results = {}
+for name in names:
+    function = name.rsplit("__mutmut_", 1)[0]
+    skip = sorted(known - set(reach.get(function, ())))
+    os.environ["MUTANT_UNDER_TEST"] = name
+    code = int(pytest.main([*base, *files, *(a for t in skip for a in ("--deselect", t))]))
+    results[name] = {0: "survived", 1: "killed", 5: "no tests"}.get(code, f"pytest exit {code}")
+    with open(out, "w") as f:
+        json.dump(results, f, indent=1)
+"""
+
+
+def in_process(
+    work: Path, names: list[str], tests: list[str], select: str | None, out: Path, env: dict
+) -> dict:
+    """``names`` against ``tests`` (``-k select``) in one pytest process; {mutant: killed/survived}."""
+    # the tests as they are now (mutmut copied them into mutants/ when it first ran)
+    shutil.copytree(REPO / "tests", work / "mutants" / "tests", dirs_exist_ok=True)
+    payload = json.dumps([names, tests, select, str(out)])
+    subprocess.run([sys.executable, "-c", IN_PROCESS, payload], cwd=work / "mutants", env=env, check=True)
+    return json.loads(out.read_text())
+
+
 def wilson(killed: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """The 95 % Wilson score interval of a proportion ``killed / n``."""
     if n == 0:
@@ -123,6 +165,26 @@ def sample_summary(work: Path, module: str, names: list[str], total: int, seed: 
     }
 
 
+def in_process_summary(
+    status: dict[str, str], names: list[str], total: int, args: argparse.Namespace
+) -> dict:
+    """The counts of an ``--in-process`` run, with the kill rate's 95 % interval."""
+    killed = sum(1 for s in status.values() if s == "killed")
+    survived = sum(1 for s in status.values() if s == "survived")
+    low, high = wilson(killed, killed + survived)
+    return {
+        "runner": "in-process (scripts/mutation.py --in-process)",
+        "sample": {"of": total, "size": len(names), "seed": args.seed, "only": args.only, "k": args.select},
+        "checked": len(status),
+        "killed": killed,
+        "survived": survived,
+        "kill_rate": round(killed / (killed + survived), 4) if killed + survived else None,
+        "kill_rate_95ci_wilson": [round(low, 4), round(high, 4)],
+        "survivors": [n for n, s in status.items() if s == "survived"],
+        "status": status,
+    }
+
+
 def summary(work: Path) -> dict:
     """mutmut's own counts (``mutmut export-cicd-stats``) plus the surviving mutants' names."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -144,6 +206,14 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0, help="the random sample's seed (default 0)")
     parser.add_argument(
         "--only", action="append", default=[], help="only mutants whose names match this glob (repeatable)"
+    )
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run the chosen mutants in one pytest process (fast; not mutmut's runner), see docs/mutation.md",
+    )
+    parser.add_argument(
+        "-k", dest="select", help="with --in-process: pytest -k expression (e.g. the fast tests)"
     )
     args = parser.parse_args()
     text, pyproject = load_pyproject()
@@ -179,11 +249,18 @@ def main() -> int:
             print(f"   {len(chosen)} of {len(names)} mutants ({len(pool)} match), seed {args.seed}")
             if not chosen:
                 continue
+            tag = "-".join(re.sub(r"[^A-Za-z0-9_]+", "", p) for p in args.only) or "all"
+            out = work / f"sample-{tag}-{args.sample or 'every'}-seed-{args.seed}.json"
+            if args.in_process:
+                progress = out.with_suffix(".progress.json")
+                status = in_process(work, chosen, tests[module], args.select, progress, env)
+                stats = in_process_summary(status, chosen, len(names), args)
+                out.with_suffix(".inprocess.json").write_text(json.dumps(stats, indent=2) + "\n")
+                print(json.dumps({"module": module, **stats}, indent=2), flush=True)
+                continue
             subprocess.run([*command, *chosen], cwd=work, env=env)
             stats = sample_summary(work, module, chosen, len(names), args.seed)
             stats["only"] = args.only
-            tag = "-".join(re.sub(r"[^A-Za-z0-9_]+", "", p) for p in args.only) or "all"
-            out = work / f"sample-{tag}-{args.sample or 'every'}-seed-{args.seed}.json"
             out.write_text(json.dumps(stats, indent=2) + "\n")
             print(json.dumps({"module": module, **stats}, indent=2), flush=True)
             continue
