@@ -555,3 +555,10 @@ def test_evaluation_classifies_g_of_the_features_and_direct_acc_the_features_alo
     direct_acc, acc = (direct == batch["label"]).float(), (with_g.argmax(1) == batch["label"]).float()
     assert not torch.equal(direct_acc, acc)
     assert out["direct_acc"].tolist() == direct_acc.tolist()
+
+
+def test_reweighting_defaults_are_the_papers_sigma_and_power():
+    """Eq. 11 with the paper's sigma = 1.5 and r = 1 when none are given."""
+    logits = torch.log(torch.tensor([[0.6, 0.4], [0.1, 0.9]]))
+    weights = classification_aware_weights(logits, torch.tensor([0, 0]))
+    assert weights.tolist() == pytest.approx([0.9, 1.4])

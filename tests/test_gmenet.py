@@ -329,3 +329,18 @@ def test_the_teacher_stage_trains_the_teacher_on_the_high_resolution_faces_alone
         student = method.student(method._student_input(batch["image"], batch["factor"]))
         assert torch.allclose(method.evaluate_step(batch, student_stage)["logits"], student)
         assert torch.allclose(method.evaluate_step(batch, None)["logits"], student)
+
+
+def test_the_distillation_loss_refuses_maps_that_do_not_pair_up():
+    """A different number of attention blocks, no blocks, or a channel OR a spatial map of another shape is
+    an error naming what differs (zip would silently drop blocks); an unknown reduction lists the choices."""
+    block = (torch.ones(1, 4, 1, 1), torch.ones(1, 1, 3, 3))
+    with pytest.raises(ValueError, match="got 2 and 1"):
+        attention_similarity_loss([block, block], [block])
+    with pytest.raises(ValueError, match="got 0 and 0"):
+        attention_similarity_loss([], [])
+    for other in ((torch.ones(1, 4, 1, 1), torch.ones(1, 1, 2, 2)), (torch.ones(1, 2, 1, 1), block[1])):
+        with pytest.raises(ValueError, match="differ in shape"):
+            attention_similarity_loss([block], [other])
+    with pytest.raises(UserError, match="choose sum, paper, mean"):
+        attention_similarity_loss([block], [block], "median")
