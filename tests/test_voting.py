@@ -196,3 +196,12 @@ def test_soft_targets_follow_their_sample_to_every_crop_and_training_logits_are_
     assert torch.allclose(out["loss"], expected, atol=1e-6)
     assert not torch.allclose(out["loss"], F.cross_entropy(crop_logits, target.repeat(10, 1)), atol=1e-6)
     assert torch.allclose(out["logits"], vote(crop_logits, "hard"))
+
+
+def test_init_from_also_reads_a_bare_state_dict(tmp_path):
+    """A file holding the method's state dict itself (not wrapped in {"method": ...}) is read as well."""
+    source = _method()
+    torch.save(source.state_dict(), tmp_path / "bare.pt")
+    target = _method("method.split_after=3")
+    load_matching_weights(target, tmp_path / "bare.pt")
+    assert torch.equal(target.net.backbone.conv1.weight, source.net.backbone.conv1.weight)
