@@ -235,3 +235,23 @@ def test_rabn_with_an_rrn_picks_the_batchnorm_of_the_rrns_highest_score(tmp_path
     out = method.evaluate_step({"image": images, "factor": factor}, None)
     assert out["rrn_acc"].tolist() == [1.0, 1.0, 0.0, 0.0]
     assert torch.allclose(out["logits"], method.net(images, torch.tensor([2, 0, 1, 2])))
+
+
+def test_da_trains_and_validates_on_its_factors_with_the_configured_discriminator(tmp_path):
+    """One stage on ``factors`` (train and validation), the discriminator's dropout as configured, and
+    ``domain_acc`` the fraction of faces whose resolution the discriminator names."""
+    method = _da(tmp_path, disc_dropout=0.2)
+    (stage,) = method.stages()
+    assert stage.train_degrade == stage.val_degrade == ["x1", "x2", "x4"]
+    dropouts = [m.p for m in method.discriminator.modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropouts and all(p == 0.2 for p in dropouts)
+
+    class SaysX4(torch.nn.Module):  # a discriminator that names x4 (domain 2) for every face
+        def forward(self, features):
+            return torch.tensor([0.0, 0.0, 1.0]).expand(features.shape[0], 3) + 0 * features.sum()
+
+    method.discriminator = SaysX4()
+    batch = _da_batch()
+    batch["factor"] = torch.tensor([4.0, 4.0, 4.0, 4.0, 1.0, 2.0])  # domains 2, 2, 2, 2, 0, 1
+    out = method.training_step(batch, stage, "main")
+    assert out["domain_acc"].item() == pytest.approx(4 / 6)
