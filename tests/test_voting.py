@@ -205,3 +205,9 @@ def test_init_from_also_reads_a_bare_state_dict(tmp_path):
     target = _method("method.split_after=3")
     load_matching_weights(target, tmp_path / "bare.pt")
     assert torch.equal(target.net.backbone.conv1.weight, source.net.backbone.conv1.weight)
+
+
+@pytest.mark.parametrize("value", ["none", "None", "NULL"])
+def test_init_from_none_in_any_case_trains_from_scratch(value):
+    """``init_from: none`` (the string, as experiment=voting/rafdb asks for) means no initialisation."""
+    assert _method(f"method.init_from={value}").init_from is None
