@@ -211,3 +211,23 @@ def test_init_from_also_reads_a_bare_state_dict(tmp_path):
 def test_init_from_none_in_any_case_trains_from_scratch(value):
     """``init_from: none`` (the string, as experiment=voting/rafdb asks for) means no initialisation."""
     assert _method(f"method.init_from={value}").init_from is None
+
+
+def test_the_stem_option_reaches_the_network():
+    """method.stem=conv3 is the paper's 3x3 stride-1 stem; another stem (the quick default) is not."""
+    assert _method("method.stem=conv3").net.backbone.conv1.kernel_size == (3, 3)
+    assert _method("method.stem=imagenet").net.backbone.conv1.kernel_size != (3, 3)
+
+
+def test_init_from_logs_what_it_copied_from_and_what_stayed_fresh(tmp_path, caplog):
+    source = _method("dataset.num_classes=8", "dataset.class_names=[a,b,c,d,e,f,g,h]")
+    torch.save({"method": source.state_dict()}, tmp_path / "best.pt")
+    target = _method(f"method.init_from={tmp_path / 'best.pt'}")
+    with caplog.at_level("INFO", logger="lrfer.methods.voting"):
+        target.on_stage_start(STAGE)
+    assert f"initialised from {tmp_path / 'best.pt'}; kept fresh: net.fc.bias, net.fc.weight" in caplog.text
+    same = _method(f"method.init_from={tmp_path / 'best.pt'}", "dataset.num_classes=8")
+    caplog.clear()
+    with caplog.at_level("INFO", logger="lrfer.methods.voting"):
+        same.on_stage_start(STAGE)
+    assert caplog.text.rstrip().endswith("kept fresh: nothing")
