@@ -59,7 +59,7 @@ def load_data(cfg: DictConfig) -> FaceData:
     Without a validation split a run keeps every stage's last epoch (``metrics.json``: ``model_selection``).
     """
     adapter = build_adapter(cfg.dataset)
-    data = load_or_build(adapter, cfg.paths.cache_dir)
+    data = load_or_build(adapter, cfg.paths.cache_dir, dist.machine_sharing())  # torchrun: once a machine
     for needed in ("train", "test"):
         if needed not in data.splits or len(data.splits[needed]) == 0:
             raise UserError(f"dataset {cfg.dataset.name} has no {needed} images: check dataset.root")
@@ -124,7 +124,7 @@ def cached_bytes(cfg: DictConfig, data: FaceData) -> int:
                 oh, ow = deg.output_size(h, w)
             except UserError:
                 continue
-            if (oh, ow) != (h, w):
+            if (oh, ow) != (h, w) or deg.operations:  # x1+noise8: native size, yet a new tensor
                 total += n * c * oh * ow
     return total
 
@@ -236,6 +236,7 @@ def build_parts(cfg: DictConfig) -> RunParts:
         rank=dist.rank(),
         world_size=dist.world_size(),
     )
+    datamodule.view_sharing = dist.machine_sharing()  # one host copy of the views per machine (torchrun)
     side = int(cfg.dataset.image_size)
     if data.image_size != (side, side):
         raise UserError(
