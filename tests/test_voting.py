@@ -231,3 +231,14 @@ def test_init_from_logs_what_it_copied_from_and_what_stayed_fresh(tmp_path, capl
     with caplog.at_level("INFO", logger="lrfer.methods.voting"):
         same.on_stage_start(STAGE)
     assert caplog.text.rstrip().endswith("kept fresh: nothing")
+
+
+def test_model_weights_initialise_the_voting_network(tmp_path):
+    """``model.weights=<file>`` (a local ResNet-18 checkpoint) reaches the voting network's backbone."""
+    from lrfer.models.resnet import build_resnet
+
+    torch.manual_seed(5)
+    state = build_resnet(7, 100, stem="imagenet").state_dict()
+    torch.save(state, tmp_path / "r18.pth")
+    method = _method(f"model.weights={tmp_path / 'r18.pth'}", "method.split_after=3")
+    assert torch.equal(method.net.backbone.layer2[0].conv1.weight, state["backbone.layer2.0.conv1.weight"])
