@@ -255,3 +255,23 @@ def test_da_trains_and_validates_on_its_factors_with_the_configured_discriminato
     batch["factor"] = torch.tensor([4.0, 4.0, 4.0, 4.0, 1.0, 2.0])  # domains 2, 2, 2, 2, 0, 1
     out = method.training_step(batch, stage, "main")
     assert out["domain_acc"].item() == pytest.approx(4 / 6)
+
+
+def test_rabn_stages_optimise_their_network_and_declare_the_values_they_return(tmp_path):
+    """Stage ``train`` optimises the shared network, stage ``rrn`` the RRN; every stage's (and the test's)
+    declared evaluation values are exactly the per-face values its evaluate_step returns."""
+    batch = {
+        "image": torch.randn(4, 3, 32, 32),
+        "label": torch.arange(4),
+        "factor": torch.tensor([1.0, 2, 4, 4]),
+    }
+    for bn_select in ("true_factor", "rrn"):
+        method = _rabn(tmp_path, bn_select).eval()
+        for stage in [*method.stages(), None]:
+            if stage is not None:
+                module = method.rrn if stage.name == "rrn" else method.net
+                ids = [id(p) for p in method.stage_parameters(stage, "main")]
+                assert ids == [id(p) for p in module.parameters()], stage.name
+            with torch.no_grad():
+                values = set(method.evaluate_step(batch, stage)) - {"logits"}
+            assert values == set(method.evaluation_values(stage)), (bn_select, stage)
