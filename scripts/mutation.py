@@ -2,9 +2,10 @@
 """Mutation testing (mutmut 3) of the modules that hold the README's guarantees, one module at a time.
 
     python scripts/mutation.py src/lrfer/data/imresize.py [more modules ...] [--max-children 1]
+    python scripts/mutation.py src/lrfer/data/pipeline.py --sample 60 --seed 0   # a random sample only
+    python scripts/mutation.py src/lrfer/methods/fsrfer.py --only '*critic_step*'  # chosen functions' mutants
+    python scripts/mutation.py src/lrfer/methods/gmenet.py --in-process -k "not tiny_run" --sample 25
     python scripts/mutation.py --list          # the modules and the test files that check each one
-    python scripts/mutation.py src/lrfer/methods/fsrfer.py --sample 60 --seed 0   # a random sample of mutants
-    python scripts/mutation.py src/lrfer/methods/fsrfer.py --only '*critic_step*'  # one function's mutants
 
 ``[tool.mutmut]`` in pyproject.toml configures mutmut for all the modules at once (``mutmut run`` in the
 repository root mutates every one of them against every listed test file: hours on a laptop). This script
@@ -18,6 +19,16 @@ process, so pytest-xdist is off). A second call resumes where the first stopped.
 After the run the script prints mutmut's summary and writes ``.mutmut/<module>/summary.json``
 (killed, survived, timeout, no tests, ...); ``mutmut results`` and ``mutmut show <mutant>`` in that folder
 list and show the survivors. docs/mutation.md holds the measured numbers and what each survivor means.
+
+``--sample N --seed S``: when a module's mutants cannot all be run in the time there is, check a random sample
+of N of them (drawn with ``random.Random(S)`` from the sorted mutant names, so the same N and S draw the same
+sample): mutmut first generates the mutants and collects which test reaches which function (it is given a
+name that matches nothing, so it stops there), then runs the sampled mutants by name. A second call with the
+same N and S checks only the sampled mutants that have no verdict yet; ``--no-run`` only writes the summary
+of what has been checked (mutmut checks the mutants with the fastest tests first, so a stopped sample is not
+a random subset of it). ``summary.json`` then holds the
+sample's counts and the kill rate among its checked mutants with a 95 % (Wilson) interval: an estimate for
+the module, labelled as a sample.
 """
 
 from __future__ import annotations
@@ -75,24 +86,56 @@ def prepare(module: str, text: str, config: dict, tests: list[str]) -> Path:
     return work
 
 
-#: Generates a module's mutants in its working folder without running a test (``mutmut run``'s first step).
-GENERATE = """
-import os
-from mutmut.__main__ import (copy_also_copy_files, copy_src_dir, create_mutants, set_mutant_under_test,
-                             setup_source_paths, store_lines_covered_by_tests)
-set_mutant_under_test("mutant_generation")
-os.makedirs("mutants", exist_ok=True)
-copy_src_dir(); copy_also_copy_files(); setup_source_paths()
-store_lines_covered_by_tests(); create_mutants(1)
-"""
+#: Matches no mutant name: ``mutmut run`` with it generates the mutants and the test statistics, then stops.
+GENERATE_ONLY = "lrfer-generate-only-no-such-mutant"
+#: mutmut's exit codes (mutmut/stats.py) that count as killed, survived, and not checked.
+KILLED, SURVIVED, UNCHECKED = {1, 3}, {0}, {None}
 
 
-def mutant_names(work: Path, module: str, env: dict) -> list[str]:
-    """Every mutant of ``module`` (generated first if the working folder has none yet), sorted."""
-    meta = work / "mutants" / (module + ".meta")
-    if not meta.exists():
-        subprocess.run([sys.executable, "-c", GENERATE], cwd=work, env=env, check=True, capture_output=True)
-    return sorted(json.loads(meta.read_text())["exit_code_by_key"])
+def meta_file(work: Path, module: str) -> Path:
+    return work / "mutants" / (module + ".meta")
+
+
+def verdicts(work: Path, module: str) -> dict[str, int | None]:
+    """mutant name -> mutmut's exit code (None: not checked yet), from mutmut's meta file of the module."""
+    return json.loads(meta_file(work, module).read_text())["exit_code_by_key"]
+
+
+def draw_sample(names: list[str], n: int, seed: int) -> list[str]:
+    """``n`` of the mutant names, drawn reproducibly (the same names, n and seed give the same sample)."""
+    return sorted(random.Random(seed).sample(sorted(names), min(n, len(names))))
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion k / n."""
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def sample_summary(work: Path, module: str, sample: list[str], seed: int) -> dict:
+    codes = verdicts(work, module)
+    got = [codes.get(name) for name in sample]
+    killed = sum(code in KILLED for code in got)
+    survived = [name for name, code in zip(sample, got, strict=True) if code in SURVIVED]
+    checked = sum(code not in UNCHECKED for code in got)
+    low, high = wilson(killed, killed + len(survived))
+    return {
+        "sample": len(sample),
+        "seed": seed,
+        "mutants_in_module": len(codes),
+        "checked": checked,
+        "killed": killed,
+        "survived": len(survived),
+        "other": checked - killed - len(survived),  # timeout, suspicious, no tests, ...
+        "kill_rate_of_killed_or_survived": round(killed / max(1, killed + len(survived)), 4),
+        "kill_rate_95ci_wilson": [round(low, 4), round(high, 4)],
+        "survivors": survived,
+        "sampled": sample,
+    }
 
 
 #: Runs mutants one after another in ONE pytest process (``--in-process``): the trampolines mutmut writes read
@@ -127,60 +170,37 @@ for name in names:
 
 def in_process(
     work: Path, names: list[str], tests: list[str], select: str | None, out: Path, env: dict
-) -> dict:
+) -> dict[str, str]:
     """``names`` against ``tests`` (``-k select``) in one pytest process; {mutant: killed/survived}."""
     # the tests as they are now (mutmut copied them into mutants/ when it first ran)
     shutil.copytree(REPO / "tests", work / "mutants" / "tests", dirs_exist_ok=True)
-    payload = json.dumps([names, tests, select, str(out)])
+    files = [t for t in tests if not t.startswith("-")]
+    payload = json.dumps([names, files, select, str(out)])
     subprocess.run([sys.executable, "-c", IN_PROCESS, payload], cwd=work / "mutants", env=env, check=True)
     return json.loads(out.read_text())
 
 
-def wilson(killed: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The 95 % Wilson score interval of a proportion ``killed / n``."""
-    if n == 0:
-        return 0.0, 1.0
-    p = killed / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def sample_summary(work: Path, module: str, names: list[str], total: int, seed: int) -> dict:
-    """Counts over the sampled mutants only, with the kill rate's 95 % interval (labelled as a sample)."""
-    from mutmut.stats import status_by_exit_code
-
-    codes = json.loads((work / "mutants" / (module + ".meta")).read_text())["exit_code_by_key"]
-    status = {n: status_by_exit_code[codes.get(n)] for n in names}
-    counts = {s: sum(1 for v in status.values() if v == s) for s in sorted(set(status.values()))}
-    killed, survived = counts.get("killed", 0), counts.get("survived", 0)
-    low, high = wilson(killed, killed + survived)
-    return {
-        "sample": {"of": total, "size": len(names), "seed": seed},
-        **counts,
-        "kill_rate": round(killed / (killed + survived), 4) if killed + survived else None,
-        "kill_rate_95ci_wilson": [round(low, 4), round(high, 4)],
-        "survivors": [n for n, s in status.items() if s == "survived"],
-        "status": status,
-    }
-
-
 def in_process_summary(
-    status: dict[str, str], names: list[str], total: int, args: argparse.Namespace
+    status: dict[str, str], chosen: list[str], total: int, args: argparse.Namespace
 ) -> dict:
     """The counts of an ``--in-process`` run, with the kill rate's 95 % interval."""
     killed = sum(1 for s in status.values() if s == "killed")
-    survived = sum(1 for s in status.values() if s == "survived")
-    low, high = wilson(killed, killed + survived)
+    survived = [n for n, s in status.items() if s == "survived"]
+    low, high = wilson(killed, killed + len(survived))
     return {
         "runner": "in-process (scripts/mutation.py --in-process)",
-        "sample": {"of": total, "size": len(names), "seed": args.seed, "only": args.only, "k": args.select},
+        "chosen": len(chosen),
+        "sample": args.sample,
+        "seed": args.seed,
+        "only": args.only,
+        "k": args.select,
+        "mutants_in_module": total,
         "checked": len(status),
         "killed": killed,
-        "survived": survived,
-        "kill_rate": round(killed / (killed + survived), 4) if killed + survived else None,
+        "survived": len(survived),
+        "kill_rate_of_killed_or_survived": round(killed / max(1, killed + len(survived)), 4),
         "kill_rate_95ci_wilson": [round(low, 4), round(high, 4)],
-        "survivors": [n for n, s in status.items() if s == "survived"],
+        "survivors": survived,
         "status": status,
     }
 
@@ -202,8 +222,9 @@ def main() -> int:
     parser.add_argument("modules", nargs="*", help="paths such as src/lrfer/data/imresize.py")
     parser.add_argument("--list", action="store_true", help="print the modules and their test files")
     parser.add_argument("--max-children", type=int, default=1, help="mutants tested at once (default 1)")
-    parser.add_argument("--sample", type=int, help="test only N mutants drawn at random (an estimate)")
-    parser.add_argument("--seed", type=int, default=0, help="the random sample's seed (default 0)")
+    parser.add_argument("--sample", type=int, default=None, help="check only N randomly drawn mutants")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the --sample draw (default 0)")
+    parser.add_argument("--no-run", action="store_true", help="--sample: summary only")
     parser.add_argument(
         "--only", action="append", default=[], help="only mutants whose names match this glob (repeatable)"
     )
@@ -213,7 +234,7 @@ def main() -> int:
         help="run the chosen mutants in one pytest process (fast; not mutmut's runner), see docs/mutation.md",
     )
     parser.add_argument(
-        "-k", dest="select", help="with --in-process: pytest -k expression (e.g. the fast tests)"
+        "-k", dest="select", help="with --in-process: a pytest -k expression (the fast tests)"
     )
     args = parser.parse_args()
     text, pyproject = load_pyproject()
@@ -239,33 +260,30 @@ def main() -> int:
         (work / "mutants" / "src").mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "PYTHONPATH": str(work / "mutants" / "src")}
         print(f"== {module} ({' '.join(tests[module])}) in {work.relative_to(REPO)}", flush=True)
-        command = ["mutmut", "run", "--max-children", str(args.max_children)]
-        if args.sample or args.only:
-            names = mutant_names(work, module, env)
-            pool = [n for n in names if not args.only or any(fnmatch.fnmatch(n, p) for p in args.only)]
-            chosen = pool
-            if args.sample:
-                chosen = sorted(random.Random(args.seed).sample(pool, min(args.sample, len(pool))))
-            print(f"   {len(chosen)} of {len(names)} mutants ({len(pool)} match), seed {args.seed}")
-            if not chosen:
-                continue
-            tag = "-".join(re.sub(r"[^A-Za-z0-9_]+", "", p) for p in args.only) or "all"
-            out = work / f"sample-{tag}-{args.sample or 'every'}-seed-{args.seed}.json"
-            if args.in_process:
-                progress = out.with_suffix(".progress.json")
-                status = in_process(work, chosen, tests[module], args.select, progress, env)
-                stats = in_process_summary(status, chosen, len(names), args)
-                out.with_suffix(".inprocess.json").write_text(json.dumps(stats, indent=2) + "\n")
-                print(json.dumps({"module": module, **stats}, indent=2), flush=True)
-                continue
-            subprocess.run([*command, *chosen], cwd=work, env=env)
-            stats = sample_summary(work, module, chosen, len(names), args.seed)
-            stats["only"] = args.only
-            out.write_text(json.dumps(stats, indent=2) + "\n")
-            print(json.dumps({"module": module, **stats}, indent=2), flush=True)
+        run = ["mutmut", "run", "--max-children", str(args.max_children)]
+        if args.sample is None and not args.only and not args.in_process:
+            subprocess.run(run, cwd=work, env=env)
+            print(json.dumps({"module": module, **summary(work)}, indent=2), flush=True)
             continue
-        subprocess.run(command, cwd=work, env=env)
-        print(json.dumps({"module": module, **summary(work)}, indent=2), flush=True)
+        if not meta_file(work, module).exists():  # generate the mutants and the test statistics only
+            subprocess.run([*run, GENERATE_ONLY], cwd=work, env=env)
+        names = list(verdicts(work, module))
+        pool = [n for n in names if not args.only or any(fnmatch.fnmatch(n, p) for p in args.only)]
+        sample = draw_sample(pool, args.sample, args.seed) if args.sample else sorted(pool)
+        tag = "-".join(re.sub(r"[^A-Za-z0-9_]+", "", p) for p in args.only)
+        name = f"sample-{args.sample or 'every'}-seed-{args.seed}" + (f"-{tag}" if tag else "")
+        if args.in_process:
+            status = in_process(work, sample, tests[module], args.select, work / f"{name}.progress.json", env)
+            stats = {"module": module, **in_process_summary(status, sample, len(names), args)}
+            (work / f"{name}.inprocess.json").write_text(json.dumps(stats, indent=2) + "\n")
+            print(json.dumps(stats, indent=2), flush=True)
+            continue
+        todo = [name for name in sample if verdicts(work, module)[name] is None]
+        if todo and not args.no_run:
+            subprocess.run([*run, *todo], cwd=work, env=env)
+        stats = {"module": module, **sample_summary(work, module, sample, args.seed)}
+        (work / f"{name}.json").write_text(json.dumps(stats, indent=2) + "\n")
+        print(json.dumps(stats, indent=2), flush=True)
     return 0
 
 

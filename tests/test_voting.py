@@ -121,6 +121,31 @@ def test_predict_votes_per_sample_with_the_configured_mode():
         assert torch.allclose(method.predict(x), vote(crop_logits, "hard"))
 
 
+class _FixedCrops(torch.nn.Module):
+    """Crop outputs where the votes disagree: 6 crops say class 0 weakly, 4 say class 1 strongly."""
+
+    num_crops = 10
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weak = torch.log(torch.tensor([0.40, 0.35, 0.25]))
+        strong = torch.log(torch.tensor([0.005, 0.99, 0.005]))
+        return torch.stack([weak] * 6 + [strong] * 4).repeat(x.shape[0], 1)
+
+
+def test_eval_all_votings_reports_both_votes_of_one_network_at_the_test():
+    """One trained network gives Table 3's soft and hard columns (the findings compare them per seed)."""
+    method = _method("method.split_after=1", "method.eval_all_votings=true").eval()
+    assert method.evaluation_values() == ("acc_soft", "acc_hard")
+    method.net = _FixedCrops()
+    batch = {"image": torch.zeros(2, 3, 24, 24), "label": torch.tensor([0, 1]), "factor": torch.ones(2)}
+    out = method.evaluate_step(batch)
+    assert out["acc_hard"].tolist() == [1.0, 0.0]  # hard voting says class 0
+    assert out["acc_soft"].tolist() == [0.0, 1.0]  # soft voting says class 1
+    assert out["logits"].argmax(1).tolist() == [1, 1]  # the configured (soft) vote
+    assert method.evaluation_values(STAGE) == ()  # validation: the configured vote only
+    assert _method("method.split_after=1").evaluation_values() == ()
+
+
 def test_unknown_voting_mode_is_a_user_error():
     with pytest.raises(UserError, match="voting"):
         _method("method.voting=median")
