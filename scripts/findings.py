@@ -5,6 +5,7 @@
     python scripts/findings.py --collect [--out DIR]     # no training: copy finished runs, rebuild
     python scripts/findings.py --from-repo               # no training: rebuild from the repository alone
     python scripts/findings.py --quick --out DIR         # 2 cheap runs, 1 seed, tiny faces (the tests)
+    python scripts/findings.py --estimate                # no training: the runs' CPU time, estimated
 
 The claims and the verdict rule are in ``lrfer.report.findings`` (``CLAIMS``, ``RULE``); the runs and the
 budget (one scaling rule: a fraction of each paper's epochs) in ``experiments/findings/protocol.yaml``.
@@ -41,9 +42,13 @@ from lrfer.report.findings import (
     claims_for,
     convergence,
     copy_artefacts,
+    embed_provenance,
+    estimate_cpu,
     evaluate_claim,
+    load_epoch_costs,
     load_findings_protocol,
     load_records,
+    merge_calls,
     metrics_by_run,
     plan_runs,
     plot_curves,
@@ -59,6 +64,7 @@ from lrfer.report.provenance import provenance_line
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PROTOCOL = REPO / "experiments" / "findings" / "protocol.yaml"
 DEFAULT_RESULTS = REPO / "experiments" / "findings"
+DEFAULT_COSTS = DEFAULT_RESULTS / "epoch_costs.yaml"
 
 
 @exit_on_user_error
@@ -75,6 +81,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="the protocol's quick runs, 1 seed, tiny faces")
     mode.add_argument("--collect", action="store_true", help="train nothing; copy finished runs, rebuild")
     mode.add_argument("--from-repo", action="store_true", help="train nothing; rebuild from <results>/runs")
+    mode.add_argument("--estimate", action="store_true", help="train nothing; estimate the runs' CPU time")
+    parser.add_argument("--costs", type=Path, default=DEFAULT_COSTS, help="CPU s per epoch (--estimate)")
     args = parser.parse_args(argv)
     command = " ".join(["python scripts/findings.py", *(sys.argv[1:] if argv is None else argv)])
     protocol = load_findings_protocol(args.protocol)
@@ -85,6 +93,8 @@ def main(argv: list[str] | None = None) -> dict:
         raise UserError("--seeds must be at least 1")
     extra = [*(quick["overrides"] if args.quick else []), *args.overrides]
     plan = plan_runs(protocol, all_runs, seeds, extra)
+    if args.estimate:
+        return print_estimate(plan, load_epoch_costs(args.costs), seeds, float(protocol["fraction"]))
     results = args.results or (args.out / "results" if args.quick else DEFAULT_RESULTS)
     copies = results / "runs"
     start, cpu0 = time.perf_counter(), _children_cpu()
@@ -109,6 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
                 copy_artefacts(folder, copy)
             elif finished_run(copy, overrides, provenance):
                 print(f"{run} seed {seed}: finished earlier (copy in {copy})", flush=True)
+                embed_provenance(copy)  # a copy made before provenance was embedded in its files
             elif run in to_train and not args.collect:
                 todo.append((run, seed, folder, copy, overrides))
 
@@ -151,10 +162,12 @@ def main(argv: list[str] | None = None) -> dict:
             trained = call["runs_trained"]
             record_call()
 
-    calls = previous_calls((results if args.from_repo else args.out) / "calls.json")
-    if calls and not args.from_repo:
-        results.mkdir(parents=True, exist_ok=True)
-        write_calls(results / "calls.json", calls)
+    calls = previous_calls(results / "calls.json")
+    if not args.from_repo:  # the calls on record in <results> stay, those of <out> are added or updated
+        calls = merge_calls(calls, previous_calls(args.out / "calls.json"))
+        if calls:
+            results.mkdir(parents=True, exist_ok=True)
+            write_calls(results / "calls.json", calls)
 
     records = load_records(copies, plan)
     metrics = metrics_by_run(records)
@@ -182,6 +195,21 @@ def main(argv: list[str] | None = None) -> dict:
     if failed:
         print(f"error: {len(failed)} run(s) failed: {'; '.join(failed)}", file=sys.stderr)
         sys.exit(1)
+    return summary
+
+
+def print_estimate(plan: dict, costs: dict, seeds: int, fraction: float) -> dict:
+    """The estimated CPU time of every run of ``plan`` (all seeds), in training order, and the total."""
+    per_run = estimate_cpu(plan, costs)
+    print(f"Estimated CPU time at fraction {fraction:g} of the papers' epochs, {seeds} seed(s) per run:")
+    total = 0.0
+    for run, seconds in per_run.items():
+        total += seconds
+        print(f"  {run:20s} {seconds / 3600:6.2f} h   (cumulative {total / 3600:6.1f} h)")
+    print(f"  total                {total / 3600:6.1f} h CPU")
+    hours = {r: round(s / 3600, 2) for r, s in per_run.items()}
+    summary = {"fraction": fraction, "seeds": seeds, "cpu_h": hours, "total_cpu_h": round(total / 3600, 1)}
+    print(json.dumps(summary))
     return summary
 
 
