@@ -17,6 +17,10 @@ from conftest import REPO, tiny
 pytestmark = pytest.mark.slow
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(tmp_path, run_dir) -> subprocess.Popen:
     overrides = tiny(
         tmp_path,
@@ -33,6 +37,9 @@ def _start(tmp_path, run_dir) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # Ctrl-C as a terminal delivers it: a pytest-xdist worker (or a shell's background job) starts its
+        # children with SIGINT ignored, and Python then never raises KeyboardInterrupt.
+        preexec_fn=_default_sigint,
     )
 
 

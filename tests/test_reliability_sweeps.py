@@ -48,11 +48,18 @@ def _error_lines(text: str) -> list[str]:
 
 # -- group 1: one run per folder --------
 def test_a_second_run_into_a_folder_in_use_is_refused_and_the_first_run_is_intact(tmp_path):
-    """The first run is long enough never to end by itself (it is stopped with SIGTERM once the second one
-    was refused), so the outcome does not depend on how fast the machine is."""
+    """The first run is long enough never to end by itself (100000 epochs of its method's one stage; it is
+    stopped with SIGTERM once the second one was refused), so the outcome does not depend on the machine's
+    speed."""
     run_dir = tmp_path / "run"
     first = subprocess.Popen(
-        [sys.executable, TRAIN, *_small(tmp_path, "trainer.max_epochs=100000", f"hydra.run.dir={run_dir}")],
+        [
+            sys.executable,
+            TRAIN,
+            *_small(
+                tmp_path, "trainer.max_epochs=100000", "method.epochs=100000", f"hydra.run.dir={run_dir}"
+            ),
+        ],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
