@@ -52,12 +52,17 @@ def test_a_signal_stops_training_with_one_logged_line_saying_how_to_resume(tmp_p
     run_dir = tmp_path / "run"
     proc = _start(tmp_path, run_dir)
     log = run_dir / "train.log"
-    deadline = time.monotonic() + 300
-    while not (log.is_file() and "epoch 2/500" in log.read_text()):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
-        time.sleep(0.2)
-    proc.send_signal(signum)
-    _, err = proc.communicate(timeout=120)
+    try:
+        deadline = time.monotonic() + 300
+        while not (log.is_file() and "epoch 2/500" in log.read_text()):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+            time.sleep(0.2)
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=120)
+    finally:  # a failed test leaves no 500-epoch training behind
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == status and "Traceback" not in err, err[-3000:]
     (line,) = [line for line in err.splitlines() if line.startswith(what)]
     assert "trainer.resume=true" in line and f"hydra.run.dir={run_dir}" in line
