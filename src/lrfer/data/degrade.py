@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from lrfer.data.imresize import imresize, imresize_uint8
-from lrfer.data.realistic import Operation, apply_operations, parse_operation
+from lrfer.data.realistic import Operation, apply_operations, describe_operations, parse_operation
 from lrfer.errors import UserError
 
 __all__ = ["Degradation", "degrade_uint8", "imresize", "parse_degradation", "parse_degradations", "resize_to"]
@@ -56,7 +56,8 @@ class Degradation:
 
 
 def parse_degradation(label: str) -> Degradation:
-    """Parse ``x4`` / ``x1.5`` / ``14px``, optionally followed by ``+blur<s>``, ``+noise<s>``, ``+jpeg<q>``.
+    """Parse ``x4`` / ``x1.5`` / ``14px``, optionally followed by operations (``+blur1.5``, ``+jpeg30``, ...,
+    :data:`lrfer.data.realistic.OPERATIONS`).
 
     Anything else is a :class:`UserError` saying what is accepted.
     """
@@ -84,7 +85,7 @@ def _parse_size(text: str, label: str) -> Degradation:
         return Degradation(label=f"{size}px", size=size)
     raise UserError(
         f"cannot read degradation {label!r}: write x<factor> (x1, x2, x6, x16) or <size>px (14px), "
-        "optionally followed by +blur<sigma>, +noise<sigma> or +jpeg<quality>"
+        f"optionally followed by any of {describe_operations()}"
     )
 
 

@@ -8,12 +8,17 @@ sigma in grey levels of 0..255), ``x4+jpeg30`` (JPEG at quality 30), ``12px+blur
 Every operation maps uint8 images (N, C, h, w) to uint8 images of the same shape and is deterministic: the
 noise of image ``i`` is a function of ``(seed, i)`` only (a counter-based hash, identical on every device
 and for every chunking), so a split's view is the same in every run and for every method.
+
+The operations form one registry, :data:`OPERATIONS`: an :class:`OperationKind` holds an operation's name,
+its parameter's range and meaning (the help of the error messages) and its function. Adding an operation is
+one :func:`register_operation` call at the end of this file; nothing else in lrfer lists them.
 """
 
 from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,12 +27,56 @@ import torch.nn.functional as F
 
 from lrfer.errors import UserError
 
-#: operation name -> (what the number means, smallest value, largest value)
-OPERATIONS = {
-    "blur": ("Gaussian sigma in low-resolution pixels", 0.0, 20.0),
-    "noise": ("Gaussian noise sigma in grey levels (0..255)", 0.0, 255.0),
-    "jpeg": ("JPEG quality", 1.0, 100.0),
-}
+
+@dataclass(frozen=True)
+class OperationKind:
+    """One realistic operation: everything a label, its check, its help and its effect need.
+
+    ``apply(images, value, seed, first_index)`` maps uint8 images (N, C, h, w) to uint8 images of the same
+    shape; image ``k`` is sample ``first_index + k`` of its split (what per-sample noise is drawn from).
+    """
+
+    name: str
+    #: what the number after the name is, e.g. ``sigma`` (shown as ``+blur<sigma>``)
+    parameter: str
+    #: what the number means, with its unit (the help text of error messages)
+    meaning: str
+    low: float
+    high: float
+    apply: Callable[[torch.Tensor, float, int, int], torch.Tensor]
+    #: the number must be a whole one (a JPEG quality)
+    integer: bool = False
+
+    def check(self, value: float, label: str) -> None:
+        """A :class:`UserError` naming the range when ``value`` is outside it (or not whole)."""
+        if not (self.low <= value <= self.high) or (self.integer and value != int(value)):
+            kind = "a whole number" if self.integer else "a number"
+            raise UserError(
+                f"degradation {label!r}: {self.name} takes {kind} from {self.low:g} to {self.high:g} "
+                f"({self.meaning})"
+            )
+
+
+#: Every realistic operation by name. Adding one (``+sharpen``) is one :func:`register_operation` call:
+#: labels, their checks, the error messages and :func:`describe_operations` all read this registry.
+OPERATIONS: dict[str, OperationKind] = {}
+
+
+def register_operation(kind: OperationKind) -> OperationKind:
+    """Add ``kind`` to :data:`OPERATIONS` (a name may be registered once)."""
+    if kind.name in OPERATIONS:
+        raise ValueError(f"degradation operation {kind.name!r} is registered twice")
+    if not kind.name.isalpha():
+        raise ValueError(f"degradation operation {kind.name!r}: a name is letters only (the number follows)")
+    OPERATIONS[kind.name] = kind
+    return kind
+
+
+def describe_operations() -> str:
+    """``+blur<sigma> (Gaussian sigma ..., 0 to 20), ...``: every registered operation, for messages."""
+    return ", ".join(
+        f"+{k.name}<{k.parameter}> ({k.meaning}, {k.low:g} to {k.high:g})" for k in OPERATIONS.values()
+    )
 
 
 @dataclass(frozen=True)
@@ -44,22 +93,18 @@ class Operation:
 
 def parse_operation(text: str, label: str) -> Operation:
     """``blur1.5`` / ``noise8`` / ``jpeg30`` -> :class:`Operation`; anything else is a UserError."""
-    for name, (meaning, low, high) in OPERATIONS.items():
+    # the longest name first: a registered ``blurry`` is not read as ``blur`` followed by ``ry``
+    for name in sorted(OPERATIONS, key=len, reverse=True):
         if text.startswith(name):
-            number = text[len(name) :]
             try:
-                value = float(number)
+                value = float(text[len(name) :])
             except ValueError:
                 break
-            if not (low <= value <= high) or (name == "jpeg" and value != int(value)):
-                kind = "a whole number" if name == "jpeg" else "a number"
-                raise UserError(
-                    f"degradation {label!r}: {name} takes {kind} from {low:g} to {high:g} ({meaning})"
-                )
+            OPERATIONS[name].check(value, label)
             return Operation(name, value)
     raise UserError(
-        f"degradation {label!r}: cannot read {text!r}; after the size, chain +blur<sigma>, +noise<sigma> "
-        "or +jpeg<quality>, e.g. x4+blur1.5+jpeg30"
+        f"degradation {label!r}: cannot read {text!r}; after the size, chain any of "
+        f"{describe_operations()}, e.g. x4+blur1.5+jpeg30"
     )
 
 
@@ -68,12 +113,7 @@ def apply_operations(
 ) -> torch.Tensor:
     """Apply ``operations`` in order to uint8 images; image ``k`` is sample ``first_index + k`` for noise."""
     for op in operations:
-        if op.name == "blur":
-            images = gaussian_blur_uint8(images, op.value)
-        elif op.name == "noise":
-            images = gaussian_noise_uint8(images, op.value, seed, first_index)
-        else:
-            images = jpeg_uint8(images, int(op.value))
+        images = OPERATIONS[op.name].apply(images, op.value, seed, first_index)
     return images
 
 
@@ -149,3 +189,36 @@ def jpeg_uint8(images: torch.Tensor, quality: int) -> torch.Tensor:
         decoded = np.asarray(Image.open(buffer).convert("L" if array.shape[-1] == 1 else "RGB"))
         out[k] = decoded.reshape(array.shape)
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous().to(images.device)
+
+
+register_operation(
+    OperationKind(
+        "blur",
+        "sigma",
+        "Gaussian sigma in low-resolution pixels",
+        0.0,
+        20.0,
+        lambda images, value, seed, first: gaussian_blur_uint8(images, value),
+    )
+)
+register_operation(
+    OperationKind(
+        "noise",
+        "sigma",
+        "Gaussian noise sigma in grey levels (0..255)",
+        0.0,
+        255.0,
+        gaussian_noise_uint8,
+    )
+)
+register_operation(
+    OperationKind(
+        "jpeg",
+        "quality",
+        "JPEG quality",
+        1.0,
+        100.0,
+        lambda images, value, seed, first: jpeg_uint8(images, int(value)),
+        integer=True,
+    )
+)
