@@ -35,8 +35,8 @@ from lrfer.data.degrade import resize_to
 from lrfer.data.images import SQUARE_MODES, to_rgb8, to_square
 from lrfer.detect import photos, video
 from lrfer.engine.loading import load_method_weights, load_run_config
+from lrfer.engine.resolve import resolve_device
 from lrfer.engine.run import build_method, method_context
-from lrfer.engine.trainer import resolve_device
 from lrfer.errors import UserError, check_folder_can_be_written, console_script, exit_on_user_error, writing
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,15 @@ from lrfer.data.imresize import imresize, imresize_uint8
 from lrfer.data.realistic import Operation, apply_operations, describe_operations, parse_operation
 from lrfer.errors import UserError
 
-__all__ = ["Degradation", "degrade_uint8", "imresize", "parse_degradation", "parse_degradations", "resize_to"]
+__all__ = [
+    "Degradation",
+    "as_degradations",
+    "degrade_uint8",
+    "imresize",
+    "parse_degradation",
+    "parse_degradations",
+    "resize_to",
+]
 
 _FACTOR = re.compile(r"^x(\d+(?:\.\d+)?)$")
 _SIZE = re.compile(r"^(\d+)px$")
@@ -100,6 +108,14 @@ def parse_degradations(labels) -> list[Degradation]:
     if len(set(seen)) != len(seen):
         raise UserError(f"degradation listed twice in {seen}")
     return degs
+
+
+def as_degradations(items) -> list[Degradation]:
+    """Parsed degradations as they are, labels parsed (:func:`parse_degradations`) - a list of either."""
+    items = list(items)
+    if all(isinstance(d, Degradation) for d in items) and items:
+        return items
+    return parse_degradations([d.label if isinstance(d, Degradation) else d for d in items])
 
 
 def degrade_uint8(
