@@ -102,8 +102,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         check_folder_can_be_written(args.annotate, "write the annotated photos into")
 
 
-def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
-    """The command line, checked (:func:`check_arguments`, or the video options')."""
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description="Classify faces of any size with a trained lrfer run.")
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("inputs", nargs="*", type=Path)
@@ -126,19 +126,16 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         parser.error("give image files or folders, a video, or --camera INDEX")
     else:
         check_arguments(args)
-    return args
-
-
-@exit_on_user_error
-def main(argv: list[str] | None = None) -> list[dict]:
-    args = parse_arguments(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+
     cfg = load_run_config(args.run_dir)
     device = resolve_device(args.device, "--device")
     context = method_context(cfg)
     method = build_method(cfg, context)
     load_method_weights(method, args.run_dir, args.checkpoint)
     method.to(device).eval()
+    mean = torch.tensor(list(cfg.dataset.mean), device=device).view(1, -1, 1, 1)
+    std = torch.tensor(list(cfg.dataset.std), device=device).view(1, -1, 1, 1)
     say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     if video.wants_video(args):
         print(video.predict_video(args, photos.build_classifier(cfg, context, method, device), say=say))
@@ -146,6 +143,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.detect:
         print(photos.predict_photos(args, cfg, context, method, device, list_images(args.inputs), say=say))
         return None  # the console script exits 0 (sys.exit of a value would print it and exit 1)
+
     faces, skipped = [], 0
     for path in list_images(args.inputs):
         try:
@@ -155,7 +153,34 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 raise
             print(f"skipped: {str(err).removeprefix('cannot read image ')}", file=sys.stderr, flush=True)
             skipped += 1
-    rows = classify_faces(faces, args, cfg, context, method, device)
+    rows = []
+    names = context.class_names
+    with torch.inference_mode():
+        for start in range(0, len(faces), args.batch_size):
+            chunk = faces[start : start + args.batch_size]
+            squares = [to_square(img, args.square) for _, img in chunk]
+            images = torch.stack(
+                [
+                    resize_to(
+                        sq.float()[None].to(device) / 255.0, context.input_size, cfg.degrade.resize_kernel
+                    )[0]
+                    for sq in squares
+                ]
+            ).clamp(0, 1)
+            sides = torch.tensor([min(sq.shape[-2:]) for sq in squares], dtype=torch.float32, device=device)
+            factor = (context.native_size / sides).clamp(min=1.0)
+            probs = method.predict((images - mean) / std, factor=factor).float().softmax(dim=1).cpu()
+            for (path, img), p, f in zip(chunk, probs, factor.cpu()):
+                row = {
+                    "path": str(path),
+                    "width": img.shape[-1],
+                    "height": img.shape[-2],
+                    "factor": round(float(f), 3),
+                    "prediction": names[int(p.argmax())],
+                    "confidence": round(float(p.max()), 4),
+                }
+                row.update({f"p_{n}": round(float(v), 4) for n, v in zip(names, p)})
+                rows.append(row)
     with writing(args.out):
         args.out.parent.mkdir(parents=True, exist_ok=True)
         with args.out.open("w", newline="") as f:
@@ -163,37 +188,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
             writer.writeheader()
             writer.writerows(rows)
     print(f"classified {len(rows)} faces ({skipped} unreadable skipped) -> {args.out}")
-    return rows
-
-
-@torch.inference_mode()
-def classify_faces(faces, args, cfg, context, method, device: torch.device) -> list[dict]:
-    """One CSV row per ``(path, uint8 image)``: the prediction, its confidence and every class's
-    probability, in batches of ``--batch-size`` faces made square (``--square``) and resized to the input."""
-    mean = torch.tensor(list(cfg.dataset.mean), device=device).view(1, -1, 1, 1)
-    std = torch.tensor(list(cfg.dataset.std), device=device).view(1, -1, 1, 1)
-    rows = []
-    names, kernel = context.class_names, cfg.degrade.resize_kernel
-    for start in range(0, len(faces), args.batch_size):
-        chunk = faces[start : start + args.batch_size]
-        squares = [to_square(img, args.square) for _, img in chunk]
-        images = torch.stack(
-            [resize_to(sq.float()[None].to(device) / 255.0, context.input_size, kernel)[0] for sq in squares]
-        ).clamp(0, 1)
-        sides = torch.tensor([min(sq.shape[-2:]) for sq in squares], dtype=torch.float32, device=device)
-        factor = (context.native_size / sides).clamp(min=1.0)
-        probs = method.predict((images - mean) / std, factor=factor).float().softmax(dim=1).cpu()
-        for (path, img), p, f in zip(chunk, probs, factor.cpu()):
-            row = {
-                "path": str(path),
-                "width": img.shape[-1],
-                "height": img.shape[-2],
-                "factor": round(float(f), 3),
-                "prediction": names[int(p.argmax())],
-                "confidence": round(float(p.max()), 4),
-            }
-            row.update({f"p_{n}": round(float(v), 4) for n, v in zip(names, p)})
-            rows.append(row)
     return rows
 
 
