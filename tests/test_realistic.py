@@ -10,8 +10,8 @@ import torch
 from conftest import compose_cfg
 from PIL import Image
 
+from lrfer.core.degradation import gaussian_blur_uint8, gaussian_noise_uint8, hashed_normal, jpeg_uint8
 from lrfer.data.degrade import degrade_uint8, parse_degradation, parse_degradations
-from lrfer.data.realistic import gaussian_blur_uint8, gaussian_noise_uint8, hashed_normal, jpeg_uint8
 from lrfer.errors import UserError
 from lrfer.report.tables import degradation_sort_key
 
@@ -115,7 +115,7 @@ def test_report_columns_put_a_realistic_variant_after_its_plain_size():
 def test_an_operation_is_one_registry_entry_that_works_wherever_a_label_does(monkeypatch):
     """Registering ``+invert`` here, and nothing else, makes it parse, validate, describe and degrade."""
     from lrfer.config.validate import validate_config
-    from lrfer.data import realistic
+    from lrfer.core import degradation as realistic
 
     monkeypatch.setattr(realistic, "OPERATIONS", dict(realistic.OPERATIONS))  # the toy leaves with the test
 

@@ -23,6 +23,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lrfer.config.schema import auto_bool_keys, parse_auto_bool
+from lrfer.core.degradation import KERNELS, parse_degradations
 from lrfer.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -248,8 +249,6 @@ def _check_augment(c: _Checker) -> None:
 
 
 def _check_degrade(c: _Checker, image_size: int | None) -> None:
-    from lrfer.data.degrade import KERNELS
-
     g = "degrade."
     c.choice(g + "train_mode", ("random", "all"))
     c.choice(g + "kernel", KERNELS)
@@ -281,8 +280,6 @@ def paper_init_warning(cfg: DictConfig) -> str | None:
 
 def _check_degradations(c: _Checker, image_size: int | None) -> None:
     """``degrade.train`` / ``val`` / ``test`` are readable, possible at ``image_size``, not degenerate."""
-    from lrfer.data.degrade import parse_degradations
-
     for part in ("train", "val", "test"):
         labels = _get(c.cfg, f"degrade.{part}")
         if labels is _MISSING or (labels is None and part == "val"):

@@ -1,23 +1,29 @@
-"""Realistic degradations applied after the resize: Gaussian blur, Gaussian noise, JPEG compression.
+"""Degradation labels and the realistic operations: the one place a degradation is named and described.
+
+A degradation is written ``x<factor>`` (``x2``, ``x6``, ``x16``: MATLAB ``imresize(I, 1/factor, 'bicubic')``,
+output side ``ceil(side / factor)``) or ``<size>px`` (``14px``: resized to an absolute side). ``x1`` is the
+native image. Realistic operations chain after the size with ``+``, applied in order to the low-resolution
+face: ``x4+blur1.5`` (Gaussian blur, sigma in low-resolution pixels), ``x4+noise8`` (additive Gaussian
+noise, sigma in grey levels of 0..255), ``x4+jpeg30`` (JPEG at quality 30), ``12px+blur1+jpeg40``.
 
 Real low-resolution faces are not only small: the camera blurs them, the sensor adds noise and the video
-codec compresses them. A degradation label chains these operations after the resize with ``+``:
-``x4+blur1.5`` (Gaussian blur, sigma in low-resolution pixels), ``x4+noise8`` (additive Gaussian noise,
-sigma in grey levels of 0..255), ``x4+jpeg30`` (JPEG at quality 30), ``12px+blur1+jpeg40`` (in that order).
-
-Every operation maps uint8 images (N, C, h, w) to uint8 images of the same shape and is deterministic: the
-noise of image ``i`` is a function of ``(seed, i)`` only (a counter-based hash, identical on every device
-and for every chunking), so a split's view is the same in every run and for every method.
+codec compresses them. Every operation maps uint8 images (N, C, h, w) to uint8 images of the same shape and
+is deterministic: the noise of image ``i`` is a function of ``(seed, i)`` only (a counter-based hash,
+identical on every device and for every chunking), so a split's view is the same in every run and for every
+method.
 
 The operations form one registry, :data:`OPERATIONS`: an :class:`OperationKind` holds an operation's name,
 its parameter's range and meaning (the help of the error messages) and its function. Adding an operation is
-one :func:`register_operation` call at the end of this file; nothing else in lrfer lists them.
+one :func:`register_operation` call at the end of this file; nothing else in lrfer lists them. Labels are
+parsed here, below the config validation (:mod:`lrfer.config.validate`); the resizing itself is
+:func:`lrfer.data.degrade.degrade_uint8`.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -115,6 +121,96 @@ def apply_operations(
     for op in operations:
         images = OPERATIONS[op.name].apply(images, op.value, seed, first_index)
     return images
+
+
+#: ``degrade.kernel``: the MATLAB-style resampling kernels of a degradation (:mod:`lrfer.data.imresize`).
+KERNELS = ("bicubic", "bilinear")
+_FACTOR = re.compile(r"^x(\d+(?:\.\d+)?)$")
+_SIZE = re.compile(r"^(\d+)px$")
+
+
+@dataclass(frozen=True)
+class Degradation:
+    """One low-resolution view: by ``factor`` (x4) or to an absolute ``size`` (14px), then ``operations``."""
+
+    label: str
+    factor: float | None = None
+    size: int | None = None
+    operations: tuple[Operation, ...] = ()
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """Side lengths of the low-resolution image made from a ``height`` x ``width`` one."""
+        if self.size is not None:
+            if self.size > min(height, width):
+                raise UserError(
+                    f"degradation {self.label} is larger than the {height}x{width} images: "
+                    f"choose a size of at most {min(height, width)}px"
+                )
+            if height == width:
+                return self.size, self.size
+            scale = self.size / min(height, width)
+            return math.ceil(height * scale), math.ceil(width * scale)
+        assert self.factor is not None
+        return math.ceil(height / self.factor), math.ceil(width / self.factor)
+
+    def effective_factor(self, side: int) -> float:
+        """Downsampling factor relative to a native side of ``side`` pixels (14px of 100 px = 7.14)."""
+        return float(self.factor) if self.factor is not None else side / float(self.size)
+
+
+def parse_degradation(label: str) -> Degradation:
+    """Parse ``x4`` / ``x1.5`` / ``14px``, optionally followed by operations (``+blur1.5``, ``+jpeg30``, ...,
+    :data:`OPERATIONS`).
+
+    Anything else is a :class:`UserError` saying what is accepted.
+    """
+    head, *tail = str(label).strip().lower().split("+")
+    base = _parse_size(head.strip(), label)
+    if not tail:
+        return base
+    operations = tuple(parse_operation(part.strip(), label) for part in tail)
+    full = base.label + "".join(f"+{op.label}" for op in operations)
+    return Degradation(label=full, factor=base.factor, size=base.size, operations=operations)
+
+
+def _parse_size(text: str, label: str) -> Degradation:
+    if m := _FACTOR.match(text):
+        factor = float(m.group(1))
+        if factor < 1.0:
+            raise UserError(
+                f"degradation {label!r}: the factor must be >= 1 (x1 is the native image, x4 shrinks 4 times)"
+            )
+        return Degradation(label=f"x{factor:g}", factor=factor)
+    if m := _SIZE.match(text):
+        size = int(m.group(1))
+        if size <= 0:
+            raise UserError(f"degradation {label!r}: the size must be a positive number of pixels, e.g. 14px")
+        return Degradation(label=f"{size}px", size=size)
+    raise UserError(
+        f"cannot read degradation {label!r}: write x<factor> (x1, x2, x6, x16) or <size>px (14px), "
+        f"optionally followed by any of {describe_operations()}"
+    )
+
+
+def parse_degradations(labels) -> list[Degradation]:
+    """Parse a list of labels, refusing an empty list and duplicates."""
+    if isinstance(labels, str):
+        labels = [labels]
+    degs = [parse_degradation(lbl) for lbl in labels]
+    if not degs:
+        raise UserError("the list of degradations is empty: give at least one, e.g. [x1]")
+    seen = [d.label for d in degs]
+    if len(set(seen)) != len(seen):
+        raise UserError(f"degradation listed twice in {seen}")
+    return degs
+
+
+def as_degradations(items) -> list[Degradation]:
+    """Parsed degradations as they are, labels parsed (:func:`parse_degradations`) - a list of either."""
+    items = list(items)
+    if all(isinstance(d, Degradation) for d in items) and items:
+        return items
+    return parse_degradations([d.label if isinstance(d, Degradation) else d for d in items])
 
 
 def gaussian_blur_uint8(images: torch.Tensor, sigma: float) -> torch.Tensor:
