@@ -18,12 +18,13 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lrfer.config.schema import auto_bool_keys, parse_auto_bool
-from lrfer.core.degradation import KERNELS, parse_degradations
+from lrfer.core.degradation import KERNELS, Degradation, parse_degradations
 from lrfer.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -101,10 +102,21 @@ class _Checker:
         )
 
 
-def validate_config(cfg: DictConfig, *, warn: bool = True) -> list[str]:
+@dataclass(frozen=True)
+class Validated:
+    """What :func:`validate_config` found: the warnings, and the degradation lists it parsed."""
+
+    #: degenerate but legal values
+    warnings: list[str]
+    #: ``train`` / ``val`` / ``test`` -> the parsed ``degrade.<part>`` (absent when unset)
+    degradations: dict[str, list[Degradation]]
+
+
+def validate_config(cfg: DictConfig, *, warn: bool = True) -> Validated:
     """Check the values of a composed config; raise one :class:`UserError` listing every problem.
 
-    Returns the warnings (degenerate but legal values), which are also logged when ``warn``.
+    Returns the warnings (degenerate but legal values, also logged when ``warn``) and the parsed
+    degradation lists (what :func:`lrfer.engine.resolve.resolve` keeps: the labels are parsed once).
     """
     c = _Checker(cfg)
     _check_auto_bools(c)
@@ -126,7 +138,7 @@ def validate_config(cfg: DictConfig, *, warn: bool = True) -> list[str]:
         raise UserError("; ".join(c.errors))
     if warn:
         log_warnings(c.warnings)
-    return c.warnings
+    return Validated(c.warnings, c.degradations)
 
 
 def log_warnings(warnings) -> None:

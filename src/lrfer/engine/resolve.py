@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lrfer.config.schema import parse_auto_bool, resolve_auto_bool
 from lrfer.config.validate import validate_config
-from lrfer.data.degrade import Degradation, parse_degradations
+from lrfer.data.degrade import Degradation
 from lrfer.engine import distributed as dist
 from lrfer.engine.runfolder import check_run_folder
 from lrfer.errors import UserError
@@ -129,13 +129,6 @@ def check_required(cfg: DictConfig) -> None:
     raise UserError(f"method.{key} must be given for this experiment: {hint}")
 
 
-def parse_run_degradations(cfg: DictConfig) -> DegradeSpec:
-    """``degrade.train`` / ``val`` / ``test`` as :class:`Degradation` objects (validated labels)."""
-    train = tuple(parse_degradations(list(cfg.degrade.train)))
-    val = tuple(parse_degradations(list(cfg.degrade.val))) if cfg.degrade.get("val") else train
-    return DegradeSpec(train=train, val=val, test=tuple(parse_degradations(list(cfg.degrade.test))))
-
-
 def settle_trainer(cfg: DictConfig, device: torch.device) -> TrainerSpec:
     """The device-dependent ``trainer.*`` options for ``device`` (their values are already validated)."""
     t = cfg.trainer
@@ -162,9 +155,11 @@ def resolve(
     :class:`~lrfer.errors.UserError` for anything wrong, before anything is built or written. Joins the
     process group under torchrun: every rank calls it, and every rank gets rank 0's run folder.
     """
-    warnings = validate_config(cfg, warn=False)
+    checked = validate_config(cfg, warn=False)  # also parses the degradation labels, once
     check_required(cfg)
-    degrade = parse_run_degradations(cfg)
+    parsed = checked.degradations
+    train = tuple(parsed["train"])
+    degrade = DegradeSpec(train=train, val=tuple(parsed.get("val") or train), test=tuple(parsed["test"]))
     device = dist.init_from_env(resolve_device(cfg.trainer.device))
     world = dist.world_size()
     if int(cfg.trainer.batch_size) % world:
@@ -185,5 +180,5 @@ def resolve(
         objective=str(cfg.get("objective", "acc")),
         rank=dist.rank(),
         world_size=world,
-        warnings=tuple(warnings),
+        warnings=tuple(checked.warnings),
     )
