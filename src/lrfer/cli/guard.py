@@ -33,11 +33,31 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, read_write
 
+from lrfer.cli.sweep import (
+    check_storage,
+    continue_study,
+    finish_sweep,
+    is_optuna_sweeper,
+    job_dir,
+    record_job,
+    start_records,
+    validate_jobs,
+)
+from lrfer.config.validate import validate_config
 from lrfer.engine.distributed import env_rank
 from lrfer.engine.resolve import RunSpec, resolve
-from lrfer.engine.runfolder import claim_new_dir, claimed_dirs
+from lrfer.engine.runfolder import (
+    check_run_folder,
+    claim_new_dir,
+    claimed_dirs,
+    previous_results,
+    resume_output_subdir,
+    start_fresh_log,
+)
+from lrfer.engine.runlock import acquire
 from lrfer.errors import USER_ERROR_EXIT_CODE, ProcessError, UserError, check_folder_can_be_written
 
 log = logging.getLogger("lrfer")
@@ -132,7 +152,6 @@ class RunGuard(Callback):
         return folder
 
     def _take_lock(self, folder: Path) -> None:
-        from lrfer.engine.runlock import acquire
 
         self._lock = acquire(folder)
         atexit.register(self._lock.release)  # also when the run ends by sys.exit or an exception
@@ -156,7 +175,6 @@ class RunGuard(Callback):
         return run_dir
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from lrfer.engine.runfolder import resume_output_subdir
 
         with one_line_errors():
             task = task_config(config)
@@ -180,7 +198,6 @@ class RunGuard(Callback):
         self._give_back()
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from lrfer.engine.runfolder import start_fresh_log
 
         task = config  # the job's full config; trainer.* is the task's
         overwrite = bool(OmegaConf.select(task, "trainer.overwrite", default=False))
@@ -191,17 +208,11 @@ class RunGuard(Callback):
                 log.info("trainer.overwrite=true: emptied the previous run's train.log")
 
     def on_job_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
-        from hydra.types import RunMode
-
-        from lrfer.cli.sweep import record_job
 
         if job_return is not None and config.hydra.mode == RunMode.MULTIRUN and env_rank() == 0:
             record_job(config, job_return)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from lrfer.cli.sweep import check_storage, is_optuna_sweeper, start_records, validate_jobs
-        from lrfer.config.validate import validate_config
-        from lrfer.engine.runfolder import previous_results, resume_output_subdir
 
         with one_line_errors():
             task = task_config(config)
@@ -233,7 +244,6 @@ class RunGuard(Callback):
     @staticmethod
     def _extend_study(config: DictConfig) -> None:
         """Run the trials an Optuna study still lacks, in job folders after those of its earlier trials."""
-        from lrfer.cli.sweep import continue_study
 
         done, to_run = continue_study(config)
         log.info(
@@ -248,9 +258,6 @@ class RunGuard(Callback):
     @staticmethod
     def _check_job(job: DictConfig) -> None:
         """One sweep job's checks before the sweep starts: its values, and its folder when resumed."""
-        from lrfer.cli.sweep import job_dir
-        from lrfer.config.validate import validate_config
-        from lrfer.engine.runfolder import check_run_folder, previous_results
 
         task = task_config(job)
         validate_config(task, warn=False)
@@ -260,7 +267,6 @@ class RunGuard(Callback):
             check_run_folder(task, run_dir)  # a job that never ran is started instead (lrfer.cli.sweep)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from lrfer.cli.sweep import finish_sweep
 
         status = finish_sweep(Path(str(config.hydra.sweep.dir)))
         self._give_back()
