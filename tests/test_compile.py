@@ -109,9 +109,8 @@ def test_under_ddp_the_ddp_wrapped_method_is_compiled(tmp_path, recorder):
     tdist.init_process_group("gloo", store=store, rank=0, world_size=1)
     try:
         _, parts, trainer = _trainer(tmp_path, *CASES["baseline"], "trainer.max_epochs=1")
-        real = parts.datamodule.train_batches
-        parts.datamodule.train_batches = lambda *a, **k: (b for _, b in zip(range(2), real(*a, **k)))
-        trainer.fit()
+        run = trainer.prepare_stage(0, parts.method.stages()[0])
+        trainer.train_one_epoch(run, 0, batches=(b for _, b in zip(range(2), trainer.epoch_batches(run, 0))))
         assert isinstance(trainer.model, torch._dynamo.eval_frame.OptimizedModule)
         assert isinstance(trainer.model._orig_mod, DistributedDataParallel)
         trained = {id(p) for p in parts.method.parameters()}

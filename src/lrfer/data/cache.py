@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from lrfer.data.faces import FaceData, FaceSplit
+from lrfer.data.shared_views import MachineSharing, register
 from lrfer.errors import disk_error
 
 log = logging.getLogger(__name__)
@@ -196,21 +197,43 @@ def _read_verified(path: Path, every_byte: bool = True) -> FaceData:
         if targets_file.exists():
             targets = torch.from_numpy(np.load(targets_file)).float()
             _check(targets.shape[0] == n, f"{split_name}_targets.npy does not have {n} rows")
-        splits[split_name] = FaceSplit(torch.from_numpy(images), torch.from_numpy(labels).long(), targets)
+        images = torch.from_numpy(images)
+        register(images, path, f"{split_name}_images.npy")  # its views can be shared across processes
+        splits[split_name] = FaceSplit(images, torch.from_numpy(labels).long(), targets)
     data = FaceData(manifest["dataset"], list(class_names), splits, dict(manifest.get("info", {})))
     _check(_content_hash(data) == manifest["content_hash"], "the content hash does not match")
     return data
 
 
-def load_or_build(adapter, cache_dir: str | Path | None) -> FaceData:
+def load_or_build(adapter, cache_dir: str | Path | None, sharing: MachineSharing | None = None) -> FaceData:
     """Return the adapter's data from the cache, building (or rebuilding) the cache first if needed.
 
     ``cache_dir=None`` skips the cache (the adapter is decoded every time). A cache that cannot be written
     (full disk, read-only folder, a disk filling during the write) is a warning: the decoded data are used
     without it, and no partial entry is left.
+
+    ``sharing`` (several torchrun processes on one machine): local rank 0 reads or builds the entry while
+    the others wait at a barrier, then every process memory-maps it; so a first run decodes the dataset
+    once per machine and holds its images once, not once per process. When local rank 0 could not write
+    the entry, the others decode it themselves (as without sharing).
     """
     if cache_dir is None:
         return adapter.load()
+    if sharing is None:
+        return _load_or_build(adapter, cache_dir)
+    if sharing.local_rank != 0:
+        sharing.barrier()  # local rank 0 has read or built the entry
+        return _load_or_build(adapter, cache_dir)
+    try:
+        data = _load_or_build(adapter, cache_dir, mapped=True)
+    finally:
+        sharing.barrier()  # also when it failed: the others then find no entry and fail on their own
+    return data
+
+
+def _load_or_build(adapter, cache_dir: str | Path, mapped: bool = False) -> FaceData:
+    """:func:`load_or_build` in one process; ``mapped``: a freshly built entry is read back memory-mapped
+    (the decoded copy is dropped), as the other processes of the machine will read it."""
     fingerprint = adapter.fingerprint()
     path = cache_path(cache_dir, adapter.name, fingerprint)
     if path.exists():
@@ -225,7 +248,15 @@ def load_or_build(adapter, cache_dir: str | Path | None) -> FaceData:
         log.info("building the %s cache at %s", adapter.name, path)
     data = adapter.load()
     try:
-        write_cache(path, data, fingerprint)
+        write_cache(path, data, fingerprint)  # False: another process wrote the same entry meanwhile
+        for split_name, split in data.splits.items():
+            if split.rows is None:  # the entry's file holds exactly these images
+                register(split.base, path, f"{split_name}_images.npy")
+        if mapped:
+            try:
+                return read_cache(path)
+            except CacheDamaged as err:  # written a moment ago: keep the decoded data
+                log.warning("the cache just written at %s reads back damaged (%s)", path, err)
     except OSError as err:
         # A disk that fills during the write may surface as numpy's short write ("... requested and ...
         # written", no errno): any failed write of the cache leaves the decoded data usable.

@@ -34,6 +34,7 @@ import torch
 from lrfer.data.augment import augment_batch
 from lrfer.data.degrade import Degradation, degrade_uint8, resize_to
 from lrfer.data.faces import FaceData, FaceSplit
+from lrfer.data.shared_views import MachineSharing, source_of, view_name
 from lrfer.errors import UserError
 
 X1 = Degradation("x1", factor=1.0)
@@ -71,7 +72,7 @@ class EpochPlan:
         out: list[Group] = []
         offset = 0
         for k, count in enumerate(self.counts[b]):
-            if count == self.share:
+            if count == pos.shape[0]:  # the whole batch (the last evaluation batch may be short)
                 return [(k, None)]
             if count:
                 out.append((k, pos[offset : offset + count]))
@@ -94,7 +95,12 @@ class FaceDataModule:
 
     ``prefetch``: serve training batches through the background thread of the host path (see the module
     docstring). None (default): when the images are on the host and training on a GPU.
+
+    ``view_sharing`` (set by the engine under torchrun, several processes per machine): host-resident views
+    are made once per machine and memory-mapped by its processes (:mod:`lrfer.data.shared_views`).
     """
+
+    view_sharing: MachineSharing | None = None
 
     def __init__(
         self,
@@ -141,6 +147,7 @@ class FaceDataModule:
         #: Layout of the ``image`` tensors (the trainer sets channels_last when the networks use it).
         self.memory_format = torch.contiguous_format
         self._views: dict[tuple[int, str], torch.Tensor] = {}
+        self._shared: set[tuple[int, str]] = set()  # views that went through view_sharing (every rank alike)
         self._factor_tables: dict[tuple[str, ...], torch.Tensor] = {}
 
     @property
@@ -164,16 +171,54 @@ class FaceDataModule:
         base = self.splits[split].base
         key = (id(base), degradation.label)
         if key not in self._views:
-            compute = self.device if base.device != self.device else None
-            self._views[key] = degrade_uint8(
-                base,
-                degradation,
-                kernel=self.degrade_cfg.kernel,
-                antialias=self.degrade_cfg.antialias,
-                seed=int(self.degrade_cfg.get("seed", 0)),  # runs made before degrade.seed existed: 0
-                device=compute,
-            )
+            self._views[key] = self._make_view(base, degradation)
         return self._views[key]
+
+    def _make_view(self, base: torch.Tensor, degradation: Degradation) -> torch.Tensor:
+        compute = self.device if base.device != self.device else None
+        return degrade_uint8(
+            base,
+            degradation,
+            kernel=self.degrade_cfg.kernel,
+            antialias=self.degrade_cfg.antialias,
+            seed=int(self.degrade_cfg.get("seed", 0)),  # runs made before degrade.seed existed: 0
+            device=compute,
+        )
+
+    def _prepare_views(self, split: str, degradations: Sequence[Degradation]) -> None:
+        """Make ``split``'s views at ``degradations`` before any batch (and any prefetching thread).
+
+        With :attr:`view_sharing` this is a collective step, taken by every rank at the same point of the
+        run (the start of a training epoch and of an evaluation): a view that is a new tensor is made by
+        the machine's local rank 0 and memory-mapped by the others. Whether a view goes through the sharing
+        depends only on what every rank knows alike (the degradation and the images' shape)."""
+        base = self.splits[split].base
+        for deg in degradations:
+            key = (id(base), deg.label)
+            n, c, h, w = base.shape
+            size = deg.output_size(h, w)
+            if self.view_sharing is None or key in self._shared or (size == (h, w) and not deg.operations):
+                self.view(split, deg)  # x1: the images themselves, nothing to share
+                continue
+            source = source_of(base)
+            cfg = self.degrade_cfg
+            name = view_name(
+                "" if source is None else source[1],
+                deg.label,
+                kernel=cfg.kernel,
+                antialias=bool(cfg.antialias),
+                seed=int(cfg.get("seed", 0)),
+                device=self.device.type,
+            )
+            self._views[key] = self.view_sharing.share(
+                source,
+                name,
+                (n, c, *size),
+                build=lambda base=base, deg=deg: self._make_view(base, deg),
+                have=self._views.pop(key, None),
+                on_host=base.device.type == "cpu",
+            )
+            self._shared.add(key)
 
     def network_size(self, degradation: Degradation) -> int:
         """Side of the images the network sees for this degradation."""
@@ -395,8 +440,7 @@ class FaceDataModule:
         self.check_trainable(degs)
         plan = self.epoch_plan(degs, seed)
         dev_gen = torch.Generator(device=self.device).manual_seed(seed + 1 + self.rank)
-        for deg in [*degs, *([X1] if need_hr else [])]:
-            self.view("train", deg)  # made here, in order, before any batch (and any prefetching thread)
+        self._prepare_views("train", [*degs, *([X1] if need_hr else [])])
         if self.prefetch:
             yield from self._host_batches(plan, degs, need_hr, dev_gen)
             return
@@ -419,10 +463,25 @@ class FaceDataModule:
                 base_rows=base[sl],
             )
 
+    def eval_plan(self, first: int, stop: int) -> EpochPlan:
+        """Rows ``first..stop-1`` of a split in evaluation batches (the last one may be short), at one
+        degradation: the plan the prefetching thread reads."""
+        rows = torch.arange(first, stop)
+        bs = self.eval_batch_size
+        starts = range(0, len(rows), bs)
+        counts = [[min(bs, len(rows) - b)] for b in starts]
+        pos = torch.arange(len(rows)) % bs
+        return EpochPlan(rows, torch.zeros(len(rows), dtype=torch.long), pos, counts, bs)
+
     # -- the host path --------
-    def _host_batches(self, plan: EpochPlan, degs, need_hr: bool, generator) -> Iterator[Batch]:
-        """Training batches of host-resident images, gathered ahead by a background thread."""
-        loader = _Prefetcher(self, plan, degs, need_hr)
+    def _host_batches(
+        self, plan: EpochPlan, degs, need_hr: bool, generator, split: str = "train", augment: bool = True
+    ) -> Iterator[Batch]:
+        """Batches of host-resident images (training, or evaluation with ``augment=False``), gathered
+        ahead into pinned buffers by a background thread."""
+        if not plan.counts:
+            return
+        loader = _Prefetcher(self, plan, degs, need_hr, split)
         try:
             for _ in range(len(plan.counts)):
                 slot, host = loader.next()
@@ -435,7 +494,7 @@ class FaceDataModule:
                 ]
                 loader.release(slot)  # the slot is refilled only once these copies are done
                 yield self._finish(
-                    "train",
+                    split,
                     parts,
                     dev["hr"],
                     index=dev["index"],
@@ -443,7 +502,7 @@ class FaceDataModule:
                     label=dev["label"],
                     target=dev["target"],
                     degs=degs,
-                    augment=True,
+                    augment=augment,
                     generator=generator,
                 )
         finally:
@@ -453,8 +512,17 @@ class FaceDataModule:
         return t.to(self.device, non_blocking=True)
 
     def eval_batches(self, split: str, deg: Degradation, need_hr: bool = False) -> Iterator[Batch]:
-        """The whole split (this rank's shard under torchrun) at one degradation, in order, unaugmented."""
+        """The whole split (this rank's shard under torchrun) at one degradation, in order, unaugmented.
+
+        Host-resident images are served like training batches (:attr:`prefetch`): gathered ahead into
+        pinned buffers by the background thread and copied to the device without waiting."""
+        self._prepare_views(split, [deg, *([X1] if need_hr else [])])  # every rank, also with no shard
         first, stop = shard_range(len(self.splits[split]), self.rank, self.world_size)
+        if self.prefetch:
+            yield from self._host_batches(
+                self.eval_plan(first, stop), [deg], need_hr, None, split=split, augment=False
+            )
+            return
         for start in range(first, stop, self.eval_batch_size):
             index = torch.arange(start, min(stop, start + self.eval_batch_size), device=self.storage_device)
             which = torch.zeros(index.shape, dtype=torch.long, device=self.device)
@@ -476,8 +544,10 @@ class _Prefetcher:
 
     SLOTS = 2
 
-    def __init__(self, dm: FaceDataModule, plan: EpochPlan, degs, need_hr: bool) -> None:
-        self.dm, self.plan, self.degs, self.need_hr = dm, plan, degs, need_hr
+    def __init__(
+        self, dm: FaceDataModule, plan: EpochPlan, degs, need_hr: bool, split: str = "train"
+    ) -> None:
+        self.dm, self.plan, self.degs, self.need_hr, self.split = dm, plan, degs, need_hr, split
         self.free: queue.Queue = queue.Queue()
         self.ready: queue.Queue = queue.Queue()
         self.stop = threading.Event()
@@ -508,14 +578,14 @@ class _Prefetcher:
 
     def _fill(self, b: int, slot: int) -> dict:
         dm, plan, s = self.dm, self.plan, self.plan.share
-        train = dm.splits["train"]
+        train = dm.splits[self.split]
         rows = plan.rows[b * s : (b + 1) * s]
         base = train.base_index(rows)
         pos = plan.pos[b * s : (b + 1) * s]
         lr = []
         for k, p in plan.groups(b, pos):
             sel = base if p is None else base[p]
-            view = dm.view("train", self.degs[k])
+            view = dm.view(self.split, self.degs[k])
             lr.append(
                 (
                     k,
@@ -525,7 +595,7 @@ class _Prefetcher:
             )
         return {
             "lr": lr,
-            "hr": self._gather(slot, "hr", dm.view("train", X1), base) if self.need_hr else None,
+            "hr": self._gather(slot, "hr", dm.view(self.split, X1), base) if self.need_hr else None,
             "index": self._copy(slot, "index", rows),
             "which": self._copy(slot, "which", plan.which[b * s : (b + 1) * s]),
             "label": self._gather(slot, "label", train.labels, rows),

@@ -20,6 +20,7 @@ import torch
 import torch.distributed as tdist
 from torch import nn
 
+from lrfer.data.shared_views import MachineSharing
 from lrfer.engine.syncbn import SumSyncBatchNorm
 from lrfer.errors import ProcessError
 
@@ -46,6 +47,25 @@ def world_size() -> int:
 
 def is_main() -> bool:
     return rank() == 0
+
+
+def local_rank() -> int:
+    """This process's rank on its machine (torchrun's ``LOCAL_RANK``; 0 outside torchrun)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def local_world_size() -> int:
+    """How many processes of the run share this machine (torchrun's ``LOCAL_WORLD_SIZE``)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
+def machine_sharing() -> MachineSharing | None:
+    """The dataset's cache entry and its host-resident views made once per machine (by local rank 0) and
+    memory-mapped by its other processes (:mod:`lrfer.data.shared_views`); None with one process per
+    machine."""
+    if not is_distributed() or local_world_size() <= 1:
+        return None
+    return MachineSharing(local_rank(), barrier)
 
 
 def export_submitit_env() -> None:

@@ -22,7 +22,7 @@ from lrfer.data.pipeline import FaceDataModule, network_input_size
 from lrfer.engine import distributed as dist
 from lrfer.engine.checkpoint import write_json
 from lrfer.engine.metrics import named_metric
-from lrfer.engine.resolve import RunSpec, resolve
+from lrfer.engine.resolve import DegradeSpec, RunSpec, resolve
 from lrfer.engine.runfolder import prepare_run_folder, run_identity
 from lrfer.engine.tblog import RunLogger
 from lrfer.engine.trainer import Trainer
@@ -73,7 +73,7 @@ def load_data(cfg: DictConfig) -> FaceData:
     Without a validation split a run keeps every stage's last epoch (``metrics.json``: ``model_selection``).
     """
     adapter = build_adapter(cfg.dataset)
-    data = load_or_build(adapter, cfg.paths.cache_dir)
+    data = load_or_build(adapter, cfg.paths.cache_dir, dist.machine_sharing())  # torchrun: once a machine
     for needed in ("train", "test"):
         if needed not in data.splits or len(data.splits[needed]) == 0:
             raise UserError(f"dataset {cfg.dataset.name} has no {needed} images: check dataset.root")
@@ -108,18 +108,18 @@ def storage_device(spec: RunSpec, data: FaceData) -> torch.device:
         return torch.device("cpu")
     if device.type != "cuda" or mode is True:
         return device
-    nbytes = cached_bytes(spec, data)
+    nbytes = cached_bytes(spec.cfg, spec.degrade, data)
     free, _total = torch.cuda.mem_get_info(device)
     return device if nbytes < ON_DEVICE_MAX_FRACTION * free else torch.device("cpu")
 
 
-def cached_bytes(spec: RunSpec, data: FaceData) -> int:
+def cached_bytes(cfg: DictConfig, degrade: DegradeSpec, data: FaceData) -> int:
     """Bytes a run keeps per device: the uint8 images of every split plus the low-resolution views it
     will cache (training and validation degradations, the method's ``factors``, the test degradations)."""
-    factors = spec.cfg.method.get("factors") if "method" in spec.cfg else None
+    factors = cfg.method.get("factors") if "method" in cfg else None
     extra = [parse_degradation(str(f)) for f in factors] if isinstance(factors, (list, ListConfig)) else []
-    train = [*spec.degrade.train, *extra]
-    per_split = {"train": train, "val": [*spec.degrade.val, *extra], "test": list(spec.degrade.test)}
+    train = [*degrade.train, *extra]
+    per_split = {"train": train, "val": [*degrade.val, *extra], "test": list(degrade.test)}
     # Views are made per image tensor: splits carved from one tensor (train / val) share them.
     per_base: dict[int, tuple[torch.Tensor, set]] = {}
     for name, split in data.splits.items():
@@ -134,7 +134,7 @@ def cached_bytes(spec: RunSpec, data: FaceData) -> int:
                 oh, ow = deg.output_size(h, w)
             except UserError:
                 continue
-            if (oh, ow) != (h, w):
+            if (oh, ow) != (h, w) or deg.operations:  # x1+noise8: native size, yet a new tensor
                 total += n * c * oh * ow
     return total
 
@@ -226,6 +226,7 @@ def build_parts(spec: RunSpec | DictConfig) -> RunParts:
         rank=spec.rank,
         world_size=spec.world_size,
     )
+    datamodule.view_sharing = dist.machine_sharing()  # one host copy of the views per machine (torchrun)
     side = int(cfg.dataset.image_size)
     if data.image_size != (side, side):
         raise UserError(

@@ -6,11 +6,13 @@ data-dependent output shape, a blocking copy) drains the GPU queue first and end
 :class:`SyncCounter` counts such operations with a ``TorchDispatchMode`` (what ATen runs) and a
 ``TorchFunctionMode`` (what Python asks for), so that a CPU test can show that a training step has none:
 
-* ``_local_scalar_dense`` — ``.item()``, ``int(t)``, ``float(t)``, ``bool(t)`` (``if tensor:``), and ATen ops
-  that read a value internally (``repeat_interleave`` without ``output_size``, ...);
+* ``_local_scalar_dense`` — ``.item()`` (also under ``inference_mode``, where it arrives as ``aten.item``),
+  ``int(t)``, ``float(t)``, ``bool(t)`` (``if tensor:``), and ATen ops that read a value internally
+  (``repeat_interleave`` without ``output_size``, ...);
 * ``is_nonzero`` and ``equal``;
 * data-dependent output shapes: ``nonzero``, ``unique``, ``masked_select``, boolean-mask indexing
   (``x[mask]``, ``x[mask] = v``), ``repeat_interleave`` with tensor repeats and no ``output_size``;
+* ``bincount`` (the output's length comes from the input's largest value, read on the host);
 * ``linalg_eigh`` (its error check reads the solver's status on the host: FSR-FER's covariance pooling
   has one per call by design);
 * ``to_host`` — ``.tolist()``, ``.numpy()``, ``.cpu()`` of any tensor (a device-to-host copy on a GPU);
@@ -50,8 +52,12 @@ ALWAYS = {
     "unique_consecutive": _aten.unique_consecutive,
     "masked_select": _aten.masked_select,
     "linalg_eigh": _aten._linalg_eigh,
+    "bincount": _aten.bincount,
 }
 _PACKETS = {packet: name for name, packet in ALWAYS.items()}
+# Under torch.inference_mode (evaluation) ``.item()`` reaches the mode as ``aten.item``, not decomposed into
+# ``_local_scalar_dense``: the same read.
+_PACKETS[_aten.item] = "_local_scalar_dense"
 _FROM_PYTHON = {torch.tensor, torch.as_tensor}
 _TO_HOST = {torch.Tensor.tolist, torch.Tensor.numpy, torch.Tensor.cpu}
 

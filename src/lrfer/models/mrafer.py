@@ -5,7 +5,21 @@ operation that puts every sub-batch's predictions back in the original order (eq
 
 Routing is batched: the batch is split once per resolution group (a loop over the K groups, never over
 samples), every expert runs once on its whole group, and the groups are scattered back with one indexed
-copy each. Also here: the binarisation of the resolution recognition network's output (eq. 3) and the
+copy each. The group sizes are read on the host once per forward (one synchronisation, not one per group).
+
+The group sizes depend on the data, and every new batch size costs a GPU something: ``cudnn.benchmark``
+times the convolution algorithms again, ``torch.compile`` specialises or recompiles, and CUDA graphs
+(``compile_mode=reduce-overhead``) record a new graph. In evaluation mode a group is therefore padded to
+the next of a few fixed sizes (:func:`bucket_size`: 1, 2, 3, 4, 6, 8, 12, 16, 24, ...), the padding rows
+repeating the group's first image, and the padding's outputs are dropped. For batches of up to 256 images
+an expert sees at most 16 batch sizes instead of up to 256, for at most half again as many rows per group
+(two sizes per doubling). Outputs are unchanged: in evaluation mode every image's output depends on that
+image alone. In training mode BatchNorm normalises with the batch's statistics, so padding would change
+the real rows: there every expert sees its group as it is (the DRGFER stages train the experts directly;
+MRAFER routes at prediction). Turning ``cudnn.benchmark`` off around the experts instead would leave
+compile and CUDA graphs with the data-dependent shapes, and the experts with cuDNN's untimed choices.
+
+Also here: the binarisation of the resolution recognition network's output (eq. 3) and the
 two fusions of all experts used by the paper's Mean and Max baselines.
 """
 
@@ -21,6 +35,15 @@ from torch import nn
 def binarize(scores: torch.Tensor) -> torch.Tensor:
     """Eq. 3: one-hot vector (N, K) with a 1 at the maximum of each row of ``scores`` (no threshold)."""
     return F.one_hot(scores.argmax(dim=1), scores.shape[1]).to(torch.long)
+
+
+def bucket_size(n: int) -> int:
+    """The smallest size of the form 2^j or 3 * 2^j that holds ``n`` rows (1, 2, 3, 4, 6, 8, 12, 16, ...)."""
+    if n <= 1:
+        return n
+    power = 1 << (n - 1).bit_length()  # the smallest power of two >= n
+    three_quarters = 3 * power // 4
+    return three_quarters if three_quarters >= n else power
 
 
 def assign(onehot: torch.Tensor) -> list[torch.Tensor]:
@@ -90,9 +113,22 @@ class MRAFER(nn.Module):
             )
         if images.shape[0] == 0:
             return self.experts[0](images)
-        groups = assign(onehot)  # eq. 4-5
-        outputs = [self.experts[k](images[g]) if g.numel() else None for k, g in enumerate(groups)]
+        # eq. 4-5: the samples of every group, in order; their sizes read on the host once
+        counts = onehot.sum(dim=0).tolist()
+        groups = list(torch.split(torch.argsort(onehot.argmax(dim=1), stable=True), counts))
+        if sum(counts) != images.shape[0]:
+            raise ValueError(f"every row of onehot must hold exactly one 1, got group sizes {counts}")
+        outputs = [self._expert(k, images, g) if g.numel() else None for k, g in enumerate(groups)]
         return gather(outputs, groups, images.shape[0])  # eq. 6-7
+
+    def _expert(self, k: int, images: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Expert k's outputs for ``images[rows]``; in evaluation mode computed on a batch padded to
+        :func:`bucket_size` (the padding repeats the first row) and cut back."""
+        n = rows.shape[0]
+        size = n if self.training else bucket_size(n)
+        if size != n:
+            rows = torch.cat([rows, rows[:1].expand(size - n)])
+        return self.experts[k](images[rows])[:n]
 
     def route(self, images: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Like :meth:`forward` with the expert given as an index (N,) instead of a one-hot vector."""
