@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,10 +52,6 @@ class DegradeSpec:
     #: ``degrade.val``, or the training list when it is null
     val: tuple[Degradation, ...]
     test: tuple[Degradation, ...]
-
-    @staticmethod
-    def labels(degs: Sequence[Degradation]) -> list[str]:
-        return [d.label for d in degs]
 
 
 @dataclass(frozen=True)
