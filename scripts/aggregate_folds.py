@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from lrfer.errors import exit_on_user_error
+from lrfer.core.errors import exit_on_user_error
 from lrfer.report.folds import aggregate_folds
 
 

@@ -27,7 +27,7 @@ import torch
 
 from lrfer.data.cache import read_cache, write_cache
 from lrfer.data.faces import FaceData, FaceSplit
-from lrfer.engine.latency import cpu_model
+from lrfer.tools.latency import cpu_model
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -27,10 +27,10 @@ from collections.abc import Callable
 import torch
 
 from lrfer.config import compose_config
-from lrfer.engine.latency import cpu_model
-from lrfer.engine.predictor import Predictor, build_predictor
-from lrfer.errors import exit_on_user_error
+from lrfer.core.errors import exit_on_user_error
 from lrfer.report.provenance import provenance
+from lrfer.tools.latency import cpu_model
+from lrfer.tools.predictor import Predictor, build_predictor
 
 NETWORKS = {
     "efc": ["method=efc"],

@@ -33,8 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from lrfer.engine.latency import cpu_model
 from lrfer.report.provenance import provenance
+from lrfer.tools.latency import cpu_model
 
 DEGRADATIONS = ["x1", "x2", "x4"]
 METHOD_OVERRIDES = {

@@ -55,14 +55,14 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from lrfer.cli import CONFIG_DIR
-from lrfer.compat import torchvision
 from lrfer.config import register_schemas
-from lrfer.engine.latency import cpu_model
+from lrfer.core.compat import torchvision
 from lrfer.engine.resolve import RunSpec, resolve, resolve_device
 from lrfer.engine.run import build_method, build_parts, method_context
 from lrfer.engine.trainer import Trainer
 from lrfer.methods.base import Stage
 from lrfer.report.provenance import provenance
+from lrfer.tools.latency import cpu_model
 
 DEGRADATIONS = ["x1", "x2", "x4"]
 NATIVE = 100

@@ -29,12 +29,10 @@ from pathlib import Path
 import torch
 
 from lrfer.config.compose import compose_config, merge_overrides
+from lrfer.core.checkpoint import write_json
+from lrfer.core.errors import UserError, exit_on_user_error
 from lrfer.data.datasets import build_adapter
 from lrfer.data.synthetic import GENERATOR_VERSION
-from lrfer.engine.checkpoint import write_json
-from lrfer.engine.latency import cpu_model
-from lrfer.engine.launch import finished_run, train_side_by_side
-from lrfer.errors import UserError, exit_on_user_error
 from lrfer.report.calibration import (
     CALIBRATION_CELLS,
     TOLERANCE_POINTS,
@@ -44,6 +42,8 @@ from lrfer.report.calibration import (
     read_reference,
 )
 from lrfer.report.provenance import provenance as result_provenance
+from lrfer.tools.latency import cpu_model
+from lrfer.tools.launch import finished_run, train_side_by_side
 
 DEFAULT_REFERENCE = (
     Path(__file__).resolve().parents[1] / "experiments" / "drgfer" / "table3_rafdb_factors.csv"

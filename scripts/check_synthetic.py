@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
+from lrfer.core.errors import exit_on_user_error
 from lrfer.data.degrade import degrade_uint8, parse_degradation, resize_to
 from lrfer.data.synthetic import CLASS_NAMES, make_synthetic_faces
-from lrfer.errors import exit_on_user_error
 
 
 def class_grid(per_class: int, size: int, seed: int, label: str) -> torch.Tensor:

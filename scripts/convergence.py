@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from lrfer.errors import UserError, exit_on_user_error
+from lrfer.core.errors import UserError, exit_on_user_error
 
 
 @dataclass

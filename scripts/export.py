@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from lrfer.engine.export import export_run
-from lrfer.errors import exit_on_user_error
+from lrfer.core.errors import exit_on_user_error
+from lrfer.tools.export import export_run
 
 #: tracing turns the input size into constants on purpose: the exported model has a fixed input size
 warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)

@@ -5,6 +5,7 @@
     python scripts/findings.py --collect [--out DIR]     # no training: copy finished runs, rebuild
     python scripts/findings.py --from-repo               # no training: rebuild from the repository alone
     python scripts/findings.py --quick --out DIR         # 2 cheap runs, 1 seed, tiny faces (the tests)
+    python scripts/findings.py --estimate                # no training: the runs' CPU time, estimated
 
 The claims and the verdict rule are in ``lrfer.report.findings`` (``CLAIMS``, ``RULE``); the runs and the
 budget (one scaling rule: a fraction of each paper's epochs) in ``experiments/findings/protocol.yaml``.
@@ -33,17 +34,19 @@ from pathlib import Path
 import torch
 
 from lrfer.config.compose import compose_config
+from lrfer.core.errors import UserError, exit_on_user_error
 from lrfer.data.datasets import build_adapter
-from lrfer.engine.latency import cpu_model
-from lrfer.engine.launch import finished_run, train_side_by_side
-from lrfer.errors import UserError, exit_on_user_error
 from lrfer.report.findings import (
     claims_for,
     convergence,
     copy_artefacts,
+    embed_provenance,
+    estimate_cpu,
     evaluate_claim,
+    load_epoch_costs,
     load_findings_protocol,
     load_records,
+    merge_calls,
     metrics_by_run,
     plan_runs,
     plot_curves,
@@ -55,14 +58,16 @@ from lrfer.report.findings import (
 )
 from lrfer.report.provenance import provenance as result_provenance
 from lrfer.report.provenance import provenance_line
+from lrfer.tools.latency import cpu_model
+from lrfer.tools.launch import finished_run, train_side_by_side
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PROTOCOL = REPO / "experiments" / "findings" / "protocol.yaml"
 DEFAULT_RESULTS = REPO / "experiments" / "findings"
+DEFAULT_COSTS = DEFAULT_RESULTS / "epoch_costs.yaml"
 
 
-@exit_on_user_error
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run")
     parser.add_argument("--out", type=Path, default=Path("outputs/findings"), help="where runs train")
@@ -75,7 +80,87 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="the protocol's quick runs, 1 seed, tiny faces")
     mode.add_argument("--collect", action="store_true", help="train nothing; copy finished runs, rebuild")
     mode.add_argument("--from-repo", action="store_true", help="train nothing; rebuild from <results>/runs")
-    args = parser.parse_args(argv)
+    mode.add_argument("--estimate", action="store_true", help="train nothing; estimate the runs' CPU time")
+    parser.add_argument("--costs", type=Path, default=DEFAULT_COSTS, help="CPU s per epoch (--estimate)")
+    return parser.parse_args(argv)
+
+
+def runs_to_train(args: argparse.Namespace, plan: dict, all_runs: list[str], copies: Path) -> list[tuple]:
+    """(run, seed, folder, copy, overrides) of every planned run not finished yet (finished ones are copied
+    to ``copies``), of the runs ``--runs`` names; none with ``--collect``."""
+    first = next(iter(plan.values()))
+    provenance = build_adapter(compose_config(first).dataset).provenance()  # the generator version
+    to_train = set(args.runs or all_runs)
+    if to_train - set(all_runs):  # also catches key=value overrides given after --runs
+        raise UserError(
+            f"--runs: unknown run(s) {sorted(to_train - set(all_runs))}; the protocol has "
+            f"{', '.join(all_runs)} (give key=value overrides before --runs)"
+        )
+    todo = []
+    for (run, seed), overrides in plan.items():
+        folder = run_folder(args.out / "runs", run, seed, overrides).resolve()
+        copy = run_folder(copies, run, seed, overrides)
+        if finished_run(folder, overrides, provenance):
+            print(f"{run} seed {seed}: finished earlier ({folder})", flush=True)
+            copy_artefacts(folder, copy)
+        elif finished_run(copy, overrides, provenance):
+            print(f"{run} seed {seed}: finished earlier (copy in {copy})", flush=True)
+            embed_provenance(copy)  # a copy made before provenance was embedded in its files
+        elif run in to_train and not args.collect:
+            todo.append((run, seed, folder, copy, overrides))
+    return todo
+
+
+def train(
+    args: argparse.Namespace, todo: list[tuple], command: str, failed: list[str], start: float, cpu0: float
+) -> int:
+    """Train ``todo`` side by side, copying each finished run; returns how many trained.
+
+    The calls that trained runs: their history lives with the runs (<out>/calls.json), is updated as each run
+    ends (a call that runs for days is on record from its start; ``start``, ``cpu0``: when this call began)
+    and is copied with them."""
+    if not todo:
+        return 0
+    calls = previous_calls(args.out / "calls.json")
+    call = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": command,
+        "code": code_version(),
+        "machine": f"{cpu_model()} ({os.cpu_count()} cores), torch {torch.__version__}",
+        "runs_planned": len(todo),
+        "runs_trained": 0,
+        "wall_s": 0.0,
+        "cpu_s": 0.0,
+    }
+    lock = threading.Lock()
+
+    def record_call() -> None:
+        call.update(wall_s=round(time.perf_counter() - start, 1), cpu_s=round(_children_cpu() - cpu0, 1))
+        write_calls(args.out / "calls.json", [*calls, call])
+
+    def done(index: int, ok: bool, seconds: float) -> None:
+        run, seed, folder, copy, _ = todo[index]
+        print(f"{run} seed {seed}: {'done' if ok else 'FAILED'} in {seconds / 60:.1f} min", flush=True)
+        with lock:
+            if ok:
+                copy_artefacts(folder, copy)
+                call["runs_trained"] += 1
+            else:
+                failed.append(f"{run}/seed{seed} (see {folder.with_suffix('.log')})")
+            record_call()
+
+    print(f"{len(todo)} run(s) to train", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    record_call()
+    jobs = args.jobs if args.jobs is not None else (os.cpu_count() or 1)
+    train_side_by_side([(o, f) for _, _, f, _, o in todo], max(1, jobs), done)
+    record_call()
+    return call["runs_trained"]
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
     command = " ".join(["python scripts/findings.py", *(sys.argv[1:] if argv is None else argv)])
     protocol = load_findings_protocol(args.protocol)
     quick = protocol["quick"]
@@ -85,76 +170,23 @@ def main(argv: list[str] | None = None) -> dict:
         raise UserError("--seeds must be at least 1")
     extra = [*(quick["overrides"] if args.quick else []), *args.overrides]
     plan = plan_runs(protocol, all_runs, seeds, extra)
+    if args.estimate:
+        return print_estimate(plan, load_epoch_costs(args.costs), seeds, float(protocol["fraction"]))
     results = args.results or (args.out / "results" if args.quick else DEFAULT_RESULTS)
     copies = results / "runs"
     start, cpu0 = time.perf_counter(), _children_cpu()
     trained = 0
     failed: list[str] = []
-
     if not args.from_repo:
-        first = next(iter(plan.values()))
-        provenance = build_adapter(compose_config(first).dataset).provenance()  # the generator version
-        to_train = set(args.runs or all_runs)
-        if to_train - set(all_runs):  # also catches key=value overrides given after --runs
-            raise UserError(
-                f"--runs: unknown run(s) {sorted(to_train - set(all_runs))}; the protocol has "
-                f"{', '.join(all_runs)} (give key=value overrides before --runs)"
-            )
-        todo = []
-        for (run, seed), overrides in plan.items():
-            folder = run_folder(args.out / "runs", run, seed, overrides).resolve()
-            copy = run_folder(copies, run, seed, overrides)
-            if finished_run(folder, overrides, provenance):
-                print(f"{run} seed {seed}: finished earlier ({folder})", flush=True)
-                copy_artefacts(folder, copy)
-            elif finished_run(copy, overrides, provenance):
-                print(f"{run} seed {seed}: finished earlier (copy in {copy})", flush=True)
-            elif run in to_train and not args.collect:
-                todo.append((run, seed, folder, copy, overrides))
+        todo = runs_to_train(args, plan, all_runs, copies)
+        trained = train(args, todo, command, failed, start, cpu0)
 
-        # the calls that trained runs: their history lives with the runs (<out>/calls.json), is updated as
-        # each run ends (a call that runs for days is on record from its start) and is copied with them
-        calls = previous_calls(args.out / "calls.json")
-        call = {
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "command": command,
-            "code": code_version(),
-            "machine": f"{cpu_model()} ({os.cpu_count()} cores), torch {torch.__version__}",
-            "runs_planned": len(todo),
-            "runs_trained": 0,
-            "wall_s": 0.0,
-            "cpu_s": 0.0,
-        }
-        lock = threading.Lock()
-
-        def record_call() -> None:
-            call.update(wall_s=round(time.perf_counter() - start, 1), cpu_s=round(_children_cpu() - cpu0, 1))
-            write_calls(args.out / "calls.json", [*calls, call])
-
-        def done(index: int, ok: bool, seconds: float) -> None:
-            run, seed, folder, copy, _ = todo[index]
-            print(f"{run} seed {seed}: {'done' if ok else 'FAILED'} in {seconds / 60:.1f} min", flush=True)
-            with lock:
-                if ok:
-                    copy_artefacts(folder, copy)
-                    call["runs_trained"] += 1
-                else:
-                    failed.append(f"{run}/seed{seed} (see {folder.with_suffix('.log')})")
-                record_call()
-
-        if todo:
-            print(f"{len(todo)} run(s) to train", flush=True)
-            args.out.mkdir(parents=True, exist_ok=True)
-            record_call()
-            jobs = args.jobs if args.jobs is not None else (os.cpu_count() or 1)
-            train_side_by_side([(o, f) for _, _, f, _, o in todo], max(1, jobs), done)
-            trained = call["runs_trained"]
-            record_call()
-
-    calls = previous_calls((results if args.from_repo else args.out) / "calls.json")
-    if calls and not args.from_repo:
-        results.mkdir(parents=True, exist_ok=True)
-        write_calls(results / "calls.json", calls)
+    calls = previous_calls(results / "calls.json")
+    if not args.from_repo:  # the calls on record in <results> stay, those of <out> are added or updated
+        calls = merge_calls(calls, previous_calls(args.out / "calls.json"))
+        if calls:
+            results.mkdir(parents=True, exist_ok=True)
+            write_calls(results / "calls.json", calls)
 
     records = load_records(copies, plan)
     metrics = metrics_by_run(records)
@@ -182,6 +214,21 @@ def main(argv: list[str] | None = None) -> dict:
     if failed:
         print(f"error: {len(failed)} run(s) failed: {'; '.join(failed)}", file=sys.stderr)
         sys.exit(1)
+    return summary
+
+
+def print_estimate(plan: dict, costs: dict, seeds: int, fraction: float) -> dict:
+    """The estimated CPU time of every run of ``plan`` (all seeds), in training order, and the total."""
+    per_run = estimate_cpu(plan, costs)
+    print(f"Estimated CPU time at fraction {fraction:g} of the papers' epochs, {seeds} seed(s) per run:")
+    total = 0.0
+    for run, seconds in per_run.items():
+        total += seconds
+        print(f"  {run:20s} {seconds / 3600:6.2f} h   (cumulative {total / 3600:6.1f} h)")
+    print(f"  total                {total / 3600:6.1f} h CPU")
+    hours = {r: round(s / 3600, 2) for r, s in per_run.items()}
+    summary = {"fraction": fraction, "seeds": seeds, "cpu_h": hours, "total_cpu_h": round(total / 3600, 1)}
+    print(json.dumps(summary))
     return summary
 
 

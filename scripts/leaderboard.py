@@ -34,14 +34,11 @@ import torch
 
 from lrfer.config.compose import compose_config, merge_overrides
 from lrfer.config.validate import validate_config
+from lrfer.core.checkpoint import write_json
+from lrfer.core.errors import UserError, exit_on_user_error, make_output_folder
 from lrfer.data.datasets import build_adapter
 from lrfer.data.synthetic import GENERATOR_VERSION
-from lrfer.engine.checkpoint import write_json
-from lrfer.engine.latency import cpu_model
-from lrfer.engine.launch import finished_run, train_side_by_side
 from lrfer.engine.loading import load_run_config
-from lrfer.engine.model_stats import method_cost
-from lrfer.errors import UserError, exit_on_user_error, make_output_folder
 from lrfer.report.leaderboard import (
     budget_label,
     budget_overrides,
@@ -52,6 +49,9 @@ from lrfer.report.leaderboard import (
     write_leaderboard,
 )
 from lrfer.report.provenance import provenance as result_provenance
+from lrfer.tools.latency import cpu_model
+from lrfer.tools.launch import finished_run, train_side_by_side
+from lrfer.tools.model_stats import method_cost
 
 DEFAULT_PROTOCOL = Path(__file__).resolve().parents[1] / "experiments" / "leaderboard" / "protocol.yaml"
 
@@ -63,8 +63,7 @@ def default_jobs(device: str) -> int:
     return 1 if on_gpu else os.cpu_count() or 1
 
 
-@exit_on_user_error
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run (dataset=..., ...)")
     parser.add_argument("--methods", nargs="+", default=None, help="default: every method of the protocol")
@@ -85,6 +84,79 @@ def main(argv: list[str] | None = None) -> dict:
         args.methods = [m for m in args.methods if "=" not in m] or None
     if args.seeds < 1:
         raise UserError("--seeds must be at least 1")
+    return args
+
+
+def plan_runs(
+    protocol: dict,
+    methods: list[str],
+    budget: float,
+    base: list[str],
+    args: argparse.Namespace,
+    provenance: dict,
+) -> list[tuple[str, int, Path, list[str]]]:
+    """(method, seed, run folder, overrides) of every run still to train, method by method (a method's seeds
+    train side by side); every method's config is validated before the first run trains."""
+    todo = []
+    for name in methods:
+        spec = protocol["methods"][name]
+        scaled = budget_overrides(spec, budget, base)
+        for seed in range(args.seeds):
+            run_dir = (args.out / "runs" / name / f"seed{seed}").resolve()
+            overrides = merge_overrides(spec["overrides"], scaled, base, [f"seed={seed}"])
+            if seed == 0:
+                try:
+                    validate_config(compose_config(overrides), warn=False)
+                except UserError as err:
+                    raise UserError(f"method {name}: {err}") from None
+            if finished_run(run_dir, overrides, provenance):
+                print(f"{name} seed {seed}: finished earlier ({run_dir})", flush=True)
+            else:
+                todo.append((name, seed, run_dir, overrides))
+    return todo
+
+
+def measure_costs(out: Path, methods: list[str], latency: dict, failed: list[str]) -> int:
+    """Write each method's ``cost.json`` not measured yet (after all training: the latency column is timed
+    with nothing else running on the machine); returns how many were measured."""
+    measured = 0
+    for name in methods:
+        first = out / "runs" / name / "seed0"
+        cost_file = out / "runs" / name / "cost.json"
+        if (first / "metrics.json").is_file() and not cost_file.is_file():
+            try:
+                write_json(method_cost(load_run_config(first), latency), cost_file)
+                measured += 1
+            except UserError as err:  # one method's cost must not stop the other methods' costs
+                print(f"{name}: cost not measured: {err}", flush=True)
+                failed.append(f"{name}/cost ({err})")
+    return measured
+
+
+def record_call(
+    out: Path, argv: list[str] | None, runs_trained: int, measured: int, jobs, start: float
+) -> list:
+    """The calls that trained runs or measured costs, this one appended when it did either (a call that only
+    writes the table again made none of it: the history stays)."""
+    calls = previous_calls(out / "leaderboard.json")
+    if runs_trained or measured:
+        calls.append(
+            {
+                "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                "command": " ".join(
+                    ["python scripts/leaderboard.py", *(sys.argv[1:] if argv is None else argv)]
+                ),
+                "runs_trained": runs_trained,
+                "jobs": jobs,
+                "wall_s": round(time.perf_counter() - start, 1),
+            }
+        )
+    return calls
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
     protocol = load_protocol(args.protocol)
     methods = args.methods or list(protocol["methods"])
     unknown = [m for m in methods if m not in protocol["methods"]]
@@ -104,22 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise UserError(f"--jobs must be at least 1, got {jobs_wanted}")
 
     start, failed = time.perf_counter(), []
-    todo = []  # (method, seed, run folder, overrides), method by method: a method's seeds train side by side
-    for name in methods:
-        spec = protocol["methods"][name]
-        scaled = budget_overrides(spec, budget, base)
-        for seed in range(args.seeds):
-            run_dir = (out / "runs" / name / f"seed{seed}").resolve()
-            overrides = merge_overrides(spec["overrides"], scaled, base, [f"seed={seed}"])
-            if seed == 0:  # every method's config is checked before the first run trains
-                try:
-                    validate_config(compose_config(overrides), warn=False)
-                except UserError as err:
-                    raise UserError(f"method {name}: {err}") from None
-            if finished_run(run_dir, overrides, provenance):
-                print(f"{name} seed {seed}: finished earlier ({run_dir})", flush=True)
-            else:
-                todo.append((name, seed, run_dir, overrides))
+    todo = plan_runs(protocol, methods, budget, base, args, provenance)
 
     def trained(index: int, ok: bool, seconds: float) -> None:
         name, seed, run_dir, _ = todo[index]
@@ -131,33 +188,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{len(todo)} run(s) to train, {max(1, min(jobs_wanted, len(todo)))} at a time", flush=True)
     jobs = train_side_by_side([(overrides, run_dir) for *_, run_dir, overrides in todo], jobs_wanted, trained)
     train_wall = time.perf_counter() - start
+    measured = measure_costs(out, methods, protocol["latency"], failed)
+    calls = record_call(out, argv, len(todo), measured, jobs, start)
 
-    # Costs after all training: the latency column is timed with nothing else running on the machine.
-    measured = 0
-    for name in methods:
-        first = out / "runs" / name / "seed0"
-        cost_file = out / "runs" / name / "cost.json"
-        if (first / "metrics.json").is_file() and not cost_file.is_file():
-            try:
-                write_json(method_cost(load_run_config(first), protocol["latency"]), cost_file)
-                measured += 1
-            except UserError as err:  # one method's cost must not stop the other methods' costs
-                print(f"{name}: cost not measured: {err}", flush=True)
-                failed.append(f"{name}/cost ({err})")
-
-    calls = previous_calls(out / "leaderboard.json")
-    if todo or measured:  # a call that only writes the table again made none of it: the history stays
-        calls.append(
-            {
-                "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                "command": " ".join(
-                    ["python scripts/leaderboard.py", *(sys.argv[1:] if argv is None else argv)]
-                ),
-                "runs_trained": len(todo),
-                "jobs": jobs,
-                "wall_s": round(time.perf_counter() - start, 1),
-            }
-        )
     machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__}
     if dataset == "synthetic":
         machine["generator_version"] = GENERATOR_VERSION

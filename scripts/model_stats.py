@@ -32,8 +32,8 @@ from pathlib import Path
 import torch
 
 from lrfer.config import compose_config
-from lrfer.engine.model_stats import append_csv, model_stats
-from lrfer.errors import exit_on_user_error
+from lrfer.core.errors import exit_on_user_error
+from lrfer.tools.model_stats import append_csv, model_stats
 
 
 @exit_on_user_error

@@ -18,7 +18,7 @@ import logging
 import sys
 
 from lrfer.config import compose_config
-from lrfer.errors import exit_on_user_error
+from lrfer.core.errors import exit_on_user_error
 
 
 @exit_on_user_error

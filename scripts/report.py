@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from lrfer.errors import UserError, check_folder_can_be_written, exit_on_user_error, writing
+from lrfer.core.errors import UserError, check_folder_can_be_written, exit_on_user_error, writing
 from lrfer.report.plots import accuracy_plot
 from lrfer.report.tables import collect_runs, columns_of, markdown_table, read_paper_csv, write_csv
 

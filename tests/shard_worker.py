@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from lrfer.config.schema import AugmentConfig, DegradeConfig
+from lrfer.config import compose_config
 from lrfer.data.degrade import parse_degradations
 from lrfer.data.faces import FaceData, FaceSplit
 from lrfer.data.pipeline import FaceDataModule
@@ -31,12 +31,13 @@ def shares(rank: int, world: int) -> dict[str, list[list[list[int]]]]:
     split = FaceSplit(images, labels)
     data = FaceData("toy", ["a", "b", "c"], {"train": split, "val": split, "test": split})
     degs = parse_degradations(["x1", "x2"])
+    defaults = compose_config()
     out = {}
     for sampler, mode in MODES:
         dm = FaceDataModule(
             data,
-            degrade_cfg=OmegaConf.structured(DegradeConfig(train=["x1", "x2"], train_mode=mode)),
-            augment_cfg=OmegaConf.structured(AugmentConfig(translate=0.0)),
+            degrade_cfg=OmegaConf.merge(defaults.degrade, {"train": ["x1", "x2"], "train_mode": mode}),
+            augment_cfg=OmegaConf.merge(defaults.augment, {"translate": 0.0}),
             mean=[0.5] * 3,
             std=[0.25] * 3,
             batch_size=BATCH,

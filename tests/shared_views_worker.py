@@ -12,6 +12,7 @@ writes ``OUT/rank<r>.json``:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import sys
@@ -20,12 +21,19 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from lrfer.config.schema import AugmentConfig, DegradeConfig
+from lrfer.config import compose_config
 from lrfer.data.cache import load_or_build, read_cache
 from lrfer.data.degrade import parse_degradations
 from lrfer.data.faces import FaceData, FaceSplit, carve_validation
 from lrfer.data.pipeline import FaceDataModule
 from lrfer.engine import distributed as dist
+
+
+@functools.cache
+def _defaults():
+    """The default config (configs/degrade/default.yaml, configs/augment/default.yaml, ...), composed once."""
+    return compose_config()
+
 
 TRAIN = ["x1", "x2", "x1+noise8"]
 EVAL = "x4"
@@ -101,8 +109,8 @@ def views(entry: Path) -> dict:
     data = carve_validation(read_cache(entry), 0.2, seed=0)
     dm = FaceDataModule(
         data,
-        degrade_cfg=OmegaConf.structured(DegradeConfig(train=TRAIN)),
-        augment_cfg=OmegaConf.structured(AugmentConfig(translate=0.0)),
+        degrade_cfg=OmegaConf.merge(_defaults().degrade, {"train": TRAIN}),
+        augment_cfg=OmegaConf.merge(_defaults().augment, {"translate": 0.0}),
         mean=[0.5] * 3,
         std=[0.25] * 3,
         batch_size=8,

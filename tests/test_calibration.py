@@ -7,8 +7,8 @@ import json
 import pytest
 from conftest import REPO, run_cli
 
+from lrfer.core.errors import UserError
 from lrfer.data.synthetic import GENERATOR_VERSION
-from lrfer.errors import UserError
 from lrfer.report.calibration import CALIBRATION_CELLS, compare, largest_gap, markdown, read_reference
 
 TABLE3 = REPO / "experiments" / "drgfer" / "table3_rafdb_factors.csv"

@@ -13,11 +13,11 @@ import pytest
 import torch
 from conftest import compose_cfg, tiny
 
+from lrfer.core.checkpoint import load_checkpoint
+from lrfer.core.errors import UserError
 from lrfer.engine import checkpoint_writer
-from lrfer.engine.checkpoint import load_checkpoint
 from lrfer.engine.checkpoint_writer import CheckpointSchedule, CheckpointWriter
 from lrfer.engine.stop import Terminated
-from lrfer.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -12,9 +12,9 @@ import torch
 from conftest import TINY_FSRFER, TINY_RESNET, compose_cfg, tiny
 
 import lrfer.engine.trainer as trainer_mod
+from lrfer.core.errors import UserError
 from lrfer.engine.run import build_parts
 from lrfer.engine.trainer import Trainer
-from lrfer.errors import UserError
 
 CASES = {
     "baseline": ["degrade.train=[x1,x2]", TINY_RESNET],

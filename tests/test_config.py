@@ -11,7 +11,7 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 from lrfer.cli import CONFIG_DIR
 from lrfer.config.schema import auto_bool_keys, parse_auto_bool, resolve_auto_bool
 from lrfer.config.validate import validate_config
-from lrfer.errors import UserError
+from lrfer.core.errors import UserError
 
 GROUPS = ["method", "model", "dataset", "trainer", "degrade", "augment", "logger", "paths", "launcher"]
 

@@ -32,10 +32,10 @@ from dataset_fixtures import (
 from PIL import Image
 
 from lrfer.config import compose_config
+from lrfer.core.errors import UserError
 from lrfer.data.datasets import build_adapter
 from lrfer.data.datasets.ferplus import process_votes
 from lrfer.engine.run import load_data, run_training
-from lrfer.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = ("rafdb", "fer2013", "ferplus", "affectnet", "kdef", "expw")

@@ -2,24 +2,21 @@
 
 * Every method config (``configs/method/*.yaml`` that names a ``_target_``) sets exactly the keyword
   arguments of its method class (followed through the ``**options`` a class hands on to its base class or
-  network), and a Python default of any of them equals the file's value. Method classes take their options
-  without defaults, so the YAML file is where a method's defaults live.
-* The trainer, degrade and augment schemas (``lrfer.config.schema``) equal their group's ``default.yaml``
-  wherever both give a value, and every dataset's schema equals the dataset's YAML file.
+  network), and none of them has a Python default: the YAML file is where a method's defaults live.
+* The schemas (``lrfer.config.schema``) hold types only: every option file of the trainer, degrade, augment,
+  logger, paths and dataset groups gives every schema field a value.
 """
 
 from __future__ import annotations
 
 import inspect
-from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import REPO, compose_cfg
 from hydra.utils import get_class
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
-from lrfer.config.schema import AugmentConfig, DegradeConfig, TrainerConfig, schema_node
 from lrfer.methods.gmenet import GMENetMethod
 from lrfer.models.gmenet import GMENet
 
@@ -30,15 +27,6 @@ FORWARDED: dict[type, type] = {GMENetMethod: GMENet}
 FILLED_IN = {"self", "context", "num_classes", "input_size", "in_channels"}
 #: Keys of a method config that are not constructor options.
 NOT_OPTIONS = {"_target_", "name"}
-
-
-def plain(value: Any) -> Any:
-    """Tuples as lists, recursively, so that a Python default compares with a YAML list."""
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    return value
 
 
 def method_files() -> list[str]:
@@ -73,28 +61,9 @@ def method_config(name: str) -> dict[str, Any]:
     return {k: v for k, v in node.items() if k not in NOT_OPTIONS}
 
 
-def disagreements(schema: DictConfig, yaml: DictConfig, prefix: str) -> list[str]:
-    """``key: schema value != yaml value`` for every key both give a value (nested nodes followed)."""
-    out = []
-    for key in yaml:
-        if key == "defaults" or key not in schema or OmegaConf.is_missing(schema, key):
-            continue
-        mine, theirs = schema[key], yaml[key]
-        if isinstance(mine, DictConfig) and isinstance(theirs, DictConfig):
-            out += disagreements(mine, theirs, f"{prefix}{key}.")
-            continue
-        a, b = (plain(OmegaConf.to_container(v) if OmegaConf.is_config(v) else v) for v in (mine, theirs))
-        if a != b:
-            out.append(f"{prefix}{key}: schema {a!r} != yaml {b!r}")
-    return out
-
-
-def dataset_schema(path: Path) -> str:
-    """The schema a dataset YAML names in its defaults list (``/schema/dataset@_here_: <name>``)."""
-    for entry in OmegaConf.load(path).get("defaults", []):
-        if isinstance(entry, DictConfig) and "/schema/dataset@_here_" in entry:
-            return str(entry["/schema/dataset@_here_"])
-    raise AssertionError(f"{path} names no dataset schema")
+def group_options(group: str) -> list[str]:
+    """``<group>=<option>`` for every option file of a config group."""
+    return [f"{group}={p.stem}" for p in sorted((CONFIGS / group).glob("*.yaml"))]
 
 
 @pytest.mark.parametrize("name", method_files())
@@ -107,31 +76,22 @@ def test_method_config_sets_exactly_the_constructor_options(name):
 
 
 @pytest.mark.parametrize("name", method_files())
-def test_python_defaults_of_a_method_equal_its_config(name):
-    config = method_config(name)
+def test_a_method_option_has_no_python_default(name):
+    """configs/method/<name>.yaml is the one place a method's (and its network's) defaults live."""
     cls = get_class(str(compose_cfg(f"method={name}").method._target_))
-    wrong = [
-        f"{key}: python {plain(p.default)!r} != yaml {config[key]!r}"
-        for key, p in constructor_options(cls).items()
-        if p.default is not inspect.Parameter.empty and key in config and plain(p.default) != config[key]
-    ]
-    assert not wrong, f"{cls.__name__} vs configs/method/{name}.yaml: {wrong}"
+    defaults = {k: p.default for k, p in constructor_options(cls).items() if p.default is not p.empty}
+    assert not defaults, f"{cls.__name__} gives defaults in Python (set them in configs/method/{name}.yaml)"
 
 
 @pytest.mark.parametrize(
-    ("group", "schema"), [("trainer", TrainerConfig), ("degrade", DegradeConfig), ("augment", AugmentConfig)]
+    "option",
+    [o for g in ("trainer", "degrade", "augment", "logger", "paths", "dataset") for o in group_options(g)],
 )
-def test_schema_defaults_equal_the_default_yaml(group, schema):
-    yaml = OmegaConf.load(CONFIGS / group / "default.yaml")
-    wrong = disagreements(OmegaConf.structured(schema), yaml, f"{group}.")
-    assert not wrong, f"lrfer.config.schema.{schema.__name__} vs configs/{group}/default.yaml: {wrong}"
-
-
-@pytest.mark.parametrize("path", sorted((CONFIGS / "dataset").glob("*.yaml")), ids=lambda p: p.stem)
-def test_dataset_schema_defaults_equal_the_dataset_yaml(path):
-    schema = schema_node("dataset", dataset_schema(path))
-    wrong = disagreements(OmegaConf.structured(schema), OmegaConf.load(path), "dataset.")
-    assert not wrong, f"{schema.__name__} vs configs/dataset/{path.name}: {wrong}"
+def test_every_schema_field_has_a_yaml_value(option):
+    """The schemas are types only (``MISSING``): every group option's YAML gives each field its value."""
+    group = option.split("=")[0]
+    missing = sorted(OmegaConf.missing_keys(compose_cfg(option)[group]))
+    assert not missing, f"configs/{group}/{option.split('=')[1]}.yaml gives no value to {missing}"
 
 
 def test_every_method_config_is_checked():

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from lrfer.core.errors import UserError
 from lrfer.data.degrade import degrade_uint8, parse_degradation, parse_degradations, resize_to
-from lrfer.errors import UserError
 
 
 @pytest.mark.parametrize(
@@ -85,3 +85,98 @@ def test_resize_back_and_unknown_kernel():
     assert resize_to(small, 100, "bilinear").shape == (2, 3, 100, 100)
     with pytest.raises(UserError):
         resize_to(small, 100, "lanczos")
+
+
+@pytest.mark.parametrize(
+    ("label", "shape", "expected"),
+    [
+        ("x4", (37, 53), (10, 14)),
+        ("x1.5", (100, 100), (67, 67)),
+        ("x3", (99, 100), (33, 34)),
+        ("14px", (28, 56), (14, 28)),
+        ("14px", (56, 28), (28, 14)),
+        ("28px", (28, 56), (28, 56)),
+        ("20px", (30, 45), (20, 30)),
+    ],
+)
+def test_the_low_resolution_size_of_factors_and_sizes_on_any_image(label, shape, expected):
+    """x<f>: ceil(side / f) per side; <s>px: the shorter side becomes s, the other keeps the aspect."""
+    deg = parse_degradation(label)
+    assert deg.output_size(*shape) == expected
+    images = torch.randint(0, 256, (2, 3, *shape), dtype=torch.uint8)
+    assert degrade_uint8(images, deg).shape == (2, 3, *expected)
+
+
+def test_a_size_above_the_shorter_side_is_refused_saying_the_largest_possible():
+    with pytest.raises(UserError, match="at most 28px"):
+        parse_degradation("29px").output_size(28, 56)
+
+
+@pytest.mark.parametrize(("label", "factor"), [("x4", 4.0), ("x1", 1.0), ("25px", 4.0), ("14px", 100 / 14)])
+def test_the_effective_factor_is_relative_to_the_native_side(label, factor):
+    assert parse_degradation(label).effective_factor(100) == pytest.approx(factor)
+
+
+@pytest.mark.parametrize(
+    ("label", "canonical"),
+    [("x4.0", "x4"), (" X2 ", "x2"), ("x1.50", "x1.5"), ("014px", "14px"), ("x1", "x1")],
+)
+def test_labels_are_written_in_one_canonical_form(label, canonical):
+    assert parse_degradation(label).label == canonical
+
+
+def test_the_smallest_factor_is_one():
+    assert parse_degradation("x1").factor == 1.0
+    with pytest.raises(UserError, match=">= 1"):
+        parse_degradation("x0.99")
+
+
+def test_views_follow_the_kernel_and_antialias_settings():
+    from lrfer.data.imresize import imresize_uint8
+
+    images = torch.randint(
+        0, 256, (3, 3, 40, 40), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    x4 = parse_degradation("x4")
+    for kernel in ("bicubic", "bilinear"):
+        for antialias in (True, False):
+            view = degrade_uint8(images, x4, kernel=kernel, antialias=antialias, chunk=2)
+            assert torch.equal(view, imresize_uint8(images, scale=0.25, kernel=kernel, antialias=antialias))
+    sized = degrade_uint8(images, parse_degradation("14px"), kernel="bilinear")
+    assert torch.equal(sized, imresize_uint8(images, size=(14, 14), kernel="bilinear"))
+    with pytest.raises(UserError, match="unknown degradation kernel"):
+        degrade_uint8(images, x4, kernel="lanczos")
+
+
+def test_an_empty_split_has_an_empty_view_of_the_low_resolution_size():
+    empty = torch.zeros(0, 3, 40, 40, dtype=torch.uint8)
+    assert degrade_uint8(empty, parse_degradation("x3")).shape == (0, 3, 14, 14)
+
+
+def test_resize_back_is_matlab_bicubic_to_the_given_size_and_nearest_on_request():
+    from lrfer.data.imresize import imresize
+
+    small = torch.rand(2, 3, 13, 13, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(resize_to(small, 40), imresize(small, size=(40, 40), kernel="bicubic"))
+    assert torch.equal(resize_to(small, 40, "bilinear"), imresize(small, size=(40, 40), kernel="bilinear"))
+    centres = ((torch.arange(20) + 0.5) * 13 / 20).floor().long()  # the nearest pixel centre
+    assert torch.equal(resize_to(small, 20, "nearest"), small[..., centres, :][..., centres])
+    assert resize_to(small, 13) is small
+
+
+@pytest.mark.parametrize("images", [torch.zeros(1, 3, 8, 8), torch.zeros(3, 8, 8, dtype=torch.uint8)])
+def test_views_are_made_of_uint8_batches_only(images):
+    with pytest.raises(ValueError, match=r"degrade_uint8 expects uint8 images of shape \(N, C, H, W\)"):
+        degrade_uint8(images, parse_degradation("x2"))
+
+
+@pytest.mark.parametrize("device", ["cpu", "cpu:0"], ids=["same", "other"])
+def test_a_view_computed_on_a_named_device_is_the_same_view_kept_beside_the_images(device):
+    """``cpu:0`` is not the images' ``cpu`` device: it takes the path of host images resized on a GPU a
+    chunk at a time (the view filled in place, kept on the host)."""
+    images = torch.randint(
+        0, 256, (5, 3, 24, 24), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    deg = parse_degradation("x3+noise4")
+    view = degrade_uint8(images, deg, device=torch.device(device), chunk=2)
+    assert torch.equal(view, degrade_uint8(images, deg)) and view.device == images.device

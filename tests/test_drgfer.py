@@ -15,8 +15,8 @@ from multires_toys import FixedLogits, MarkerRouter, SnapshotDRGFER, TaggedExper
 from omegaconf import OmegaConf
 from PIL import Image
 
+from lrfer.core.errors import UserError
 from lrfer.engine.run import method_context, run_training
-from lrfer.errors import UserError
 from lrfer.methods.drgfer import DRGFER
 from lrfer.methods.resolution import ResolutionSet
 from lrfer.models.mrafer import MRAFER, assign, binarize, fuse_max, fuse_mean, gather
@@ -298,3 +298,84 @@ def test_the_rrn_stage_is_selected_on_the_rrn_accuracy(drgfer_run):
     assert (stage["best_epoch"], stage["best_val"]) == (best["epoch"], best["score"])
     expert = [h for h in last["val_history"] if h["stage"] == "expert_x4"]
     assert all(h["monitor"] == "acc" for h in expert)
+
+
+def _confident_experts(method: DRGFER, n: int) -> None:
+    """Expert k predicts class k for every image, with confidence growing with k (logit 3 + k)."""
+    tables = []
+    for k in range(len(method.mrafer.experts)):
+        table = torch.zeros(n, 3)
+        table[:, k] = 3.0 + k
+        tables.append(FixedLogits(table))
+    method.mrafer = MRAFER(tables)
+
+
+def test_every_routing_scores_the_expert_it_names():
+    """eval_all_routings by hand: expert k says class k; the RRN picks the marker's expert, the oracle the
+    true factor's, ``x2`` always expert 1, Mean and Max the most confident expert (2); rrn_acc = marker ==
+    truth."""
+    method = _fake_drgfer("rrn")
+    _confident_experts(method, 4)
+    method.eval_all_routings = True
+    batch = {
+        "image": _marked_images(range(4), [0, 2, 2, 1]),  # the RRN's choices
+        "label": torch.tensor([0, 1, 2, 1]),
+        "factor": torch.tensor([1.0, 2.0, 4.0, 4.0]),  # the true resolutions: 0, 1, 2, 2
+    }
+    out = method.evaluate_step(batch, None)
+    expected = {
+        "acc_rrn": [1, 0, 1, 1],
+        "acc_oracle": [1, 1, 1, 0],
+        "acc_mean": [0, 0, 1, 0],
+        "acc_max": [0, 0, 1, 0],
+        "acc_x1": [1, 0, 0, 0],
+        "acc_x2": [0, 1, 0, 1],
+        "acc_x4": [0, 0, 1, 0],
+        "rrn_acc": [1, 0, 1, 0],
+    }
+    assert {k: out[k].tolist() for k in expected} == {k: [float(v) for v in vs] for k, vs in expected.items()}
+    assert out["logits"].argmax(1).tolist() == [0, 2, 2, 1]  # routing=rrn
+    method.routing = "oracle"
+    assert method.evaluate_step(batch, None)["logits"].argmax(1).tolist() == [0, 1, 2, 2]
+    method.eval_all_routings = False
+    assert method.evaluate_step(batch, None)["logits"].argmax(1).tolist() == [0, 1, 2, 2]
+    # Mean and Max part: two experts mildly for class 0, one surely for class 2 -> Mean says 0, Max says 2
+    mild, sure = torch.tensor([[1.0, 0.0, 0.0]] * 4), torch.tensor([[0.0, 0.0, 2.0]] * 4)
+    method.mrafer = MRAFER([FixedLogits(mild), FixedLogits(mild), FixedLogits(sure)])
+    method.eval_all_routings = True
+    out = method.evaluate_step({**batch, "label": torch.tensor([0, 2, 0, 2])}, None)
+    assert out["acc_mean"].tolist() == [1, 0, 1, 0] and out["acc_max"].tolist() == [0, 1, 0, 1]
+
+
+def test_stages_train_and_validate_their_own_network():
+    """Stage ``expert_x2`` trains expert 1 with cross-entropy on its logits and validates expert 1 alone;
+    stage ``rrn`` trains the RRN towards each face's resolution index (eq. 1-2) and validates the RRN-routed
+    prediction with rrn_acc."""
+    real = DRGFER(_context(TINY_MODEL), **{**method_options("drgfer"), "factors": ["x1", "x2", "x4"]})
+    stages = {s.name: s for s in real.stages()}
+    for name, module in (("expert_x1", 0), ("expert_x2", 1), ("expert_x4", 2), ("rrn", None)):
+        net = real.rrn if module is None else real.mrafer.experts[module]
+        assert [id(p) for p in real.stage_parameters(stages[name], "main")] == [
+            id(p) for p in net.parameters()
+        ]
+    method = _fake_drgfer("rrn")
+    _confident_experts(method, 4)
+    batch = {
+        "image": _marked_images(range(4), [0, 2, 2, 1]),
+        "label": torch.tensor([0, 1, 2, 1]),
+        "factor": torch.tensor([1.0, 2.0, 3.0, 4.0]),  # x3 -> x4
+    }
+    table = method.mrafer.experts[1].table
+    out = method.training_step(batch, stages["expert_x2"], "main")
+    assert torch.equal(out["logits"], table)
+    assert out["loss"].item() == pytest.approx(
+        torch.nn.functional.cross_entropy(table, batch["label"]).item()
+    )
+    assert torch.equal(method.evaluate_step(batch, stages["expert_x2"])["logits"], table)
+    rrn = method.training_step(batch, stages["rrn"], "main")
+    scores = method.rrn(batch["image"])
+    target = torch.tensor([0, 1, 2, 2])
+    assert rrn["loss"].item() == pytest.approx(torch.nn.functional.cross_entropy(scores, target).item())
+    assert rrn["rrn_acc"].item() == pytest.approx(0.5)  # markers 0, 2, 2, 1 against 0, 1, 2, 2
+    val = method.evaluate_step(batch, stages["rrn"])
+    assert val["logits"].argmax(1).tolist() == [0, 2, 2, 1] and val["rrn_acc"].tolist() == [1, 0, 1, 0]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from conftest import compose_cfg, method_options
 
+from lrfer.core.errors import UserError
 from lrfer.engine.run import method_context
-from lrfer.errors import UserError
 from lrfer.methods.drgfer import DRGFER
 
 TINY_MODEL = "model._target_=multires_toys.tiny_classifier"
@@ -29,5 +29,5 @@ def test_cumulative_experts_train_on_every_listed_resolution_up_to_their_own():
 def test_own_experts_by_default_and_unknown_modes_refused():
     assert compose_cfg("method=drgfer").method.expert_data == "own"
     assert _expert_stages("own")["expert_x4"] == (["x4"], ["x4"])
-    with pytest.raises(UserError, match="expert_data"):
+    with pytest.raises(UserError, match="expert_data 'joint': choose own or cumulative"):
         _expert_stages("joint")

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from conftest import compose_cfg
 from torch.utils.flop_counter import FlopCounterMode
 
+from lrfer.core.errors import UserError
 from lrfer.engine.run import build_method, method_context
-from lrfer.errors import UserError
 from lrfer.methods.efc import EFC
 from lrfer.methods.zoo import Zoo
 from lrfer.models.efc import EFCBlock, EFCNet, s_swish

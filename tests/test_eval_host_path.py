@@ -4,18 +4,26 @@ the ones the direct path gives."""
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from conftest import TINY_RESNET, compose_cfg, tiny
 from omegaconf import OmegaConf
 
-from lrfer.config.schema import AugmentConfig, DegradeConfig
+from lrfer.config import compose_config
 from lrfer.data import pipeline
 from lrfer.data.degrade import parse_degradations
 from lrfer.data.faces import FaceData, FaceSplit
 from lrfer.data.pipeline import FaceDataModule
 from lrfer.engine.run import build_parts
 from lrfer.engine.trainer import Trainer
+
+
+@functools.cache
+def _defaults():
+    """The default config (configs/degrade/default.yaml, configs/augment/default.yaml, ...), composed once."""
+    return compose_config()
 
 
 def toy_module(prefetch: bool, rank: int = 0, world: int = 1, device: str = "cpu") -> FaceDataModule:
@@ -27,8 +35,8 @@ def toy_module(prefetch: bool, rank: int = 0, world: int = 1, device: str = "cpu
     data = FaceData("toy", ["a", "b", "c"], {"train": split, "test": split})
     return FaceDataModule(
         data,
-        degrade_cfg=OmegaConf.structured(DegradeConfig(train=["x1", "x2"])),
-        augment_cfg=OmegaConf.structured(AugmentConfig()),
+        degrade_cfg=OmegaConf.merge(_defaults().degrade, {"train": ["x1", "x2"]}),
+        augment_cfg=_defaults().augment,
         mean=[0.5] * 3,
         std=[0.25] * 3,
         batch_size=4 * world,

@@ -13,8 +13,8 @@ from dataset_fixtures import write_kdef
 from omegaconf import OmegaConf
 
 from lrfer.cli import CONFIG_DIR
+from lrfer.core.errors import UserError
 from lrfer.engine.run import build_parts, run_training
-from lrfer.errors import UserError
 
 EXPERIMENTS = sorted(
     str(p.relative_to(CONFIG_DIR / "experiment").with_suffix(""))

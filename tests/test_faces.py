@@ -15,9 +15,9 @@ from conftest import REPO, compose_cfg
 from photo_fixtures import background, group_photo, head, write_kdef_photos
 from PIL import Image
 
+from lrfer.core.errors import UserError
 from lrfer.detect import HaarDetector, YuNetDetector, box_iou, build_detector, crop_box
 from lrfer.detect.detectors import import_cv2
-from lrfer.errors import UserError
 
 cv2 = pytest.importorskip("cv2")
 SIZES = (24, 48, 96)

@@ -11,9 +11,9 @@ from conftest import FSR_FACTORS, TINY_FSRFER, compose_cfg, run_cli, tiny
 from omegaconf import OmegaConf
 from torch import nn
 
+from lrfer.core.errors import UserError
 from lrfer.data.degrade import parse_degradations
 from lrfer.engine.run import build_parts, run_training
-from lrfer.errors import UserError
 from lrfer.methods.fsrfer import (
     FSRFER,
     classification_aware_weights,
@@ -438,3 +438,127 @@ def test_critic_steps_score_generated_features_above_real_ones(tmp_path):
         losses.append(loss.item())
     assert gap() > before
     assert losses[-1] < losses[0]
+
+
+# -- the GAN's two objectives on the method's own networks --------
+def test_critic_loss_is_eq8_real_minus_generated_plus_the_divergence_term(tmp_path):
+    """Eq. 8 on the method's networks: ``L(D) = E[D(F_hr)] - E[D(F_sr)] + k E[||grad D(x_hat)||^p]`` with F_hr
+    the x1 face's features, F_sr = G(F_lr) and the divergence term's interpolates drawn from the same seed."""
+    parts = _method(tmp_path)
+    method = parts.method
+    gan = method.stages()[-1]
+    method.on_stage_start(gan)
+    method.eval()
+    with torch.no_grad():  # a critic with gradients large enough for the p = 6 term to count
+        for p in method.critic.parameters():
+            p.mul_(3)
+    batch = next(parts.datamodule.train_batches(parse_degradations(FACTORS), seed=0, need_hr=True))
+    torch.manual_seed(3)
+    out = method.training_step(batch, gan, "critic")
+    with torch.no_grad():
+        c = method.classifier
+        f_hr = c.feature_map(batch["image_hr"]).float()
+        f_sr = method.generator(c.feature_map(batch["image"]).float())
+        d_real, d_fake = method.critic(f_hr).mean(), method.critic(f_sr).mean()
+    torch.manual_seed(3)
+    div = wgan_div_penalty(method.critic, f_hr, f_sr, k=2.0, p=6.0)
+    assert out["d_real"].item() == pytest.approx(d_real.item(), rel=1e-5)
+    assert out["d_fake"].item() == pytest.approx(d_fake.item(), rel=1e-5)
+    assert out["div_term"].item() == pytest.approx(div.item(), rel=1e-4)
+    assert div.item() > 10 * abs((d_real - d_fake).item())
+    assert out["loss"].item() == pytest.approx((d_real - d_fake + div).item(), rel=1e-4)
+
+
+def test_each_gan_step_trains_only_its_own_network(tmp_path):
+    """The critic's loss reaches the critic only (G(F_lr) is a constant there); the generator's loss reaches G
+    through D without giving D a gradient, and D is trainable again afterwards."""
+    parts = _method(tmp_path)
+    method = parts.method
+    gan = method.stages()[-1]
+    method.on_stage_start(gan)
+    method.train()
+    batch = next(parts.datamodule.train_batches(parse_degradations(FACTORS), seed=0, need_hr=True))
+    method.training_step(batch, gan, "critic")["loss"].backward()
+    assert all(p.grad is None for p in method.generator.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in method.critic.parameters())
+    method.critic.zero_grad(set_to_none=True)
+    method.training_step(batch, gan, "generator")["loss"].backward()
+    assert all(p.grad is None for p in method.critic.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in method.generator.parameters())
+    assert all(p.requires_grad for p in method.critic.parameters())
+
+
+@pytest.mark.parametrize("detach", [True, False])
+def test_the_reweighting_weight_is_a_constant_unless_reweight_detach_is_off(tmp_path, detach):
+    """reweight_detach=true (the paper's default): G's gradient is that of ``mean_i w_i s_i`` with ``w_i``
+    held constant; false (the official code): ``w_i`` is differentiated too."""
+    method, gan, batch, _, f_hr, _ = _gan_step(
+        tmp_path, "critic", f"method.reweight_detach={str(detach).lower()}"
+    )
+    method.generator.zero_grad(set_to_none=True)
+    method.training_step(batch, gan, "generator")["loss"].backward()
+    got = method.generator.conv_last.weight.grad.clone()
+    method.generator.zero_grad(set_to_none=True)
+    c = method.classifier
+    with torch.no_grad():
+        f_lr = c.feature_map(batch["image"]).float()
+        e_hr = c.embed(f_hr)
+    f_sr = method.generator(f_lr)
+    e_sr = c.embed(f_sr)
+    p_true = c.classify(e_sr).softmax(1).gather(1, batch["label"][:, None]).squeeze(1)
+    w = 1.5 - (p_true.detach() if detach else p_true)
+    per = method.critic(f_sr) + (e_sr - e_hr).pow(2).sum(1) + (f_sr - f_hr).pow(2).flatten(1).sum(1)
+    (w * per).mean().backward()
+    expected = method.generator.conv_last.weight.grad
+    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-7)
+
+
+def test_pretraining_minimises_the_per_sample_feature_l2_of_g_of_the_lr_features(tmp_path):
+    """Stage 2: ``mean_i ||G(F_lr_i) - F_hr_i||^2`` (a sum over the feature elements, a batch mean)."""
+    parts = _method(
+        tmp_path, "method.extractor=resnet18"
+    )  # F_lr and F_hr of an untrained CovPoolFER coincide
+    method = parts.method
+    pretrain = method.stages()[1]
+    assert pretrain.name == "pretrain"
+    method.on_stage_start(pretrain)
+    method.eval()
+    batch = next(parts.datamodule.train_batches(parse_degradations(FACTORS), seed=0, need_hr=True))
+    out = method.training_step(batch, pretrain, "main")
+    with torch.no_grad():
+        c = method.classifier
+        f_sr = method.generator(c.feature_map(batch["image"]).float())
+        f_hr = c.feature_map(batch["image_hr"]).float()
+        expected = (f_sr - f_hr).pow(2).flatten(1).sum(1).mean()
+        assert (f_sr - c.feature_map(batch["image"])).abs().max() > 1e-3  # G is not the identity
+    assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_evaluation_classifies_g_of_the_features_and_direct_acc_the_features_alone(tmp_path):
+    """Prediction is C(G(F(x))); ``direct_acc`` is the frozen classifier on F(x) without G ("Bicubic")."""
+    parts = _method(tmp_path, "method.extractor=resnet18")  # an untrained CovPoolFER predicts one class
+    method = parts.method
+    gan = method.stages()[-1]
+    method.on_stage_start(gan)
+    method.eval()
+    with torch.no_grad():  # a generator far from the identity, so that the two predictions differ
+        method.generator.conv_last.weight.normal_(0, 5.0)
+    batch = next(parts.datamodule.train_batches(parse_degradations(FACTORS), seed=0, need_hr=True))
+    with torch.no_grad():
+        out = method.evaluate_step(batch, None)
+        c = method.classifier
+        f = c.feature_map(batch["image"]).float()
+        with_g = c.classify(c.embed(method.generator(f)))
+        direct = c.classify(c.embed(f)).argmax(1)
+    assert torch.allclose(out["logits"], with_g, atol=1e-5)
+    assert torch.allclose(method.predict(batch["image"]), with_g, atol=1e-5)
+    direct_acc, acc = (direct == batch["label"]).float(), (with_g.argmax(1) == batch["label"]).float()
+    assert not torch.equal(direct_acc, acc)
+    assert out["direct_acc"].tolist() == direct_acc.tolist()
+
+
+def test_reweighting_defaults_are_the_papers_sigma_and_power():
+    """Eq. 11 with the paper's sigma = 1.5 and r = 1 when none are given."""
+    logits = torch.log(torch.tensor([[0.6, 0.4], [0.1, 0.9]]))
+    weights = classification_aware_weights(logits, torch.tensor([0, 0]))
+    assert weights.tolist() == pytest.approx([0.9, 1.4])

@@ -182,7 +182,7 @@ def test_multistep_with_one_factor_per_milestone_gives_covpoolfers_piecewise_sch
 
 def test_gammas_must_match_the_milestones():
     from lrfer.config.validate import validate_config
-    from lrfer.errors import UserError
+    from lrfer.core.errors import UserError
 
     with pytest.raises(UserError, match="gammas"):
         validate_config(compose_cfg("trainer.scheduler.milestones=[2]", "trainer.scheduler.gammas=[0]"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 
@@ -9,10 +10,10 @@ import pytest
 import torch
 from conftest import compose_cfg, method_options, tiny
 
+from lrfer.core.checkpoint import save_checkpoint
+from lrfer.core.errors import UserError
 from lrfer.data.degrade import parse_degradations
-from lrfer.engine.checkpoint import save_checkpoint
 from lrfer.engine.run import run_training
-from lrfer.errors import UserError
 from lrfer.methods.base import MethodContext
 from lrfer.methods.gmenet import GMENetMethod, attention_similarity_loss
 from lrfer.models.gmenet import (
@@ -25,6 +26,8 @@ from lrfer.models.gmenet import (
 )
 
 SMALL = dict(width=8, layers=[1, 1, 1, 1], global_blocks=[1, 1, 1, 1])
+#: The network options of method=gmenet (configs/method/gmenet.yaml: the one place they are set).
+NETWORK = {k: v for k, v in method_options("gmenet").items() if k in inspect.signature(GMENet).parameters}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -128,7 +131,7 @@ def test_kd_reduction_reaches_the_method_and_defaults_to_sum():
 def test_paper_sized_network_is_within_5_percent_of_the_paper():
     """method=gmenet_paper: 18.75 M parameters, 2.99 GFLOPs (= GMACs at 224 px), within 5 %."""
     from lrfer.config import compose_config
-    from lrfer.engine.model_stats import model_stats
+    from lrfer.tools.model_stats import model_stats
 
     overrides = ["method=gmenet_paper", "method.kd_weight=0", "input_size=224"]
     stats = model_stats(compose_config(overrides))
@@ -232,7 +235,8 @@ def test_only_low_resolution_inputs_are_blurred():
 @pytest.mark.parametrize("global_branch", [True, False])
 def test_every_ablation_builds_and_runs_forward(attention, global_branch):
     torch.manual_seed(0)
-    net = GMENet(7, 32, attention=attention, global_branch=global_branch, **SMALL).eval()
+    options = {**NETWORK, **SMALL, "attention": attention, "global_branch": global_branch}
+    net = GMENet(7, 32, **options).eval()
     logits, maps = net(torch.randn(2, 3, 32, 32), return_maps=True)
     assert logits.shape == (2, 7) and torch.isfinite(logits).all()
     assert len(maps) == (0 if attention == "none" else 4)
@@ -266,7 +270,7 @@ def test_mixed_channel_block_keeps_the_shape_and_follows_eq_5_to_8():
 
 
 def test_default_network_size():
-    net = GMENet(7, 100)
+    net = GMENet(7, 100, **NETWORK)
     assert sum(p.numel() for p in net.parameters()) == 7_899_661
 
 
@@ -288,3 +292,59 @@ def test_a_tiny_run_trains_teacher_then_student_and_logs_kd(tmp_path):
     # eq. 13 on the logged epoch means: the student's loss is L_ce + kd_weight (5) * L_kd
     assert student["loss"] == pytest.approx(student["ce"] + 5.0 * student["kd"], rel=1e-5)
     assert student["kd"] > 0
+
+
+def test_the_distillation_loss_gives_no_gradient_to_the_teachers_maps():
+    """The teacher's maps are targets: L_kd's gradient reaches the student's maps only (even when the
+    teacher's maps were computed with gradients on)."""
+    g = torch.Generator().manual_seed(0)
+    student = [(torch.randn(2, 4, 1, 1, generator=g), torch.randn(2, 1, 3, 3, generator=g)) for _ in range(2)]
+    teacher = [(torch.randn(2, 4, 1, 1, generator=g), torch.randn(2, 1, 3, 3, generator=g)) for _ in range(2)]
+    for maps in (*student, *teacher):
+        for m in maps:
+            m.requires_grad_(True)
+    attention_similarity_loss(student, teacher).backward()
+    assert all(m.grad is None for maps in teacher for m in maps)
+    assert all(m.grad is not None and m.grad.abs().sum() > 0 for maps in student for m in maps)
+
+
+def test_the_teacher_stage_trains_the_teacher_on_the_high_resolution_faces_alone():
+    """Stage ``teacher``: its parameters are the teacher's, its loss the teacher's cross-entropy on the
+    batch's (x1) images without blur or distillation; its validation reads the teacher, not the student."""
+    method = _method()
+    teacher_stage = method.stages()[0]
+    method.on_stage_start(teacher_stage)
+    method.eval()
+    params = {id(p) for p in method.stage_parameters(teacher_stage, "main")}
+    assert params == {id(p) for p in method.teacher.parameters()}
+    assert all(p.requires_grad for p in method.teacher.parameters())
+    batch = _batch(factor=1.0)
+    out = method.training_step(batch, teacher_stage, "main")
+    with torch.no_grad():
+        logits = method.teacher(batch["image"])
+    assert torch.allclose(out["logits"], logits)
+    assert out["loss"].item() == pytest.approx(method.classification_loss(logits, batch).item(), rel=1e-6)
+    assert "kd" not in out
+    out["loss"].backward()
+    assert all(p.grad is None for p in method.student.parameters())
+    with torch.no_grad():
+        assert torch.allclose(method.evaluate_step(batch, teacher_stage)["logits"], logits)
+        student_stage = method.stages()[-1]
+        student = method.student(method._student_input(batch["image"], batch["factor"]))
+        assert torch.allclose(method.evaluate_step(batch, student_stage)["logits"], student)
+        assert torch.allclose(method.evaluate_step(batch, None)["logits"], student)
+
+
+def test_the_distillation_loss_refuses_maps_that_do_not_pair_up():
+    """A different number of attention blocks, no blocks, or a channel OR a spatial map of another shape is
+    an error naming what differs (zip would silently drop blocks); an unknown reduction lists the choices."""
+    block = (torch.ones(1, 4, 1, 1), torch.ones(1, 1, 3, 3))
+    with pytest.raises(ValueError, match="got 2 and 1"):
+        attention_similarity_loss([block, block], [block])
+    with pytest.raises(ValueError, match="got 0 and 0"):
+        attention_similarity_loss([], [])
+    for other in ((torch.ones(1, 4, 1, 1), torch.ones(1, 1, 2, 2)), (torch.ones(1, 2, 1, 1), block[1])):
+        with pytest.raises(ValueError, match="differ in shape"):
+            attention_similarity_loss([block], [other])
+    with pytest.raises(UserError, match="choose sum, paper, mean"):
+        attention_similarity_loss([block], [block], "median")

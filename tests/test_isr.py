@@ -7,9 +7,9 @@ import torch
 from conftest import FSR_FACTORS, TINY_COVPOOL, compose_cfg, tiny
 from torch import nn
 
+from lrfer.core.errors import UserError
 from lrfer.data.degrade import parse_degradations
 from lrfer.engine.run import build_parts, run_training
-from lrfer.errors import UserError
 from lrfer.models.image_sr import MetaSRLite, MetaUpscale, RCANLite
 
 FACTORS = FSR_FACTORS
@@ -127,3 +127,34 @@ def test_bicubic_with_a_loaded_classifier_trains_nothing(tmp_path):
         compose_cfg(*_overrides(tmp_path, "bicubic", f"method.extractor_weights={ckpt}")), None
     )
     assert list(metrics["train"]["stages"]) == ["evaluate"] and list(metrics["test"]) == FACTORS
+
+
+def test_sr_loss_is_l1_to_the_high_resolution_face_and_evaluation_classifies_the_restored_face(tmp_path):
+    """SR stages minimise ``|SR(x_lr) - x_hr|_1`` (mean); the test prediction is C(SR(x)) and ``direct_acc``
+    the frozen classifier on x itself (a stand-in classifier whose class follows the image's brightness)."""
+    parts = _parts(tmp_path, "rcan")
+    method = parts.method
+    stage = method.stages()[2]  # sr_x3
+    method.on_stage_start(stage)
+    method.eval()
+
+    class Brighten(nn.Module):
+        def forward(self, x):
+            return x + 5.0
+
+    class ByBrightness(nn.Module):  # class 6 for a bright face, 0 for a dark one
+        def forward(self, x):
+            return x.mean(dim=(1, 2, 3))[:, None] * (torch.arange(7.0) - 3)
+
+    method.rcan["x3"] = Brighten()
+    batch = next(parts.datamodule.train_batches(parse_degradations(["x3"]), seed=0, need_hr=True))
+    out = method.training_step(batch, stage, "main")
+    expected = (batch["image"] + 5.0 - batch["image_hr"]).abs().mean()
+    assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+    method.classifier = ByBrightness()
+    row = method.evaluate_step(batch, None)
+    restored, direct = method.classifier(batch["image"] + 5.0), method.classifier(batch["image"]).argmax(1)
+    assert torch.allclose(row["logits"], restored)
+    direct_acc, acc = (direct == batch["label"]).float(), (restored.argmax(1) == batch["label"]).float()
+    assert not torch.equal(direct_acc, acc)
+    assert row["direct_acc"].tolist() == direct_acc.tolist()

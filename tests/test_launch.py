@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from lrfer.engine.launch import finished_run
-from lrfer.errors import UserError
+from lrfer.core.errors import UserError
+from lrfer.tools.launch import finished_run
 
 OVERRIDES = ["method=baseline", "method.epochs=1", "seed=0"]
 

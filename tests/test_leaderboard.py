@@ -9,7 +9,7 @@ import pytest
 from conftest import run_cli
 
 from lrfer.config.compose import merge_overrides
-from lrfer.errors import UserError
+from lrfer.core.errors import UserError
 from lrfer.report.leaderboard import budget_label, budget_overrides, face_side, load_protocol, plain_log_axis
 
 TINY = [

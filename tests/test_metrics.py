@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lrfer.core.errors import UserError
 from lrfer.engine.metrics import check_metric_name, confusion_matrix, metrics_from_confusion, named_metric
-from lrfer.errors import UserError
 
 
 def test_the_confusion_matrix_counts_true_classes_in_rows_and_predictions_in_columns():

@@ -9,10 +9,10 @@ import torch
 from conftest import run_cli, tiny
 
 from lrfer.config import compose_config
-from lrfer.engine.export import export_run
-from lrfer.engine.model_stats import model_stats
-from lrfer.errors import UserError
+from lrfer.core.errors import UserError
 from lrfer.report.folds import aggregate_folds
+from lrfer.tools.export import export_run
+from lrfer.tools.model_stats import model_stats
 
 
 def test_model_stats_prints_json_on_its_last_line():
@@ -79,7 +79,7 @@ def test_export_torchscript_round_trip_matches_the_method(efc_run):
 
 
 def test_export_fails_above_the_tolerance_and_leaves_a_good_export_unchanged(efc_run, tmp_path, monkeypatch):
-    from lrfer.engine import export
+    from lrfer.tools import export
 
     good = export_run(efc_run, "torchscript", out=tmp_path / "m.pt")
     before = (tmp_path / "m.pt").read_bytes()
@@ -105,7 +105,7 @@ def test_export_refuses_a_negative_tolerance(efc_run, tmp_path, atol):
 
 def test_an_export_that_differs_from_the_method_is_reported(efc_run, tmp_path, monkeypatch):
     """A reloaded model off by 1e-3 (a broken export, simulated) fails the default 1e-4 check."""
-    import lrfer.engine.export as export
+    import lrfer.tools.export as export
 
     honest = export.export_torchscript
 

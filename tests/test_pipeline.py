@@ -7,12 +7,14 @@ import torch
 from conftest import compose_cfg
 from omegaconf import OmegaConf
 
-from lrfer.config.schema import AugmentConfig, DegradeConfig
+from lrfer.core.errors import UserError
 from lrfer.data.degrade import parse_degradations
 from lrfer.data.faces import FaceData, FaceSplit, carve_validation, stratified_split
 from lrfer.data.pipeline import FaceDataModule
 from lrfer.engine.run import method_context
-from lrfer.errors import UserError
+
+#: The default config (configs/degrade/default.yaml, configs/augment/default.yaml, ...), composed once.
+DEFAULTS = compose_cfg()
 
 
 def _data(n=60, size=24, classes=3, seed=0):
@@ -34,10 +36,10 @@ def _module(
     **aug,
 ):
     """``placement``: extra FaceDataModule arguments (rank, world_size, prefetch)."""
-    degrade = OmegaConf.structured(
-        DegradeConfig(train=list(train), input_size=input_size, resize_back=resize_back)
+    degrade = OmegaConf.merge(
+        DEFAULTS.degrade, {"train": list(train), "input_size": input_size, "resize_back": resize_back}
     )
-    augment = OmegaConf.structured(AugmentConfig(**{"translate": 0.0, **aug}))
+    augment = OmegaConf.merge(DEFAULTS.augment, {"translate": 0.0, **aug})
     return FaceDataModule(
         data,
         degrade_cfg=degrade,
@@ -285,3 +287,154 @@ def test_the_method_is_told_the_size_of_the_images_it_is_given(overrides):
     )
     batch = next(dm.train_batches(parse_degradations(list(cfg.degrade.train)), seed=0))
     assert method_context(cfg).input_size == batch["image"].shape[-1]
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_the_ranks_shares_of_a_global_batch_are_the_one_process_batch(world):
+    """Rank r's share of global batch b is its contiguous slice: concatenated in rank order, the shares
+    are the one-process batch (same samples, same degradations, same labels)."""
+    data = _data(n=70)
+    degs = parse_degradations(["x1", "x2", "x4"])
+    one = list(_module(data, train=degs_labels(degs), batch_size=16).train_batches(degs, seed=5))
+    shares = [
+        list(
+            _module(
+                data, train=degs_labels(degs), batch_size=16, placement={"rank": r, "world_size": world}
+            ).train_batches(degs, seed=5)
+        )
+        for r in range(world)
+    ]
+    assert all(len(s) == len(one) == 4 for s in shares)
+    for b, whole in enumerate(one):
+        for key in ("index", "degradation", "label", "factor"):
+            assert torch.equal(torch.cat([s[b][key] for s in shares]), whole[key]), key
+        assert torch.equal(whole["label"], data.splits["train"].labels[whole["index"]])
+
+
+def test_an_epoch_is_a_fresh_shuffle_of_the_training_set_for_every_seed():
+    dm = _module(_data(n=64), batch_size=16)
+    degs = parse_degradations(["x1"])
+
+    def order(seed):
+        return torch.cat([b["index"] for b in dm.train_batches(degs, seed=seed)])
+
+    first, again, other = order(0), order(0), order(1)
+    assert sorted(first.tolist()) == list(range(64))  # every sample once
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert not torch.equal(first, torch.arange(64))
+
+
+def test_a_random_mix_of_degradations_is_drawn_per_sample_and_per_seed():
+    data = _data(n=96)
+    degs = parse_degradations(["x1", "x2", "x3"])
+    dm = _module(data, train=degs_labels(degs), batch_size=96)
+    which = [next(dm.train_batches(degs, seed=s))["degradation"] for s in (0, 1)]
+    assert not torch.equal(which[0], which[1])
+    assert all(set(w.tolist()) == {0, 1, 2} for w in which)
+    assert all(torch.bincount(w, minlength=3).min() > 16 for w in which)  # about 32 each
+
+
+def test_the_incomplete_last_batch_is_dropped_and_a_split_smaller_than_a_batch_is_one_batch():
+    degs = parse_degradations(["x1"])
+    sizes = [len(b["index"]) for b in _module(_data(n=60), batch_size=16).train_batches(degs, seed=0)]
+    assert sizes == [16, 16, 16]
+    small = [b["index"] for b in _module(_data(n=10), batch_size=16).train_batches(degs, seed=0)]
+    assert len(small) == 1 and sorted(small[0].tolist()) == list(range(10))
+    exact = [len(b["index"]) for b in _module(_data(n=64), batch_size=16).train_batches(degs, seed=0)]
+    assert exact == [16, 16, 16, 16]
+
+
+def test_eval_shards_of_the_ranks_cover_the_split_once_in_order():
+    data = _data(n=70)
+    deg = parse_degradations(["x1"])[0]
+    seen = []
+    for rank in range(3):
+        dm = _module(data, batch_size=12, placement={"rank": rank, "world_size": 3})
+        batches = list(dm.eval_batches("test", deg))
+        assert all(len(b["index"]) <= 32 for b in batches)
+        seen.append(torch.cat([b["index"] for b in batches]))
+    assert [len(s) for s in seen] == [24, 23, 23]
+    assert torch.equal(torch.cat(seen), torch.arange(70))
+
+
+def test_shard_ranges_are_contiguous_disjoint_and_as_even_as_possible():
+    from lrfer.data.pipeline import shard_range
+
+    assert [shard_range(10, r, 3) for r in range(3)] == [(0, 4), (4, 7), (7, 10)]
+    assert [shard_range(2, r, 3) for r in range(3)] == [(0, 1), (1, 2), (2, 2)]
+    assert shard_range(9, 0, 1) == (0, 9)
+
+
+def test_a_batch_size_the_processes_cannot_share_is_refused():
+    with pytest.raises(UserError, match="divisible by the 3 processes"):
+        _module(_data(), batch_size=16, placement={"rank": 0, "world_size": 3})
+    with pytest.raises(UserError, match="cannot be shared by 4 processes"):
+        next(
+            _module(_data(n=2), batch_size=4, placement={"rank": 3, "world_size": 4}).train_batches(
+                parse_degradations(["x1"]), seed=0
+            )
+        )
+
+
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_labels_and_soft_targets_travel_with_their_samples_also_in_carved_splits(prefetch):
+    """``index`` is the row in the split; a split carved from another (the validation split) reads its
+    images through ``rows`` but its labels and targets by ``index``."""
+    base = _data(n=40)
+    targets = torch.rand(40, 3, generator=torch.Generator().manual_seed(0))
+    split = FaceSplit(base.splits["train"].images, torch.randint(0, 3, (40,)), targets)
+    data = carve_validation(FaceData("toy", base.class_names, {"train": split, "test": split}), 0.25, seed=0)
+    dm = _module(data, train=["x1", "x2"], batch_size=8, placement={"prefetch": prefetch})
+    for name, batches in {
+        "train": dm.train_batches(parse_degradations(["x1", "x2"]), seed=0),
+        "val": dm.eval_batches("val", parse_degradations(["x2"])[0]),
+        "test": dm.eval_batches("test", parse_degradations(["x2"])[0]),
+    }.items():
+        own = data.splits[name]
+        for batch in batches:
+            assert torch.equal(batch["label"], own.labels[batch["index"]]), name
+            assert torch.equal(batch["target"], own.targets[batch["index"]]), name
+    assert "target" not in next(_module(base).train_batches(parse_degradations(["x1"]), seed=0))
+
+
+def test_the_factor_of_an_absolute_size_is_relative_to_the_native_side():
+    degs = parse_degradations(["x1", "12px", "8px"])
+    dm = _module(_data(size=24), train=degs_labels(degs), batch_size=60)
+    batch = next(dm.train_batches(degs, seed=0))
+    assert torch.equal(batch["factor"], torch.tensor([1.0, 2.0, 3.0])[batch["degradation"]])
+
+
+def test_training_batches_are_augmented_and_evaluation_batches_are_not():
+    data = _data(n=32)
+    deg = parse_degradations(["x1"])
+    dm = _module(data, batch_size=32, hflip=1.0)
+    train = next(dm.train_batches(deg, seed=0))
+    raw = data.splits["train"].images[train["index"]].float() / 255
+    assert torch.allclose(train["image"] * 0.25 + 0.5, raw.flip(-1), atol=1e-6)
+    test = next(dm.eval_batches("test", deg[0]))
+    assert torch.allclose(test["image"] * 0.25 + 0.5, data.splits["test"].images.float() / 255, atol=1e-6)
+
+
+def test_a_one_off_batch_brings_its_native_partner_when_asked():
+    data = _data(n=20)
+    degs = parse_degradations(["x1", "x4"])
+    dm = _module(data, train=degs_labels(degs))
+    index, which = torch.tensor([3, 7, 11]), torch.tensor([1, 0, 1])
+    batch = dm.make_batch("train", index, which, degs, augment=False, need_hr=True)
+    native = data.splits["train"].images[index].float() / 255
+    assert torch.allclose(batch["image_hr"] * 0.25 + 0.5, native, atol=1e-6)
+    assert "image_hr" not in dm.make_batch("train", index, which, degs, augment=False)
+
+
+def test_every_epoch_draws_new_augmentations():
+    """With every face the same image, the order of samples cannot matter: epoch seeds 3 and 4 must still
+    augment differently (the augmentation stream follows the epoch's seed, not only the rank)."""
+    same = torch.randint(
+        0, 256, (1, 3, 24, 24), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    split = FaceSplit(same.expand(16, -1, -1, -1).contiguous(), torch.arange(16) % 2)
+    data = FaceData("toy", ["a", "b"], {"train": split, "val": split, "test": split})
+    dm = _module(data, batch_size=16, translate=0.1, rotate=10.0)
+    degs = parse_degradations(["x1"])
+    epochs = [next(dm.train_batches(degs, seed=s))["image"] for s in (3, 4, 3)]
+    assert torch.equal(epochs[0], epochs[2]) and not torch.allclose(epochs[0], epochs[1])

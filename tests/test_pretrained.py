@@ -6,9 +6,9 @@ import pytest
 import torch
 from conftest import compose_cfg, run_cli, tiny
 
-from lrfer.compat import torchvision
+from lrfer.core.compat import torchvision
+from lrfer.core.errors import UserError
 from lrfer.engine.run import build_method, build_parts, method_context, run_training
-from lrfer.errors import UserError
 from lrfer.models.pretrained import best_prefix, load_into, read_state_dict
 from lrfer.models.rabn import MultiBatchNorm2d
 from lrfer.models.resnet import build_resnet

@@ -10,11 +10,11 @@ import torch
 from conftest import compose_cfg, tiny
 from dataset_fixtures import write_kdef
 
+from lrfer.core.errors import UserError
 from lrfer.data.datasets import build_adapter
 from lrfer.data.faces import FaceData, FaceSplit, merge_validation
 from lrfer.engine.loading import load_method_weights
 from lrfer.engine.run import build_parts, load_data, run_training
-from lrfer.errors import UserError
 
 
 @pytest.fixture(autouse=True)

@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 from conftest import compose_cfg, method_options, tiny
-from multires_toys import tiny_classifier
+from multires_toys import MarkerRouter, tiny_classifier
 
+from lrfer.core.errors import UserError
 from lrfer.engine.run import method_context, run_training
-from lrfer.errors import UserError
 from lrfer.methods.base import Stage
 from lrfer.methods.da import DomainAdversarial, ganin_coefficient
 from lrfer.methods.mstrain import MultiScaleTraining
@@ -147,3 +147,131 @@ def test_mstrain_trains_and_validates_on_its_factors_by_default():
     assert stage.train_degrade == stage.val_degrade == ["x1", "x2", "x4", "x6", "x8"]
     (stage,) = MultiScaleTraining(context, **{**options, "factors": None}).stages()
     assert stage.train_degrade is None  # factors: null = degrade.train, exactly method=baseline
+
+
+def _da(tmp_path, **options) -> DomainAdversarial:
+    torch.manual_seed(0)
+    context = method_context(compose_cfg(*tiny(tmp_path), TINY_MODEL))
+    base = {**method_options("da"), "epochs": 4, "factors": ["x1", "x2", "x4"], "disc_hidden": 8}
+    return DomainAdversarial(context, **{**base, **options})
+
+
+def _da_batch() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return {
+        "image": torch.randn(6, 3, 32, 32, generator=g),
+        "label": torch.tensor([0, 3, 6, 1, 2, 5]),
+        "factor": torch.tensor([1.0, 2.0, 4.0, 4.0, 3.0, 1.0]),  # x3 is the domain of x4 (log scale)
+    }
+
+
+def test_da_loss_adds_the_weighted_resolution_cross_entropy_and_reverses_it_into_the_features(tmp_path):
+    """``loss = CE(fc(f), y) + w CE(D(GRL(f)), domain)``, the domain being the resolution index: D descends
+    the domain loss; the feature extractor receives ``-lambda`` times its gradient (lambda at p = 1/4)."""
+    method = _da(tmp_path, domain_weight=0.7).eval()  # eval: no dropout, so the recomputation matches
+    method.steps_per_epoch.fill_(2)
+    method.trained_steps.fill_(2)  # p = 2 / (2 * 4)
+    lam = ganin_coefficient(0.25)
+    batch = _da_batch()
+    out = method.training_step(batch, method.stages()[0], "main")
+    assert float(out["grl_coeff"]) == pytest.approx(lam)
+    out["loss"].backward()
+    got_disc = [p.grad.clone() for p in method.discriminator.parameters()]
+    got_net = [p.grad.clone() for p in method.net.parameters()]
+    method.zero_grad(set_to_none=True)
+    domain = torch.tensor([0, 1, 2, 2, 2, 0])
+    features = method.net.features(batch["image"])
+    cls = torch.nn.functional.cross_entropy(method.net.fc(features), batch["label"])
+    dom = torch.nn.functional.cross_entropy(method.discriminator(features), domain)
+    assert out["loss"].item() == pytest.approx((cls + 0.7 * dom).item(), rel=1e-5)
+    assert out["domain_loss"].item() == pytest.approx(dom.item(), rel=1e-5)
+    disc_grads = torch.autograd.grad(0.7 * dom, list(method.discriminator.parameters()), retain_graph=True)
+    net_grads = torch.autograd.grad(cls - lam * 0.7 * dom, list(method.net.parameters()), allow_unused=True)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(got_disc, disc_grads))
+    for a, b in zip(got_net, net_grads):
+        assert torch.allclose(a, torch.zeros_like(a) if b is None else b, atol=1e-6)
+
+
+def _rabn(tmp_path, bn_select: str) -> ResolutionAwareBNMethod:
+    torch.manual_seed(0)
+    context = method_context(compose_cfg(*tiny(tmp_path), TINY_MODEL))
+    options = method_options("rabn", "method.factors=[x1,x2,x4]")
+    return ResolutionAwareBNMethod(context, **{**options, "bn_select": bn_select})
+
+
+def test_rabn_trains_and_evaluates_each_face_with_the_batchnorm_of_its_resolution(tmp_path):
+    """Training and the ``train`` stage's validation normalise each face with the BN of its nearest trained
+    resolution (x3 -> x4): a batch of x2 faces moves only BN 1's statistics; the test uses the same BN."""
+    method = _rabn(tmp_path, "true_factor").train()
+    stage = method.stages()[0]
+    before = _bn_stats(method.net)
+    batch = {"image": torch.randn(4, 3, 32, 32), "label": torch.arange(4), "factor": torch.full((4,), 2.0)}
+    method.training_step(batch, stage, "main")
+    after = _bn_stats(method.net)
+    assert [all(torch.equal(a, b) for a, b in zip(before[k], after[k])) for k in range(3)] == [
+        True,
+        False,
+        True,
+    ]
+    method.eval()
+    batch["factor"] = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    for step_stage in (stage, None):
+        logits = method.evaluate_step(batch, step_stage)["logits"]
+        expected = method.net(batch["image"], torch.tensor([0, 1, 2, 2]))
+        assert torch.allclose(logits, expected)
+        assert not torch.allclose(logits, method.net(batch["image"], torch.tensor([0, 0, 0, 0])))
+
+
+def test_rabn_with_an_rrn_picks_the_batchnorm_of_the_rrns_highest_score(tmp_path):
+    """bn_select=rrn: the BN index is the RRN's argmax (not the true factor), and rrn_acc compares it with the
+    true resolution."""
+    method = _rabn(tmp_path, "rrn").eval()
+    method.rrn = MarkerRouter(3)  # scores peak at the index in pixel [0, 0, 1]
+    images = torch.randn(4, 3, 32, 32)
+    images[:, 0, 0, 1] = torch.tensor([2.0, 0.0, 1.0, 2.0])
+    factor = torch.tensor([4.0, 1.0, 1.0, 1.0])
+    assert method.branch(images, factor).tolist() == [2, 0, 1, 2]
+    assert torch.allclose(method.predict(images), method.net(images, torch.tensor([2, 0, 1, 2])))
+    out = method.evaluate_step({"image": images, "factor": factor}, None)
+    assert out["rrn_acc"].tolist() == [1.0, 1.0, 0.0, 0.0]
+    assert torch.allclose(out["logits"], method.net(images, torch.tensor([2, 0, 1, 2])))
+
+
+def test_da_trains_and_validates_on_its_factors_with_the_configured_discriminator(tmp_path):
+    """One stage on ``factors`` (train and validation), the discriminator's dropout as configured, and
+    ``domain_acc`` the fraction of faces whose resolution the discriminator names."""
+    method = _da(tmp_path, disc_dropout=0.2)
+    (stage,) = method.stages()
+    assert stage.train_degrade == stage.val_degrade == ["x1", "x2", "x4"]
+    dropouts = [m.p for m in method.discriminator.modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropouts and all(p == 0.2 for p in dropouts)
+
+    class SaysX4(torch.nn.Module):  # a discriminator that names x4 (domain 2) for every face
+        def forward(self, features):
+            return torch.tensor([0.0, 0.0, 1.0]).expand(features.shape[0], 3) + 0 * features.sum()
+
+    method.discriminator = SaysX4()
+    batch = _da_batch()
+    batch["factor"] = torch.tensor([4.0, 4.0, 4.0, 4.0, 1.0, 2.0])  # domains 2, 2, 2, 2, 0, 1
+    out = method.training_step(batch, stage, "main")
+    assert out["domain_acc"].item() == pytest.approx(4 / 6)
+
+
+def test_rabn_stages_optimise_their_network_and_declare_the_values_they_return(tmp_path):
+    """Stage ``train`` optimises the shared network, stage ``rrn`` the RRN; every stage's (and the test's)
+    declared evaluation values are exactly the per-face values its evaluate_step returns."""
+    batch = {
+        "image": torch.randn(4, 3, 32, 32),
+        "label": torch.arange(4),
+        "factor": torch.tensor([1.0, 2, 4, 4]),
+    }
+    for bn_select in ("true_factor", "rrn"):
+        method = _rabn(tmp_path, bn_select).eval()
+        for stage in [*method.stages(), None]:
+            if stage is not None:
+                module = method.rrn if stage.name == "rrn" else method.net
+                ids = [id(p) for p in method.stage_parameters(stage, "main")]
+                assert ids == [id(p) for p in module.parameters()], stage.name
+            with torch.no_grad():
+                values = set(method.evaluate_step(batch, stage)) - {"logits"}
+            assert values == set(method.evaluation_values(stage)), (bn_select, stage)

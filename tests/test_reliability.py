@@ -25,17 +25,17 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from lrfer.config.validate import validate_config
+from lrfer.core.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint, write_json
+from lrfer.core.errors import UserError, disk_error
 from lrfer.data.cache import cache_path, load_or_build, read_cache, write_cache
 from lrfer.data.datasets import build_adapter
 from lrfer.data.datasets.common import decode_image
 from lrfer.data.images import to_square
-from lrfer.engine.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint, write_json
 from lrfer.engine.loading import load_run_config
 from lrfer.engine.optim import EpochScheduler
 from lrfer.engine.run import run_training
 from lrfer.engine.runfolder import claim_new_dir, open_run_folder, run_identity, start_fresh_log
 from lrfer.engine.runlock import LOCK_FILE, acquire
-from lrfer.errors import UserError, disk_error
 
 
 @pytest.fixture(scope="module")

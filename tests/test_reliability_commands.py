@@ -263,7 +263,7 @@ def test_a_run_folder_that_cannot_be_made_is_one_line_before_anything_is_written
 
 
 def test_a_run_folder_on_a_read_only_disk_is_the_disk_error_line(tmp_path, monkeypatch):
-    from lrfer.errors import UserError, check_folder_can_be_written
+    from lrfer.core.errors import UserError, check_folder_can_be_written
 
     real_statvfs = os.statvfs
 

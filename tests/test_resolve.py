@@ -17,8 +17,8 @@ import lrfer.cli.train
 import lrfer.engine.loading
 import lrfer.engine.run
 import lrfer.engine.trainer
+from lrfer.core.errors import UserError
 from lrfer.engine.resolve import RunSpec, resolve
-from lrfer.errors import UserError
 
 #: The checks a run makes once, by the module that defines them.
 ONCE = {

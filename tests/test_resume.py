@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import compose_cfg, tiny
-from toy_methods import TwoStageToy
+from toy_methods import TwoStageToy, WarmStartToy
 
 from lrfer.engine.run import run_training
 
@@ -80,6 +80,13 @@ def _lrs(state: dict) -> dict[str, list[float]]:
 def _assert_resumed_run_is_the_straight_run(straight: Path, resumed: Path) -> None:
     a, b = _last(straight), _last(resumed)
     assert (a["stage_index"], a["epoch"]) == (b["stage_index"], b["epoch"])
+    # the position and the record of the run: step count (TensorBoard's x axis), the stage summaries
+    # (best epoch and score: what restore_best and the results report) and every validation so far
+    assert a["global_step"] == b["global_step"]
+    assert (a["summary"], a["summaries"]) == (b["summary"], b["summaries"])
+    assert [(h["stage"], h["epoch"], h["score"]) for h in a["val_history"]] == [
+        (h["stage"], h["epoch"], h["score"]) for h in b["val_history"]
+    ]
     assert _lrs(a) == _lrs(b)  # the learning rate (also inside optimizers, but named here)
     _assert_same_tensors(a["method"], b["method"], "weights")
     _assert_same_tensors(a["optimizers"], b["optimizers"], "optimizers")  # Adam's moments, step counts
@@ -117,7 +124,9 @@ def test_resume_after_a_step_lr_drop_continues_the_uninterrupted_run(tmp_path, m
     straight, cut, at_cut, cfg = _straight_and_interrupted(tmp_path, monkeypatch, overrides, calls)
     assert (at_cut["stage_index"], at_cut["epoch"]) == (1, 3)
     assert _lrs(at_cut) == {"critic": [pytest.approx(0.05)], "student": [pytest.approx(0.001)]}  # one drop
+    assert at_cut["global_step"] == 2 * 5 + 3 * 5  # batches trained: teacher 2 epochs, student 3
     _resume(cfg, cut)
+    assert _last(cut)["global_step"] == 2 * 5 + 7 * 5
     assert _lrs(_last(straight)) == {"critic": [pytest.approx(5e-4)], "student": [pytest.approx(1e-5)]}
     _assert_resumed_run_is_the_straight_run(straight, cut)
 
@@ -140,6 +149,19 @@ def test_resume_across_a_stage_boundary_continues_the_uninterrupted_run(tmp_path
     overrides = [*TOY, "trainer.scheduler.name=step", "trainer.scheduler.step_size=1"]
     straight, cut, at_cut, cfg = _straight_and_interrupted(tmp_path, monkeypatch, overrides, 7)
     assert (at_cut["stage_index"], at_cut["epoch"]) == (0, 1)
+    _resume(cfg, cut)
+    _assert_resumed_run_is_the_straight_run(straight, cut)
+
+
+def test_a_stage_that_initialises_a_network_at_its_start_resumes_from_the_checkpoint(tmp_path, monkeypatch):
+    """The student stage starts from the teacher's weights (on_stage_start). Resumed in its 3rd epoch, the
+    student continues from last.pt, not from a fresh copy of the teacher."""
+    overrides = [*TOY, "method._target_=toy_methods.WarmStartToy"]
+    calls = TEACHER_CALLS + 2 * STUDENT_CALLS_PER_EPOCH + 1
+    straight, cut, at_cut, cfg = _straight_and_interrupted(
+        tmp_path, monkeypatch, overrides, calls, WarmStartToy
+    )
+    assert (at_cut["stage_index"], at_cut["epoch"]) == (1, 2)
     _resume(cfg, cut)
     _assert_resumed_run_is_the_straight_run(straight, cut)
 

@@ -13,7 +13,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lrfer.engine.checkpoint import save_checkpoint
+from lrfer.core.checkpoint import save_checkpoint
+from lrfer.core.errors import UserError
 from lrfer.engine.runfolder import (
     RESUME_CONFIG_DIR,
     check_run_folder,
@@ -25,7 +26,6 @@ from lrfer.engine.runfolder import (
     run_identity,
     stored_identity,
 )
-from lrfer.errors import UserError
 
 
 def _cfg(resume: bool = False, overwrite: bool = False, method: str = "baseline", **dataset):
@@ -258,3 +258,37 @@ def test_overwrite_deletes_what_there_is_even_when_the_first_result_is_missing(t
     del cfg.trainer["resume"]  # a config that does not mention resume does not resume
     prepare_run_folder(cfg, tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_new_default_folder_is_never_one_that_exists_and_is_kept_for_the_same_request(
+    tmp_path, monkeypatch
+):
+    """claim_new_dir (the default hydra.run.dir): a folder another run made gets a suffix; asking again in
+    this process gives the folder it claimed; a folder that cannot get a free suffix is one clear line."""
+    import lrfer.engine.runfolder as runfolder
+
+    monkeypatch.setattr(runfolder, "_CLAIMED", {})
+    base = tmp_path / "outputs" / "baseline" / "12-00-00"
+    first = runfolder.claim_new_dir(str(base))
+    assert first == str(base) and base.is_dir()
+    assert runfolder.claim_new_dir(str(base)) == first  # the same request, the same folder
+    monkeypatch.setattr(runfolder, "_CLAIMED", {})  # another process, the same second
+    assert runfolder.claim_new_dir(str(base)) == f"{base}_2"
+    monkeypatch.setattr(runfolder, "_CLAIMED", {})
+    monkeypatch.setattr(runfolder, "MAX_DIR_SUFFIX", 3)  # <base>, <base>_2, <base>_3
+    assert runfolder.claim_new_dir(str(base)) == f"{base}_3"  # the last one allowed
+    assert runfolder.claimed_dirs() == {f"{base}_3"}
+    monkeypatch.setattr(runfolder, "_CLAIMED", {})
+    with pytest.raises(UserError, match=r"12-00-00 and 2 suffixed folders exist: set hydra.run.dir"):
+        runfolder.claim_new_dir(str(base))
+
+
+def test_overwrite_empties_the_previous_runs_log_and_says_whether_there_was_one(tmp_path):
+    from lrfer.engine.runfolder import start_fresh_log
+
+    assert not start_fresh_log(tmp_path)  # no log
+    (tmp_path / "train.log").write_text("")
+    assert not start_fresh_log(tmp_path)  # an empty log
+    (tmp_path / "train.log").write_text("the previous run\n")
+    assert start_fresh_log(tmp_path)
+    assert (tmp_path / "train.log").read_text() == ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import json
@@ -16,7 +17,8 @@ import torch
 from conftest import REPO
 from omegaconf import OmegaConf
 
-from lrfer.config.schema import AugmentConfig, DegradeConfig
+from lrfer.config import compose_config
+from lrfer.core.errors import UserError
 from lrfer.data.cache import cache_path, load_or_build, read_cache, write_cache
 from lrfer.data.degrade import degrade_uint8, parse_degradations
 from lrfer.data.faces import FaceData, FaceSplit, carve_validation
@@ -24,7 +26,12 @@ from lrfer.data.pipeline import FaceDataModule
 from lrfer.data.shared_views import VIEWS_FOLDER, MachineSharing, source_of
 from lrfer.engine.resolve import DegradeSpec
 from lrfer.engine.run import cached_bytes
-from lrfer.errors import UserError
+
+
+@functools.cache
+def _defaults():
+    """The default config (configs/degrade/default.yaml, configs/augment/default.yaml, ...), composed once."""
+    return compose_config()
 
 
 def toy_data(n: int = 10, side: int = 16) -> FaceData:
@@ -95,8 +102,8 @@ def unshared(entry: Path, rank: int) -> dict:
     worker = importlib.import_module("shared_views_worker")
     dm = FaceDataModule(
         carve_validation(read_cache(entry), 0.2, seed=0),
-        degrade_cfg=OmegaConf.structured(DegradeConfig(train=worker.TRAIN)),
-        augment_cfg=OmegaConf.structured(AugmentConfig(translate=0.0)),
+        degrade_cfg=OmegaConf.merge(_defaults().degrade, {"train": worker.TRAIN}),
+        augment_cfg=OmegaConf.merge(_defaults().augment, {"translate": 0.0}),
         mean=[0.5] * 3,
         std=[0.25] * 3,
         batch_size=8,

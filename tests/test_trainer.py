@@ -8,10 +8,10 @@ import pytest
 import torch
 from conftest import TINY_RESNET, compose_cfg, run_cli, tiny
 
+from lrfer.core.errors import UserError
 from lrfer.data.pipeline import FaceDataModule
 from lrfer.engine.metrics import named_metric
 from lrfer.engine.run import run_training
-from lrfer.errors import UserError
 
 
 def _run(tmp, run_dir, *extra):

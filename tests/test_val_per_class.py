@@ -6,9 +6,9 @@ import pytest
 import torch
 from conftest import compose_cfg, tiny
 
+from lrfer.core.errors import UserError
 from lrfer.data.faces import FaceData, FaceSplit, carve_validation, per_class_split
 from lrfer.engine.run import load_data
-from lrfer.errors import UserError
 
 #: An imbalanced toy label set: 40 / 12 / 25 / 6 faces of classes 0..3, interleaved.
 COUNTS = [40, 12, 25, 6]

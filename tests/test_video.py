@@ -1,4 +1,4 @@
-"""Faces in video (lrfer.detect.video, lrfer.detect.tracking, lrfer-predict RUN clip.avi / --camera): tracking
+"""Faces in video (lrfer.tools.video, lrfer.detect.tracking, lrfer-predict RUN clip.avi / --camera): tracking
 on generated clips with known face tracks (tests/video_fixtures.py), smoothing, the outputs and bad input."""
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from photo_fixtures import background, head
 from PIL import Image
 from video_fixtures import Mover, ScriptedDetector, render, synthetic_patch, write_clip
 
-from lrfer.detect import box_iou, video
+from lrfer.detect import box_iou
 from lrfer.detect.tracking import TrackerConfig
-from lrfer.detect.video import VideoOptions, VideoSource, smoothing_weight, track_video
+from lrfer.tools import video
+from lrfer.tools.video import VideoOptions, VideoSource, smoothing_weight, track_video
 
 cv2 = pytest.importorskip("cv2")
 EVERY = 5

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from conftest import compose_cfg
 from torch.utils.flop_counter import FlopCounterMode
 
+from lrfer.core.errors import UserError
 from lrfer.engine.run import build_method, method_context
-from lrfer.errors import UserError
 from lrfer.methods.base import Stage
 from lrfer.methods.voting import Voting, load_matching_weights
 from lrfer.models.voting import VotingResNet, crop_boxes, ten_crops, vote
@@ -121,6 +121,31 @@ def test_predict_votes_per_sample_with_the_configured_mode():
         assert torch.allclose(method.predict(x), vote(crop_logits, "hard"))
 
 
+class _FixedCrops(torch.nn.Module):
+    """Crop outputs where the votes disagree: 6 crops say class 0 weakly, 4 say class 1 strongly."""
+
+    num_crops = 10
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weak = torch.log(torch.tensor([0.40, 0.35, 0.25]))
+        strong = torch.log(torch.tensor([0.005, 0.99, 0.005]))
+        return torch.stack([weak] * 6 + [strong] * 4).repeat(x.shape[0], 1)
+
+
+def test_eval_all_votings_reports_both_votes_of_one_network_at_the_test():
+    """One trained network gives Table 3's soft and hard columns (the findings compare them per seed)."""
+    method = _method("method.split_after=1", "method.eval_all_votings=true").eval()
+    assert method.evaluation_values() == ("acc_soft", "acc_hard")
+    method.net = _FixedCrops()
+    batch = {"image": torch.zeros(2, 3, 24, 24), "label": torch.tensor([0, 1]), "factor": torch.ones(2)}
+    out = method.evaluate_step(batch)
+    assert out["acc_hard"].tolist() == [1.0, 0.0]  # hard voting says class 0
+    assert out["acc_soft"].tolist() == [0.0, 1.0]  # soft voting says class 1
+    assert out["logits"].argmax(1).tolist() == [1, 1]  # the configured (soft) vote
+    assert method.evaluation_values(STAGE) == ()  # validation: the configured vote only
+    assert _method("method.split_after=1").evaluation_values() == ()
+
+
 def test_unknown_voting_mode_is_a_user_error():
     with pytest.raises(UserError, match="voting"):
         _method("method.voting=median")
@@ -180,3 +205,65 @@ def test_experiment_configs_hold_the_paper_recipe():
         assert cfg.trainer.scheduler.name == "exponential" and cfg.trainer.scheduler.gamma == gamma
         assert cfg.dataset.image_size == 48 and cfg.dataset.num_classes == 7
     assert affectnet.dataset.sampler == "balanced" and rafdb.dataset.sampler == "random"
+
+
+def test_soft_targets_follow_their_sample_to_every_crop_and_training_logits_are_voted():
+    """Mixed-up (soft) targets: each of a sample's 10 crops is trained towards that sample's target (crops are
+    sample-major); the training step's ``logits`` are the configured vote of the crops (training accuracy)."""
+    method = _method("method.split_after=3", "method.voting=hard").eval()
+    images = torch.randn(2, 3, 24, 24)
+    target = torch.tensor([[0.0, 0.7, 0.0, 0.3, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0]])
+    batch = {"image": images, "label": torch.tensor([1, 5]), "target": target}
+    out = method.training_step(batch, STAGE, "main")
+    with torch.no_grad():
+        crop_logits = method.net(images)
+    expected = F.cross_entropy(crop_logits, target.repeat_interleave(10, dim=0))
+    assert torch.allclose(out["loss"], expected, atol=1e-6)
+    assert not torch.allclose(out["loss"], F.cross_entropy(crop_logits, target.repeat(10, 1)), atol=1e-6)
+    assert torch.allclose(out["logits"], vote(crop_logits, "hard"))
+
+
+def test_init_from_also_reads_a_bare_state_dict(tmp_path):
+    """A file holding the method's state dict itself (not wrapped in {"method": ...}) is read as well."""
+    source = _method()
+    torch.save(source.state_dict(), tmp_path / "bare.pt")
+    target = _method("method.split_after=3")
+    load_matching_weights(target, tmp_path / "bare.pt")
+    assert torch.equal(target.net.backbone.conv1.weight, source.net.backbone.conv1.weight)
+
+
+@pytest.mark.parametrize("value", ["none", "None", "NULL"])
+def test_init_from_none_in_any_case_trains_from_scratch(value):
+    """``init_from: none`` (the string, as experiment=voting/rafdb asks for) means no initialisation."""
+    assert _method(f"method.init_from={value}").init_from is None
+
+
+def test_the_stem_option_reaches_the_network():
+    """method.stem=conv3 is the paper's 3x3 stride-1 stem; another stem (the quick default) is not."""
+    assert _method("method.stem=conv3").net.backbone.conv1.kernel_size == (3, 3)
+    assert _method("method.stem=imagenet").net.backbone.conv1.kernel_size != (3, 3)
+
+
+def test_init_from_logs_what_it_copied_from_and_what_stayed_fresh(tmp_path, caplog):
+    source = _method("dataset.num_classes=8", "dataset.class_names=[a,b,c,d,e,f,g,h]")
+    torch.save({"method": source.state_dict()}, tmp_path / "best.pt")
+    target = _method(f"method.init_from={tmp_path / 'best.pt'}")
+    with caplog.at_level("INFO", logger="lrfer.methods.voting"):
+        target.on_stage_start(STAGE)
+    assert f"initialised from {tmp_path / 'best.pt'}; kept fresh: net.fc.bias, net.fc.weight" in caplog.text
+    same = _method(f"method.init_from={tmp_path / 'best.pt'}", "dataset.num_classes=8")
+    caplog.clear()
+    with caplog.at_level("INFO", logger="lrfer.methods.voting"):
+        same.on_stage_start(STAGE)
+    assert caplog.text.rstrip().endswith("kept fresh: nothing")
+
+
+def test_model_weights_initialise_the_voting_network(tmp_path):
+    """``model.weights=<file>`` (a local ResNet-18 checkpoint) reaches the voting network's backbone."""
+    from lrfer.models.resnet import build_resnet
+
+    torch.manual_seed(5)
+    state = build_resnet(7, 100, stem="imagenet").state_dict()
+    torch.save(state, tmp_path / "r18.pth")
+    method = _method(f"model.weights={tmp_path / 'r18.pth'}", "method.split_after=3")
+    assert torch.equal(method.net.backbone.layer2[0].conv1.weight, state["backbone.layer2.0.conv1.weight"])

@@ -109,6 +109,17 @@ class TwoStageToy(Method):
         return ("is_x1",)
 
 
+class WarmStartToy(TwoStageToy):
+    """TwoStageToy whose student stage starts from the teacher's weights (``on_stage_start`` changes the
+    method, as a stage that initialises one network from another does): a resume into that stage must put
+    the checkpoint's weights back after the stage start."""
+
+    def on_stage_start(self, stage):
+        super().on_stage_start(stage)
+        if stage.name == "student":
+            self.student.load_state_dict(self.teacher.state_dict())
+
+
 class Diverging(Method):
     def __init__(self, context: MethodContext, epochs: int = 1, **_) -> None:
         super().__init__(context, epochs=epochs, label_smoothing=0.0)

@@ -14,13 +14,13 @@ import argparse
 import logging
 from pathlib import Path
 
+from lrfer.core.checkpoint import write_json
+from lrfer.core.errors import console_script, exit_on_user_error
 from lrfer.data.degrade import parse_degradations
-from lrfer.engine.checkpoint import write_json
 from lrfer.engine.loading import load_method_weights, load_run_config
 from lrfer.engine.resolve import resolve
 from lrfer.engine.run import build_parts, format_table
 from lrfer.engine.trainer import Trainer
-from lrfer.errors import console_script, exit_on_user_error
 
 
 @exit_on_user_error

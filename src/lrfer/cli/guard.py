@@ -47,6 +47,7 @@ from lrfer.cli.sweep import (
     validate_jobs,
 )
 from lrfer.config.validate import validate_config
+from lrfer.core.errors import USER_ERROR_EXIT_CODE, ProcessError, UserError, check_folder_can_be_written
 from lrfer.engine.distributed import env_rank
 from lrfer.engine.resolve import RunSpec, resolve
 from lrfer.engine.runfolder import (
@@ -58,7 +59,6 @@ from lrfer.engine.runfolder import (
     start_fresh_log,
 )
 from lrfer.engine.runlock import acquire
-from lrfer.errors import USER_ERROR_EXIT_CODE, ProcessError, UserError, check_folder_can_be_written
 
 log = logging.getLogger("lrfer")
 

@@ -13,9 +13,9 @@ skips unreadable images, naming each on stderr.
 Exit status: 0 success (results in the CSV and one summary line on stdout), 2 a user error.
 
 With ``--detect`` the inputs are photos: every face is detected, cropped and classified, one CSV row per
-face, and ``--annotate DIR`` draws them (:mod:`lrfer.detect.photos`; needs ``pip install 'lrfer[faces]'``).
+face, and ``--annotate DIR`` draws them (:mod:`lrfer.tools.photos`; needs ``pip install 'lrfer[faces]'``).
 A video file (``clip.mp4``) or ``--camera INDEX`` takes the video path: faces detected, tracked, classified
-and smoothed over time (:mod:`lrfer.detect.video`; ``--annotate out.mp4``).
+and smoothed over time (:mod:`lrfer.tools.video`; ``--annotate out.mp4``).
 """
 
 from __future__ import annotations
@@ -28,16 +28,24 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import DictConfig
 from PIL import Image, UnidentifiedImageError
 
 from lrfer.config.validate import MIN_FACE_SIDE
+from lrfer.core.errors import (
+    UserError,
+    check_folder_can_be_written,
+    console_script,
+    exit_on_user_error,
+    writing,
+)
 from lrfer.data.degrade import resize_to
 from lrfer.data.images import SQUARE_MODES, to_rgb8, to_square
-from lrfer.detect import photos, video
 from lrfer.engine.loading import load_method_weights, load_run_config
 from lrfer.engine.resolve import resolve_device
 from lrfer.engine.run import build_method, method_context
-from lrfer.errors import UserError, check_folder_can_be_written, console_script, exit_on_user_error, writing
+from lrfer.methods.base import Method, MethodContext
+from lrfer.tools import photos, video
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +110,7 @@ def check_arguments(args: argparse.Namespace) -> None:
         check_folder_can_be_written(args.annotate, "write the annotated photos into")
 
 
-@exit_on_user_error
-def main(argv: list[str] | None = None) -> list[dict]:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Classify faces of any size with a trained lrfer run.")
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("inputs", nargs="*", type=Path)
@@ -126,6 +133,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         parser.error("give image files or folders, a video, or --camera INDEX")
     else:
         check_arguments(args)
+    return args
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     cfg = load_run_config(args.run_dir)
@@ -134,8 +147,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     method = build_method(cfg, context)
     load_method_weights(method, args.run_dir, args.checkpoint)
     method.to(device).eval()
-    mean = torch.tensor(list(cfg.dataset.mean), device=device).view(1, -1, 1, 1)
-    std = torch.tensor(list(cfg.dataset.std), device=device).view(1, -1, 1, 1)
     say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     if video.wants_video(args):
         print(video.predict_video(args, photos.build_classifier(cfg, context, method, device), say=say))
@@ -144,6 +155,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(photos.predict_photos(args, cfg, context, method, device, list_images(args.inputs), say=say))
         return None  # the console script exits 0 (sys.exit of a value would print it and exit 1)
 
+    faces, skipped = read_faces(args)
+    rows = classify(faces, args, cfg, context, method, device)
+    with writing(args.out):
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with args.out.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0].keys()) if rows else ["path"])
+            writer.writeheader()
+            writer.writerows(rows)
+    print(f"classified {len(rows)} faces ({skipped} unreadable skipped) -> {args.out}")
+    return rows
+
+
+def read_faces(args: argparse.Namespace) -> tuple[list[tuple[Path, torch.Tensor]], int]:
+    """(path, image) of every input image, and how many unreadable ones ``--skip-corrupt`` skipped."""
     faces, skipped = [], 0
     for path in list_images(args.inputs):
         try:
@@ -153,6 +178,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 raise
             print(f"skipped: {str(err).removeprefix('cannot read image ')}", file=sys.stderr, flush=True)
             skipped += 1
+    return faces, skipped
+
+
+def classify(
+    faces: list[tuple[Path, torch.Tensor]],
+    args: argparse.Namespace,
+    cfg: DictConfig,
+    context: MethodContext,
+    method: Method,
+    device: torch.device,
+) -> list[dict]:
+    """One CSV row per face: its size, the factor the method is given, the prediction and probabilities."""
+    mean = torch.tensor(list(cfg.dataset.mean), device=device).view(1, -1, 1, 1)
+    std = torch.tensor(list(cfg.dataset.std), device=device).view(1, -1, 1, 1)
     rows = []
     names = context.class_names
     with torch.inference_mode():
@@ -181,13 +220,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 }
                 row.update({f"p_{n}": round(float(v), 4) for n, v in zip(names, p)})
                 rows.append(row)
-    with writing(args.out):
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with args.out.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0].keys()) if rows else ["path"])
-            writer.writeheader()
-            writer.writerows(rows)
-    print(f"classified {len(rows)} faces ({skipped} unreadable skipped) -> {args.out}")
     return rows
 
 

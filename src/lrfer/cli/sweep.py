@@ -24,9 +24,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from lrfer.engine.checkpoint import write_json
+from lrfer.core.checkpoint import write_json
+from lrfer.core.errors import CONFIG_ERROR_EXIT_CODE, USER_ERROR_EXIT_CODE, UserError
 from lrfer.engine.runfolder import RESUME_CONFIG_DIR, previous_results
-from lrfer.errors import CONFIG_ERROR_EXIT_CODE, USER_ERROR_EXIT_CODE, UserError
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,8 @@
 """``python train.py method=<m> dataset=<d> [key=value ...]``: train, test once, write metrics.json.
 
 Also installed as ``lrfer-train``. Exit status: 0 success, 1 a Hydra/config error (or a crash), 2 a user
-error (one ``error: ...`` line on stderr, also written to the run's ``train.log``); see :mod:`lrfer.errors`.
+error (one ``error: ...`` line on stderr, also written to the run's ``train.log``);
+see :mod:`lrfer.core.errors`.
 Ctrl-C (130) and SIGTERM (143) stop the run with one line, on stderr and in ``train.log``, saying how to
 continue it (``trainer.resume=true``) from its last finished epoch.
 """
@@ -27,9 +28,12 @@ from lrfer.cli import CONFIG_DIR
 from lrfer.cli.guard import report_user_error, take_resolved
 from lrfer.cli.sweep import FailedJob, start_if_never_ran
 from lrfer.config import register_schemas
+from lrfer.core.errors import USER_ERROR_EXIT_CODE, UserError
+from lrfer.engine import distributed as dist
 from lrfer.engine.distributed import env_rank
+from lrfer.engine.resolve import resolve
+from lrfer.engine.run import format_table, run
 from lrfer.engine.stop import Terminated
-from lrfer.errors import USER_ERROR_EXIT_CODE, UserError
 
 log = logging.getLogger("lrfer")
 
@@ -75,10 +79,6 @@ def _stopped(what: str, run_dir: Path | None, status: int) -> None:
 
 
 def _task(cfg: DictConfig) -> float | FailedJob | None:
-    from lrfer.engine import distributed as dist
-    from lrfer.engine.resolve import resolve
-    from lrfer.engine.run import format_table, run
-
     run_dir = None
     with contextlib.suppress(ValueError):  # signal handlers can be set in the main thread only
         signal.signal(signal.SIGTERM, _raise_terminated)

@@ -1,14 +1,9 @@
-"""Where the Hydra config tree lives, and composing it in-process (scripts, tests, notebooks).
-
-The tree is ``configs/`` at the repository root; ``src/lrfer/configs`` links to it, so a wheel
-(``pip install .``, not editable) ships the same files inside the package and :data:`CONFIG_DIR` is
-``lrfer/configs`` in every kind of installation.
-"""
+"""Composing the Hydra config tree (:data:`lrfer.config.tree.CONFIG_DIR`) in-process (scripts, tests,
+notebooks)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
@@ -16,20 +11,8 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from lrfer.config.schema import register_schemas
-from lrfer.errors import UserError
-
-_PACKAGE = Path(__file__).resolve().parents[1]
-
-
-def _config_dir() -> Path:
-    shipped = _PACKAGE / "configs"  # a wheel's copy, or the link to configs/ in a source checkout
-    if (shipped / "train.yaml").is_file():
-        return shipped.resolve()
-    return _PACKAGE.parents[1] / "configs"  # a checkout on a file system without symbolic links
-
-
-#: The Hydra config tree (``train.yaml`` and the group folders).
-CONFIG_DIR: Path = _config_dir()
+from lrfer.config.tree import CONFIG_DIR
+from lrfer.core.errors import UserError
 
 #: Shorthand understood by :func:`compose_config`: ``input_size=<px>`` sets both of these keys.
 INPUT_SIZE_KEYS = ("dataset.image_size", "degrade.input_size")
@@ -74,7 +57,8 @@ def compose_config(
     """The composed config, as ``python train.py <overrides>`` would see it (no run folder, no logging).
 
     Accepts the ``input_size=<px>`` shorthand (:func:`expand_shorthands`). A bad override (unknown key,
-    wrong type, missing group option) raises :class:`~lrfer.errors.UserError` with Hydra's first line, or,
+    wrong type, missing group option) raises :class:`~lrfer.core.errors.UserError` with Hydra's first line,
+    or,
     with ``hydra_errors=True``, Hydra's / OmegaConf's own exception (what tests of the schemas inspect).
     """
     register_schemas()

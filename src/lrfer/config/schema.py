@@ -1,4 +1,7 @@
-"""Dataclass schemas for the config groups that every run uses.
+"""Dataclass schemas for the config groups that every run uses: types only.
+
+The values, defaults included, live in the YAML files under ``configs/`` (one source of defaults); a schema
+field is ``MISSING`` here and every group option's file gives it a value (``tests/test_defaults.py``).
 
 They are registered in Hydra's ConfigStore under ``schema/<group>/<name>`` and named at the top of each
 YAML file's defaults list, so a misspelt key or a value of the wrong type stops the run at start-up with
@@ -28,12 +31,15 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from hydra.utils import get_class
+from omegaconf import MISSING, DictConfig, OmegaConf
 
-from lrfer.errors import UserError
+from lrfer.config.tree import CONFIG_DIR
+from lrfer.core.errors import UserError
 
 #: The type of an ``auto | true | false`` option: ``True``, ``False``, ``"auto"`` or ``None`` (= auto).
 #: (OmegaConf 2.3 has no union types, so the schema accepts any value and :func:`parse_auto_bool`, run by the
@@ -45,8 +51,9 @@ _TRUE_WORDS = ("true", "on", "yes", "1")
 _FALSE_WORDS = ("false", "off", "no", "0")
 
 
-def auto_bool(default: bool | str | None = "auto") -> Any:
-    """A dataclass field for an ``auto | true | false`` option (see the module docstring)."""
+def auto_bool(default: bool | str | None = MISSING) -> Any:
+    """A dataclass field for an ``auto | true | false`` option (see the module docstring); its value comes
+    from the YAML like every other default."""
     return field(default=default, metadata={_AUTO_BOOL: True})
 
 
@@ -86,14 +93,14 @@ def _auto_bool_fields(node: type, prefix: str) -> list[str]:
 class OptimizerConfig:
     """``torch.optim`` optimiser: ``name`` is adam, adamw or sgd."""
 
-    name: str = "adam"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    nesterov: bool = False
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    decay_norm_and_bias: bool = True
+    name: str = MISSING
+    lr: float = MISSING
+    weight_decay: float = MISSING
+    momentum: float = MISSING
+    nesterov: bool = MISSING
+    betas: list[float] = MISSING
+    eps: float = MISSING
+    decay_norm_and_bias: bool = MISSING
 
 
 @dataclass
@@ -106,42 +113,42 @@ class SchedulerConfig:
     schedule such as CovPoolFER's 5e-3, 2e-3, 1e-3, 5e-4, 1e-4).
     """
 
-    name: str = "step"
-    step_size: int = 6
-    gamma: float = 0.1
-    milestones: list[int] = field(default_factory=list)
-    gammas: list[float] = field(default_factory=list)
-    patience: int = 10
-    factor: float = 0.1
-    min_lr: float = 0.0
-    monitor: str = "val_acc"
+    name: str = MISSING
+    step_size: int = MISSING
+    gamma: float = MISSING
+    milestones: list[int] = MISSING
+    gammas: list[float] = MISSING
+    patience: int = MISSING
+    factor: float = MISSING
+    min_lr: float = MISSING
+    monitor: str = MISSING
 
 
 @dataclass
 class TrainerConfig:
-    max_epochs: int | None = None
-    batch_size: int = 64
-    eval_batch_size: int = 256
-    device: str = "auto"
-    precision: str = "auto"
+    max_epochs: int | None = MISSING
+    batch_size: int = MISSING
+    eval_batch_size: int = MISSING
+    device: str = MISSING
+    precision: str = MISSING
     channels_last: AutoBool = auto_bool()
-    compile: bool = False
-    compile_mode: str = "default"
-    grad_clip: float | None = None
-    resume: bool = False
-    overwrite: bool = False
-    monitor: str = "acc"
+    compile: bool = MISSING
+    compile_mode: str = MISSING
+    grad_clip: float | None = MISSING
+    resume: bool = MISSING
+    overwrite: bool = MISSING
+    monitor: str = MISSING
     sync_bn: AutoBool = auto_bool()
-    restore_best: bool = True
-    val_every: int = 1
-    checkpoint_every: Any = "auto"
-    checkpoint_budget: float = 0.1
-    log_every_n_steps: int = 10
+    restore_best: bool = MISSING
+    val_every: int = MISSING
+    checkpoint_every: Any = MISSING
+    checkpoint_budget: float = MISSING
+    log_every_n_steps: int = MISSING
     progress: AutoBool = auto_bool()
-    progress_every_s: float | None = 60.0
-    num_threads: int | None = None
-    deterministic: bool = False
-    tf32: bool = True
+    progress_every_s: float | None = MISSING
+    num_threads: int | None = MISSING
+    deterministic: bool = MISSING
+    tf32: bool = MISSING
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
@@ -153,69 +160,73 @@ class DegradeConfig:
     Labels are ``x<factor>`` (``x1`` = native, ``x2``, ``x6``, ``x16``) or ``<size>px`` (``14px``).
     """
 
-    train: list[str] = field(default_factory=lambda: ["x1"])
-    val: list[str] | None = None
-    test: list[str] = field(default_factory=lambda: ["x1", "x2", "x4", "x6", "x8"])
-    train_mode: str = "random"
-    kernel: str = "bicubic"
-    antialias: bool = True
-    input_size: int | None = None
-    resize_back: bool = True
-    resize_kernel: str = "bicubic"
-    seed: int = 0
+    train: list[str] = MISSING
+    val: list[str] | None = MISSING
+    test: list[str] = MISSING
+    train_mode: str = MISSING
+    kernel: str = MISSING
+    antialias: bool = MISSING
+    input_size: int | None = MISSING
+    resize_back: bool = MISSING
+    resize_kernel: str = MISSING
+    seed: int = MISSING
 
 
 @dataclass
 class AugmentConfig:
     """Batched on-device augmentation of training images (all probabilities/magnitudes; 0 disables)."""
 
-    hflip: float = 0.5
-    translate: float = 0.05
-    rotate: float = 0.0
-    scale_min: float = 1.0
-    scale_max: float = 1.0
-    brightness: float = 0.0
-    contrast: float = 0.0
-    saturation: float = 0.0
-    erase_p: float = 0.0
-    erase_area_min: float = 0.02
-    erase_area_max: float = 0.2
-    blur_p: float = 0.0
-    blur_sigma_max: float = 1.0
+    hflip: float = MISSING
+    translate: float = MISSING
+    rotate: float = MISSING
+    scale_min: float = MISSING
+    scale_max: float = MISSING
+    brightness: float = MISSING
+    contrast: float = MISSING
+    saturation: float = MISSING
+    erase_p: float = MISSING
+    erase_area_min: float = MISSING
+    erase_area_max: float = MISSING
+    blur_p: float = MISSING
+    blur_sigma_max: float = MISSING
 
 
 @dataclass
 class DatasetConfig:
-    """Fields every dataset has; adapters extend it with their own options (a dataclass subclass)."""
+    """Fields every dataset has (values: ``configs/dataset/common/options.yaml`` and the dataset's file);
+    adapters extend it with their own options (a dataclass subclass)."""
 
     _target_: str = MISSING
     name: str = MISSING
-    root: str | None = None
+    root: str | None = MISSING
     num_classes: int = MISSING
     class_names: list[str] = MISSING
     image_size: int = MISSING
-    val_fraction: float = 0.1
-    val_per_class: int | None = None
-    merge_val: bool = False
-    split_seed: int = 0
-    sampler: str = "random"
+    val_fraction: float = MISSING
+    val_per_class: int | None = MISSING
+    merge_val: bool = MISSING
+    split_seed: int = MISSING
+    sampler: str = MISSING
     mean: list[float] = MISSING
     std: list[float] = MISSING
-    skip_corrupt: bool = False
+    skip_corrupt: bool = MISSING
     on_device: AutoBool = auto_bool()
 
 
 @dataclass
 class LoggerConfig:
-    tensorboard: bool = True
-    log_images: bool = True
-    num_sample_images: int = 8
+    tensorboard: bool = MISSING
+    log_images: bool = MISSING
+    num_sample_images: int = MISSING
 
 
 @dataclass
 class PathsConfig:
-    cache_dir: str = ".cache/lrfer"
+    cache_dir: str = MISSING
 
+
+#: The defaults-list entry by which a dataset config names its schema.
+_DATASET_SCHEMA_ENTRY = "/schema/dataset@_here_"
 
 _SCHEMAS: dict[str, dict[str, type]] = {
     "trainer": {"trainer": TrainerConfig},
@@ -227,39 +238,52 @@ _SCHEMAS: dict[str, dict[str, type]] = {
 }
 
 
+def dataset_schema_names(config_dir: Path = CONFIG_DIR) -> list[str]:
+    """The dataset schemas the dataset configs name: the class path in each ``configs/dataset/*.yaml``'s
+    defaults entry ``/schema/dataset@_here_: <module>.<Class>`` (a :class:`DatasetConfig` subclass)."""
+    names = []
+    for path in sorted((Path(config_dir) / "dataset").glob("*.yaml")):
+        for entry in OmegaConf.load(path).get("defaults", []):
+            if isinstance(entry, DictConfig) and _DATASET_SCHEMA_ENTRY in entry:
+                names.append(str(entry[_DATASET_SCHEMA_ENTRY]))
+    return names
+
+
+def _dataset_schema(name: str) -> type:
+    """The dataclass a dataset config names by its class path, imported (as Hydra imports ``_target_``)."""
+    try:
+        node = get_class(name)
+    except Exception as err:
+        raise UserError(f"a dataset config names the schema {name!r}, which fails to import: {err}") from None
+    if not (isinstance(node, type) and issubclass(node, DatasetConfig)):
+        raise UserError(f"a dataset config names the schema {name!r}: not a DatasetConfig dataclass")
+    return node
+
+
 def register_schemas() -> None:
     """Store every schema as ``schema/<group>/<name>`` in Hydra's ConfigStore (idempotent).
 
-    Importing :mod:`lrfer.data.datasets` lets every adapter register its own dataset schema first.
+    A dataset's schema is named by its config (:func:`dataset_schema_names`) and stored under that name, so
+    adding a dataset touches its adapter module and its YAML file only.
     """
-    import lrfer.data.datasets  # noqa: F401  (adapters call register_dataset_schema on import)
-
+    for name in dataset_schema_names():
+        _SCHEMAS["dataset"].setdefault(name, _dataset_schema(name))
     cs = ConfigStore.instance()
     for group, nodes in _SCHEMAS.items():
         for name, node in nodes.items():
             cs.store(group=f"schema/{group}", name=name, node=node)
 
 
-def register_dataset_schema(name: str, node: type = DatasetConfig) -> None:
-    """Register an adapter's dataset schema (a :class:`DatasetConfig` subclass) under ``schema/dataset``.
-
-    A dataset with only the common options registers :class:`DatasetConfig` itself (the default).
-    """
-    _SCHEMAS["dataset"][name] = node
-    ConfigStore.instance().store(group="schema/dataset", name=name, node=node)
-
-
 def schema_node(group: str, name: str) -> type:
-    """The dataclass registered as ``schema/<group>/<name>`` (``schema_node("dataset", "rafdb")``)."""
-    import lrfer.data.datasets  # noqa: F401  (adapters register their dataset schemas on import)
-
+    """The dataclass registered as ``schema/<group>/<name>``
+    (``schema_node("dataset", "lrfer.data.datasets.kdef.KdefConfig")``)."""
+    register_schemas()
     return _SCHEMAS[group][name]
 
 
 def auto_bool_keys() -> list[str]:
     """Every ``auto | true | false`` option in the schemas, as dotted keys (``trainer.channels_last``)."""
-    import lrfer.data.datasets  # noqa: F401  (adapters register their dataset schemas on import)
-
+    register_schemas()
     keys: list[str] = []
     for group, nodes in _SCHEMAS.items():
         for node in nodes.values():

@@ -4,7 +4,7 @@ The schemas (``lrfer.config.schema``) check keys and types when Hydra composes t
 ranges and choices (a negative learning rate, a probability of 2, a validation fraction of 1.5, an unknown
 optimiser, an ``auto | true | false`` option set to something else, impossible degradations) right after
 composition, before anything is built or written. Every problem found is reported at once, in one line
-(a :class:`~lrfer.errors.UserError`). Values that are legal but degenerate (a 1-pixel face made by
+(a :class:`~lrfer.core.errors.UserError`). Values that are legal but degenerate (a 1-pixel face made by
 ``x1000``, a single class, a learning rate of 0) are logged as warnings.
 
 A run calls it once, through :func:`lrfer.engine.resolve.resolve` (``python train.py``: before Hydra creates
@@ -24,8 +24,19 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lrfer.config.schema import auto_bool_keys, parse_auto_bool
-from lrfer.core.degradation import KERNELS, Degradation, parse_degradations
-from lrfer.errors import UserError
+from lrfer.core.degradation import Degradation, parse_degradations
+from lrfer.core.errors import UserError
+from lrfer.core.names import (
+    COMPILE_MODES,
+    KERNELS,
+    OPTIMIZERS,
+    PLATEAU_MONITORS,
+    PRECISIONS,
+    RESIZE_KERNELS,
+    SAMPLERS,
+    SCHEDULERS,
+    TRAIN_MODES,
+)
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +170,6 @@ def _check_auto_bools(c: _Checker) -> None:
 
 
 def _check_trainer(c: _Checker) -> None:
-    from lrfer.engine.trainer import COMPILE_MODES, PRECISIONS
-
     t = "trainer."
     c.at_least(t + "max_epochs", 1, optional=True, integer=True)
     for key in ("batch_size", "eval_batch_size", "val_every", "log_every_n_steps"):
@@ -189,8 +198,6 @@ def _check_trainer(c: _Checker) -> None:
 
 
 def _check_optimizer(c: _Checker, o: str) -> None:
-    from lrfer.engine.optim import OPTIMIZERS
-
     c.choice(o + "name", OPTIMIZERS, any_case=True)
     lr = c.at_least(o + "lr", 0)
     if lr == 0:
@@ -206,8 +213,6 @@ def _check_optimizer(c: _Checker, o: str) -> None:
 
 
 def _check_scheduler(c: _Checker, s: str) -> None:
-    from lrfer.engine.optim import PLATEAU_MONITORS, SCHEDULERS
-
     c.choice(s + "name", SCHEDULERS, any_case=True)
     c.choice(s + "monitor", PLATEAU_MONITORS)
     c.at_least(s + "step_size", 1, integer=True)
@@ -237,7 +242,7 @@ def _check_dataset_values(c: _Checker) -> int | None:
         "must be in [0, 1): the share of train held out for validation (0: none, the last epoch is kept)",
     )
     c.at_least(d + "val_per_class", 1, optional=True, integer=True)
-    c.choice(d + "sampler", ("random", "balanced"))
+    c.choice(d + "sampler", SAMPLERS)
     for key in ("num_train", "num_val", "num_test"):
         c.at_least(d + key, 0, integer=True)
     for key in ("mean", "std"):
@@ -262,9 +267,9 @@ def _check_augment(c: _Checker) -> None:
 
 def _check_degrade(c: _Checker, image_size: int | None) -> None:
     g = "degrade."
-    c.choice(g + "train_mode", ("random", "all"))
+    c.choice(g + "train_mode", TRAIN_MODES)
     c.choice(g + "kernel", KERNELS)
-    c.choice(g + "resize_kernel", (*KERNELS, "nearest"))
+    c.choice(g + "resize_kernel", RESIZE_KERNELS)
     c.at_least(g + "input_size", 1, optional=True, integer=True)
     _check_degradations(c, image_size)
 

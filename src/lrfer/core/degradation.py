@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lrfer.errors import UserError
+from lrfer.core.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -123,8 +123,6 @@ def apply_operations(
     return images
 
 
-#: ``degrade.kernel``: the MATLAB-style resampling kernels of a degradation (:mod:`lrfer.data.imresize`).
-KERNELS = ("bicubic", "bilinear")
 _FACTOR = re.compile(r"^x(\d+(?:\.\d+)?)$")
 _SIZE = re.compile(r"^(\d+)px$")
 

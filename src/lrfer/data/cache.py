@@ -34,9 +34,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lrfer.core.errors import disk_error
 from lrfer.data.faces import FaceData, FaceSplit
 from lrfer.data.shared_views import MachineSharing, register
-from lrfer.errors import disk_error
 
 log = logging.getLogger(__name__)
 

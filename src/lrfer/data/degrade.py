@@ -11,17 +11,18 @@ from __future__ import annotations
 import torch
 
 from lrfer.core.degradation import (
-    KERNELS,
     Degradation,
     apply_operations,
     as_degradations,
     parse_degradation,
     parse_degradations,
 )
+from lrfer.core.errors import UserError
+from lrfer.core.names import KERNELS, RESIZE_KERNELS
 from lrfer.data.imresize import imresize, imresize_uint8
-from lrfer.errors import UserError
 
 __all__ = [
+    "KERNELS",
     "Degradation",
     "as_degradations",
     "degrade_uint8",
@@ -81,7 +82,7 @@ def degrade_uint8(
 
 def resize_to(images: torch.Tensor, size: int, kernel: str = "bicubic") -> torch.Tensor:
     """Resize float images (N, C, h, w) to ``size`` x ``size`` with MATLAB semantics (no-op when equal)."""
-    if kernel not in (*KERNELS, "nearest"):
+    if kernel not in RESIZE_KERNELS:
         raise UserError(f"unknown resize kernel {kernel!r}: choose bicubic, bilinear or nearest")
     if tuple(images.shape[-2:]) == (size, size):
         return images

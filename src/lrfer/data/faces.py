@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lrfer.errors import UserError
+from lrfer.core.errors import UserError
 
 SPLITS = ("train", "val", "test")
 

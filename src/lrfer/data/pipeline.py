@@ -31,11 +31,11 @@ from dataclasses import dataclass
 
 import torch
 
+from lrfer.core.errors import UserError
 from lrfer.data.augment import augment_batch
 from lrfer.data.degrade import Degradation, degrade_uint8, resize_to
 from lrfer.data.faces import FaceData, FaceSplit
 from lrfer.data.shared_views import MachineSharing, source_of, view_name
-from lrfer.errors import UserError
 
 X1 = Degradation("x1", factor=1.0)
 

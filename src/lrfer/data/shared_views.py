@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lrfer.errors import disk_error
+from lrfer.core.errors import disk_error
 
 log = logging.getLogger(__name__)
 

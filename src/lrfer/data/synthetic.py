@@ -400,9 +400,18 @@ def _palette_pick(gen: torch.Generator, n: int, palette: tuple, variation: float
 def _draw_parameters(
     labels: torch.Tensor, difficulty: SyntheticDifficulty, gen: torch.Generator
 ) -> dict[str, torch.Tensor]:
-    """All per-image random parameters, drawn up front (shape (N,) or (N, 3) each)."""
+    """All per-image random parameters, drawn up front (shape (N,) or (N, 3) each), in one fixed order
+    (identity, expression, pose and lighting, background clutter): the faces depend on it."""
     n = labels.shape[0]
-    d = difficulty
+    p = _draw_identity(n, difficulty, gen)
+    p.update(_draw_expression(labels, difficulty, gen))
+    p.update(_draw_pose_and_lighting(n, difficulty, gen))
+    p.update(_draw_clutter(n, difficulty, gen))
+    return p
+
+
+def _draw_identity(n: int, d: SyntheticDifficulty, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """Face shape, skin, hair, eye and shirt colours, hair style."""
     p: dict[str, torch.Tensor] = {}
     for name, (centre, half) in _IDENTITY_RANGES.items():
         p[name] = centre + (torch.rand(n, generator=gen) * 2 - 1) * half * d.identity_variation
@@ -418,8 +427,15 @@ def _draw_parameters(
     style = torch.rand(n, generator=gen)
     p["long_hair"] = (style < _LONG_HAIR_PROBABILITY * min(iv, 1.0)).float()
     p["hair_density"] = torch.where(style > 1 - _BUZZ_CUT_PROBABILITY * min(iv, 1.0), _BUZZ_CUT_DENSITY, 1.0)
+    return p
 
-    # Expression: neutral + intensity * (prototype - neutral) + jitter.
+
+def _draw_expression(
+    labels: torch.Tensor, d: SyntheticDifficulty, gen: torch.Generator
+) -> dict[str, torch.Tensor]:
+    """Expression cues: neutral + intensity * (prototype - neutral) + jitter (mouths swapped with the coarse
+    partner's in a ``coarse_swap`` share of the faces)."""
+    n = labels.shape[0]
     keys = list(NEUTRAL_EXPRESSION)
     neutral = torch.tensor([NEUTRAL_EXPRESSION[k] for k in keys])
     proto = torch.tensor([[CUE_TABLE[c].get(k, NEUTRAL_EXPRESSION[k]) for k in keys] for c in CLASS_NAMES])
@@ -431,30 +447,35 @@ def _draw_parameters(
     mouth = torch.tensor([k in MOUTH_KEYS for k in keys])
     shown = torch.where(swap[:, None] & mouth, proto[partner[labels]], proto[labels])
     expr = neutral + strength * (shown - neutral) + jitter
-    for i, k in enumerate(keys):
-        p[k] = expr[:, i]
-    for k in (
-        "mouth_open_up",
-        "mouth_open_lo",
-        "teeth_up",
-        "teeth_lo",
-        "forehead_lines",
-        "nose_wrinkles",
-        "glabella_lines",
-    ):
+    p = {k: expr[:, i] for i, k in enumerate(keys)}
+    for k in _UNIT_CUES:
         p[k] = p[k].clamp(0, 1)
     p["eye_open"] = p["eye_open"].clamp(min=0.25)
     p["brow_weight"] = p["brow_weight"].clamp(min=0.5)
     p["mouth_width"] = p["mouth_width"].clamp(min=0.06)
+    return p
 
+
+#: Expression cues that are amounts in [0, 1].
+_UNIT_CUES = (
+    "mouth_open_up",
+    "mouth_open_lo",
+    "teeth_up",
+    "teeth_lo",
+    "forehead_lines",
+    "nose_wrinkles",
+    "glabella_lines",
+)
+
+
+def _draw_pose_and_lighting(n: int, d: SyntheticDifficulty, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """Edge softness, pose (rotation, scale, shift), lighting, colour cast and sensor noise."""
+    p: dict[str, torch.Tensor] = {}
     p["softness"] = _uniform(gen, n, EDGE_SOFTNESS_PX, max(EDGE_SOFTNESS_PX, d.max_edge_softness_px))
-    # Pose.
     p["angle"] = _uniform(gen, n, -1, 1) * math.radians(d.max_rotation_deg)
     p["scale"] = _uniform(gen, n, d.min_scale, d.max_scale)
     p["tx"] = _uniform(gen, n, -1, 1) * d.max_translation
     p["ty"] = _uniform(gen, n, -1, 1) * d.max_translation
-
-    # Lighting.
     p["ambient"] = _uniform(gen, n, d.min_ambient, d.max_ambient)
     p["light_angle"] = _uniform(gen, n, 0, 2 * math.pi)
     p["light_strength"] = _uniform(gen, n, 0, d.light_gradient)
@@ -463,9 +484,13 @@ def _draw_parameters(
     p["noise"] = _uniform(gen, n, _MIN_NOISE_FRACTION, 1.0) * d.noise_std * sign
     p["noise_index"] = torch.randint(NOISE_BANK_SIZE, (n,), generator=gen)
     p["noise_offset"] = torch.rand(n, generator=gen)  # where in its noise field an image starts
+    return p
 
-    # Background.
+
+def _draw_clutter(n: int, d: SyntheticDifficulty, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """Background level and gradient, clutter blobs and stripes."""
     k = d.background_blobs
+    p: dict[str, torch.Tensor] = {}
     p["bg"] = _uniform(gen, 3 * n, *_BACKGROUND_LEVEL).view(n, 3)
     p["bg_grad"] = _uniform(gen, 3 * n, -_BACKGROUND_GRADIENT, _BACKGROUND_GRADIENT).view(n, 3)
     p["blob_xy"] = _uniform(gen, 2 * n * k, -_BLOB_REACH, _BLOB_REACH).view(n, k, 2)

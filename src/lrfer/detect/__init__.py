@@ -1,4 +1,7 @@
-"""Face detection (OpenCV, the optional ``faces`` extra) and the photo workflow of ``lrfer-predict --detect``.
+"""Face detection (OpenCV, the optional ``faces`` extra) and face tracking over video frames.
+
+What is built on them (``lrfer-predict --detect`` on photos and videos) is in :mod:`lrfer.tools.photos` and
+:mod:`lrfer.tools.video`; the dataset adapters use the detectors to crop faces at cache build.
 
 OpenCV is imported only when a detector is built, so ``import lrfer.detect`` works without it.
 """

@@ -25,7 +25,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from lrfer.errors import UserError
+from lrfer.core.errors import UserError
 
 #: Face height (px) below which the Haar / YuNet detectors search an upsampled copy of the image.
 SMALL_FACE = 48

@@ -1,6 +1,6 @@
 """Faces followed from frame to frame: a small IoU / centre-distance tracker, template matching in between.
 
-The detector runs every ``detect_every`` frames (:mod:`lrfer.detect.video`); on the frames in between each
+The detector runs every ``detect_every`` frames (:mod:`lrfer.tools.video`); on the frames in between each
 track's face is found again by template matching (``cv2.matchTemplate``, normalised cross-correlation of the
 grey face as last detected, searched in a window around the track's box). On a detection frame the detections
 are matched to the tracks greedily, best pair first: a pair qualifies when its boxes overlap by IoU >=
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lrfer.detect.detectors import box_iou
+from lrfer.detect.detectors import box_iou, import_cv2
 
 
 @dataclass
@@ -96,8 +96,6 @@ class FaceTracker:
     """Tracks faces over a frame sequence: call :meth:`step` once per frame, in order."""
 
     def __init__(self, cfg: TrackerConfig | None = None) -> None:
-        from lrfer.detect.detectors import import_cv2
-
         self.cfg = cfg or TrackerConfig()
         self.cv2 = import_cv2()
         self.active: list[Track] = []

@@ -12,7 +12,7 @@ other rank) does no checkpoint work at all.
 ``last.pt`` in the middle of a stage holds only what the stage changes (:func:`stage_state_keys`: the
 modules it trains, every buffer of the method, the stage's optimisers and schedulers) and names the file
 holding the rest, ``stage_start.pt`` (the whole method when the stage started; written once per stage).
-:func:`~lrfer.engine.checkpoint.load_checkpoint` joins the two, so every reader sees a complete method.
+:func:`~lrfer.core.checkpoint.load_checkpoint` joins the two, so every reader sees a complete method.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lrfer.engine.checkpoint import save_checkpoint
+from lrfer.core.checkpoint import save_checkpoint
 
 #: The file a partial ``last.pt`` takes the untrained part of the method from.
 STAGE_START = "stage_start.pt"
@@ -80,7 +80,7 @@ def host_copy(obj: Any, pool: dict[str, torch.Tensor] | None, pin: bool, _key: s
 
 
 def write_file(obj: dict[str, Any], path: Path) -> None:
-    """Write ``obj`` to ``path`` atomically, fsynced (:func:`~lrfer.engine.checkpoint.save_checkpoint`)."""
+    """Write ``obj`` to ``path`` atomically, fsynced (:func:`~lrfer.core.checkpoint.save_checkpoint`)."""
     save_checkpoint(obj, path)
 
 

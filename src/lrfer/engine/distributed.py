@@ -20,9 +20,9 @@ import torch
 import torch.distributed as tdist
 from torch import nn
 
+from lrfer.core.errors import ProcessError
 from lrfer.data.shared_views import MachineSharing
 from lrfer.engine.syncbn import SumSyncBatchNorm
-from lrfer.errors import ProcessError
 
 
 def env_world_size() -> int:

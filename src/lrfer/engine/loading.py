@@ -7,8 +7,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from lrfer.engine.checkpoint import load_checkpoint
-from lrfer.errors import UserError
+from lrfer.config.compose import compose_config
+from lrfer.config.validate import validate_config
+from lrfer.core.checkpoint import load_checkpoint
+from lrfer.core.errors import UserError
 from lrfer.methods.base import Method
 
 log = logging.getLogger(__name__)
@@ -65,8 +67,6 @@ def load_run_config(
     ``validate=False``: by the caller, which resolves it, :func:`lrfer.engine.resolve.resolve`). Its
     ``trainer.resume`` / ``trainer.overwrite`` are off: reading a run never continues or replaces it.
     """
-    from lrfer.config.validate import validate_config
-
     run_dir = Path(run_dir)
     path = run_dir / ".hydra" / "config.yaml"
     if not path.is_file():
@@ -100,8 +100,6 @@ def fill_new_method_options(cfg: DictConfig) -> None:
     an option existed would not rebuild. Every option the run's config lacks is taken from the current
     config of the same method (same ``_target_``) and logged; the options the run has keep their values.
     """
-    from lrfer.config.compose import compose_config
-
     method = cfg.get("method")
     if method is None or not method.get("name"):
         return

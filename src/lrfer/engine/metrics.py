@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from lrfer.config.validate import metric_name_problem
-from lrfer.errors import UserError
+from lrfer.core.errors import UserError
 
 
 def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:

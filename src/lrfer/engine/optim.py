@@ -8,11 +8,8 @@ from collections.abc import Iterable
 import torch
 from torch.optim import lr_scheduler
 
-from lrfer.errors import UserError
-
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULERS = ("none", "step", "multistep", "exponential", "plateau", "cosine")
-PLATEAU_MONITORS = ("val_acc", "train_acc")
+from lrfer.core.errors import UserError
+from lrfer.core.names import OPTIMIZERS, PLATEAU_MONITORS, SCHEDULERS
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], cfg) -> torch.optim.Optimizer:

@@ -34,10 +34,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from lrfer.config.schema import parse_auto_bool, resolve_auto_bool
 from lrfer.config.validate import validate_config
+from lrfer.core.errors import UserError
 from lrfer.data.degrade import Degradation
 from lrfer.engine import distributed as dist
 from lrfer.engine.runfolder import check_run_folder
-from lrfer.errors import UserError
 
 #: The value an experiment config gives a ``method.*`` key the user must set (``???`` cannot be used: merging
 #: OmegaConf's missing value onto the method config's default leaves the default in place).
@@ -148,7 +148,7 @@ def resolve(
 
     ``claim``: called for the run folder once the config is known to be good (the Hydra callback creates
     and locks it there, so that a refused config leaves no folder). Raises a one-line
-    :class:`~lrfer.errors.UserError` for anything wrong, before anything is built or written. Joins the
+    :class:`~lrfer.core.errors.UserError` for anything wrong, before anything is built or written. Joins the
     process group under torchrun: every rank calls it, and every rank gets rank 0's run folder.
     """
     checked = validate_config(cfg, warn=False)  # also parses the degradation labels, once

@@ -14,19 +14,19 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lrfer.config.schema import parse_auto_bool
 from lrfer.config.validate import log_warnings
+from lrfer.core.checkpoint import write_json
+from lrfer.core.errors import UserError
 from lrfer.data.cache import load_or_build
 from lrfer.data.datasets import build_adapter
 from lrfer.data.degrade import Degradation, parse_degradation, parse_degradations
 from lrfer.data.faces import FaceData, carve_validation, merge_validation
 from lrfer.data.pipeline import FaceDataModule, network_input_size
 from lrfer.engine import distributed as dist
-from lrfer.engine.checkpoint import write_json
 from lrfer.engine.metrics import named_metric
 from lrfer.engine.resolve import DegradeSpec, RunSpec, resolve
 from lrfer.engine.runfolder import prepare_run_folder, run_identity
 from lrfer.engine.tblog import RunLogger
 from lrfer.engine.trainer import Trainer
-from lrfer.errors import UserError
 from lrfer.methods.base import Method, MethodContext
 from lrfer.models import pretrained
 

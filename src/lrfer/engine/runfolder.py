@@ -32,9 +32,9 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lrfer.engine.checkpoint import remove_orphan_temporaries
+from lrfer.core.checkpoint import remove_orphan_temporaries
+from lrfer.core.errors import UserError
 from lrfer.engine.distributed import env_rank
-from lrfer.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ import socket
 import time
 from pathlib import Path
 
-from lrfer.errors import UserError
+from lrfer.core.errors import UserError
 
 log = logging.getLogger(__name__)
 

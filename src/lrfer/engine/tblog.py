@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from lrfer.core.compat import torchvision
+
 log = logging.getLogger(__name__)
 
 
@@ -29,16 +31,12 @@ class RunLogger:
     def confusion(self, tag: str, cm: torch.Tensor, class_names: list[str], step: int = 0) -> None:
         if self.writer is None:
             return
-        from lrfer.report.plots import confusion_figure
-
         self.writer.add_figure(tag, confusion_figure(cm, class_names, title=tag), step)
 
     def image_grid(self, tag: str, images: torch.Tensor, step: int = 0, nrow: int = 8) -> None:
         """``images`` in [0, 1], (N, C, H, W)."""
         if self.writer is None:
             return
-        from lrfer.compat import torchvision
-
         grid = torchvision.utils.make_grid(images.float().cpu(), nrow=nrow, padding=2, pad_value=1.0)
         self.writer.add_image(tag, grid, step)
 
@@ -53,3 +51,36 @@ class RunLogger:
             self.writer.flush()
             self.writer.close()
             self.writer = None
+
+
+def confusion_figure(cm: torch.Tensor, class_names: list[str], title: str = ""):
+    """A row-normalised confusion matrix with counts, as a matplotlib figure."""
+    cm = cm.double().cpu()
+    norm = cm / cm.sum(dim=1, keepdim=True).clamp(min=1)
+    k = len(class_names)
+    import matplotlib  # imported only when a confusion matrix is drawn
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * k, 0.8 + 0.7 * k))
+    ax.imshow(norm.numpy(), vmin=0, vmax=1, cmap="Blues")
+    ax.set_xticks(range(k), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(k), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(k):
+        for j in range(k):
+            ax.text(
+                j,
+                i,
+                int(cm[i, j]),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if norm[i, j] > 0.5 else "black",
+            )
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig

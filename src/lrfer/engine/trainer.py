@@ -27,10 +27,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from lrfer.core.checkpoint import load_checkpoint
+from lrfer.core.errors import ProcessError, UserError
 from lrfer.data.degrade import Degradation, as_degradations, parse_degradations
 from lrfer.data.pipeline import Batch, FaceDataModule
 from lrfer.engine import distributed as dist
-from lrfer.engine.checkpoint import load_checkpoint
 from lrfer.engine.checkpoint_writer import STAGE_START, CheckpointSchedule, CheckpointWriter, stage_state_keys
 from lrfer.engine.deferred_log import DeferredScalars
 from lrfer.engine.metrics import add_to_confusion_, check_metric_name, metrics_from_confusion, named_metric
@@ -44,7 +45,6 @@ from lrfer.engine.optim import (
 from lrfer.engine.resolve import RunSpec, resolve
 from lrfer.engine.stop import StopRequest, Terminated
 from lrfer.engine.tblog import RunLogger
-from lrfer.errors import ProcessError, UserError
 from lrfer.methods.base import Method, Stage
 
 log = logging.getLogger(__name__)
@@ -62,8 +62,6 @@ RESUME_KEYS = (
     "summary",
     "summaries",
 )
-PRECISIONS = ("auto", "fp32", "bf16")
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 #: ``torch.compile`` backend of ``trainer.compile`` (the tests swap in a recording backend).
 COMPILE_BACKEND = "inductor"
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lrfer.errors import UserError
+from lrfer.core.errors import UserError
 from lrfer.methods.base import Batch, Method, MethodContext, Stage
 from lrfer.methods.resolution import ResolutionSet, build_network
 from lrfer.models.domain import DomainDiscriminator, grad_reverse

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from lrfer.core.errors import UserError
 from lrfer.data.degrade import parse_degradation
-from lrfer.errors import UserError
 from lrfer.methods.base import Batch, MethodContext, Stage
 from lrfer.methods.resolution import ResolutionMethod, build_network, resolution_step
 from lrfer.models.mrafer import MRAFER, binarize, fuse_max, fuse_mean

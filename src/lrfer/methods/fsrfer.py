@@ -70,7 +70,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lrfer.errors import UserError
+from lrfer.core.errors import UserError
 from lrfer.methods.base import Batch, MethodContext, Stage
 from lrfer.methods.hrclassifier import HRClassifierMethod, plain
 from lrfer.models.fsr import FeatureCritic, RRDBGenerator, feature_shape

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lrfer.engine.checkpoint import load_checkpoint
-from lrfer.errors import UserError
+from lrfer.core.checkpoint import load_checkpoint
+from lrfer.core.errors import UserError
 from lrfer.methods.base import Batch, Method, MethodContext, Stage
 from lrfer.models.gmenet import AttentionMaps, GMENet
 

@@ -11,8 +11,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from lrfer.engine.checkpoint import load_checkpoint, resolve_run_checkpoint
-from lrfer.errors import UserError
+from lrfer.core.checkpoint import load_checkpoint, resolve_run_checkpoint
+from lrfer.core.errors import UserError
 from lrfer.methods.base import Batch, Method, MethodContext, Stage, model_weights
 from lrfer.methods.center_loss import CenterLoss
 from lrfer.models.fsr import build_feature_classifier

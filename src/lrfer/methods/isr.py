@@ -38,8 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lrfer.core.errors import UserError
 from lrfer.data.degrade import parse_degradations, resize_to
-from lrfer.errors import UserError
 from lrfer.methods.base import Batch, MethodContext, Stage
 from lrfer.methods.hrclassifier import HRClassifierMethod, plain
 from lrfer.models.image_sr import MetaSRLite, RCANLite

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lrfer.errors import UserError
+from lrfer.core.errors import UserError
 from lrfer.methods.base import Batch, MethodContext, Stage
 from lrfer.methods.resolution import ResolutionMethod, build_network, resolution_step
 from lrfer.models.rabn import ResolutionAwareBN

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lrfer.core.errors import UserError
 from lrfer.data.degrade import Degradation, parse_degradations
-from lrfer.errors import UserError
 from lrfer.methods.base import Batch, Method, MethodContext, Stage
 from lrfer.models import build_model
 from lrfer.models.resnet import build_resnet

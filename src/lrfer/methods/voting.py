@@ -26,8 +26,8 @@ from typing import ClassVar
 
 import torch
 
-from lrfer.engine.checkpoint import resolve_run_checkpoint
-from lrfer.errors import UserError
+from lrfer.core.checkpoint import resolve_run_checkpoint
+from lrfer.core.errors import UserError
 from lrfer.methods.base import Batch, Method, MethodContext, Stage, model_weights
 from lrfer.models.voting import VOTING_MODES, VotingResNet, vote
 
@@ -68,8 +68,10 @@ class Voting(Method):
         stem: str,
         init_from: str | None,
         init_exclude: Sequence[str],
+        eval_all_votings: bool,
     ) -> None:
         super().__init__(context, epochs=epochs, label_smoothing=label_smoothing)
+        self.eval_all_votings = bool(eval_all_votings)
         if voting not in VOTING_MODES:
             raise UserError(f"unknown method.voting={voting!r}: choose one of {', '.join(VOTING_MODES)}")
         self.voting = voting
@@ -108,6 +110,23 @@ class Voting(Method):
         if self.net.num_crops == 1:
             return crop_logits
         return vote(crop_logits, self.voting, self.net.num_crops)
+
+    def _votes_all(self, stage: Stage | None) -> bool:
+        return stage is None and self.eval_all_votings and self.net.num_crops > 1
+
+    def evaluation_values(self, stage: Stage | None = None) -> tuple[str, ...]:
+        """At the test, with ``eval_all_votings``: the per-face correctness of every voting mode."""
+        return tuple(f"acc_{mode}" for mode in VOTING_MODES) if self._votes_all(stage) else ()
+
+    def evaluate_step(self, batch: Batch, stage: Stage | None = None) -> dict[str, torch.Tensor]:
+        """The prediction voted as ``voting`` says; at the test with ``eval_all_votings``, also ``acc_soft``
+        and ``acc_hard`` from the same crop outputs (Table 3's soft and hard columns from one network)."""
+        if not self._votes_all(stage):
+            return super().evaluate_step(batch, stage)
+        crop_logits = self.net(batch["image"])
+        voted = {mode: vote(crop_logits, mode, self.net.num_crops) for mode in VOTING_MODES}
+        correct = {f"acc_{mode}": (v.argmax(dim=1) == batch["label"]).float() for mode, v in voted.items()}
+        return {"logits": voted[self.voting], **correct}
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

@@ -6,7 +6,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
-from lrfer.errors import UserError
+from lrfer.core.errors import UserError
 
 
 def build_model(cfg: DictConfig, num_classes: int, input_size: int, **kwargs) -> nn.Module:

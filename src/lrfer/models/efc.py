@@ -44,7 +44,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from lrfer.errors import UserError
+from lrfer.core.errors import UserError
 
 #: (out_channels, stride, expansion) of each EFC block.
 DEFAULT_BLOCKS: tuple[tuple[int, int, int], ...] = ((32, 1, 2), (64, 2, 2), (128, 2, 2), (224, 2, 2))

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from lrfer.errors import UserError
+from lrfer.core.errors import UserError
 from lrfer.models.covpool import CovPoolFER
 from lrfer.models.resnet import ResNetClassifier, build_resnet
 

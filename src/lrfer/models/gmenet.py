@@ -40,8 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lrfer.compat import torchvision
-from lrfer.errors import UserError
+from lrfer.core.compat import torchvision
+from lrfer.core.errors import UserError
 from lrfer.models.resnet import choose_stem
 
 ATTENTIONS = ("dbam", "cbam", "none")
@@ -256,16 +256,17 @@ class GMENet(nn.Module):
         num_classes: int,
         input_size: int,
         in_channels: int = 3,
-        width: int = 32,
-        layers: Sequence[int] = (3, 4, 6, 3),
-        attention: str = "dbam",
-        global_branch: bool = True,
-        global_blocks: Sequence[int] = (1, 1, 1, 1),
-        reduction: int = 16,
-        dw_kernel: int = 1,
-        spatial_kernel: int = 3,
-        stem: str = "auto",
-        dropout: float = 0.0,
+        *,
+        width: int,
+        layers: Sequence[int],
+        attention: str,
+        global_branch: bool,
+        global_blocks: Sequence[int],
+        reduction: int,
+        dw_kernel: int,
+        spatial_kernel: int,
+        stem: str,
+        dropout: float,
     ) -> None:
         super().__init__()
         if attention not in ATTENTIONS:

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lrfer.errors import UserError
+from lrfer.core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -149,44 +149,13 @@ def load_into(
     """
     global _loads
     label = label or type(net).__name__
-    head, stem = tuple(head), tuple(stem)
     file_state = dict(source) if source is not None else read_state_dict(path, what)
     own = net.state_dict()
     prefix = best_prefix(file_state, own)
     state = {k[len(prefix) :]: v for k, v in file_state.items() if k.startswith(prefix)}
-    loaded: dict[str, torch.Tensor] = {}
-    missing, mismatched, dropped, stem_kept = [], [], [], []
-    for name, tensor in own.items():
-        is_head = any(name.startswith(p) for p in head)
-        src = state.get(name)
-        if src is None:
-            if name.endswith("num_batches_tracked"):
-                continue
-            if is_head:
-                dropped.append(name)
-            else:
-                missing.append(name)
-        elif src.shape != tensor.shape:
-            if is_head:
-                dropped.append(f"{name} ({_shape(src)} in the file, {_shape(tensor)} here)")
-            elif name in stem:
-                stem_kept.append(f"{name} ({_shape(src)} in the file, {_shape(tensor)} here)")
-            else:
-                mismatched.append(f"{name} ({_shape(src)} in the file, {_shape(tensor)} here)")
-        else:
-            loaded[name] = src.to(tensor.dtype)
+    loaded, missing, mismatched, dropped, stem_kept = _match(own, state, tuple(head), tuple(stem))
     if missing or mismatched:
-        parts = []
-        if missing:
-            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-            parts.append(f"missing {', '.join(missing[:3])}{more}")
-        if mismatched:
-            more = f" and {len(mismatched) - 2} more" if len(mismatched) > 2 else ""
-            parts.append(f"shape mismatch {'; '.join(mismatched[:2])}{more}")
-        raise UserError(
-            f"{what}={path} does not fit this {label} ({'; '.join(parts)}): give a checkpoint of "
-            "the same architecture (model.arch)"
-        )
+        raise _misfit(missing, mismatched, f"{what}={path}", label)
     net.load_state_dict(loaded, strict=False)
     unused = sorted(set(state) - set(loaded) - {n.split(" ")[0] for n in dropped + stem_kept})
     _loads += 1
@@ -198,6 +167,51 @@ def load_into(
         label,
         f" (file prefix {prefix!r} removed)" if prefix else "",
     )
+    _log_partial(what, dropped, stem_kept, unused)
+    return {"loaded": sorted(loaded), "dropped_head": dropped, "stem_kept": stem_kept, "unused": unused}
+
+
+def _match(
+    own: Mapping[str, torch.Tensor],
+    state: Mapping[str, torch.Tensor],
+    head: tuple[str, ...],
+    stem: tuple[str, ...],
+) -> tuple[dict[str, torch.Tensor], list[str], list[str], list[str], list[str]]:
+    """Pair the network's tensors with the file's: (loaded, missing, mismatched, dropped head, kept stem)."""
+    loaded: dict[str, torch.Tensor] = {}
+    missing, mismatched, dropped, stem_kept = [], [], [], []
+    for name, tensor in own.items():
+        is_head = any(name.startswith(p) for p in head)
+        src = state.get(name)
+        if src is None:
+            if name.endswith("num_batches_tracked"):
+                continue
+            (dropped if is_head else missing).append(name)
+        elif src.shape != tensor.shape:
+            shapes = f"{name} ({_shape(src)} in the file, {_shape(tensor)} here)"
+            (dropped if is_head else stem_kept if name in stem else mismatched).append(shapes)
+        else:
+            loaded[name] = src.to(tensor.dtype)
+    return loaded, missing, mismatched, dropped, stem_kept
+
+
+def _misfit(missing: list[str], mismatched: list[str], given: str, label: str) -> UserError:
+    """The one-line error for a file whose tensors do not fit the network."""
+    parts = []
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        parts.append(f"missing {', '.join(missing[:3])}{more}")
+    if mismatched:
+        more = f" and {len(mismatched) - 2} more" if len(mismatched) > 2 else ""
+        parts.append(f"shape mismatch {'; '.join(mismatched[:2])}{more}")
+    return UserError(
+        f"{given} does not fit this {label} ({'; '.join(parts)}): give a checkpoint of "
+        "the same architecture (model.arch)"
+    )
+
+
+def _log_partial(what: str, dropped: list[str], stem_kept: list[str], unused: list[str]) -> None:
+    """Log what of the network or the file was not loaded."""
     if dropped:
         log.info(
             "%s: classifier not loaded (other size, kept freshly initialised): %s", what, "; ".join(dropped)
@@ -213,7 +227,6 @@ def load_into(
         log.info(
             "%s: %d tensors of the file are not used (e.g. %s)", what, len(unused), ", ".join(unused[:3])
         )
-    return {"loaded": sorted(loaded), "dropped_head": dropped, "stem_kept": stem_kept, "unused": unused}
 
 
 def torchvision_view(backbone: nn.Module, fc: nn.Module) -> nn.Module:

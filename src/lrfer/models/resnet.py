@@ -16,8 +16,9 @@ import logging
 import torch
 from torch import nn
 
-from lrfer.compat import torchvision
-from lrfer.errors import UserError
+from lrfer.core.compat import torchvision
+from lrfer.core.errors import UserError
+from lrfer.models.pretrained import load_resnet_weights
 
 STEMS = ("auto", "imagenet", "conv3_pool", "conv3")
 ARCHS = ("resnet18", "resnet34", "resnet50")
@@ -116,7 +117,5 @@ def build_resnet(
     adapt_stem(net, chosen, in_channels)
     classifier = ResNetClassifier(net, num_classes, dropout)
     if weights:
-        from lrfer.models.pretrained import load_resnet_weights
-
         load_resnet_weights(classifier, weights, label=arch)
     return classifier

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lrfer.errors import UserError
+from lrfer.core.errors import UserError
 from lrfer.models.resnet import build_resnet
 
 NUM_CROPS = 10

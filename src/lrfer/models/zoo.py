@@ -28,8 +28,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from lrfer.compat import torchvision
-from lrfer.errors import UserError
+from lrfer.core.compat import torchvision
+from lrfer.core.errors import UserError
+from lrfer.models.pretrained import load_into
 from lrfer.models.resnet import build_resnet
 
 ZOO_ARCHS = (
@@ -125,8 +126,6 @@ def build_zoo(
     else:
         _adapt_vgg(net, in_channels, small_input)
     if weights:
-        from lrfer.models.pretrained import load_into
-
         head, stem = ZOO_HEAD_STEM[arch]
         load_into(net, weights, head=head, stem=stem, label=arch)
     return net

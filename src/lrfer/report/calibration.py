@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from lrfer.errors import UserError
+from lrfer.core.errors import UserError
 from lrfer.report.tables import read_paper_csv
 
 #: The cells the calibration is judged on: (training factor, test factor). Those of the issue that asked for

@@ -28,6 +28,7 @@ import functools
 import hashlib
 import json
 import math
+import os
 import shutil
 import statistics
 from collections.abc import Iterable, Sequence
@@ -36,8 +37,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from lrfer.config.compose import compose_config
-from lrfer.errors import UserError
+from lrfer.config.compose import compose_config, merge_overrides
+from lrfer.core.errors import UserError
+from lrfer.report.provenance import provenance
 
 RULE = (
     "Verdict rule (every row): d = mean over seeds of A - B (accuracy points), se = its standard error over "
@@ -279,7 +281,9 @@ def _efc_claims() -> list[Claim]:
             97.34,
             97.12,
             margin=-1.0,
-            note="KDEF in the paper; its parameters: 513,484 against 11,198,919 (1/22).",
+            note="KDEF in the paper; its parameters: 513,484 against 11,198,919 (1/22). Both networks as "
+            "the paper ran them: ResNet-18 with torchvision's ImageNet strides (the paper: 0.035 GFLOPs at "
+            "32 px).",
             params=True,
         ),
         Claim(
@@ -290,13 +294,15 @@ def _efc_claims() -> list[Claim]:
             Measure("mobilenetv3s_10px", ("10px",), name="MobileNetV3-Small"),
             92.04,
             84.64,
+            note="MobileNetV3-Small with torchvision's strides (unmodified, as the paper ran its "
+            "competitors).",
         ),
     ]
 
 
 VOTING_T3 = {  # RAF-DB validation, soft voting unless named
-    "voting_soft": 85.88,
-    "voting_hard": 85.06,
+    "soft": 85.88,
+    "hard": 85.06,
     "voting_single": 83.76,
     "voting_split2": 85.31,
     "voting_split3": 85.31,
@@ -304,26 +310,48 @@ VOTING_T3 = {  # RAF-DB validation, soft voting unless named
 
 
 def _voting_claims() -> list[Claim]:
+    """Soft and hard voting are two votes of the same trained network (Table 3: one network, two columns):
+    both come from the ``voting_soft`` run (``method.eval_all_votings``: ``acc_soft``, ``acc_hard``), so their
+    comparison is paired over seeds."""
+    soft = Measure("voting_soft", ("x1",), "acc_soft", name="soft voting")
+    hard = Measure("voting_soft", ("x1",), "acc_hard", name="hard voting")
     names = {
-        "voting_soft": "soft voting",
-        "voting_hard": "hard voting",
         "voting_single": "whole face",
-        "voting_split2": "crops after module 2",
-        "voting_split3": "crops after module 3",
+        "voting_split2": "crops after module 2 (soft)",
+        "voting_split3": "crops after module 3 (soft)",
     }
 
     def m(run: str) -> Measure:
         return Measure(run, ("x1",), name=names[run])
 
-    def c(a: str, b: str, text: str) -> Claim:
-        return Claim(PAPER_VOTING, "Table 3", text, m(a), m(b), VOTING_T3[a], VOTING_T3[b])
+    def c(a: Measure, b: str, paper_a: float, text: str) -> Claim:
+        return Claim(PAPER_VOTING, "Table 3", text, a, m(b), paper_a, VOTING_T3[b])
 
     return [
-        c("voting_soft", "voting_hard", "soft voting >= hard voting (crops after module 1)"),
-        c("voting_hard", "voting_single", "hard voting (module 1) >= a single whole-face network"),
-        c("voting_soft", "voting_single", "soft voting (module 1) >= a single whole-face network"),
-        c("voting_soft", "voting_split2", "the paper's split (module 1) >= crops after module 2 (soft)"),
-        c("voting_soft", "voting_split3", "the paper's split (module 1) >= crops after module 3 (soft)"),
+        Claim(
+            PAPER_VOTING,
+            "Table 3",
+            "soft voting >= hard voting (crops after module 1)",
+            soft,
+            hard,
+            VOTING_T3["soft"],
+            VOTING_T3["hard"],
+            note="Both votes of the same networks (paired over seeds).",
+        ),
+        c(hard, "voting_single", VOTING_T3["hard"], "hard voting (module 1) >= a single whole-face network"),
+        c(soft, "voting_single", VOTING_T3["soft"], "soft voting (module 1) >= a single whole-face network"),
+        c(
+            soft,
+            "voting_split2",
+            VOTING_T3["soft"],
+            "the paper's split (module 1) >= crops after module 2 (soft)",
+        ),
+        c(
+            soft,
+            "voting_split3",
+            VOTING_T3["soft"],
+            "the paper's split (module 1) >= crops after module 3 (soft)",
+        ),
     ]
 
 
@@ -496,10 +524,12 @@ ARTEFACTS = ("metrics.json", ".hydra/config.yaml", ".hydra/overrides.yaml")
 
 def validation_history(run_dir: Path) -> list[dict]:
     """``val_history`` of a run (stage, epoch, score per validated epoch): from its small
-    ``val_history.json`` copy, else from ``checkpoints/last.pt``."""
+    ``val_history.json`` copy (``{"provenance": ..., "history": [...]}``, or a plain list as first written),
+    else from ``checkpoints/last.pt``."""
     copy = run_dir / "val_history.json"
     if copy.is_file():
-        return json.loads(copy.read_text())
+        data = json.loads(copy.read_text())
+        return list(data["history"] if isinstance(data, dict) else data)
     last = run_dir / "checkpoints" / "last.pt"
     if not last.is_file():
         return []
@@ -512,8 +542,8 @@ def validation_history(run_dir: Path) -> list[dict]:
     ]
 
 
-#: Beside a run's copied files: where they came from (``tests/test_provenance.py``: a file without its own
-#: ``provenance`` key is covered by a ``provenance.json`` beside it that lists it under ``describes``).
+#: The provenance file that copies made before provenance was embedded carry beside their files (it lists
+#: them under ``describes``); :func:`embed_provenance` moves its record into the files and removes it.
 RUN_PROVENANCE = "provenance.json"
 
 
@@ -524,15 +554,17 @@ def run_provenance(run_dir: Path) -> dict:
     the run from its local output folder: runs train where their output folder is)."""
     from datetime import datetime, timezone
 
-    from lrfer.report.provenance import provenance
-
     metrics_file = run_dir / "metrics.json"
     metrics = json.loads(metrics_file.read_text())
     overrides_file = run_dir / ".hydra" / "overrides.yaml"
     overrides = [str(o) for o in OmegaConf.load(overrides_file)] if overrides_file.is_file() else []
     finished = datetime.fromtimestamp(metrics_file.stat().st_mtime, timezone.utc)
     here = provenance()
-    record = {
+    extra = {}
+    starts = _starts(run_dir)
+    if starts > 1:  # metrics.json's cpu_s and duration_s count since the last start only
+        extra["starts"] = starts
+    return {
         "command": " ".join(["python -m lrfer.cli.train", *overrides]),
         "date": finished.strftime("%Y-%m-%d %H:%M UTC"),
         "machine": here["machine"],
@@ -540,24 +572,77 @@ def run_provenance(run_dir: Path) -> dict:
         "generator_version": metrics.get("dataset_info", {}).get("generator_version", "not recorded"),
         "copied_by": here["command"],
         "copied": here["date"],
+        **extra,
     }
-    return {"describes": [*ARTEFACTS, "val_history.json"], "provenance": record}
 
 
-def write_run_provenance(run_dir: Path, dest: Path) -> None:
-    (dest / RUN_PROVENANCE).write_text(json.dumps(run_provenance(run_dir), indent=1) + "\n")
+def _starts(run_dir: Path) -> int:
+    """How many times a run was started (the ``$ command`` lines of its ``<run folder>.log``, which
+    :func:`lrfer.tools.launch.train_in_subprocess` appends): more than 1 when it was resumed; 0 unknown."""
+    log = run_dir.with_suffix(".log")
+    if not log.is_file():
+        return 0
+    return sum(1 for line in log.read_text(errors="replace").splitlines() if line.startswith("$ "))
+
+
+def _write_json(path: Path, data: object, indent: int) -> None:
+    """``path`` replaced at once (a temporary file renamed): never half written."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=indent) + "\n")
+    tmp.replace(path)
+
+
+def _with_provenance(metrics: dict, history: list[dict], record: dict) -> tuple[dict, dict]:
+    rest = {k: v for k, v in metrics.items() if k != "provenance"}
+    return {"provenance": record, **rest}, {"provenance": record, "history": history}
+
+
+def embed_provenance(dest: Path) -> bool:
+    """Give a copy made before provenance was embedded (no ``provenance`` key in its ``metrics.json``) the
+    record its :data:`RUN_PROVENANCE` file holds (else one made from the copy itself), in its
+    ``metrics.json`` and ``val_history.json``; then remove that file. Returns whether anything changed."""
+    metrics_file = dest / "metrics.json"
+    metrics = json.loads(metrics_file.read_text())
+    if "provenance" in metrics:
+        return False
+    sidecar = dest / RUN_PROVENANCE
+    record = json.loads(sidecar.read_text())["provenance"] if sidecar.is_file() else run_provenance(dest)
+    mtime = metrics_file.stat().st_mtime  # the run's end, which a record made from the copy reads
+    metrics, history = _with_provenance(metrics, validation_history(dest), record)
+    _write_json(dest / "val_history.json", history, indent=1)
+    _write_json(metrics_file, metrics, indent=2)  # the indent the trainer writes
+    os.utime(metrics_file, (mtime, mtime))
+    sidecar.unlink(missing_ok=True)
+    return True
+
+
+def _note_starts(run_dir: Path, dest: Path) -> None:
+    """Add the run's number of starts to a copy whose provenance lacks it (a copy made before it was kept)."""
+    metrics_file = dest / "metrics.json"
+    metrics = json.loads(metrics_file.read_text())
+    starts = _starts(run_dir)
+    if starts <= 1 or metrics["provenance"].get("starts") == starts:
+        return
+    record = {**metrics["provenance"], "starts": starts}
+    mtime = metrics_file.stat().st_mtime
+    metrics, history = _with_provenance(metrics, validation_history(dest), record)
+    _write_json(dest / "val_history.json", history, indent=1)
+    _write_json(metrics_file, metrics, indent=2)
+    os.utime(metrics_file, (mtime, mtime))
 
 
 def copy_artefacts(run_dir: Path, dest: Path) -> bool:
-    """Copy a finished run's small files (:data:`ARTEFACTS` and ``val_history.json``) and their provenance
-    (:data:`RUN_PROVENANCE`) to ``dest``; returns whether anything was copied (a finished copy already there
-    is left alone, but gets its provenance file if it lacks one). Written to a temporary folder first and
-    renamed, so a copy is never half there."""
+    """Copy a finished run's small files (:data:`ARTEFACTS` and ``val_history.json``) to ``dest``, with
+    their provenance (:func:`run_provenance`) under the key ``provenance`` of ``metrics.json`` and of
+    ``val_history.json`` (``{"provenance": ..., "history": [...]}``); returns whether anything was copied (a
+    finished copy already there is left alone, but gets its provenance if it lacks it:
+    :func:`embed_provenance`). Written to a temporary folder first and renamed, so a copy is never half
+    there."""
     if not (run_dir / "metrics.json").is_file():
         return False
     if (dest / "metrics.json").is_file():
-        if not (dest / RUN_PROVENANCE).is_file():
-            write_run_provenance(run_dir, dest)
+        embed_provenance(dest)
+        _note_starts(run_dir, dest)
         return False
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -566,8 +651,14 @@ def copy_artefacts(run_dir: Path, dest: Path) -> bool:
         if src.is_file():
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, tmp / name)
-    (tmp / "val_history.json").write_text(json.dumps(validation_history(run_dir), indent=1) + "\n")
-    write_run_provenance(run_dir, tmp)
+    metrics_file = tmp / "metrics.json"
+    metrics, history = _with_provenance(
+        json.loads(metrics_file.read_text()), validation_history(run_dir), run_provenance(run_dir)
+    )
+    (tmp / "val_history.json").write_text(json.dumps(history, indent=1) + "\n")
+    mtime = metrics_file.stat().st_mtime
+    metrics_file.write_text(json.dumps(metrics, indent=2) + "\n")  # the indent the trainer writes
+    os.utime(metrics_file, (mtime, mtime))  # the run's end time stays the file's
     if dest.exists():  # an unfinished copy without metrics.json
         shutil.rmtree(dest)
     tmp.rename(dest)
@@ -835,8 +926,6 @@ def plan_runs(
 ) -> dict[tuple[str, int], list[str]]:
     """(run, seed) -> the run's overrides: the protocol's common ones, the run's own, its scaled epochs,
     ``extra`` (the command line's, which win) and its seed; in training order (run by run)."""
-    from lrfer.config.compose import merge_overrides
-
     unknown = [r for r in runs if r not in protocol["runs"]]
     if unknown:
         raise UserError(f"unknown run(s) {unknown}: the protocol has {', '.join(protocol['runs'])}")
@@ -866,12 +955,18 @@ def provenance_lines(records: list[RunRecord], calls: list[dict], fraction: floa
     )
     cpu = [r.metrics["cpu_s"] for r in records if "cpu_s" in r.metrics]
     wall = [r.metrics.get("duration_s", 0.0) for r in records]
+    resumed = sum(1 for r in records if r.metrics.get("provenance", {}).get("starts", 1) > 1)
     lines = [
         f"Budget: every stage at {fraction:g} of its paper's epochs (experiments/findings/protocol.yaml).",
         f"Runs: {len(records)} finished; torch {', '.join(torch_versions) or '-'}; synthetic-face generator "
         f"v{', v'.join(generators) or '-'}.",
         f"**Total CPU time of the runs: {duration(sum(cpu))}** over {len(cpu)} run(s) that record it "
-        f"(metrics.json cpu_s); their wall time {duration(sum(wall))}.",
+        f"(metrics.json cpu_s); their wall time {duration(sum(wall))}"
+        + (
+            f"; {resumed} of them were stopped and resumed, and count only their last start: a lower bound."
+            if resumed
+            else "."
+        ),
     ]
     for c in calls:
         lines.append(
@@ -889,9 +984,16 @@ def duration(seconds: float) -> str:
 
 def write_calls(path: Path, calls: list[dict]) -> None:
     """``calls.json``: the calls that trained runs, under ``"calls"``, after this call's ``"provenance"``."""
-    from lrfer.report.provenance import provenance
-
     path.write_text(json.dumps({"provenance": provenance(synthetic=True), "calls": calls}, indent=1) + "\n")
+
+
+def merge_calls(kept: list[dict], new: list[dict]) -> list[dict]:
+    """The calls of ``kept`` (e.g. the repository's ``calls.json``, with calls whose run folders are gone) and
+    of ``new`` (an output folder's), one per (date, command, code): ``new``'s record of a call wins (it has
+    the call's later progress), in date order."""
+    merged = {(c.get("date"), c.get("command"), c.get("code")): c for c in kept}
+    merged.update({(c.get("date"), c.get("command"), c.get("code")): c for c in new})
+    return sorted(merged.values(), key=lambda c: str(c.get("date", "")))
 
 
 def previous_calls(path: Path) -> list[dict]:
@@ -905,3 +1007,33 @@ def previous_calls(path: Path) -> list[dict]:
         raise UserError(
             f"{path} is not a JSON list of calls ({err}): remove it to start its call history anew"
         ) from None
+
+
+# -- the cost estimate ---------------------------------------------------------------------------------------
+def load_epoch_costs(path: str | Path) -> dict:
+    """``epoch_costs.yaml``: per run, the CPU seconds of one unit of each scaled key (one epoch of that
+    stage; for a ``paper_scale`` key, the paper's whole schedule), with ``source`` saying where each was
+    measured."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"cost file {path} not found: pass --costs experiments/findings/epoch_costs.yaml")
+    try:
+        return OmegaConf.to_container(OmegaConf.load(path))
+    except Exception as err:  # yaml's errors have no common public base class
+        raise UserError(f"cost file {path} is not valid YAML ({str(err).splitlines()[0]}): fix it") from None
+
+
+def estimate_cpu(plan: dict[tuple[str, int], list[str]], costs: dict) -> dict[str, float]:
+    """Estimated CPU seconds of every run of ``plan`` (summed over its seeds), in plan order: each scaled
+    key's value in the run's overrides times its cost per unit (:func:`load_epoch_costs`)."""
+    out: dict[str, float] = {}
+    for (run, _seed), overrides in plan.items():
+        if run not in costs.get("runs", {}):
+            raise UserError(f"no cost for run {run} in the cost file: add it (CPU seconds per epoch)")
+        values = dict(o.split("=", 1) for o in overrides if "=" in o)
+        per_unit = costs["runs"][run]["cpu_s"]
+        missing = sorted(k for k in per_unit if k not in values)
+        if missing:
+            raise UserError(f"run {run}: the cost file prices {missing}, which its overrides do not set")
+        out[run] = out.get(run, 0.0) + sum(float(values[k]) * float(c) for k, c in per_unit.items())
+    return out

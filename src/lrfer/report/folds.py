@@ -10,7 +10,7 @@ import re
 import statistics
 from pathlib import Path
 
-from lrfer.errors import UserError
+from lrfer.core.errors import UserError
 from lrfer.report.tables import collect_runs, columns_of, degradation_sort_key, read_paper_csv
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from omegaconf import OmegaConf
 
 from lrfer.config import compose_config
-from lrfer.errors import UserError
+from lrfer.core.errors import UserError
 from lrfer.report.tables import degradation_sort_key
 
 if TYPE_CHECKING:

@@ -14,7 +14,8 @@ from datetime import datetime, timezone
 
 import torch
 
-from lrfer.engine.latency import cpu_model
+from lrfer.data.synthetic import GENERATOR_VERSION
+from lrfer.tools.latency import cpu_model
 
 #: The fields every committed results file's provenance holds (``generator_version`` where faces are drawn).
 REQUIRED = ("command", "date", "machine", "torch")
@@ -35,8 +36,6 @@ def provenance(synthetic: bool = False) -> dict:
     if torch.cuda.is_available():
         record["machine"]["gpu"] = torch.cuda.get_device_name()
     if synthetic:
-        from lrfer.data.synthetic import GENERATOR_VERSION
-
         record["generator_version"] = GENERATOR_VERSION
     return record
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from lrfer.errors import UserError
+from lrfer.core.errors import UserError
 
 
 @dataclass

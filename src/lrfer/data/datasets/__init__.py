@@ -1,13 +1,13 @@
-"""Dataset adapters, one module per dataset. Importing this package registers their config schemas."""
+"""Dataset adapters, one module per dataset, each named by its config (``_target_``, and its schema in the
+defaults list: :func:`lrfer.config.schema.dataset_schema_names`)."""
 
 from __future__ import annotations
 
 from hydra.utils import get_class
 from omegaconf import DictConfig
 
-from lrfer.data.datasets import affectnet, expw, fer2013, ferplus, kdef, rafdb, synthetic  # noqa: F401
+from lrfer.core.errors import UserError
 from lrfer.data.datasets.base import DatasetAdapter
-from lrfer.errors import UserError
 
 
 def build_adapter(cfg: DictConfig) -> DatasetAdapter:

@@ -24,8 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from omegaconf import MISSING
 
-from lrfer.config.schema import DatasetConfig, register_dataset_schema
+from lrfer.config.schema import DatasetConfig
+from lrfer.core.errors import UserError
 from lrfer.data.datasets.common import (
     Box,
     Face,
@@ -37,9 +39,9 @@ from lrfer.data.datasets.common import (
     one_line,
     to_number,
 )
-from lrfer.errors import UserError
 
-CLASS_NAMES = ("neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt")
+#: Expression codes 0..7 are the eight emotions (``dataset.class_names``); 8..10 are dropped.
+NUM_EMOTIONS = 8
 DROPPED_CODES = {8: "none", 9: "uncertain", 10: "no-face"}
 COLUMNS = (
     "subDirectory_filePath",
@@ -72,30 +74,26 @@ class AffectNetConfig(DatasetConfig):
     (``skip_corrupt``).
     """
 
-    sampler: str = "balanced"
-    skip_corrupt: bool = True
-
-
-register_dataset_schema("affectnet", AffectNetConfig)
+    sampler: str = MISSING
+    skip_corrupt: bool = MISSING
 
 
 class AffectNet(FileDataset):
     """AffectNet: train = training set, test = the official validation set (val carved from train)."""
 
     name = "affectnet"
-    class_names = CLASS_NAMES
     layout_help = LAYOUT
 
     def names(self) -> list[str]:
         k = int(self.cfg.num_classes)
         if k not in (7, 8):
             raise UserError(f"affectnet: dataset.num_classes must be 7 or 8, got {k}")
-        return list(CLASS_NAMES[:k])
+        return list(self.cfg.class_names)[:k]
 
     def label_table(self, max_code: int) -> LabelTable:
         """Codes 0..num_classes-1 kept, num_classes..max_code dropped."""
         k = len(self.names())
-        return LabelTable.consecutive(0, CLASS_NAMES[:k], dropped=range(k, max_code + 1))
+        return LabelTable.consecutive(0, self.names(), dropped=range(k, max_code + 1))
 
     def layout(self) -> tuple[str, list[Path]]:
         """("csv", [training.csv, validation.csv]) or ("npy", [the two annotations folders])."""
@@ -124,7 +122,7 @@ class AffectNet(FileDataset):
         return faces
 
     def _npy(self, annotation_dirs: list[Path]) -> Faces:
-        table = self.label_table(len(CLASS_NAMES) - 1)
+        table = self.label_table(NUM_EMOTIONS - 1)
         faces: Faces = {}
         for split, label_dir in zip(NPY_SPLITS, annotation_dirs):
             image_dir = self.folder(label_dir.parent / "images", f"the folder {label_dir.parent.name}/images")

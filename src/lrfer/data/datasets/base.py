@@ -8,8 +8,8 @@ from typing import ClassVar
 
 from omegaconf import DictConfig, OmegaConf
 
+from lrfer.core.errors import UserError
 from lrfer.data.faces import FaceData
-from lrfer.errors import UserError
 
 
 class DatasetAdapter:

@@ -4,7 +4,7 @@ codes and decoding faces into one uint8 array.
 An adapter turns the dataset's label files into :class:`Face` records (where the image is, its class, an
 optional crop box and soft target) per split, then calls :func:`build_face_data`, which decodes every face
 with PIL (once: the result is cached), resizes it to ``dataset.image_size`` and stacks the splits. Every
-error a user can cause ends as a one-line :class:`~lrfer.errors.UserError` naming the file (and line).
+error a user can cause ends as a one-line :class:`~lrfer.core.errors.UserError` naming the file (and line).
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from lrfer.core.errors import UserError
 from lrfer.data.datasets.base import DatasetAdapter
 from lrfer.data.faces import SPLITS, FaceData, FaceSplit, stratified_split
 from lrfer.data.images import to_rgb8
-from lrfer.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -361,6 +361,8 @@ class FileDataset(DatasetAdapter):
     and :meth:`faces` (the :class:`Face` records of every split); :meth:`load` decodes them.
     """
 
+    #: The class names when the dataset's files name the classes (KDEF's file-name codes, FERPlus's vote
+    #: columns); empty: the config's ``dataset.class_names`` (the labels are numbers, index = code - first).
     class_names: ClassVar[tuple[str, ...]] = ()
     #: Info key counting decoded faces that :meth:`keep` rejects ("" = keep every face).
     rejected_as: ClassVar[str] = ""
@@ -394,7 +396,7 @@ class FileDataset(DatasetAdapter):
 
     def names(self) -> list[str]:
         """The class names, in the order of the class indices."""
-        return list(self.class_names)
+        return list(self.class_names or self.cfg.class_names)
 
     def keep(self, face: np.ndarray) -> bool:
         return True

@@ -18,7 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lrfer.config.schema import DatasetConfig, register_dataset_schema
+from omegaconf import MISSING
+
+from lrfer.config.schema import DatasetConfig
 from lrfer.data.datasets.common import (
     Box,
     Face,
@@ -32,8 +34,6 @@ from lrfer.data.datasets.common import (
 )
 from lrfer.data.datasets.detect_crop import DatasetDetectorConfig, DetectCrop
 
-CLASS_NAMES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
-LABELS = LabelTable.consecutive(0, CLASS_NAMES)
 LABEL_FILES = ("label/label.lst", "data/label/label.lst")
 LAYOUT = "label/label.lst and image/origin/<image_name>"
 
@@ -43,20 +43,16 @@ class ExpwConfig(DatasetConfig):
     """``test_fraction`` of every class (seeded by ``test_seed``) is held out as the test split; ``crop`` is
     ``fixed`` (the labelled boxes) or ``detect`` (the ``detector``'s face in and around each box)."""
 
-    test_fraction: float = 0.1
-    test_seed: int = 0
-    crop: str = "fixed"
+    test_fraction: float = MISSING
+    test_seed: int = MISSING
+    crop: str = MISSING
     detector: DatasetDetectorConfig = field(default_factory=DatasetDetectorConfig)
-
-
-register_dataset_schema("expw", ExpwConfig)
 
 
 class Expw(DetectCrop, FileDataset):
     """ExpW: a seeded stratified test split of the faces; the rest is train."""
 
     name = "expw"
-    class_names = CLASS_NAMES
     use_label_box = True
     layout_help = LAYOUT
 
@@ -69,6 +65,7 @@ class Expw(DetectCrop, FileDataset):
         seen: set[tuple[str, ...]] = set()
         faces: list[Face] = []
         duplicates = 0
+        labels = LabelTable.consecutive(0, self.names())  # labels 0..6 in the order of dataset.class_names
         for lineno, row in read_rows(label_file, delimiter=None):
             need_fields(row, 8, label_file, lineno, "'image face_id top left right bottom confidence label'")
             key = tuple(row[:8])
@@ -76,7 +73,7 @@ class Expw(DetectCrop, FileDataset):
                 duplicates += 1
                 continue
             seen.add(key)
-            label = LABELS.lookup(row[7], f"{label_file}:{lineno}")
+            label = labels.lookup(row[7], f"{label_file}:{lineno}")
             top, left, right, bottom = (to_number(v, label_file, lineno, "face box value") for v in row[2:6])
             where = f"{image_dir / row[0]} ({label_file}:{lineno})"
             faces.append(Face(image_dir / row[0], label, Box(top, left, bottom, right), where=where))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lrfer.config.schema import register_dataset_schema
+from lrfer.core.errors import UserError
 from lrfer.data.datasets.common import (
     CorruptImage,
     Face,
@@ -27,10 +27,7 @@ from lrfer.data.datasets.common import (
     find_path,
     read_table,
 )
-from lrfer.errors import UserError
 
-CLASS_NAMES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
-LABELS = LabelTable.consecutive(0, CLASS_NAMES)
 USAGE_SPLITS = {"training": "train", "publictest": "val", "privatetest": "test"}
 CSV_CANDIDATES = ("fer2013.csv", "fer2013/fer2013.csv", "icml_face_data.csv", "fer2013/icml_face_data.csv")
 LAYOUT = "fer2013.csv (header emotion,pixels,Usage) or icml_face_data.csv in that folder"
@@ -80,14 +77,10 @@ def read_fer2013(path: Path) -> list[FerRow]:
     return rows
 
 
-register_dataset_schema("fer2013")  # only the common options (``dataset.root`` = the folder of fer2013.csv)
-
-
 class Fer2013(FileDataset):
     """FER2013: train / val / test = Usage Training / PublicTest / PrivateTest."""
 
     name = "fer2013"
-    class_names = CLASS_NAMES
     layout_help = LAYOUT
 
     def layout(self) -> tuple[str, list[Path]]:
@@ -97,7 +90,8 @@ class Fer2013(FileDataset):
     def faces(self, layout: str, files: list[Path]) -> tuple[Faces, dict]:
         path = files[0]
         faces: Faces = {"train": [], "val": [], "test": []}
+        labels = LabelTable.consecutive(0, self.names())  # codes 0..6 in the order of dataset.class_names
         for row in read_fer2013(path):
-            label = LABELS.lookup(row.emotion, f"{path}:{row.lineno}")
+            label = labels.lookup(row.emotion, f"{path}:{row.lineno}")
             faces[row.split].append(Face(row.pixels, label, where=f"{path}:{row.lineno}"))
         return faces, {}

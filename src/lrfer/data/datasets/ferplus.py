@@ -28,7 +28,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lrfer.config.schema import DatasetConfig, register_dataset_schema
+from omegaconf import MISSING
+
+from lrfer.config.schema import DatasetConfig
+from lrfer.core.errors import UserError
 from lrfer.data.datasets.common import (
     Box,
     Face,
@@ -43,7 +46,6 @@ from lrfer.data.datasets.common import (
     to_number,
 )
 from lrfer.data.datasets.fer2013 import USAGE_SPLITS, find_fer2013_csv, read_fer2013
-from lrfer.errors import UserError
 
 CLASS_NAMES = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt")
 VOTE_COLUMNS = (*CLASS_NAMES, "unknown", "NF")
@@ -60,11 +62,8 @@ class FerPlusConfig(DatasetConfig):
     """``label_mode`` builds the train labels (see the module doc); ``fer2013_csv`` overrides where the
     pixels CSV is looked for."""
 
-    label_mode: str = "majority"
-    fer2013_csv: str | None = None
-
-
-register_dataset_schema("ferplus", FerPlusConfig)
+    label_mode: str = MISSING
+    fer2013_csv: str | None = MISSING
 
 
 def process_votes(votes: Sequence[float], mode: str) -> list[float] | None:

@@ -33,11 +33,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import MISSING
 
-from lrfer.config.schema import DatasetConfig, register_dataset_schema
+from lrfer.config.schema import DatasetConfig
+from lrfer.core.errors import UserError
 from lrfer.data.datasets.common import Box, Face, Faces, FileDataset, missing
 from lrfer.data.datasets.detect_crop import DatasetDetectorConfig, DetectCrop
-from lrfer.errors import UserError
 
 EXPRESSIONS = {
     "AF": "afraid",
@@ -68,17 +69,14 @@ class KdefConfig(DatasetConfig):
     ``crop_box`` as fractions [top, left, height, width] of the portrait; ``detect``: found by the
     ``detector``) and the camera ``angles`` kept."""
 
-    num_folds: int = 10
-    fold: int = 0
-    fold_seed: int = 0
-    fold_mode: str = "subject"
-    crop: str = "fixed"
+    num_folds: int = MISSING
+    fold: int = MISSING
+    fold_seed: int = MISSING
+    fold_mode: str = MISSING
+    crop: str = MISSING
     crop_box: list[float] = field(default_factory=lambda: [0.2, 0.1, 0.59, 0.8])
     detector: DatasetDetectorConfig = field(default_factory=DatasetDetectorConfig)
     angles: list[str] = field(default_factory=lambda: list(ANGLES))
-
-
-register_dataset_schema("kdef", KdefConfig)
 
 
 FOLD_MODES = ("subject", "image")

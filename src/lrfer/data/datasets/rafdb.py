@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lrfer.config.schema import register_dataset_schema
+from lrfer.core.errors import UserError
 from lrfer.data.datasets.common import (
     Face,
     Faces,
@@ -30,10 +30,9 @@ from lrfer.data.datasets.common import (
     need_fields,
     read_rows,
 )
-from lrfer.errors import UserError
 
-CLASS_NAMES = ("surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral")
-LABELS = LabelTable.consecutive(1, CLASS_NAMES)
+#: RAF-DB's labels are 1..7, in the order of ``dataset.class_names`` (configs/dataset/rafdb.yaml).
+FIRST_LABEL = 1
 
 BASIC_LABELS = ("basic/EmoLabel/list_patition_label.txt", "EmoLabel/list_patition_label.txt")
 CSV_DIRS = (".", "DATASET")
@@ -43,15 +42,15 @@ LAYOUT = (
     "with {train,test}_labels.csv"
 )
 
-register_dataset_schema("rafdb")  # only the common options (``dataset.root`` = the folder holding ``basic/``)
-
 
 class RafDb(FileDataset):
     """RAF-DB basic: train / test from the official split (the image name's prefix)."""
 
     name = "rafdb"
-    class_names = CLASS_NAMES
     layout_help = LAYOUT
+
+    def labels(self) -> LabelTable:
+        return LabelTable.consecutive(FIRST_LABEL, self.names())
 
     def layout(self) -> tuple[str, list[Path]]:
         """("basic", [label file]) or ("folders", [train csv, test csv])."""
@@ -80,7 +79,7 @@ class RafDb(FileDataset):
                     f"{label_file}:{lineno}: cannot tell the split of {name!r} "
                     "(expected a name starting with train_ or test_)"
                 )
-            label = LABELS.lookup(raw, f"{label_file}:{lineno}")
+            label = self.labels().lookup(raw, f"{label_file}:{lineno}")
             faces[split].append(Face(image_dir / f"{Path(name).stem}_aligned.jpg", label))
         return faces
 
@@ -90,6 +89,6 @@ class RafDb(FileDataset):
         for split, csv_file in zip(("train", "test"), csvs):
             faces[split] = [
                 Face(image_root.parent / split / row["label"] / row["image"], label)
-                for _, row, label in labelled_rows(csv_file, ("image", "label"), LABELS, "label")
+                for _, row, label in labelled_rows(csv_file, ("image", "label"), self.labels(), "label")
             ]
         return faces

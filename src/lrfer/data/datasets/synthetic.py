@@ -6,7 +6,9 @@ import hashlib
 import inspect
 from dataclasses import dataclass
 
-from lrfer.config.schema import DatasetConfig, register_dataset_schema
+from omegaconf import MISSING
+
+from lrfer.config.schema import DatasetConfig
 from lrfer.data import synthetic as generator_module
 from lrfer.data.datasets.base import DatasetAdapter
 from lrfer.data.faces import FaceData, FaceSplit
@@ -15,13 +17,10 @@ from lrfer.data.synthetic import CLASS_NAMES, GENERATOR_VERSION, MIN_IMAGE_SIZE,
 
 @dataclass
 class SyntheticDatasetConfig(DatasetConfig):
-    num_train: int = 2000
-    num_val: int = 500
-    num_test: int = 1000
-    seed: int = 0
-
-
-register_dataset_schema("synthetic", SyntheticDatasetConfig)
+    num_train: int = MISSING
+    num_val: int = MISSING
+    num_test: int = MISSING
+    seed: int = MISSING
 
 
 class SyntheticFaces(DatasetAdapter):

@@ -1,0 +1,206 @@
+"""The trainer's guarantees, each as one specification on a seconds-long run (the baseline method with a
+two-layer network on generated faces):
+
+* the best epoch of a stage is picked on the validation split only, by strict improvement (the first of
+  equal scores wins), ``best.pt`` holds it, and ``trainer.restore_best`` loads it back (from the run folder,
+  or from memory without one); validation runs every ``trainer.val_every`` epochs and after the last;
+* ``trainer.grad_clip`` bounds the norm of every optimiser step's gradient;
+* every epoch's randomness derives from (seed, stage, epoch, rank): it repeats, and differs between
+  epochs, stages and torchrun ranks;
+* an epoch's reported loss and training accuracy are the mean over its steps and samples.
+
+The validation scores are scripted (the real evaluation runs, then its accuracy is replaced), so which
+epoch is best never depends on what a tiny network happens to learn.
+"""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+from conftest import TINY_RESNET, compose_cfg, tiny
+
+import lrfer.engine.trainer as trainer_module
+from lrfer.data.degrade import parse_degradations
+from lrfer.engine.run import build_parts
+from lrfer.engine.trainer import Trainer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+#: No learning-rate decay: the weights change at every epoch, so every epoch's weights are distinct.
+CONSTANT_LR = ("trainer.scheduler.name=none",)
+
+
+def _trainer(tmp_path, *overrides, run_dir: str | None = "run"):
+    cfg = compose_cfg(*tiny(tmp_path, TINY_RESNET, *CONSTANT_LR, *overrides))
+    parts = build_parts(cfg)
+    folder = tmp_path / run_dir if run_dir else None
+    trainer = Trainer.from_config(cfg, parts.method, parts.datamodule, torch.device("cpu"), run_dir=folder)
+    return trainer, parts.method
+
+
+def _state(method) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in method.state_dict().items()}
+
+
+def _same(a: dict, b: dict) -> bool:
+    return set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _scripted_validation(monkeypatch, scores: list[float]) -> dict[str, list]:
+    """Validation reports ``scores[i]`` as its accuracy at its i-th call; records the splits evaluated,
+    the epochs validated and the weights at each validation."""
+    real = Trainer.evaluate
+    seen: dict[str, list] = {"splits": [], "weights": []}
+
+    def evaluate(self, split, degradations, stage=None, keep_confusion=False):
+        seen["splits"].append(split)
+        rows = real(self, split, degradations, stage, keep_confusion)
+        if split == "val":
+            seen["weights"].append(_state(self.method))
+            for row in rows.values():
+                row["acc"] = scores[len(seen["weights"]) - 1]
+        return rows
+
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+    return seen
+
+
+@pytest.mark.parametrize("run_dir", ["run", None], ids=["run-folder", "in-memory"])
+def test_the_first_best_validation_epoch_is_kept_and_restored(tmp_path, monkeypatch, run_dir):
+    """Scores 0.5, 0.8, 0.8, 0.6: epoch 2 is the best (epoch 3 only equals it). The stage ends with epoch
+    2's weights, best.pt holds them, and nothing but the validation split was evaluated."""
+    seen = _scripted_validation(monkeypatch, [0.5, 0.8, 0.8, 0.6])
+    trainer, method = _trainer(tmp_path, "trainer.max_epochs=4", run_dir=run_dir)
+    (summary,) = trainer.fit()
+    assert seen["splits"] == ["val"] * 4  # never the test split while training
+    assert (summary.best_epoch, summary.best_val, summary.epochs) == (2, 0.8, 4)
+    assert [h["epoch"] for h in trainer.val_history] == [1, 2, 3, 4]
+    assert [h["score"] for h in trainer.val_history] == [0.5, 0.8, 0.8, 0.6]
+    assert not _same(seen["weights"][1], seen["weights"][3])  # the last epoch is another model
+    assert _same(_state(method), seen["weights"][1])  # restore_best: epoch 2's weights
+    if run_dir:
+        best = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=True)
+        assert (best["epoch"], best["score"], best["stage_index"]) == (2, 0.8, 0)
+        assert _same(best["method"], seen["weights"][1])
+
+
+def test_without_restore_best_the_stage_ends_with_its_last_epoch(tmp_path, monkeypatch):
+    seen = _scripted_validation(monkeypatch, [0.5, 0.8, 0.8, 0.6])
+    trainer, method = _trainer(tmp_path, "trainer.max_epochs=4", "trainer.restore_best=false")
+    (summary,) = trainer.fit()
+    assert summary.best_epoch == 2
+    assert _same(_state(method), seen["weights"][3])
+    best = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=True)
+    assert best["epoch"] == 2 and _same(best["method"], seen["weights"][1])
+
+
+def test_a_later_strictly_better_epoch_replaces_the_best(tmp_path, monkeypatch):
+    seen = _scripted_validation(monkeypatch, [0.3, 0.2, 0.4])
+    trainer, method = _trainer(tmp_path, "trainer.max_epochs=3")
+    (summary,) = trainer.fit()
+    assert (summary.best_epoch, summary.best_val) == (3, 0.4)
+    assert _same(_state(method), seen["weights"][2])
+
+
+def test_validation_runs_every_val_every_epochs_and_after_the_last(tmp_path, monkeypatch):
+    _scripted_validation(monkeypatch, [0.5, 0.6])
+    trainer, _ = _trainer(tmp_path, "trainer.max_epochs=4", "trainer.val_every=3")
+    (summary,) = trainer.fit()
+    assert [h["epoch"] for h in trainer.val_history] == [3, 4]
+    assert (summary.best_epoch, summary.best_val) == (4, 0.6)
+
+
+def _one_epoch(trainer, method, si: int = 0, epoch: int = 0):
+    stage = method.stages()[0]
+    method.on_stage_start(stage)
+    optimizers, _ = trainer.build_optimizers(stage, epochs=1)
+    degs = parse_degradations(trainer.train_degrade)
+    return trainer._train_epoch(si, stage, epoch, degs, optimizers)
+
+
+def _flat_params(method) -> torch.Tensor:
+    return torch.cat([p.detach().flatten().clone() for p in method.parameters()])
+
+
+@pytest.mark.parametrize("clip", [1e-3, None], ids=["clipped", "unclipped"])
+def test_grad_clip_bounds_the_norm_of_each_step(tmp_path, clip):
+    """Plain SGD (lr 1, no momentum, no weight decay) for one step: the parameters move by the gradient
+    itself, whose norm trainer.grad_clip caps; without it, the step is far larger than the cap."""
+    trainer, method = _trainer(
+        tmp_path,
+        "dataset.num_train=28",  # one batch of 28: one step
+        "trainer.optimizer.name=sgd",
+        "trainer.optimizer.lr=1.0",
+        "trainer.optimizer.momentum=0.0",
+        f"trainer.grad_clip={clip if clip else 'null'}",
+        run_dir=None,
+    )
+    before = _flat_params(method)
+    _one_epoch(trainer, method)
+    step = (_flat_params(method) - before).norm().item()
+    if clip:
+        assert step == pytest.approx(clip, rel=1e-3)
+    else:
+        assert step > 10 * 1e-3
+
+
+def _first_draws(monkeypatch, trainer, method, si: int, epoch: int, rank: int) -> list[float]:
+    """The global RNG's first draw in every training step of one epoch, as ``rank`` of a torchrun job."""
+    draws = []
+    real = type(method).training_step
+
+    def step(self, batch, stage, name):
+        draws.append(torch.rand(()).item())  # what dropout or a random interpolation weight would draw
+        return real(self, batch, stage, name)
+
+    with monkeypatch.context() as m:
+        m.setattr(type(method), "training_step", step)
+        m.setattr(
+            trainer_module,
+            "dist",
+            types.SimpleNamespace(**{**vars(trainer_module.dist), "rank": lambda: rank}),
+        )
+        _one_epoch(trainer, method, si, epoch)
+    return draws
+
+
+def test_each_epoch_stage_and_rank_has_its_own_repeatable_random_stream(tmp_path, monkeypatch):
+    trainer, method = _trainer(tmp_path, run_dir=None)
+    first = _first_draws(monkeypatch, trainer, method, si=0, epoch=0, rank=0)
+    assert _first_draws(monkeypatch, trainer, method, si=0, epoch=0, rank=0) == first  # it repeats
+    assert _first_draws(monkeypatch, trainer, method, si=0, epoch=1, rank=0)[0] != first[0]  # next epoch
+    assert _first_draws(monkeypatch, trainer, method, si=1, epoch=0, rank=0)[0] != first[0]  # next stage
+    assert _first_draws(monkeypatch, trainer, method, si=0, epoch=0, rank=1)[0] != first[0]  # another rank
+    other_seed, other = _trainer(tmp_path, "seed=1", run_dir=None)
+    assert _first_draws(monkeypatch, other_seed, other, si=0, epoch=0, rank=0)[0] != first[0]
+
+
+def test_an_epochs_loss_and_accuracy_are_the_means_over_its_steps_and_samples(tmp_path, monkeypatch):
+    trainer, method = _trainer(tmp_path, run_dir=None)  # 140 faces in batches of 28: 5 steps
+    steps = []
+    real = type(method).training_step
+
+    def step(self, batch, stage, name):
+        out = real(self, batch, stage, name)
+        hits = (out["logits"].argmax(1) == batch["label"]).sum().item()
+        steps.append((out["loss"].item(), hits, batch["label"].shape[0]))
+        return out
+
+    monkeypatch.setattr(type(method), "training_step", step)
+    losses, train_acc = _one_epoch(trainer, method)
+    assert len(steps) == 5
+    assert losses["loss"] == pytest.approx(sum(s[0] for s in steps) / 5, rel=1e-6)
+    assert train_acc == losses["train_acc"] == pytest.approx(sum(s[1] for s in steps) / 140)
+    assert trainer.global_step == 5
+
+
+def test_evaluation_leaves_the_method_in_the_mode_it_found(tmp_path):
+    trainer, method = _trainer(tmp_path, run_dir=None)
+    method.train()
+    trainer.evaluate("val", ["x1"])
+    assert method.training
+    method.eval()
+    trainer.evaluate("val", ["x1"])
+    assert not method.training
