@@ -15,6 +15,7 @@ import lrfer.cli.guard
 import lrfer.cli.sweep
 import lrfer.cli.train
 import lrfer.engine.loading
+import lrfer.engine.resolve
 import lrfer.engine.run
 import lrfer.engine.trainer
 from lrfer.core.errors import UserError
@@ -71,6 +72,16 @@ def test_the_spec_holds_parsed_degradations_and_settled_options(tmp_path):
     assert spec.degrade.val == spec.degrade.train  # degrade.val=null: selection on the training list
     assert spec.trainer.amp_dtype is None and spec.trainer.channels_last is False  # auto on a CPU
     assert spec.device.type == "cpu" and spec.world_size == 1
+
+
+def test_a_global_batch_the_processes_cannot_share_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(lrfer.engine.resolve.dist, "world_size", lambda: 3)
+    with pytest.raises(
+        UserError, match=r"trainer\.batch_size=28 \(the global batch\) must be divisible by the 3"
+    ):
+        resolve(compose_cfg(*tiny(tmp_path)))
+    monkeypatch.setattr(lrfer.engine.resolve.dist, "world_size", lambda: 4)
+    assert resolve(compose_cfg(*tiny(tmp_path))).world_size == 4
 
 
 def test_a_resume_without_a_run_folder_stops_with_one_line(tmp_path):
