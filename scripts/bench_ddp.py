@@ -6,7 +6,7 @@ batch.
                                 [--batch-size 64] [--steps 4] [--epochs 3] [--rounds 2]
 
 Each configuration is started with torchrun (``--nproc_per_node`` 1, then N) and runs lrfer's real training
-loop (``Trainer._train_epoch``: batch assembly from the cached views x1/x2/x4, augmentation, forward,
+loop (``Trainer.train_one_epoch``: batch assembly from the cached views x1/x2/x4, augmentation, forward,
 backward, DDP all-reduce, optimiser step) on ``steps`` global batches of ``--batch-size`` per epoch: one
 warm-up epoch, then ``--epochs`` timed epochs (barrier before and after each). With N processes every
 rank trains on its own share (``batch-size / N``) of each global batch, so the same images are seen per
@@ -75,29 +75,21 @@ def compose_cfg(args, cache: str):
 
 def worker(args) -> None:
     """One rank (started by torchrun): time the training loop, rank 0 writes ``--out``."""
+    from dataclasses import replace
+
     import torch
 
-    from lrfer.data.degrade import parse_degradations
     from lrfer.engine import distributed as dist
-    from lrfer.engine.optim import build_optimizer
     from lrfer.engine.run import build_parts
     from lrfer.engine.trainer import Trainer
 
     torch.set_num_threads(args.threads)
     cfg = compose_cfg(args, args.cache)
     parts = build_parts(cfg)  # joins the process group
-    trainer = Trainer.from_config(cfg, parts.method, parts.datamodule, parts.device)
-    stage = parts.method.stages()[0]
-    params = list(parts.method.stage_parameters(stage, "main"))
-    trainer.model = dist.wrap_stage(
-        parts.method,
-        params,
-        parts.device,
-        find_unused_parameters=False,
-        sync_bn=trainer._stage_sync_bn(stage),
-    )
-    optimizers = {"main": build_optimizer(params, cfg.trainer.optimizer)}
-    degs = parse_degradations(DEGRADATIONS)
+    trainer = Trainer(parts.spec, parts.method, parts.datamodule)
+    # the method's first stage on the bench's degradations: DDP-wrapped, its optimiser built
+    stage = trainer.prepare_stage(0, replace(parts.method.stages()[0], train_degrade=DEGRADATIONS))
+    degs = stage.train_degs
     for deg in degs:  # the views are made once per run in training too: not part of the loop
         parts.datamodule.view("train", deg)
     times = []
@@ -106,7 +98,7 @@ def worker(args) -> None:
         if parts.device.type == "cuda":
             torch.cuda.synchronize(parts.device)
         t0 = time.perf_counter()
-        trainer._train_epoch(0, stage, epoch, degs, optimizers)
+        trainer.train_one_epoch(stage, epoch)
         if parts.device.type == "cuda":
             torch.cuda.synchronize(parts.device)
         dist.barrier()

@@ -6,7 +6,7 @@ vs the model-only limit vs a conventional PIL + DataLoader pipeline, and the tra
                                   [--batch-size 32] [--n-train 4096] [--steps 8] [--repeats 3]
                                   [--optimizations] [--no-conventional] [--workers 4]
 
-Every loop is ``Trainer._train_epoch`` itself (logging off, progress bars off): batch assembly, the
+Every loop is ``Trainer.train_one_epoch`` itself (logging off, progress bars off): batch assembly, the
 forward/backward/optimiser step of every optimisation step, the on-device loss sums and finite check, and
 the epoch's single read at its end. A timed run is K = ``--steps`` steps with the device synchronised only
 before the first and after the last, so the host may run ahead of the GPU as it does in training. Loops, per
@@ -41,6 +41,7 @@ counted. The last stdout line is JSON.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -56,9 +57,9 @@ from PIL import Image
 from lrfer.cli import CONFIG_DIR
 from lrfer.config import register_schemas
 from lrfer.core.compat import torchvision
-from lrfer.data.degrade import parse_degradations
+from lrfer.engine.resolve import RunSpec, resolve, resolve_device
 from lrfer.engine.run import build_method, build_parts, method_context
-from lrfer.engine.trainer import Trainer, derive_seed, resolve_device
+from lrfer.engine.trainer import Trainer
 from lrfer.methods.base import Stage
 from lrfer.report.provenance import provenance
 from lrfer.tools.latency import cpu_model
@@ -109,40 +110,31 @@ def compose_cfg(method: str, size: int, args, cache: str, extra=()):
 
 
 class Loop:
-    """One Trainer and a source of batches; :meth:`run` times K steps of ``Trainer._train_epoch``."""
+    """One Trainer and a source of batches; :meth:`run` times K steps of ``Trainer.train_one_epoch``."""
 
-    def __init__(self, cfg, parts, steps: int, batches=None, method=None) -> None:
-        self.cfg, self.parts, self.steps = cfg, parts, steps
+    def __init__(self, spec: RunSpec, parts, steps: int, batches=None, method=None) -> None:
+        self.parts, self.steps = parts, steps
         self.dm = parts.datamodule
         self.device = parts.device
-        self.trainer = Trainer.from_config(
-            cfg, method if method is not None else parts.method, self.dm, self.device
-        )
+        self.trainer = Trainer(spec, method if method is not None else parts.method, self.dm)
         self.memory_format = self.dm.memory_format  # the trainer set it; loops sharing data restore it
-        self.stage = Stage("bench", epochs=1)
-        self.degs = parse_degradations(DEGRADATIONS)
-        self.optimizers, _ = self.trainer.build_optimizers(self.stage, epochs=1)
+        self.stage = self.trainer.prepare_stage(0, Stage("bench", epochs=1, train_degrade=DEGRADATIONS))
         self.batches = batches  # None: the data module's own (a fresh epoch each run)
         self.epoch = 0
-
-    def _source(self, *args, **kwargs):
-        gen = self.batches() if self.batches is not None else self.real(*args, **kwargs)
-        return (b for _, b in zip(range(self.steps), gen))
 
     def run(self) -> float:
         """Seconds for K steps, the device synchronised only before and after them."""
         self.dm.memory_format = self.memory_format
-        self.real = type(self.dm).train_batches.__get__(self.dm)
-        self.dm.train_batches = self._source
-        try:
-            sync(self.device)
-            t0 = time.perf_counter()
-            self.trainer._train_epoch(0, self.stage, self.epoch, self.degs, self.optimizers)
-            sync(self.device)
-            return time.perf_counter() - t0
-        finally:
-            del self.dm.train_batches
-            self.epoch += 1
+        source = (
+            self.batches() if self.batches is not None else self.trainer.epoch_batches(self.stage, self.epoch)
+        )
+        first_steps = (b for _, b in zip(range(self.steps), source))
+        sync(self.device)
+        t0 = time.perf_counter()
+        self.trainer.train_one_epoch(self.stage, self.epoch, batches=first_steps)
+        sync(self.device)
+        self.epoch += 1
+        return time.perf_counter() - t0
 
 
 def interleaved(loops: dict[str, Loop], repeats: int) -> tuple[dict[str, float], dict[str, float]]:
@@ -222,14 +214,14 @@ def bench(method: str, size: int, args, tmp: Path) -> dict:
     host_cfg = compose_cfg(method, size, args, cache, ["dataset.on_device='false'"])
     host_parts = build_parts(host_cfg)
     steps, batch = args.steps, args.batch_size
-    loops = {"trainer": Loop(cfg, parts, steps)}
-    fixed = next(parts.datamodule.train_batches(parse_degradations(DEGRADATIONS), seed=derive_seed(0, 0, 0)))
-    loops["model_only"] = Loop(cfg, parts, steps, batches=lambda: (dict(fixed) for _ in range(steps)))
-    loops["host"] = Loop(host_cfg, host_parts, steps)
+    loops = {"trainer": Loop(parts.spec, parts, steps)}
+    fixed = next(iter(loops["trainer"].trainer.epoch_batches(loops["trainer"].stage, 0)))
+    loops["model_only"] = Loop(parts.spec, parts, steps, batches=lambda: (dict(fixed) for _ in range(steps)))
+    loops["host"] = Loop(host_parts.spec, host_parts, steps)
     loader = None
     if args.conventional:
         stream, loader = conventional_batches(parts, size, batch, args.workers, tmp / f"png{NATIVE}")
-        loops["conventional"] = Loop(cfg, parts, steps, batches=stream)
+        loops["conventional"] = Loop(parts.spec, parts, steps, batches=stream)
     seconds, _ = interleaved(loops, args.repeats)
     speed = {k: round(batch * steps / v, 2) for k, v in seconds.items()}
     row = {
@@ -270,27 +262,20 @@ def epoch_bench(method: str, size: int, args, tmp: Path) -> dict:
         str(tmp / "cache"),
         [f"trainer.max_epochs={args.epochs}", f"method.epochs={args.epochs}", "trainer.checkpoint_every=1"],
     )
-    parts = build_parts(cfg)
+    spec = resolve(cfg, run)
+    parts = build_parts(spec)
     logger = RunLogger(run, enabled=True)
-    trainer = Trainer.from_config(
-        cfg, parts.method, parts.datamodule, parts.device, run_dir=run, logger=logger
-    )
     parts_s: dict[str, list[float]] = {"train": [], "val": [], "checkpoint": []}
 
-    def timed(name, fn):
-        def run_timed(*a, **k):
-            sync(parts.device)
-            t0 = time.perf_counter()
-            out = fn(*a, **k)
-            sync(parts.device)
-            parts_s[name].append(time.perf_counter() - t0)
-            return out
+    @contextlib.contextmanager
+    def timed(phase: str):
+        sync(parts.device)
+        t0 = time.perf_counter()
+        yield
+        sync(parts.device)
+        parts_s[phase].append(time.perf_counter() - t0)
 
-        return run_timed
-
-    trainer._train_epoch = timed("train", trainer._train_epoch)
-    trainer.evaluate = timed("val", trainer.evaluate)
-    trainer._save_last = timed("checkpoint", trainer._save_last)
+    trainer = Trainer(spec, parts.method, parts.datamodule, logger=logger, phase_timer=timed)
     t0 = time.perf_counter()
     trainer.fit()
     total = time.perf_counter() - t0
@@ -330,7 +315,7 @@ def optimisation_ratios(method: str, size: int, args, cache: str, parts) -> dict
             torch.manual_seed(cfg.seed)
             fresh = build_method(cfg, method_context(cfg, in_channels=parts.datamodule.channels))
             cfgs[name] = cfg
-            loops[name] = Loop(cfg, parts, args.steps, method=fresh)
+            loops[name] = Loop(resolve(cfg), parts, args.steps, method=fresh)
         seconds, warmup = interleaved(loops, args.repeats)
     except Exception as err:  # no compiler on the machine: report, do not fail the benchmark
         return {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"}

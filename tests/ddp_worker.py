@@ -39,25 +39,13 @@ def evaluate(trainer: Trainer, cfg) -> dict:
 
 def syncs(trainer: Trainer, cfg, steps: int = 3) -> dict:
     """``{stage: [Counter of step 0, step 1, ...]}`` over ``steps`` DDP training steps of every stage."""
-    dm = trainer.data
-    real = dm.train_batches
     results = {}
     for si, stage in enumerate(trainer.method.stages()):
-        degs = parse_degradations(stage.train_degrade or cfg.degrade.train)
-        trainer.method.on_stage_start(stage)
-        trainer.model = trainer.wrap_stage(stage)
-        optimizers, _ = trainer.build_optimizers(stage, epochs=1)
+        run = trainer.prepare_stage(si, stage)
         counter = SyncCounter()
-
-        def limited(*args, counter=counter, **kwargs):
-            return phased((b for _, b in zip(range(steps), real(*args, **kwargs))), counter)
-
-        dm.train_batches = limited
-        try:
-            with counter:
-                trainer._train_epoch(si, stage, 0, degs, optimizers)
-        finally:
-            dm.train_batches = real
+        first_steps = (b for _, b in zip(range(steps), trainer.epoch_batches(run, 0)))
+        with counter:
+            trainer.train_one_epoch(run, 0, batches=phased(first_steps, counter))
         results[stage.name] = [dict(counter.counts.get(f"step {i}", {})) for i in range(steps)]
         results["wrapped " + stage.name] = type(trainer.model).__name__
     return results
@@ -99,7 +87,7 @@ def main() -> None:
     cfg = compose_cfg(*sys.argv[3:])
     parts = build_parts(cfg)
     run_dir = out / "run" if scenario == "checkpoints" else None
-    trainer = Trainer.from_config(cfg, parts.method, parts.datamodule, parts.device, run_dir=run_dir)
+    trainer = Trainer.from_config(cfg, parts.method, parts.datamodule, run_dir=run_dir)
     result = {"evaluate": evaluate, "syncs": syncs, "checkpoints": checkpoints}[scenario](trainer, cfg)
     result["world_size"] = dist.world_size()
     (out / f"{scenario}-rank{dist.rank()}.json").write_text(json.dumps(result))

@@ -94,7 +94,7 @@ def _toy_trainer(tmp_path, *overrides):
     cfg = compose_cfg(*tiny(tmp_path, "method.epochs=2", "trainer.max_epochs=3", *overrides))
     cfg.method._target_ = "toy_methods.TwoStageToy"
     parts = build_parts(cfg)
-    trainer = Trainer.from_config(cfg, parts.method, parts.datamodule, parts.device, run_dir=tmp_path / "run")
+    trainer = Trainer.from_config(cfg, parts.method, parts.datamodule, run_dir=tmp_path / "run")
     return trainer, parts.method
 
 

@@ -13,7 +13,6 @@ from conftest import TINY_FSRFER, TINY_RESNET, compose_cfg, tiny
 
 import lrfer.engine.trainer as trainer_mod
 from lrfer.core.errors import UserError
-from lrfer.data.degrade import parse_degradations
 from lrfer.engine.run import build_parts
 from lrfer.engine.trainer import Trainer
 
@@ -57,24 +56,20 @@ def recorder(monkeypatch):
 def _trainer(tmp, *overrides):
     cfg = compose_cfg(*tiny(tmp, *overrides, "trainer.compile=true", "trainer.batch_size=16"))
     parts = build_parts(cfg)
-    trainer = Trainer.from_config(cfg, parts.method, parts.datamodule, parts.device)
+    trainer = Trainer(parts.spec, parts.method, parts.datamodule)
     return cfg, parts, trainer
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_every_network_a_stage_runs_is_compiled(tmp_path, recorder, name):
-    cfg, parts, trainer = _trainer(tmp_path, *CASES[name])
-    method, dm = parts.method, parts.datamodule
-    real = dm.train_batches
-    dm.train_batches = lambda *a, **k: (b for _, b in zip(range(2), real(*a, **k)))
+    _, parts, trainer = _trainer(tmp_path, *CASES[name])
+    method = parts.method
     for si, stage in enumerate(method.stages()):
         recorder.params.clear()
         calls_before = recorder.calls
-        method.on_stage_start(stage)
-        optimizers, _ = trainer.build_optimizers(stage, epochs=1)
-        trainer._train_epoch(
-            si, stage, 0, parse_degradations(stage.train_degrade or cfg.degrade.train), optimizers
-        )
+        run = trainer.prepare_stage(si, stage)
+        two_steps = (b for _, b in zip(range(2), trainer.epoch_batches(run, 0)))
+        trainer.train_one_epoch(run, 0, batches=two_steps)
         trained = {
             id(p): n
             for n, p in method.named_parameters()
@@ -95,9 +90,8 @@ def test_every_network_a_stage_runs_is_compiled(tmp_path, recorder, name):
 
 def test_compile_mode_is_checked(tmp_path):
     cfg = compose_cfg(*tiny(tmp_path, "trainer.compile_mode=fastest"))
-    parts = build_parts(cfg)
-    with pytest.raises(UserError, match="compile_mode"):
-        Trainer.from_config(cfg, parts.method, parts.datamodule, parts.device)
+    with pytest.raises(UserError, match=r"trainer\.compile_mode=fastest must be one of default"):
+        build_parts(cfg)
 
 
 def test_networks_of_drgfer_are_the_rrn_and_every_expert(tmp_path):
@@ -115,9 +109,8 @@ def test_under_ddp_the_ddp_wrapped_method_is_compiled(tmp_path, recorder):
     tdist.init_process_group("gloo", store=store, rank=0, world_size=1)
     try:
         _, parts, trainer = _trainer(tmp_path, *CASES["baseline"], "trainer.max_epochs=1")
-        real = parts.datamodule.train_batches
-        parts.datamodule.train_batches = lambda *a, **k: (b for _, b in zip(range(2), real(*a, **k)))
-        trainer.fit()
+        run = trainer.prepare_stage(0, parts.method.stages()[0])
+        trainer.train_one_epoch(run, 0, batches=(b for _, b in zip(range(2), trainer.epoch_batches(run, 0))))
         assert isinstance(trainer.model, torch._dynamo.eval_frame.OptimizedModule)
         assert isinstance(trainer.model._orig_mod, DistributedDataParallel)
         trained = {id(p) for p in parts.method.parameters()}

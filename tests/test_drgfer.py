@@ -196,16 +196,7 @@ def _evaluator(run):
     from lrfer.engine.trainer import Trainer
 
     parts = build_parts(run["cfg"])
-    return Trainer(
-        run["cfg"].trainer,
-        run["method"],
-        parts.datamodule,
-        train_degrade=["x1"],
-        val_degrade=None,
-        run_dir=None,
-        seed=0,
-        device=torch.device("cpu"),
-    )
+    return Trainer(parts.spec, run["method"], parts.datamodule)
 
 
 def test_routing_modes_share_one_training_and_report_rrn_acc(drgfer_run):

@@ -90,7 +90,7 @@ def test_evaluation_metrics_from_host_images_equal_those_from_the_device_path(tm
     for on_device in ("true", "false"):
         cfg = compose_cfg(*tiny(tmp_path / on_device, TINY_RESNET, f"dataset.on_device='{on_device}'"))
         parts = build_parts(cfg)
-        trainer = Trainer.from_config(cfg, parts.method, parts.datamodule, parts.device)
+        trainer = Trainer(parts.spec, parts.method, parts.datamodule)
         rows[on_device] = trainer.evaluate("test", ["x1", "x2", "x4+noise8"], keep_confusion=True)
     assert prefetchers == ["test"] * 3
     assert rows["true"] == rows["false"]

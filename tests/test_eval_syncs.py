@@ -36,7 +36,7 @@ def evaluation_counts(tmp, *overrides, labels=("x1", "x4")):
     small.append("trainer.eval_batch_size=16")  # three batches per degradation, the last one short
     cfg = compose_cfg(*tiny(tmp, TINY_RESNET, *small, *overrides))
     parts = build_parts(cfg)
-    trainer = Trainer.from_config(cfg, parts.method, parts.datamodule, parts.device)
+    trainer = Trainer(parts.spec, parts.method, parts.datamodule)
     dm = parts.datamodule
     trainer.evaluate("test", list(labels))  # views made, first calls done
     counter = SyncCounter()

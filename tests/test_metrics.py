@@ -86,10 +86,10 @@ def test_a_metric_missing_at_any_degradation_is_one_line_listing_what_exists():
 def test_a_malformed_or_unknown_metric_name_is_refused_at_start_up():
     check_metric_name("acc", ["x1"], "trainer.monitor")
     check_metric_name("x4/acc", ["x1", "x4"], "trainer.monitor")
-    with pytest.raises(UserError, match=r"trainer\.monitor='x8/acc': x8 is not a validated degradation"):
+    with pytest.raises(UserError, match=r"trainer\.monitor=x8/acc: x8 is not a validated degradation"):
         check_metric_name("x8/acc", ["x1", "x4"], "trainer.monitor")
     for bad in ("x4/", "a/b/acc", ""):
         with pytest.raises(UserError, match=r"give <metric> \(e\.g\. acc\) or <degradation>/<metric>"):
             check_metric_name(bad, ["x4"], "objective")
-    with pytest.raises(UserError, match=r"^trainer\.monitor='x8/acc': x8 is not a validated degradation"):
+    with pytest.raises(UserError, match=r"^trainer\.monitor=x8/acc: x8 is not a validated degradation"):
         named_metric(ROWS, "x8/acc", "trainer.monitor")  # the message names the setting that asked

@@ -14,7 +14,7 @@ from lrfer.config.validate import paper_init_warning, validate_config
 def test_drgfer_tables_without_model_weights_warn_of_the_imagenet_fallback(experiment, caplog):
     cfg = compose_cfg(f"experiment={experiment}")
     with caplog.at_level(logging.WARNING):
-        warnings = validate_config(cfg)
+        warnings = validate_config(cfg).warnings
     line = paper_init_warning(cfg)
     assert line in warnings and line in caplog.text and "\n" not in line
     assert line.startswith("model.weights is unset") and "ImageNet" in line and "MS-Celeb-1M" in line
@@ -26,7 +26,7 @@ def test_no_warning_once_the_paper_initialisation_is_given(method):
         "experiment=drgfer/rafdb", f"method={method}", "model.weights=/weights/resnet18_msceleb.pth"
     )
     assert paper_init_warning(cfg) is None
-    assert not any("initialisation" in w for w in validate_config(cfg, warn=False))
+    assert not any("initialisation" in w for w in validate_config(cfg, warn=False).warnings)
 
 
 def test_the_baselines_of_the_table_warn_too_and_runs_outside_paper_tables_never():

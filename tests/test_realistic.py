@@ -8,17 +8,18 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import compose_cfg
 from PIL import Image
 
-from lrfer.core.errors import UserError
-from lrfer.data.degrade import degrade_uint8, parse_degradation, parse_degradations
-from lrfer.data.realistic import (
+from lrfer.core.degradation import (
     apply_operations,
     gaussian_blur_uint8,
     gaussian_noise_uint8,
     hashed_normal,
     jpeg_uint8,
 )
+from lrfer.core.errors import UserError
+from lrfer.data.degrade import degrade_uint8, parse_degradation, parse_degradations
 from lrfer.report.tables import degradation_sort_key
 
 
@@ -116,6 +117,30 @@ def test_lower_jpeg_quality_loses_more():
 def test_report_columns_put_a_realistic_variant_after_its_plain_size():
     labels = ["x4+jpeg30", "x8", "x4", "14px", "x1", "x4+blur1.5"]
     assert sorted(labels, key=degradation_sort_key) == ["x1", "x4", "x4+blur1.5", "x4+jpeg30", "x8", "14px"]
+
+
+def test_an_operation_is_one_registry_entry_that_works_wherever_a_label_does(monkeypatch):
+    """Registering ``+invert`` here, and nothing else, makes it parse, validate, describe and degrade."""
+    from lrfer.config.validate import validate_config
+    from lrfer.core import degradation as realistic
+
+    monkeypatch.setattr(realistic, "OPERATIONS", dict(realistic.OPERATIONS))  # the toy leaves with the test
+
+    def invert(images, strength, seed, first_index):
+        return (images.float() + strength * (255 - 2 * images.float())).round().clamp(0, 255).to(torch.uint8)
+
+    realistic.register_operation(
+        realistic.OperationKind("invert", "share", "share of the grey-level inversion", 0.0, 1.0, invert)
+    )
+    deg = parse_degradation("X2+Invert1")
+    assert deg.label == "x2+invert1" and deg.operations[0].name == "invert"
+    images = _faces()
+    assert torch.equal(degrade_uint8(images, deg), 255 - degrade_uint8(images, parse_degradation("x2")))
+    with pytest.raises(UserError, match=r"invert takes a number from 0 to 1 \(share of the grey-level"):
+        parse_degradation("x2+invert3")
+    with pytest.raises(UserError, match=r"\+invert<share>"):
+        parse_degradation("x2+sharpen1")
+    validate_config(compose_cfg("degrade.test=[x1,x2+invert0.5]"), warn=False)
 
 
 @pytest.mark.parametrize(

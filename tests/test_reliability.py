@@ -415,7 +415,9 @@ def test_every_problem_is_reported_at_once(base_cfg):
 
 def test_a_degradation_down_to_one_pixel_is_a_warning(base_cfg, caplog):
     with caplog.at_level(logging.WARNING, logger="lrfer.config.validate"):
-        warnings = validate_config(_with(base_cfg, dataset__image_size=100, degrade__test=["x1", "x1000"]))
+        warnings = validate_config(
+            _with(base_cfg, dataset__image_size=100, degrade__test=["x1", "x1000"])
+        ).warnings
     assert len(warnings) == 1 and "x1000" in warnings[0] and "1x1" in warnings[0]
     assert "x1000" in caplog.text
 

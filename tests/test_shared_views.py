@@ -24,6 +24,7 @@ from lrfer.data.degrade import degrade_uint8, parse_degradations
 from lrfer.data.faces import FaceData, FaceSplit, carve_validation
 from lrfer.data.pipeline import FaceDataModule
 from lrfer.data.shared_views import VIEWS_FOLDER, MachineSharing, source_of
+from lrfer.engine.resolve import DegradeSpec
 from lrfer.engine.run import cached_bytes
 
 
@@ -43,8 +44,10 @@ def test_cached_bytes_counts_realistic_views_of_native_size():
     """``x1+noise8`` keeps the native size but is a new tensor (noise added): it is counted like ``x2``."""
     data = toy_data()
     cfg = OmegaConf.create({"degrade": {"train": ["x1"], "val": None, "test": ["x1", "x1+noise8", "x2"]}})
+    x1 = tuple(parse_degradations(["x1"]))
+    degrade = DegradeSpec(train=x1, val=x1, test=tuple(parse_degradations(["x1", "x1+noise8", "x2"])))
     native = 10 * 3 * 16 * 16
-    assert cached_bytes(cfg, data) == native + native + 10 * 3 * 8 * 8
+    assert cached_bytes(cfg, degrade, data) == native + native + 10 * 3 * 8 * 8
 
 
 # -- one host copy of the views per machine --------

@@ -14,7 +14,6 @@ import pytest
 import torch
 from conftest import TINY_FSRFER, TINY_RESNET, compose_cfg, tiny
 
-from lrfer.data.degrade import parse_degradations
 from lrfer.engine.run import build_parts
 from lrfer.engine.syncs import SyncCounter, phased
 from lrfer.engine.trainer import Trainer
@@ -37,26 +36,14 @@ def stage_counts(tmp, *overrides, steps=3):
     """``{stage: [Counter of step 0, step 1, ...]}`` over ``steps`` steps of every stage of a method."""
     cfg = compose_cfg(*tiny(tmp, *overrides, "trainer.batch_size=16"))
     parts = build_parts(cfg)
-    trainer = Trainer.from_config(cfg, parts.method, parts.datamodule, parts.device)
-    dm = parts.datamodule
-    real = dm.train_batches
+    trainer = Trainer(parts.spec, parts.method, parts.datamodule)
     results = {}
     for si, stage in enumerate(parts.method.stages()):
-        degs = parse_degradations(stage.train_degrade or cfg.degrade.train)
-        parts.method.on_stage_start(stage)
-        optimizers, _ = trainer.build_optimizers(stage, epochs=1)
+        run = trainer.prepare_stage(si, stage)
         counter = SyncCounter()
-
-        def limited(*args, counter=counter, **kwargs):
-            gen = real(*args, **kwargs)
-            return phased((b for _, b in zip(range(steps), gen)), counter)
-
-        dm.train_batches = limited
-        try:
-            with counter:
-                trainer._train_epoch(si, stage, 0, degs, optimizers)
-        finally:
-            dm.train_batches = real
+        first_steps = (b for _, b in zip(range(steps), trainer.epoch_batches(run, 0)))
+        with counter:
+            trainer.train_one_epoch(run, 0, batches=phased(first_steps, counter))
         results[stage.name] = [dict(counter.counts.get(f"step {i}", {})) for i in range(steps)]
         results[stage.name + " (epoch end)"] = dict(counter.counts.get("epoch end", {}))
     return results

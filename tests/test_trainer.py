@@ -140,20 +140,13 @@ def test_test_split_is_only_touched_after_training(tmp_path, monkeypatch):
 def test_stages_steps_and_their_degradations(tmp_path):
     cfg = compose_cfg(*tiny(tmp_path, "+method.critic_lr=0.25", "method.epochs=2", "trainer.max_epochs=3"))
     cfg.method._target_ = "toy_methods.TwoStageToy"
+    from lrfer.engine.resolve import resolve
     from lrfer.engine.run import build_parts
     from lrfer.engine.trainer import Trainer
 
-    parts = build_parts(cfg)
-    trainer = Trainer(
-        cfg.trainer,
-        parts.method,
-        parts.datamodule,
-        train_degrade=["x1"],
-        val_degrade=None,
-        run_dir=tmp_path / "run",
-        seed=0,
-        device=torch.device("cpu"),
-    )
+    spec = resolve(cfg, tmp_path / "run")
+    parts = build_parts(spec)
+    trainer = Trainer(spec, parts.method, parts.datamodule)
     summaries = trainer.fit()
     calls = parts.method.calls
     assert [s.name for s in summaries] == ["teacher", "student"]

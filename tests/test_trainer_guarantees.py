@@ -22,7 +22,6 @@ import torch
 from conftest import TINY_RESNET, compose_cfg, tiny
 
 import lrfer.engine.trainer as trainer_module
-from lrfer.data.degrade import parse_degradations
 from lrfer.engine.run import build_parts
 from lrfer.engine.trainer import Trainer
 
@@ -36,7 +35,7 @@ def _trainer(tmp_path, *overrides, run_dir: str | None = "run"):
     cfg = compose_cfg(*tiny(tmp_path, TINY_RESNET, *CONSTANT_LR, *overrides))
     parts = build_parts(cfg)
     folder = tmp_path / run_dir if run_dir else None
-    trainer = Trainer.from_config(cfg, parts.method, parts.datamodule, torch.device("cpu"), run_dir=folder)
+    trainer = Trainer.from_config(cfg, parts.method, parts.datamodule, run_dir=folder)
     return trainer, parts.method
 
 
@@ -113,11 +112,9 @@ def test_validation_runs_every_val_every_epochs_and_after_the_last(tmp_path, mon
 
 
 def _one_epoch(trainer, method, si: int = 0, epoch: int = 0):
-    stage = method.stages()[0]
-    method.on_stage_start(stage)
-    optimizers, _ = trainer.build_optimizers(stage, epochs=1)
-    degs = parse_degradations(trainer.train_degrade)
-    return trainer._train_epoch(si, stage, epoch, degs, optimizers)
+    """One epoch of the method's first stage, run as stage ``si``, through the trainer's public API."""
+    run = trainer.prepare_stage(si, method.stages()[0])
+    return trainer.train_one_epoch(run, epoch)
 
 
 def _flat_params(method) -> torch.Tensor:

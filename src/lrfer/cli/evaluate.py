@@ -16,7 +16,9 @@ from pathlib import Path
 
 from lrfer.core.checkpoint import write_json
 from lrfer.core.errors import console_script, exit_on_user_error
+from lrfer.data.degrade import parse_degradations
 from lrfer.engine.loading import load_method_weights, load_run_config
+from lrfer.engine.resolve import resolve
 from lrfer.engine.run import build_parts, format_table
 from lrfer.engine.trainer import Trainer
 
@@ -33,12 +35,13 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    cfg = load_run_config(args.run_dir, args.override)
-    labels = args.degrade or list(cfg.degrade.test)
-    parts = build_parts(cfg)
+    spec = resolve(load_run_config(args.run_dir, args.override, validate=False))
+    cfg = spec.cfg
+    degradations = parse_degradations(args.degrade) if args.degrade else spec.degrade.test
+    parts = build_parts(spec)
     meta = load_method_weights(parts.method, args.run_dir, args.checkpoint)
-    trainer = Trainer.from_config(cfg, parts.method, parts.datamodule, parts.device)
-    rows = trainer.evaluate(args.split, labels, keep_confusion=True)
+    trainer = Trainer(spec, parts.method, parts.datamodule)
+    rows = trainer.evaluate(args.split, degradations, keep_confusion=True)
     result = {
         "method": cfg.method.name,
         "dataset": cfg.dataset.name,

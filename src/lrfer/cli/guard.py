@@ -4,11 +4,12 @@ Hydra creates the run folder and writes ``.hydra/config.yaml`` before the task s
 task come too late to leave a refused folder untouched. This callback runs first (``on_run_start``,
 ``on_multirun_start``):
 
-- the config's values are validated (:func:`lrfer.config.validate.validate_config`): an invalid value stops
-  the command with one line and exit status 2, and no run folder is created;
-- the run folder is checked (:func:`lrfer.engine.runfolder.check_run_folder`): a finished run is not trained
+- the run is resolved, once (:func:`lrfer.engine.resolve.resolve`): the config's values are validated (an
+  invalid value stops the command with one line and exit status 2, and no run folder is created), and the
+  run folder is checked (:func:`lrfer.engine.runfolder.check_run_folder`: a finished run is not trained
   over without ``trainer.resume=true`` or ``trainer.overwrite=true``, and a resume must ask for the same
-  method and model; a refusal changes nothing on disk;
+  method and model; a refusal changes nothing on disk). The task takes the resolved
+  :class:`~lrfer.engine.resolve.RunSpec` (:func:`take_resolved`) and checks nothing again;
 - a resumed run keeps its ``.hydra/`` as it was: Hydra writes the resumed invocation's config into
   ``.hydra-resumes/<time>/`` instead;
 - the run (or sweep) folder is locked for the life of the run (:mod:`lrfer.engine.runlock`): a second run
@@ -25,17 +26,39 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, read_write
 
+from lrfer.cli.sweep import (
+    check_storage,
+    continue_study,
+    finish_sweep,
+    is_optuna_sweeper,
+    job_dir,
+    record_job,
+    start_records,
+    validate_jobs,
+)
+from lrfer.config.validate import validate_config
 from lrfer.core.errors import USER_ERROR_EXIT_CODE, ProcessError, UserError, check_folder_can_be_written
 from lrfer.engine.distributed import env_rank
-from lrfer.engine.runfolder import claim_new_dir, claimed_dirs
+from lrfer.engine.resolve import RunSpec, resolve
+from lrfer.engine.runfolder import (
+    check_run_folder,
+    claim_new_dir,
+    claimed_dirs,
+    previous_results,
+    resume_output_subdir,
+    start_fresh_log,
+)
+from lrfer.engine.runlock import acquire
 
 log = logging.getLogger("lrfer")
 
@@ -52,6 +75,19 @@ def register_resolvers() -> None:
 
 
 register_resolvers()
+
+#: The runs resolved by :meth:`RunGuard.on_run_start`, by run folder (Hydra's ``runtime.output_dir``), until
+#: the task takes its own (:func:`take_resolved`). The callback and the task run in one process.
+_RESOLVED: dict[str, RunSpec] = {}
+
+
+def _key(folder: str | Path) -> str:
+    return os.path.abspath(str(folder))  # as Hydra makes runtime.output_dir
+
+
+def take_resolved(output_dir: str | Path) -> RunSpec | None:
+    """The spec the callback resolved for the run in ``output_dir`` (None: none was, as for a sweep's job)."""
+    return _RESOLVED.pop(_key(output_dir), None)
 
 
 def report_user_error(err: UserError) -> None:
@@ -116,7 +152,6 @@ class RunGuard(Callback):
         return folder
 
     def _take_lock(self, folder: Path) -> None:
-        from lrfer.engine.runlock import acquire
 
         self._lock = acquire(folder)
         atexit.register(self._lock.release)  # also when the run ends by sys.exit or an exception
@@ -132,23 +167,28 @@ class RunGuard(Callback):
         # launchers pickle the callbacks for their workers: the lock stays with this process
         return {**self.__dict__, "_lock": None}
 
+    def _claim_run_dir(self, config: DictConfig) -> Path:
+        """The run folder, created (when it is the default) and locked for this run."""
+        run_dir = self._claim(config, "run.dir")
+        check_folder_can_be_written(run_dir, "write the run folder")
+        self._take_lock(run_dir)
+        return run_dir
+
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from lrfer.config.validate import validate_config
-        from lrfer.engine.runfolder import check_run_folder, resume_output_subdir
 
         with one_line_errors():
             task = task_config(config)
-            validate_config(task, warn=False)  # warnings are logged by the run itself, into train.log
-            if env_rank() > 0:
-                return  # torchrun: this rank's hydra.run.dir is a scratch folder; rank 0 checks the run's
-            run_dir = self._claim(config, "run.dir")
-            try:
-                check_folder_can_be_written(run_dir, "write the run folder")
-                self._take_lock(run_dir)
-                check_run_folder(task, run_dir)
+            # torchrun: a rank other than 0 works in a scratch folder and gets rank 0's run folder
+            scratch = str(OmegaConf.select(config, "hydra.run.dir")) if env_rank() > 0 else None
+            try:  # warnings are logged by the run itself, into train.log
+                spec = resolve(task, claim=None if scratch else lambda: self._claim_run_dir(config))
             except UserError:
                 self._give_back(refused=True)
                 raise
+            _RESOLVED[_key(scratch or spec.run_dir)] = spec
+            if scratch:
+                return
+            run_dir = spec.run_dir
             resuming = bool(OmegaConf.select(task, "trainer.resume", default=False))
             if resuming and (run_dir / ".hydra").is_dir() and config.hydra.output_subdir is not None:
                 with read_write(config.hydra):
@@ -158,7 +198,6 @@ class RunGuard(Callback):
         self._give_back()
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from lrfer.engine.runfolder import start_fresh_log
 
         task = config  # the job's full config; trainer.* is the task's
         overwrite = bool(OmegaConf.select(task, "trainer.overwrite", default=False))
@@ -169,17 +208,11 @@ class RunGuard(Callback):
                 log.info("trainer.overwrite=true: emptied the previous run's train.log")
 
     def on_job_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
-        from hydra.types import RunMode
-
-        from lrfer.cli.sweep import record_job
 
         if job_return is not None and config.hydra.mode == RunMode.MULTIRUN and env_rank() == 0:
             record_job(config, job_return)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from lrfer.cli.sweep import check_storage, is_optuna_sweeper, start_records, validate_jobs
-        from lrfer.config.validate import validate_config
-        from lrfer.engine.runfolder import previous_results, resume_output_subdir
 
         with one_line_errors():
             task = task_config(config)
@@ -211,7 +244,6 @@ class RunGuard(Callback):
     @staticmethod
     def _extend_study(config: DictConfig) -> None:
         """Run the trials an Optuna study still lacks, in job folders after those of its earlier trials."""
-        from lrfer.cli.sweep import continue_study
 
         done, to_run = continue_study(config)
         log.info(
@@ -226,9 +258,6 @@ class RunGuard(Callback):
     @staticmethod
     def _check_job(job: DictConfig) -> None:
         """One sweep job's checks before the sweep starts: its values, and its folder when resumed."""
-        from lrfer.cli.sweep import job_dir
-        from lrfer.config.validate import validate_config
-        from lrfer.engine.runfolder import check_run_folder, previous_results
 
         task = task_config(job)
         validate_config(task, warn=False)
@@ -238,7 +267,6 @@ class RunGuard(Callback):
             check_run_folder(task, run_dir)  # a job that never ran is started instead (lrfer.cli.sweep)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from lrfer.cli.sweep import finish_sweep
 
         status = finish_sweep(Path(str(config.hydra.sweep.dir)))
         self._give_back()

@@ -42,8 +42,8 @@ from lrfer.core.errors import (
 from lrfer.data.degrade import resize_to
 from lrfer.data.images import SQUARE_MODES, to_rgb8, to_square
 from lrfer.engine.loading import load_method_weights, load_run_config
+from lrfer.engine.resolve import resolve_device
 from lrfer.engine.run import build_method, method_context
-from lrfer.engine.trainer import resolve_device
 from lrfer.methods.base import Method, MethodContext
 from lrfer.tools import photos, video
 

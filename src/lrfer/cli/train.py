@@ -16,6 +16,7 @@ import signal
 import sys
 import tempfile
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 import hydra
@@ -24,15 +25,15 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from lrfer.cli import CONFIG_DIR
-from lrfer.cli.guard import report_user_error
+from lrfer.cli.guard import report_user_error, take_resolved
 from lrfer.cli.sweep import FailedJob, start_if_never_ran
 from lrfer.config import register_schemas
 from lrfer.core.errors import USER_ERROR_EXIT_CODE, UserError
 from lrfer.engine import distributed as dist
 from lrfer.engine.distributed import env_rank
-from lrfer.engine.run import format_table, run_training
+from lrfer.engine.resolve import resolve
+from lrfer.engine.run import format_table, run
 from lrfer.engine.stop import Terminated
-from lrfer.engine.trainer import resolve_device
 
 log = logging.getLogger("lrfer")
 
@@ -84,16 +85,20 @@ def _task(cfg: DictConfig) -> float | FailedJob | None:
     hydra_cfg = HydraConfig.get()
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     try:
-        dist.init_from_env(resolve_device(cfg.trainer.device))
+        spec = take_resolved(hydra_cfg.runtime.output_dir)  # what the callback resolved (lrfer.cli.guard)
+        if spec is None:  # a sweep's job: its folder is known now
+            output_dir = Path(hydra_cfg.runtime.output_dir)
+            if in_sweep:
+                cfg = start_if_never_ran(cfg, output_dir, hydra_cfg.output_subdir)
+            spec = resolve(cfg, output_dir)
+        else:
+            spec = replace(spec, cfg=cfg)  # the same values; the task's own config object
+        run_dir = spec.run_dir
         if not dist.is_main():
             # a SLURM task of rank > 0 runs inside the same Hydra job folder: leave its log to rank 0
             for handler in [h for h in logging.root.handlers if isinstance(h, logging.FileHandler)]:
                 logging.root.removeHandler(handler)
-        # Under torchrun every rank works in rank 0's run folder (only rank 0 writes into it).
-        run_dir = Path(dist.broadcast_object(hydra_cfg.runtime.output_dir))
-        if in_sweep:
-            cfg = start_if_never_ran(cfg, run_dir, hydra_cfg.output_subdir)
-        metrics = run_training(cfg, run_dir)
+        metrics = run(spec)
         main_rank = dist.is_main()
     except UserError as err:
         log_to_files(logging.ERROR, f"error: {err}")

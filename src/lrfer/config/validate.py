@@ -7,9 +7,9 @@ composition, before anything is built or written. Every problem found is reporte
 (a :class:`~lrfer.core.errors.UserError`). Values that are legal but degenerate (a 1-pixel face made by
 ``x1000``, a single class, a learning rate of 0) are logged as warnings.
 
-``python train.py`` runs it before Hydra creates the run folder (:mod:`lrfer.cli.guard`) and again at the
-start of :func:`lrfer.engine.run.run_training`; ``lrfer-evaluate``, ``lrfer-predict`` and the scripts
-run it on the run's config with their overrides. A key that a config does not have (an old run's config,
+A run calls it once, through :func:`lrfer.engine.resolve.resolve` (``python train.py``: before Hydra creates
+the run folder, :mod:`lrfer.cli.guard`); ``lrfer-evaluate``, ``lrfer-predict`` and the scripts run it on the
+run's config with their overrides. A key that a config does not have (an old run's config,
 a method without ``label_smoothing``) is skipped.
 """
 
@@ -18,13 +18,16 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lrfer.config.schema import auto_bool_keys, parse_auto_bool
+from lrfer.core.degradation import Degradation, parse_degradations
 from lrfer.core.errors import UserError
 from lrfer.core.names import (
+    COMPILE_MODES,
     KERNELS,
     OPTIMIZERS,
     PLATEAU_MONITORS,
@@ -34,7 +37,6 @@ from lrfer.core.names import (
     SCHEDULERS,
     TRAIN_MODES,
 )
-from lrfer.data.degrade import parse_degradations
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,8 @@ class _Checker:
         self.cfg = cfg
         self.errors: list[str] = []
         self.warnings: list[str] = []
+        #: ``degrade.<part>`` -> its parsed labels (absent: unset or unreadable)
+        self.degradations: dict[str, list] = {}
 
     def check(self, key: str, ok: Callable[[Any], bool], what: str, *, optional: bool = False) -> Any:
         """Record ``key=<value> <what>`` unless ``ok(value)``; ``optional``: null is allowed."""
@@ -109,21 +113,63 @@ class _Checker:
         )
 
 
-def validate_config(cfg: DictConfig, *, warn: bool = True) -> list[str]:
+@dataclass(frozen=True)
+class Validated:
+    """What :func:`validate_config` found: the warnings, and the degradation lists it parsed."""
+
+    #: degenerate but legal values
+    warnings: list[str]
+    #: ``train`` / ``val`` / ``test`` -> the parsed ``degrade.<part>`` (absent when unset)
+    degradations: dict[str, list[Degradation]]
+
+
+def validate_config(cfg: DictConfig, *, warn: bool = True) -> Validated:
     """Check the values of a composed config; raise one :class:`UserError` listing every problem.
 
-    Returns the warnings (degenerate but legal values), which are also logged when ``warn``.
+    Returns the warnings (degenerate but legal values, also logged when ``warn``) and the parsed
+    degradation lists (what :func:`lrfer.engine.resolve.resolve` keeps: the labels are parsed once).
     """
     c = _Checker(cfg)
-    # -- auto | true | false options --------
+    _check_auto_bools(c)
+    _check_trainer(c)
+    _check_optimizer(c, "trainer.optimizer.")
+    _check_scheduler(c, "trainer.scheduler.")
+    c.between("method.label_smoothing", 0, 1, high_open=True)
+    c.at_least("method.epochs", 1, integer=True)
+    image_size = _check_dataset_values(c)
+    _check_augment(c)
+    _check_degrade(c, image_size)
+    _check_metric_names(c)
+    _check_dataset(c)
+    c.at_least("logger.num_sample_images", 0, integer=True)
+    message = paper_init_warning(cfg)  # the paper's initialisation
+    if message:
+        c.warnings.append(message)
+    if c.errors:
+        raise UserError("; ".join(c.errors))
+    if warn:
+        log_warnings(c.warnings)
+    return Validated(c.warnings, c.degradations)
+
+
+def log_warnings(warnings) -> None:
+    """Log the warnings of :func:`validate_config` (a run logs them once its log file is open)."""
+    for message in warnings:
+        log.warning("%s", message)
+
+
+def _check_auto_bools(c: _Checker) -> None:
+    """Every ``auto | true | false`` option of the schemas."""
     for key in auto_bool_keys():
-        value = _get(cfg, key)
+        value = _get(c.cfg, key)
         if value is not _MISSING:
             try:
                 parse_auto_bool(value, key)
             except UserError as err:
                 c.errors.append(str(err))
-    # -- trainer --------
+
+
+def _check_trainer(c: _Checker) -> None:
     t = "trainer."
     c.at_least(t + "max_epochs", 1, optional=True, integer=True)
     for key in ("batch_size", "eval_batch_size", "val_every", "log_every_n_steps"):
@@ -138,7 +184,8 @@ def validate_config(cfg: DictConfig, *, warn: bool = True) -> list[str]:
     c.above(t + "progress_every_s", 0, optional=True)
     c.above(t + "grad_clip", 0, optional=True)
     c.choice(t + "precision", PRECISIONS)
-    c.check(  # which names the validation reports is checked by the trainer (lrfer.engine.metrics)
+    c.choice(t + "compile_mode", COMPILE_MODES)
+    c.check(  # which names the validation reports is checked by _check_metric_names
         t + "monitor",
         lambda v: isinstance(v, str) and v.strip() != "" and v.count("/") <= 1 and not v.endswith("/"),
         "must name a validation metric: acc, balanced_acc, a method's own (rrn_acc) or x4/acc",
@@ -148,7 +195,9 @@ def validate_config(cfg: DictConfig, *, warn: bool = True) -> list[str]:
         lambda v: isinstance(v, str) and (v in ("auto", "cpu", "cuda") or v.startswith("cuda:")),
         "must be auto, cpu, cuda or cuda:<index>",
     )
-    o = t + "optimizer."
+
+
+def _check_optimizer(c: _Checker, o: str) -> None:
     c.choice(o + "name", OPTIMIZERS, any_case=True)
     lr = c.at_least(o + "lr", 0)
     if lr == 0:
@@ -161,7 +210,9 @@ def validate_config(cfg: DictConfig, *, warn: bool = True) -> list[str]:
         lambda v: len(v) == 2 and all(_number(b) and 0 <= b < 1 for b in v),
         "must be two numbers in [0, 1)",
     )
-    s = t + "scheduler."
+
+
+def _check_scheduler(c: _Checker, s: str) -> None:
     c.choice(s + "name", SCHEDULERS, any_case=True)
     c.choice(s + "monitor", PLATEAU_MONITORS)
     c.at_least(s + "step_size", 1, integer=True)
@@ -171,15 +222,15 @@ def validate_config(cfg: DictConfig, *, warn: bool = True) -> list[str]:
     c.at_least(s + "min_lr", 0)
     c.check(s + "milestones", lambda v: all(_number(m) and m >= 1 for m in v), "must be epochs >= 1")
     c.check(s + "gammas", lambda v: all(_number(g) and g > 0 for g in v), "must be factors > 0")
-    # -- method --------
-    c.between("method.label_smoothing", 0, 1, high_open=True)
-    c.at_least("method.epochs", 1, integer=True)
-    # -- dataset --------
+
+
+def _check_dataset_values(c: _Checker) -> int | None:
+    """The ``dataset.*`` values every dataset has; returns ``dataset.image_size`` when valid."""
     d = "dataset."
     num_classes = c.at_least(d + "num_classes", 1, integer=True)
     if num_classes == 1:
         c.warnings.append("dataset.num_classes=1: a single class makes every accuracy 100%")
-    names = _get(cfg, d + "class_names")
+    names = _get(c.cfg, d + "class_names")
     if num_classes and isinstance(names, (list, ListConfig)) and len(names) < num_classes:
         c.errors.append(f"dataset.num_classes={num_classes} but dataset.class_names has {len(names)} names")
     image_size = c.at_least(d + "image_size", 1, integer=True)
@@ -197,7 +248,10 @@ def validate_config(cfg: DictConfig, *, warn: bool = True) -> list[str]:
     for key in ("mean", "std"):
         c.check(d + key, lambda v: len(v) in (1, 3) and all(_number(x) for x in v), "must be 1 or 3 numbers")
     c.check(d + "std", lambda v: all(x > 0 for x in v), "must be > 0")
-    # -- augment --------
+    return image_size
+
+
+def _check_augment(c: _Checker) -> None:
     a = "augment."
     for key in ("hflip", "erase_p", "blur_p", "translate"):
         c.between(a + key, 0, 1)
@@ -209,28 +263,15 @@ def validate_config(cfg: DictConfig, *, warn: bool = True) -> list[str]:
     low, high = c.between(a + "erase_area_min", 0, 1), c.between(a + "erase_area_max", 0, 1)
     if low is not None and high is not None and low > high:
         c.errors.append(f"augment.erase_area_min={low} must not exceed augment.erase_area_max={high}")
-    # -- degrade --------
+
+
+def _check_degrade(c: _Checker, image_size: int | None) -> None:
     g = "degrade."
     c.choice(g + "train_mode", TRAIN_MODES)
     c.choice(g + "kernel", KERNELS)
     c.choice(g + "resize_kernel", RESIZE_KERNELS)
     c.at_least(g + "input_size", 1, optional=True, integer=True)
     _check_degradations(c, image_size)
-    _check_metric_names(c)
-    _check_dataset(c)
-    # -- logger --------
-    c.at_least("logger.num_sample_images", 0, integer=True)
-    # -- the paper's initialisation --------
-    message = paper_init_warning(cfg)
-    if message:
-        c.warnings.append(message)
-
-    if c.errors:
-        raise UserError("; ".join(c.errors))
-    if warn:
-        for message in c.warnings:
-            log.warning("%s", message)
-    return c.warnings
 
 
 def paper_init_warning(cfg: DictConfig) -> str | None:
@@ -255,6 +296,7 @@ def paper_init_warning(cfg: DictConfig) -> str | None:
 
 
 def _check_degradations(c: _Checker, image_size: int | None) -> None:
+    """``degrade.train`` / ``val`` / ``test`` are readable, possible at ``image_size``, not degenerate."""
     for part in ("train", "val", "test"):
         labels = _get(c.cfg, f"degrade.{part}")
         if labels is _MISSING or (labels is None and part == "val"):
@@ -264,6 +306,7 @@ def _check_degradations(c: _Checker, image_size: int | None) -> None:
         except UserError as err:
             c.errors.append(f"degrade.{part}: {err}")
             continue
+        c.degradations[part] = degs
         if not image_size:
             continue
         for deg in degs:
@@ -294,23 +337,32 @@ def method_metrics(cfg: DictConfig) -> list[str] | None:
     return ["acc", "balanced_acc", *getattr(cls, "extra_metrics", ())]
 
 
+def metric_name_problem(name: str, labels: list[str] | None, what: str) -> str | None:
+    """What is wrong with the metric name ``name`` (``acc``, ``x4/acc``) of option ``what``, or None:
+    a malformed name, or a degradation not in the validated ``labels`` (None: not known yet)."""
+    label, _, metric = str(name).rpartition("/")
+    if not metric or "/" in label:
+        return f"{what}={name}: give <metric> (e.g. acc) or <degradation>/<metric> (e.g. x4/acc)"
+    if label and labels is not None and label not in labels:
+        return f"{what}={name}: {label} is not a validated degradation (they are {labels})"
+    return None
+
+
 def _check_metric_names(c: _Checker) -> None:
     """``trainer.monitor`` and ``objective`` name a metric the method reports at a validated degradation."""
     metrics = method_metrics(c.cfg)
-    labels = _get(c.cfg, "degrade.val")
-    if labels is _MISSING or labels is None:
-        labels = _get(c.cfg, "degrade.train")
-    try:
-        validated = [d.label for d in parse_degradations(list(labels))]
-    except Exception:  # an impossible degradation list is already reported
-        validated = None
+    part = "val" if "val" in c.degradations else "train"
+    unset_val = _get(c.cfg, "degrade.val") in (None, _MISSING)
+    degs = c.degradations.get(part) if (part == "val" or unset_val) else None
+    validated = [d.label for d in degs] if degs is not None else None  # None: unreadable, reported
     for key in ("trainer.monitor", "objective"):
         name = _get(c.cfg, key)
-        if not isinstance(name, str) or name.count("/") > 1:
-            continue  # the format is checked above (trainer.monitor) or by the schema
-        label, _, metric = name.rpartition("/")
-        if label and validated is not None and label not in validated:
-            c.errors.append(f"{key}={name}: {label} is not a validated degradation (they are {validated})")
+        if not isinstance(name, str) or (key == "trainer.monitor" and any(key in e for e in c.errors)):
+            continue  # a malformed trainer.monitor is already reported
+        metric = name.rpartition("/")[2]
+        problem = metric_name_problem(name, validated, key)
+        if problem:
+            c.errors.append(problem)
         elif metrics is not None and metric not in metrics:
             c.errors.append(
                 f"{key}={name}: the method reports no {metric!r} on the validation split; "

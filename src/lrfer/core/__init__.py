@@ -4,5 +4,6 @@
 - :mod:`lrfer.core.checkpoint`: checkpoint and JSON files written atomically, read back and verified;
 - :mod:`lrfer.core.names`: the names an option may take (optimisers, schedulers, precisions, kernels, ...),
   shared by the config validation and the code that acts on them;
+- :mod:`lrfer.core.degradation`: degradation labels and the realistic operations' registry;
 - :mod:`lrfer.core.compat`: torchvision imported even when its compiled operators cannot load.
 """

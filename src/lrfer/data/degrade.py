@@ -1,104 +1,36 @@
-"""Low-resolution views of face images: parse degradation labels, downsample like MATLAB, resize back.
+"""Low-resolution views of face images: downsample like MATLAB, apply the realistic operations, resize back.
 
-A degradation is written ``x<factor>`` (``x2``, ``x6``, ``x16``: MATLAB ``imresize(I, 1/factor, 'bicubic')``,
-output side ``ceil(side / factor)``) or ``<size>px`` (``14px``: resized to an absolute side). ``x1`` is the
-native image. Realistic operations can follow the size with ``+``: ``x4+blur1.5``, ``x4+noise8``,
-``x4+jpeg30``, ``12px+blur1+jpeg40`` (:mod:`lrfer.data.realistic`). The network then sees the low-resolution
-face resized back up to its input size, as in every paper lrfer implements.
+The labels are parsed by :mod:`lrfer.core.degradation` (re-exported here): ``x<factor>`` (``x2``, ``x6``:
+MATLAB ``imresize(I, 1/factor, 'bicubic')``, output side ``ceil(side / factor)``) or ``<size>px`` (``14px``),
+optionally followed by realistic operations (``x4+blur1.5``, ``12px+blur1+jpeg40``). The network then sees
+the low-resolution face resized back up to its input size, as in every paper lrfer implements.
 """
 
 from __future__ import annotations
 
-import math
-import re
-from dataclasses import dataclass
-
 import torch
 
+from lrfer.core.degradation import (
+    Degradation,
+    apply_operations,
+    as_degradations,
+    parse_degradation,
+    parse_degradations,
+)
 from lrfer.core.errors import UserError
 from lrfer.core.names import KERNELS, RESIZE_KERNELS
 from lrfer.data.imresize import imresize, imresize_uint8
-from lrfer.data.realistic import Operation, apply_operations, parse_operation
 
-__all__ = ["Degradation", "degrade_uint8", "imresize", "parse_degradation", "parse_degradations", "resize_to"]
-
-_FACTOR = re.compile(r"^x(\d+(?:\.\d+)?)$")
-_SIZE = re.compile(r"^(\d+)px$")
-
-
-@dataclass(frozen=True)
-class Degradation:
-    """One low-resolution view: by ``factor`` (x4) or to an absolute ``size`` (14px), then ``operations``."""
-
-    label: str
-    factor: float | None = None
-    size: int | None = None
-    operations: tuple[Operation, ...] = ()
-
-    def output_size(self, height: int, width: int) -> tuple[int, int]:
-        """Side lengths of the low-resolution image made from a ``height`` x ``width`` one."""
-        if self.size is not None:
-            if self.size > min(height, width):
-                raise UserError(
-                    f"degradation {self.label} is larger than the {height}x{width} images: "
-                    f"choose a size of at most {min(height, width)}px"
-                )
-            if height == width:
-                return self.size, self.size
-            scale = self.size / min(height, width)
-            return math.ceil(height * scale), math.ceil(width * scale)
-        assert self.factor is not None
-        return math.ceil(height / self.factor), math.ceil(width / self.factor)
-
-    def effective_factor(self, side: int) -> float:
-        """Downsampling factor relative to a native side of ``side`` pixels (14px of 100 px = 7.14)."""
-        return float(self.factor) if self.factor is not None else side / float(self.size)
-
-
-def parse_degradation(label: str) -> Degradation:
-    """Parse ``x4`` / ``x1.5`` / ``14px``, optionally followed by ``+blur<s>``, ``+noise<s>``, ``+jpeg<q>``.
-
-    Anything else is a :class:`UserError` saying what is accepted.
-    """
-    head, *tail = str(label).strip().lower().split("+")
-    base = _parse_size(head.strip(), label)
-    if not tail:
-        return base
-    operations = tuple(parse_operation(part.strip(), label) for part in tail)
-    full = base.label + "".join(f"+{op.label}" for op in operations)
-    return Degradation(label=full, factor=base.factor, size=base.size, operations=operations)
-
-
-def _parse_size(text: str, label: str) -> Degradation:
-    if m := _FACTOR.match(text):
-        factor = float(m.group(1))
-        if factor < 1.0:
-            raise UserError(
-                f"degradation {label!r}: the factor must be >= 1 (x1 is the native image, x4 shrinks 4 times)"
-            )
-        return Degradation(label=f"x{factor:g}", factor=factor)
-    if m := _SIZE.match(text):
-        size = int(m.group(1))
-        if size <= 0:
-            raise UserError(f"degradation {label!r}: the size must be a positive number of pixels, e.g. 14px")
-        return Degradation(label=f"{size}px", size=size)
-    raise UserError(
-        f"cannot read degradation {label!r}: write x<factor> (x1, x2, x6, x16) or <size>px (14px), "
-        "optionally followed by +blur<sigma>, +noise<sigma> or +jpeg<quality>"
-    )
-
-
-def parse_degradations(labels) -> list[Degradation]:
-    """Parse a list of labels, refusing an empty list and duplicates."""
-    if isinstance(labels, str):
-        labels = [labels]
-    degs = [parse_degradation(lbl) for lbl in labels]
-    if not degs:
-        raise UserError("the list of degradations is empty: give at least one, e.g. [x1]")
-    seen = [d.label for d in degs]
-    if len(set(seen)) != len(seen):
-        raise UserError(f"degradation listed twice in {seen}")
-    return degs
+__all__ = [
+    "KERNELS",
+    "Degradation",
+    "as_degradations",
+    "degrade_uint8",
+    "imresize",
+    "parse_degradation",
+    "parse_degradations",
+    "resize_to",
+]
 
 
 def degrade_uint8(
@@ -117,7 +49,7 @@ def degrade_uint8(
     chunk at a time and come back to the host. The uint8 result matches MATLAB's ``imresize`` on uint8
     images (rounded and clamped), so cached views are exactly the low-resolution files the papers wrote
     to disk. The degradation's realistic operations follow (noise of image ``i`` drawn from ``(seed, i)``,
-    see :mod:`lrfer.data.realistic`).
+    see :mod:`lrfer.core.degradation`).
     """
     if kernel not in KERNELS:
         raise UserError(f"unknown degradation kernel {kernel!r}: choose one of {', '.join(KERNELS)}")

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 import torch
 
 from lrfer.core.errors import UserError
-from lrfer.core.names import SAMPLERS
 from lrfer.data.augment import augment_batch
 from lrfer.data.degrade import Degradation, degrade_uint8, resize_to
 from lrfer.data.faces import FaceData, FaceSplit
@@ -120,16 +119,9 @@ class FaceDataModule:
         world_size: int = 1,
         prefetch: bool | None = None,
     ) -> None:
-        if batch_size % world_size:
-            raise UserError(
-                f"trainer.batch_size={batch_size} (the global batch) must be divisible by "
-                f"the {world_size} processes"
-            )
+        # The values come checked: a run's by lrfer.engine.resolve.resolve (the batch size divisible by
+        # the processes included), a test's by its own choice.
         self.rank, self.world_size = rank, world_size
-        if sampler not in SAMPLERS:
-            raise UserError(f"unknown sampler {sampler!r}: choose random or balanced")
-        if batch_size <= 0 or eval_batch_size <= 0:
-            raise UserError("trainer.batch_size and trainer.eval_batch_size must be positive")
         self.data = data
         self.degrade_cfg = degrade_cfg
         self.augment_cfg = augment_cfg
@@ -157,6 +149,19 @@ class FaceDataModule:
         self._views: dict[tuple[int, str], torch.Tensor] = {}
         self._shared: set[tuple[int, str]] = set()  # views that went through view_sharing (every rank alike)
         self._factor_tables: dict[tuple[str, ...], torch.Tensor] = {}
+
+    @property
+    def num_classes(self) -> int:
+        """How many expression classes the dataset has."""
+        return self.data.num_classes
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.data.class_names)
+
+    def has_split(self, name: str) -> bool:
+        """Whether the dataset has a non-empty split ``name`` (``val`` is absent with val_fraction=0)."""
+        return name in self.splits and len(self.splits[name]) > 0
 
     # -- views --------
     def view(self, split: str, degradation: Degradation) -> torch.Tensor:
@@ -396,8 +401,6 @@ class FaceDataModule:
             which = torch.arange(len(degs)).repeat(n)
             perm = torch.randperm(len(rows), generator=generator)
             return rows[perm], which[perm]
-        if mode != "random":
-            raise UserError(f"unknown degrade.train_mode {mode!r}: choose random or all")
         which = torch.randint(len(degs), (n,), generator=generator)
         return rows, which
 

@@ -59,9 +59,13 @@ def _has_key(cfg: DictConfig, key: str) -> bool:
     return isinstance(node, DictConfig) and leaf in node
 
 
-def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> DictConfig:
+def load_run_config(
+    run_dir: str | Path, overrides: list[str] | None = None, *, validate: bool = True
+) -> DictConfig:
     """The config a run was trained with, with ``key=value`` overrides applied (e.g. ``dataset.root=...``),
-    parsed as Hydra parses its command line and validated (:func:`lrfer.config.validate.validate_config`).
+    parsed as Hydra parses its command line and validated (:func:`lrfer.config.validate.validate_config`;
+    ``validate=False``: by the caller, which resolves it, :func:`lrfer.engine.resolve.resolve`). Its
+    ``trainer.resume`` / ``trainer.overwrite`` are off: reading a run never continues or replaces it.
     """
     run_dir = Path(run_dir)
     path = run_dir / ".hydra" / "config.yaml"
@@ -81,8 +85,11 @@ def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> 
     if cfg.get("method") is not None and cfg.method.get("extractor_weights"):
         cfg.method.extractor_weights = None
     fill_new_method_options(cfg)
+    if cfg.get("trainer") is not None:
+        cfg.trainer.resume = cfg.trainer.overwrite = False
     apply_overrides(cfg, overrides or [])
-    validate_config(cfg, warn=False)
+    if validate:
+        validate_config(cfg, warn=False)
     return cfg
 
 

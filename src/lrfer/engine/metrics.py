@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from lrfer.config.validate import metric_name_problem
 from lrfer.core.errors import UserError
 
 
@@ -44,16 +45,15 @@ NOT_METRICS = ("n", "confusion")
 
 
 def check_metric_name(name: str, labels: list[str], what: str) -> None:
-    """Refuse a malformed metric name, or one naming a degradation that is not in ``labels``, at start-up.
+    """Refuse a malformed metric name, or one naming a degradation that is not in ``labels``.
 
     Whether the metric itself exists (``rrn_acc`` is reported by some methods only) is checked when the
-    first validation has run, by :func:`named_metric`.
+    first validation has run, by :func:`named_metric`. (A run's ``trainer.monitor`` and ``objective`` are
+    checked with the config, :func:`lrfer.config.validate.validate_config`; this checks a stage's own.)
     """
-    label, _, metric = str(name).rpartition("/")
-    if not metric or "/" in label:
-        raise UserError(f"{what}={name!r}: give <metric> (e.g. acc) or <degradation>/<metric> (e.g. x4/acc)")
-    if label and label not in labels:
-        raise UserError(f"{what}={name!r}: {label} is not a validated degradation (they are {labels})")
+    problem = metric_name_problem(name, labels, what)
+    if problem:
+        raise UserError(problem)
 
 
 def named_metric(rows: dict[str, dict], name: str, what: str = "metric") -> float:

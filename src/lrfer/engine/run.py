@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import platform
 import time
@@ -10,23 +9,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lrfer.config.schema import parse_auto_bool
-from lrfer.config.validate import validate_config
+from lrfer.config.validate import log_warnings
 from lrfer.core.checkpoint import write_json
 from lrfer.core.errors import UserError
 from lrfer.data.cache import load_or_build
 from lrfer.data.datasets import build_adapter
-from lrfer.data.degrade import parse_degradation, parse_degradations
+from lrfer.data.degrade import Degradation, parse_degradation, parse_degradations
 from lrfer.data.faces import FaceData, carve_validation, merge_validation
 from lrfer.data.pipeline import FaceDataModule, network_input_size
 from lrfer.engine import distributed as dist
-from lrfer.engine.metrics import check_metric_name, named_metric
-from lrfer.engine.runfolder import open_run_folder, run_identity
+from lrfer.engine.metrics import named_metric
+from lrfer.engine.resolve import DegradeSpec, RunSpec, resolve
+from lrfer.engine.runfolder import prepare_run_folder, run_identity
 from lrfer.engine.tblog import RunLogger
-from lrfer.engine.trainer import Trainer, resolve_device
+from lrfer.engine.trainer import Trainer
 from lrfer.methods.base import Method, MethodContext
 from lrfer.models import pretrained
 
@@ -39,11 +39,25 @@ ON_DEVICE_MAX_FRACTION = 0.4
 
 @dataclass
 class RunParts:
-    cfg: DictConfig
-    device: torch.device
+    """What a run trains: its spec, the dataset, the data module serving it and the method."""
+
+    spec: RunSpec
     data: FaceData
     datamodule: FaceDataModule
     method: Method
+
+    @property
+    def cfg(self) -> DictConfig:
+        return self.spec.cfg
+
+    @property
+    def device(self) -> torch.device:
+        return self.spec.device
+
+
+def as_spec(spec: RunSpec | DictConfig) -> RunSpec:
+    """``spec``, or a composed config (what :func:`lrfer.config.compose_config` users pass) resolved."""
+    return spec if isinstance(spec, RunSpec) else resolve(spec)
 
 
 def load_data(cfg: DictConfig) -> FaceData:
@@ -63,12 +77,8 @@ def load_data(cfg: DictConfig) -> FaceData:
     for needed in ("train", "test"):
         if needed not in data.splits or len(data.splits[needed]) == 0:
             raise UserError(f"dataset {cfg.dataset.name} has no {needed} images: check dataset.root")
-    fraction = float(cfg.dataset.val_fraction)
+    fraction = float(cfg.dataset.val_fraction)  # values validated by resolve()
     per_class = cfg.dataset.get("val_per_class")
-    if per_class is not None and int(per_class) < 1:
-        raise UserError(f"dataset.val_per_class={per_class} must be >= 1 (null: use dataset.val_fraction)")
-    if not 0.0 <= fraction < 1.0:
-        raise UserError(f"dataset.val_fraction={fraction} must be in [0, 1): 0 = no validation split")
     if cfg.dataset.get("merge_val", False):
         if "val" not in data.splits:
             raise UserError(
@@ -90,31 +100,31 @@ def load_data(cfg: DictConfig) -> FaceData:
     return data
 
 
-def storage_device(cfg: DictConfig, data: FaceData, device: torch.device) -> torch.device:
+def storage_device(spec: RunSpec, data: FaceData) -> torch.device:
     """Keep the uint8 images on the training device when they fit (``dataset.on_device``)."""
-    mode = parse_auto_bool(cfg.dataset.on_device, "dataset.on_device")  # None = auto
+    device = spec.device
+    mode = parse_auto_bool(spec.cfg.dataset.on_device, "dataset.on_device")  # None = auto
     if mode is False:
         return torch.device("cpu")
     if device.type != "cuda" or mode is True:
         return device
-    nbytes = cached_bytes(cfg, data)
+    nbytes = cached_bytes(spec.cfg, spec.degrade, data)
     free, _total = torch.cuda.mem_get_info(device)
     return device if nbytes < ON_DEVICE_MAX_FRACTION * free else torch.device("cpu")
 
 
-def cached_bytes(cfg: DictConfig, data: FaceData) -> int:
+def cached_bytes(cfg: DictConfig, degrade: DegradeSpec, data: FaceData) -> int:
     """Bytes a run keeps per device: the uint8 images of every split plus the low-resolution views it
     will cache (training and validation degradations, the method's ``factors``, the test degradations)."""
     factors = cfg.method.get("factors") if "method" in cfg else None
-    extra = list(factors) if isinstance(factors, (list, ListConfig)) else []
-    train = [*cfg.degrade.train, *extra]
-    val = [*(cfg.degrade.val or cfg.degrade.train), *extra]
-    per_split = {"train": train, "val": val, "test": list(cfg.degrade.test)}
+    extra = [parse_degradation(str(f)) for f in factors] if isinstance(factors, (list, ListConfig)) else []
+    train = [*degrade.train, *extra]
+    per_split = {"train": train, "val": [*degrade.val, *extra], "test": list(degrade.test)}
     # Views are made per image tensor: splits carved from one tensor (train / val) share them.
     per_base: dict[int, tuple[torch.Tensor, set]] = {}
     for name, split in data.splits.items():
         _, degs = per_base.setdefault(id(split.base), (split.base, set()))
-        degs.update(parse_degradation(str(lbl)) for lbl in per_split.get(name, train))
+        degs.update(per_split.get(name, train))
     total = 0
     for base, degs in per_base.values():
         n, c, h, w = base.shape
@@ -129,27 +139,6 @@ def cached_bytes(cfg: DictConfig, data: FaceData) -> int:
     return total
 
 
-#: The value an experiment config gives a ``method.*`` key the user must set (``???`` cannot be used: merging
-#: OmegaConf's missing value onto the method config's default leaves the default in place).
-REQUIRED = "<required>"
-
-
-def check_required(cfg: DictConfig) -> None:
-    """Stop with one line when an experiment config left a ``method.*`` value to the user (``<required>``).
-
-    The method class may explain what to pass in ``REQUIRED_HINTS = {key: "what to pass"}``.
-    """
-    missing = [k for k in cfg.method if OmegaConf.is_missing(cfg.method, k) or cfg.method.get(k) == REQUIRED]
-    if not missing:
-        return
-    hints: dict = {}
-    with contextlib.suppress(Exception):
-        hints = getattr(get_class(str(cfg.method._target_)), "REQUIRED_HINTS", {}) or {}
-    key = missing[0]
-    hint = hints.get(key, "see the experiment config's comments")
-    raise UserError(f"method.{key} must be given for this experiment: {hint}")
-
-
 def model_weights(cfg: DictConfig) -> str | None:
     """The local checkpoint ``model.weights`` names, if any."""
     return cfg.model.get("weights") if cfg.get("model") is not None else None
@@ -161,7 +150,6 @@ def build_method(cfg: DictConfig, context: MethodContext) -> Method:
     ``model.weights`` (a local checkpoint) must reach at least one network of the method: a method without
     a ResNet-family network stops with one line instead of silently ignoring it.
     """
-    check_required(cfg)
     weights = model_weights(cfg)
     loads_before = pretrained.load_count()
     # resolved in the whole config first: method keys may interpolate other nodes (e.g. ${degrade.train})
@@ -183,18 +171,21 @@ def build_method(cfg: DictConfig, context: MethodContext) -> Method:
     if weights and pretrained.load_count() == loads_before:
         raise UserError(
             f"model.weights={weights} is set but method={cfg.method.get('name')} builds no ResNet-family "
-            "network that reads it (baseline, drgfer, rabn, da, mstrain, voting, zoo, isr/fsrfer with a "
-            "ResNet extractor do)"
+            "network that reads it: unset model.weights, or choose a method that builds one (README, "
+            "'Pretrained weights')"
         )
     return method
 
 
-def method_context(cfg: DictConfig, in_channels: int = 3) -> MethodContext:
-    """What the method needs to know about the data, from the config alone (no dataset is read)."""
-    train_degs = parse_degradations(cfg.degrade.train)
+def method_context(
+    cfg: DictConfig, in_channels: int = 3, train_degradations: list[Degradation] | None = None
+) -> MethodContext:
+    """What the method needs to know about the data, from the config alone (no dataset is read).
+
+    ``train_degradations``: the run's parsed ``degrade.train`` (:class:`RunSpec`); parsed from ``cfg`` when
+    not given (tools that build a method without a run: model statistics, prediction)."""
+    train_degs = list(train_degradations or parse_degradations(cfg.degrade.train))
     native = int(cfg.dataset.image_size)
-    for deg in train_degs:
-        deg.output_size(native, native)
     input_size = network_input_size(
         train_degs[0], native, cfg.degrade.input_size, bool(cfg.degrade.resize_back)
     )
@@ -209,15 +200,14 @@ def method_context(cfg: DictConfig, in_channels: int = 3) -> MethodContext:
     )
 
 
-def build_parts(cfg: DictConfig) -> RunParts:
-    check_required(cfg)  # before the dataset is decoded: a missing method.* value fails fast
-    if weights := model_weights(cfg):  # so does a bad model.weights (read once: the networks reuse it)
-        pretrained.read_state_dict(weights)
-    device = dist.init_from_env(resolve_device(cfg.trainer.device))
+def build_parts(spec: RunSpec | DictConfig) -> RunParts:
+    """The dataset, data module and method of a resolved run (a composed config is resolved first)."""
+    spec = as_spec(spec)
+    cfg = spec.cfg
+    if weights := model_weights(cfg):  # a bad model.weights fails before the dataset is decoded (read once:
+        pretrained.read_state_dict(weights)  # the networks reuse it)
     if cfg.trainer.num_threads:
         torch.set_num_threads(int(cfg.trainer.num_threads))
-    parse_degradations(cfg.degrade.train)
-    parse_degradations(cfg.degrade.test)
     data = load_data(cfg)
     datamodule = FaceDataModule(
         data,
@@ -227,14 +217,14 @@ def build_parts(cfg: DictConfig) -> RunParts:
         std=cfg.dataset.std,
         batch_size=cfg.trainer.batch_size,
         eval_batch_size=cfg.trainer.eval_batch_size,
-        device=device,
-        storage_device=storage_device(cfg, data, device),
+        device=spec.device,
+        storage_device=storage_device(spec, data),
         # on_device=false: the prefetching host path, also on a CPU (where it overlaps gathering with the
         # step); auto on a GPU with data too large for it: the same, chosen by the data module.
         prefetch=True if str(cfg.dataset.on_device).lower() == "false" else None,
         sampler=cfg.dataset.sampler,
-        rank=dist.rank(),
-        world_size=dist.world_size(),
+        rank=spec.rank,
+        world_size=spec.world_size,
     )
     datamodule.view_sharing = dist.machine_sharing()  # one host copy of the views per machine (torchrun)
     side = int(cfg.dataset.image_size)
@@ -243,10 +233,10 @@ def build_parts(cfg: DictConfig) -> RunParts:
             f"the cached {cfg.dataset.name} images are {data.image_size[0]}x{data.image_size[1]} but "
             f"dataset.image_size={side}: rebuild the cache (delete it under {cfg.paths.cache_dir})"
         )
-    context = method_context(cfg, in_channels=int(data.splits["train"].image_shape[0]))
+    context = method_context(cfg, datamodule.channels, list(spec.degrade.train))
     torch.manual_seed(cfg.seed)
     method = build_method(cfg, context)
-    return RunParts(cfg, device, data, datamodule, method)
+    return RunParts(spec, data, datamodule, method)
 
 
 def format_table(metrics: dict, split: str = "test") -> str:
@@ -276,30 +266,27 @@ def format_table(metrics: dict, split: str = "test") -> str:
 
 
 def run_training(cfg: DictConfig, run_dir: Path | None) -> dict:
-    """Train ``cfg.method`` on ``cfg.dataset``, test once at ``degrade.test`` and write ``metrics.json``."""
+    """:func:`run` for a composed config (what :func:`lrfer.config.compose_config` users call)."""
+    return run(resolve(cfg, run_dir))
+
+
+def run(spec: RunSpec) -> dict:
+    """Train the spec's method on its dataset, test once at ``degrade.test`` and write ``metrics.json``."""
     t0 = time.perf_counter()
-    validate_config(cfg)
-    val_labels = [d.label for d in parse_degradations(list(cfg.degrade.val or cfg.degrade.train))]
-    check_metric_name(cfg.get("objective", "acc"), val_labels, "objective")
-    open_run_folder(cfg, run_dir)  # refuses to lose a finished run or to resume another one
-    parts = build_parts(cfg)
+    cfg, run_dir = spec.cfg, spec.run_dir
+    log_warnings(spec.warnings)
+    if dist.is_main():
+        prepare_run_folder(cfg, run_dir)  # orphan temporaries; trainer.overwrite=true's old results
+    parts = build_parts(spec)
     main = dist.is_main()
     logger = RunLogger(run_dir, enabled=bool(cfg.logger.tensorboard) and main and run_dir is not None)
     try:
-        trainer = Trainer.from_config(
-            cfg,
-            parts.method,
-            parts.datamodule,
-            parts.device,
-            run_dir=run_dir,
-            logger=logger,
-            identity=run_identity(cfg),
-        )
+        trainer = Trainer(spec, parts.method, parts.datamodule, logger=logger, identity=run_identity(cfg))
         if cfg.logger.log_images and main:
-            log_sample_faces(logger, parts.datamodule, list(cfg.degrade.test), cfg.logger.num_sample_images)
+            log_sample_faces(logger, parts.datamodule, list(spec.degrade.test), cfg.logger.num_sample_images)
         summaries = trainer.fit()
-        val = trainer.evaluate("val", list(cfg.degrade.val or cfg.degrade.train)) if trainer.has_val else {}
-        test = trainer.evaluate("test", list(cfg.degrade.test), keep_confusion=True)
+        val = trainer.evaluate("val", spec.degrade.val) if trainer.has_val else {}
+        test = trainer.evaluate("test", spec.degrade.test, keep_confusion=True)
         metrics = run_metrics(cfg, parts, trainer.has_val, summaries, val, test, t0)
         if main:
             log_test_results(logger, cfg, test, parts.data.class_names)
@@ -402,14 +389,14 @@ def model_selection(cfg: DictConfig, data: FaceData, has_val: bool) -> dict:
     return {"mode": "best_val", "reason": reason, "train_faces": n_train, "val_faces": n_val}
 
 
-def log_sample_faces(logger: RunLogger, dm: FaceDataModule, labels: list[str], n: int) -> None:
+def log_sample_faces(logger: RunLogger, dm: FaceDataModule, degradations: list[Degradation], n: int) -> None:
     """A grid of the first ``n`` validation faces (rows) at every degradation (columns of the grid)."""
     if logger.writer is None or n <= 0:
         return
     rows = []
     split = "val" if "val" in dm.splits else "train"
     index = torch.arange(min(n, len(dm.splits[split])))
-    for deg in parse_degradations(labels):
+    for deg in degradations:
         if dm.network_size(deg) != dm.input_size:
             continue
         batch = dm.make_batch(split, index, torch.zeros_like(index), [deg], augment=False)
@@ -418,4 +405,5 @@ def log_sample_faces(logger: RunLogger, dm: FaceDataModule, labels: list[str], n
         grid = torch.stack(rows, 1).flatten(
             0, 1
         )  # sample-major: each grid row is one face at every degradation
-        logger.image_grid("samples/" + ",".join(labels), grid.clamp(0, 1), nrow=len(rows))
+        labels = ",".join(d.label for d in degradations)
+        logger.image_grid("samples/" + labels, grid.clamp(0, 1), nrow=len(rows))

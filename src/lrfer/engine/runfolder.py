@@ -1,7 +1,7 @@
 """Run-folder protection: a finished run is never overwritten by accident, a resume continues the same run.
 
-Before anything is written into a run folder (by Hydra, see :mod:`lrfer.cli.guard`, and again at the start of
-:func:`lrfer.engine.run.run_training`):
+Before anything is written into a run folder (decided once per run by :func:`lrfer.engine.resolve.resolve`;
+``python train.py`` resolves before Hydra writes, see :mod:`lrfer.cli.guard`):
 
 - a folder that already holds a run (``metrics.json`` or ``checkpoints/last.pt``) is refused unless
   ``trainer.resume=true`` (continue it) or ``trainer.overwrite=true`` (replace it: its results, checkpoints
@@ -124,15 +124,17 @@ def check_run_folder(cfg: DictConfig, run_dir: Path | None) -> None:
 
     Reads only; raises a one-line :class:`UserError`.
     """
-    if run_dir is None:
-        return
-    run_dir = Path(run_dir)
     resume = bool(cfg.trainer.get("resume", False))
     overwrite = bool(cfg.trainer.get("overwrite", False))
     if resume and overwrite:
         raise UserError(
             "trainer.resume=true continues a run and trainer.overwrite=true replaces it: choose one"
         )
+    if run_dir is None:
+        if resume:
+            raise UserError("trainer.resume=true needs the run folder to continue: set hydra.run.dir to it")
+        return
+    run_dir = Path(run_dir)
     if resume:
         last = run_dir / "checkpoints" / "last.pt"
         if not last.is_file():

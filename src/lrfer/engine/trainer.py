@@ -17,8 +17,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sys
 import time
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,12 +27,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from lrfer.config.schema import parse_auto_bool, resolve_auto_bool
 from lrfer.core.checkpoint import load_checkpoint
 from lrfer.core.errors import ProcessError, UserError
-from lrfer.core.names import COMPILE_MODES, PRECISIONS
-from lrfer.data.degrade import Degradation, parse_degradations
-from lrfer.data.pipeline import FaceDataModule
+from lrfer.data.degrade import Degradation, as_degradations, parse_degradations
+from lrfer.data.pipeline import Batch, FaceDataModule
 from lrfer.engine import distributed as dist
 from lrfer.engine.checkpoint_writer import STAGE_START, CheckpointSchedule, CheckpointWriter, stage_state_keys
 from lrfer.engine.deferred_log import DeferredScalars
@@ -43,6 +42,7 @@ from lrfer.engine.optim import (
     check_resumed_settings,
     step_settings,
 )
+from lrfer.engine.resolve import RunSpec, resolve
 from lrfer.engine.stop import StopRequest, Terminated
 from lrfer.engine.tblog import RunLogger
 from lrfer.methods.base import Method, Stage
@@ -134,18 +134,6 @@ def pad_batch(batch: dict[str, torch.Tensor], rows: int) -> dict[str, torch.Tens
     return out
 
 
-def resolve_device(name: str, key: str = "trainer.device") -> torch.device:
-    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:<i>`` as a device; ``key`` names the option in the messages."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise UserError(f"unknown {key} {name!r}: choose auto, cpu or cuda")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        sep = " " if key.startswith("--") else "="
-        raise UserError(f"{key}{sep}{name} but no CUDA device is available: use {key}{sep}cpu or auto")
-    return torch.device(name)
-
-
 def progress_lines(iterable, total: int, desc: str, every_s: float, clock=time.monotonic):
     """Yield from ``iterable``, logging ``<desc>: step i/total (p%), r steps/s`` at most once per ``every_s``
     seconds (what a log file gets instead of a progress bar). Reads the clock only: no device sync."""
@@ -157,6 +145,42 @@ def progress_lines(iterable, total: int, desc: str, every_s: float, clock=time.m
             last = now
             rate = i / max(now - start, 1e-9)
             log.info("%s: step %d/%d (%.0f%%), %.2f steps/s", desc, i, total, 100 * i / max(total, 1), rate)
+
+
+@dataclass
+class StageRun:
+    """A stage ready to train (:meth:`Trainer.prepare_stage`): its degradations, optimisers and schedulers."""
+
+    index: int
+    stage: Stage
+    epochs: int
+    train_degs: list[Degradation]
+    val_labels: list[str]
+    optimizers: dict[str, torch.optim.Optimizer]
+    schedulers: dict[str, EpochScheduler]
+
+
+@dataclass
+class _EpochSums:
+    """What an epoch accumulates on the device, read once at its end."""
+
+    losses: dict[str, torch.Tensor]
+    correct: torch.Tensor
+    #: per step: whether its loss was ever non-finite, and the first non-finite value
+    bad: dict[str, torch.Tensor]
+    bad_value: dict[str, torch.Tensor]
+    seen: int = 0
+    steps: int = 0
+    has_logits: bool = False
+
+    @classmethod
+    def zeros(cls, steps: Sequence[str], device: torch.device) -> _EpochSums:
+        return cls(
+            losses={},
+            correct=torch.zeros((), device=device),
+            bad={step: torch.zeros((), dtype=torch.bool, device=device) for step in steps},
+            bad_value={step: torch.zeros((), device=device) for step in steps},
+        )
 
 
 @dataclass
@@ -173,48 +197,32 @@ class Trainer:
 
     def __init__(
         self,
-        cfg,
+        spec: RunSpec,
         method: Method,
         data: FaceDataModule,
         *,
-        train_degrade: list[str],
-        val_degrade: list[str] | None,
-        run_dir: Path | None,
-        seed: int,
-        device: torch.device,
         logger: RunLogger | None = None,
         identity: dict | None = None,
+        phase_timer: Callable[[str], AbstractContextManager] | None = None,
     ) -> None:
-        self.cfg = cfg
+        """A trainer of ``method`` on ``data`` as the resolved run ``spec`` says (:func:`resolve`).
+
+        ``phase_timer(phase)``: a context manager entered around each ``"train"``, ``"val"`` and
+        ``"checkpoint"`` phase of an epoch (the benches time the phases with it)."""
+        self.spec = spec
+        self.cfg = cfg = spec.cfg.trainer
         #: What a resume must match (method, model, dataset shape), stored in every checkpoint as "config".
         self.identity = identity
         self.data = data
-        self.device = device
-        self.seed = seed
-        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.device = device = spec.device
+        self.seed = spec.seed
+        self.run_dir = spec.run_dir
         self.logger = logger or RunLogger(None, enabled=False)
-        self.train_degrade = list(train_degrade)
-        self.val_degrade = list(val_degrade) if val_degrade else list(train_degrade)
-        if cfg.precision not in PRECISIONS:
-            raise UserError(
-                f"unknown trainer.precision {cfg.precision!r}: choose one of {', '.join(PRECISIONS)}"
-            )
-        self.amp_dtype = None
-        if device.type == "cuda" and cfg.precision in ("auto", "bf16"):
-            self.amp_dtype = torch.bfloat16
-        elif cfg.precision == "bf16":
-            self.amp_dtype = torch.bfloat16  # bf16 autocast on the CPU when asked for explicitly
-        self.channels_last = resolve_auto_bool(
-            cfg.channels_last, auto=device.type == "cuda", key="trainer.channels_last"
-        )
-        check_metric_name(
-            cfg.monitor, [d.label for d in parse_degradations(self.val_degrade)], "trainer.monitor"
-        )
-        self.sync_bn = parse_auto_bool(cfg.get("sync_bn"), "trainer.sync_bn")  # None: auto
-        if cfg.compile_mode not in COMPILE_MODES:
-            raise UserError(
-                f"unknown trainer.compile_mode {cfg.compile_mode!r}: choose one of {', '.join(COMPILE_MODES)}"
-            )
+        self.train_degrade = list(spec.degrade.train)
+        self.val_degrade = list(spec.degrade.val)
+        self.amp_dtype = spec.trainer.amp_dtype
+        self.channels_last = spec.trainer.channels_last
+        self.phase_timer = phase_timer or (lambda phase: contextlib.nullcontext())
         apply_backend_settings(cfg, device)
         self.method = method.to(device)
         if self.channels_last:
@@ -230,7 +238,7 @@ class Trainer:
         )
         if cfg.compile:
             compile_networks(self.method.networks(), cfg.compile_mode)
-        self.has_val = "val" in data.splits and len(data.splits["val"]) > 0
+        self.has_val = data.has_split("val")
         self.global_step = 0
         self.summaries: list[StageSummary] = []
         self.val_history: list[dict] = []
@@ -248,26 +256,14 @@ class Trainer:
         cfg: DictConfig,
         method: Method,
         data: FaceDataModule,
-        device: torch.device,
         *,
         run_dir: Path | None = None,
         logger: RunLogger | None = None,
         identity: dict | None = None,
     ) -> Trainer:
-        """The trainer of a composed run config: ``cfg.trainer``, the ``degrade.train`` / ``degrade.val``
-        lists and the run's ``seed``; no run folder (checkpoints) or logger unless given."""
-        return cls(
-            cfg.trainer,
-            method,
-            data,
-            train_degrade=list(cfg.degrade.train),
-            val_degrade=list(cfg.degrade.val) if cfg.degrade.val else None,
-            run_dir=run_dir,
-            seed=int(cfg.seed),
-            device=device,
-            logger=logger,
-            identity=identity,
-        )
+        """The trainer of a composed config (:func:`lrfer.config.compose_config` users): ``cfg`` is
+        resolved first (:func:`resolve`); no run folder (checkpoints) or logger unless given."""
+        return cls(resolve(cfg, run_dir), method, data, logger=logger, identity=identity)
 
     # -- helpers --------
     def _autocast(self):
@@ -282,12 +278,12 @@ class Trainer:
                     batch[key] = batch[key].contiguous(memory_format=torch.channels_last)
         return batch
 
-    def _progress(self, iterable, total: int, desc: str):
-        """A tqdm bar on a terminal; otherwise a log line every ``trainer.progress_every_s`` seconds."""
-        show = resolve_auto_bool(self.cfg.progress, auto=sys.stderr.isatty(), key="trainer.progress")
-        if not dist.is_main():
+    def _progress(self, iterable, total: int | None, desc: str):
+        """A tqdm bar on a terminal; otherwise a log line every ``trainer.progress_every_s`` seconds
+        (neither for batches of unknown number, or on a process other than the first)."""
+        if not dist.is_main() or total is None:
             return iterable
-        if show:
+        if self.spec.trainer.progress:
             return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
         every = self.cfg.get("progress_every_s")
         return iterable if not every else progress_lines(iterable, total, desc, float(every))
@@ -320,11 +316,12 @@ class Trainer:
         check_metric_name(stage.monitor, val_labels, f"the monitor of stage {stage.name}")
         return str(stage.monitor)
 
-    def _stage_sync_bn(self, stage: Stage) -> bool:
+    def stage_sync_bn(self, stage: Stage) -> bool:
         """``trainer.sync_bn`` for this stage: null (auto) synchronises on CUDA with several processes."""
         if dist.world_size() <= 1:
             return False
-        want = self.device.type == "cuda" if self.sync_bn is None else bool(self.sync_bn)
+        sync_bn = self.spec.trainer.sync_bn
+        want = self.device.type == "cuda" if sync_bn is None else bool(sync_bn)
         if want and not stage.sync_bn:
             log.info("stage %s keeps per-process BatchNorm (it cannot be synchronised)", stage.name)
             return False
@@ -336,13 +333,18 @@ class Trainer:
     # -- evaluation --------
     @torch.inference_mode()
     def evaluate(
-        self, split: str, degradations: list[str], stage: Stage | None = None, keep_confusion: bool = False
+        self,
+        split: str,
+        degradations: Sequence[Degradation | str],
+        stage: Stage | None = None,
+        keep_confusion: bool = False,
     ) -> dict[str, dict]:
-        """Metrics per degradation label on ``split`` (``acc``, ``balanced_acc``, ``n``, method extras)."""
+        """Metrics per degradation on ``split`` (``acc``, ``balanced_acc``, ``n``, method extras), keyed by
+        label; ``degradations`` are parsed ones (a run's spec) or labels."""
         was_training = self.method.training
         self.method.eval()
-        k = self.data.data.num_classes
-        degs = parse_degradations(degradations)
+        k = self.data.num_classes
+        degs = as_degradations(degradations)
         # Every rank sums the method's declared values, in the declared order, even with an empty shard.
         names = tuple(self.method.evaluation_values(stage))
         cms = torch.zeros(len(degs), k, k, dtype=torch.long, device=self.device)
@@ -421,12 +423,7 @@ class Trainer:
     def _load_resume_state(self) -> dict | None:
         if not self.cfg.resume:
             return None
-        path = self._ckpt("last.pt")
-        if path is None or not path.exists():
-            raise UserError(
-                f"trainer.resume=true but {path} does not exist: run once without resume, "
-                "or set hydra.run.dir to the run you want to continue"
-            )
+        path = self._ckpt("last.pt")  # there is one: the run folder was checked (resolve)
         state = load_checkpoint(path, require=RESUME_KEYS)
         if state.get("version") != CHECKPOINT_VERSION:
             raise UserError(f"{path} was written by another lrfer checkpoint version: cannot resume from it")
@@ -442,105 +439,86 @@ class Trainer:
         log.info("resuming from %s (stage %d, epoch %d)", path, state["stage_index"], state["epoch"])
         return state
 
-    def _fit_stage(self, si: int, stage: Stage, state: dict | None) -> None:
+    def prepare_stage(self, si: int, stage: Stage, state: dict | None = None) -> StageRun:
+        """Start stage ``si``: the method told (and given ``state``'s weights when resuming), the model
+        wrapped (DDP, ``torch.compile``), one optimiser and epoch scheduler per step built. Train its
+        epochs with :meth:`train_one_epoch` (what :meth:`fit` does, and the benches)."""
         epochs = self._stage_epochs(stage)
-        train_degs = parse_degradations(stage.train_degrade or self.train_degrade)
-        val_degs = [d.label for d in parse_degradations(stage.val_degrade or self.val_degrade)]
+        train_degs = parse_degradations(stage.train_degrade) if stage.train_degrade else self.train_degrade
+        val_degs = parse_degradations(stage.val_degrade) if stage.val_degrade else self.val_degrade
         self.data.check_trainable(train_degs)
         self.method.on_stage_start(stage)
         if state is not None:
             self.method.load_state_dict(state["method"])
-        monitor = self._monitor(stage, val_degs)
         if not self.has_val:
-            for step in stage.steps:
-                sched_cfg = self._merged(self.cfg.scheduler, stage.scheduler, step)
-                if sched_cfg.name == "plateau" and sched_cfg.monitor == "val_acc":
-                    raise UserError(
-                        "trainer.scheduler=plateau watches val_acc but this run has no validation split "
-                        "(dataset.val_fraction=0 or dataset.merge_val=true): "
-                        "set trainer.scheduler.monitor=train_acc"
-                    )
+            self._check_plateau_has_validation(stage)
         self.model = self.wrap_stage(stage)
         self._start_stage_checkpoints(si, stage, fresh=state is None)
         optimizers, schedulers = self.build_optimizers(stage, epochs)
-        summary = StageSummary(stage.name)
-        start_epoch = 0
+        labels = [d.label for d in val_degs]
+        return StageRun(si, stage, epochs, list(train_degs), labels, optimizers, schedulers)
+
+    def _check_plateau_has_validation(self, stage: Stage) -> None:
+        for step in stage.steps:
+            sched_cfg = self._merged(self.cfg.scheduler, stage.scheduler, step)
+            if sched_cfg.name == "plateau" and sched_cfg.monitor == "val_acc":
+                raise UserError(
+                    "trainer.scheduler=plateau watches val_acc but this run has no validation split "
+                    "(dataset.val_fraction=0 or dataset.merge_val=true): "
+                    "set trainer.scheduler.monitor=train_acc"
+                )
+
+    def _resume_stage(self, run: StageRun, state: dict) -> tuple[StageSummary, int]:
+        """Optimisers and schedulers of a resumed stage as ``last.pt`` left them; its summary and epoch."""
+        stored = state.get("settings") or {}
+        for step in run.stage.steps:
+            where = f"stage {run.stage.name}, step {step}"
+            optimizer, scheduler = run.optimizers[step], run.schedulers[step]
+            check_resumed_settings(stored.get(step), self.step_settings[step], where)
+            optimizer.load_state_dict(state["optimizers"][step])
+            rebuilt = scheduler.load_state_dict(state["schedulers"][step])
+            if rebuilt:
+                log.warning("%s: %s", where, rebuilt)
+            for line in apply_resumed_settings(
+                stored.get(step), self.step_settings[step], optimizer, scheduler
+            ):
+                log.warning("resuming %s with %s", where, line)
+        return StageSummary(**state["summary"]), int(state["epoch"])
+
+    def _fit_stage(self, si: int, stage: Stage, state: dict | None) -> None:
+        run = self.prepare_stage(si, stage, state)
+        monitor = self._monitor(stage, run.val_labels)
+        summary, start_epoch = StageSummary(stage.name), 0
         if state is not None:
-            stored = state.get("settings") or {}
-            for step in stage.steps:
-                where = f"stage {stage.name}, step {step}"
-                check_resumed_settings(stored.get(step), self.step_settings[step], where)
-                optimizers[step].load_state_dict(state["optimizers"][step])
-                rebuilt = schedulers[step].load_state_dict(state["schedulers"][step])
-                if rebuilt:
-                    log.warning("%s: %s", where, rebuilt)
-                for line in apply_resumed_settings(
-                    stored.get(step), self.step_settings[step], optimizers[step], schedulers[step]
-                ):
-                    log.warning("resuming %s with %s", where, line)
-            start_epoch = int(state["epoch"])
-            summary = StageSummary(**state["summary"])
-        log.info("stage %s: %d epochs on %s", stage.name, epochs, [d.label for d in train_degs])
+            summary, start_epoch = self._resume_stage(run, state)
+        log.info("stage %s: %d epochs on %s", stage.name, run.epochs, [d.label for d in run.train_degs])
         schedule = CheckpointSchedule(self.cfg.checkpoint_every, self.cfg.checkpoint_budget)
         trained_seconds = 0.0
-        for epoch in range(start_epoch, epochs):
+        for epoch in range(start_epoch, run.epochs):
             t0 = time.perf_counter()
-            losses, train_acc = self._train_epoch(si, stage, epoch, train_degs, optimizers)
+            with self.phase_timer("train"):
+                losses, train_acc = self.train_one_epoch(run, epoch)
             self.method.on_epoch_end(stage, epoch + 1)
             val_acc = None
-            do_val = (
-                self.has_val and monitor and ((epoch + 1) % self.cfg.val_every == 0 or epoch + 1 == epochs)
-            )
-            if do_val:
-                val = self.evaluate("val", val_degs, stage)
-                val_acc = named_metric(val, monitor, "the monitored metric")
-                self.val_history.append(
-                    {
-                        "stage": stage.name,
-                        "epoch": epoch + 1,
-                        "monitor": monitor,
-                        "score": val_acc,
-                        "val": val,
-                    }
-                )
-                self.logger.scalars(
-                    {f"{lbl}/{k}": v[k] for lbl, v in val.items() for k in v if k not in ("n", "confusion")},
-                    self.global_step,
-                    prefix=f"val/{stage.name}/",
-                )
-                if summary.best_val is None or val_acc > summary.best_val:
-                    summary.best_val, summary.best_epoch = val_acc, epoch + 1
-                    self._save_best(si, stage, epoch + 1, val_acc, val)
-            for step, sched in schedulers.items():
+            due = (epoch + 1) % self.cfg.val_every == 0 or epoch + 1 == run.epochs
+            if self.has_val and monitor and due:
+                val_acc = self._validate(run, epoch, monitor, summary)
+            for step, sched in run.schedulers.items():
                 sched.step(val_acc, train_acc)
                 self.logger.scalars(
-                    {f"lr/{stage.name}/{step}": optimizers[step].param_groups[0]["lr"]}, self.global_step
+                    {f"lr/{stage.name}/{step}": run.optimizers[step].param_groups[0]["lr"]}, self.global_step
                 )
             summary.epochs = epoch + 1
             summary.losses = losses
             trained_seconds += time.perf_counter() - t0
             stop = self.stop.agreed
-            if schedule.due(last_of_stage=epoch + 1 == epochs, stop=stop):
-                self._save_last(si, epoch + 1, optimizers, schedulers, summary, whole=epoch + 1 == epochs)
-                per_epoch = trained_seconds / max(1, schedule.since)
-                schedule.done(self.writer.last_cost, per_epoch)
-                if self.writer.last_wait > schedule.budget * per_epoch * schedule.every:
-                    log.warning(
-                        "checkpoint waited %.2fs for the previous write: a slow disk; consider a larger "
-                        "trainer.checkpoint_every",
-                        self.writer.last_wait,
-                    )
+            if schedule.due(last_of_stage=epoch + 1 == run.epochs, stop=stop):
+                self._checkpoint(run, epoch, summary, schedule, trained_seconds)
                 trained_seconds = 0.0
             msg = " ".join(f"{k}={v:.4f}" for k, v in losses.items())
-            log.info(
-                "[%s] epoch %d/%d %s%s (%.1fs)",
-                stage.name,
-                epoch + 1,
-                epochs,
-                msg,
-                f" val {monitor}={val_acc:.4f}" if val_acc is not None else "",
-                time.perf_counter() - t0,
-            )
+            shown = f" val {monitor}={val_acc:.4f}" if val_acc is not None else ""
+            elapsed = time.perf_counter() - t0
+            log.info("[%s] epoch %d/%d %s%s (%.1fs)", stage.name, epoch + 1, run.epochs, msg, shown, elapsed)
             if stop:
                 self.writer.flush()
                 raise Terminated(
@@ -552,6 +530,41 @@ class Trainer:
         self.method.on_stage_end(stage)
         self.summaries.append(summary)
 
+    def _validate(self, run: StageRun, epoch: int, monitor: str, summary: StageSummary) -> float:
+        """Validate after ``epoch``: log it, keep it in the history, save ``best.pt`` when it is the best."""
+        stage = run.stage
+        with self.phase_timer("val"):
+            val = self.evaluate("val", run.val_labels, stage)
+        score = named_metric(val, monitor, "the monitored metric")
+        self.val_history.append(
+            {"stage": stage.name, "epoch": epoch + 1, "monitor": monitor, "score": score, "val": val}
+        )
+        self.logger.scalars(
+            {f"{lbl}/{k}": v[k] for lbl, v in val.items() for k in v if k not in ("n", "confusion")},
+            self.global_step,
+            prefix=f"val/{stage.name}/",
+        )
+        if summary.best_val is None or score > summary.best_val:
+            summary.best_val, summary.best_epoch = score, epoch + 1
+            self._save_best(run.index, stage, epoch + 1, score, val)
+        return score
+
+    def _checkpoint(
+        self, run: StageRun, epoch: int, summary: StageSummary, schedule: CheckpointSchedule, seconds: float
+    ) -> None:
+        """``last.pt`` after ``epoch``; the schedule learns what it cost against ``seconds`` of training."""
+        whole = epoch + 1 == run.epochs
+        with self.phase_timer("checkpoint"):
+            self._save_last(run.index, epoch + 1, run.optimizers, run.schedulers, summary, whole=whole)
+        per_epoch = seconds / max(1, schedule.since)
+        schedule.done(self.writer.last_cost, per_epoch)
+        if self.writer.last_wait > schedule.budget * per_epoch * schedule.every:
+            log.warning(
+                "checkpoint waited %.2fs for the previous write: a slow disk; consider a larger "
+                "trainer.checkpoint_every",
+                self.writer.last_wait,
+            )
+
     def wrap_stage(self, stage: Stage) -> torch.nn.Module:
         """What runs a training step of ``stage``: the method, or under torchrun DDP over the modules the
         stage trains (synchronised when it is built), compiled with them when ``trainer.compile``."""
@@ -562,7 +575,7 @@ class Trainer:
             trained,
             self.device,
             find_unused_parameters=len(stage.steps) > 1 if find_unused is None else bool(find_unused),
-            sync_bn=self._stage_sync_bn(stage),
+            sync_bn=self.stage_sync_bn(stage),
         )
         if self.cfg.compile and model is not self.method:
             # Compile the DDP-wrapped module, so that its gradient buckets' all-reduce overlaps the
@@ -588,55 +601,36 @@ class Trainer:
             schedulers[step] = EpochScheduler(optimizers[step], sched_cfg, epochs)
         return optimizers, schedulers
 
-    def _train_epoch(self, si, stage, epoch, degs: list[Degradation], optimizers):
-        """One epoch of ``stage``. Nothing in a step waits for the device: losses, accuracy and the
-        finite-loss check accumulate on the device and are read once, at the end of the epoch (and every
-        ``log_every_n_steps`` steps only when a logger is writing)."""
-        seed = derive_seed(self.seed, si, epoch)
+    def epoch_batches(self, run: StageRun, epoch: int) -> Iterable[Batch]:
+        """The data module's training batches of ``epoch`` of ``run``'s stage (what an epoch trains on)."""
+        seed = derive_seed(self.seed, run.index, epoch)
+        return self.data.train_batches(run.train_degs, seed=seed, need_hr=run.stage.needs_hr)
+
+    def train_one_epoch(
+        self, run: StageRun, epoch: int, batches: Iterable[Batch] | None = None
+    ) -> tuple[dict[str, float], float | None]:
+        """One epoch of ``run``'s stage (:meth:`prepare_stage`): the mean of every loss and the training
+        accuracy (None when the stage has no logits). ``batches``: train on these instead of
+        :meth:`epoch_batches` (the benches' fixed batch, a few steps of an epoch).
+
+        Nothing in a step waits for the device: losses, accuracy and the finite-loss check accumulate on the
+        device and are read once, at the end of the epoch (and every ``log_every_n_steps`` steps only when
+        a logger is writing)."""
+        stage = run.stage
+        seed = derive_seed(self.seed, run.index, epoch)
         seed_everything(seed + dist.rank())  # per rank: dropout masks etc. must differ between shares
         self.method.train()
-        sums: dict[str, torch.Tensor] = {}
-        correct = torch.zeros((), device=self.device)
-        # Per step: whether its loss was ever non-finite, and the first non-finite value.
-        bad = {step: torch.zeros((), dtype=torch.bool, device=self.device) for step in stage.steps}
-        bad_value = {step: torch.zeros((), device=self.device) for step in stage.steps}
-        seen = 0
-        has_logits = False
+        sums = _EpochSums.zeros(stage.steps, self.device)
         logging_on = self.logger.writer is not None
         deferred = DeferredScalars(
             lambda values, step: self.logger.scalars(values, step, prefix=f"train/{stage.name}/")
         )
-        n_batches = self.data.num_train_batches(degs)
-        batches = self.data.train_batches(degs, seed=seed, need_hr=stage.needs_hr)
-        bar = self._progress(
-            batches, n_batches, f"[{stage.name}] epoch {epoch + 1}/{self._stage_epochs(stage)}"
-        )
+        total = self.data.num_train_batches(run.train_degs) if batches is None else None
+        batches = self.epoch_batches(run, epoch) if batches is None else batches
+        bar = self._progress(batches, total, f"[{stage.name}] epoch {epoch + 1}/{run.epochs}")
         try:
             for batch in bar:
-                batch = self._prepare(batch)
-                for step in stage.steps:
-                    with self._autocast():
-                        out = self.model(batch, stage, step)
-                    loss = out["loss"]
-                    finite = torch.isfinite(loss.detach())
-                    bad_value[step] = torch.where(bad[step], bad_value[step], loss.detach().float())
-                    bad[step] = bad[step] | ~finite
-                    opt = optimizers[step]
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if self.cfg.grad_clip:
-                        params = [p for g in opt.param_groups for p in g["params"]]
-                        torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
-                    opt.step()
-                    for key, value in out.items():
-                        if key == "logits" or value.dim() > 0:
-                            continue
-                        name = key if len(stage.steps) == 1 or key != "loss" else f"loss_{step}"
-                        sums[name] = sums.get(name, 0) + value.detach().float()
-                    if "logits" in out:
-                        has_logits = True
-                        correct += (out["logits"].argmax(1) == batch["label"]).sum()
-                seen += batch["label"].shape[0]
+                out = self._train_step(self._prepare(batch), run, sums)
                 self.global_step += 1
                 if logging_on:
                     deferred.poll()  # an earlier logging step's losses, once their copy has landed
@@ -646,29 +640,66 @@ class Trainer:
         except Exception:
             # A non-finite loss may break the method before the epoch ends (an eigendecomposition of NaNs):
             # report the loss, not its consequence.
-            self._check_finite(stage, epoch, bad, bad_value)
+            self._check_finite(stage, epoch, sums.bad, sums.bad_value)
             raise
         deferred.flush()
-        # One read of everything the epoch accumulated (and one all-reduce under torchrun).
-        keys = list(sums)
-        values = [sums[k] for k in keys] + [correct.float(), torch.full((), float(seen), device=self.device)]
-        flags = [bad[step].float() for step in stage.steps]
+        losses, train_acc = self._epoch_results(stage, epoch, sums)
+        self.logger.scalars(losses, self.global_step, prefix=f"epoch/{stage.name}/")
+        return losses, train_acc
+
+    def _train_step(self, batch: Batch, run: StageRun, sums: _EpochSums) -> dict[str, torch.Tensor]:
+        """Every optimisation step of the stage on one batch; returns the last step's outputs."""
+        stage = run.stage
+        for step in stage.steps:
+            with self._autocast():
+                out = self.model(batch, stage, step)
+            loss = out["loss"]
+            finite = torch.isfinite(loss.detach())
+            sums.bad_value[step] = torch.where(sums.bad[step], sums.bad_value[step], loss.detach().float())
+            sums.bad[step] = sums.bad[step] | ~finite
+            opt = run.optimizers[step]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.cfg.grad_clip:
+                params = [p for g in opt.param_groups for p in g["params"]]
+                torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+            opt.step()
+            for key, value in out.items():
+                if key == "logits" or value.dim() > 0:
+                    continue
+                name = key if len(stage.steps) == 1 or key != "loss" else f"loss_{step}"
+                sums.losses[name] = sums.losses.get(name, 0) + value.detach().float()
+            if "logits" in out:
+                sums.has_logits = True
+                sums.correct += (out["logits"].argmax(1) == batch["label"]).sum()
+        sums.seen += batch["label"].shape[0]
+        sums.steps += 1
+        return out
+
+    def _epoch_results(
+        self, stage: Stage, epoch: int, sums: _EpochSums
+    ) -> tuple[dict[str, float], float | None]:
+        """One read (and under torchrun one all-reduce) of everything the epoch accumulated: the mean
+        losses and the training accuracy; a non-finite loss or an agreed stop request is noted here."""
+        keys = list(sums.losses)
+        seen = torch.full((), float(sums.seen), device=self.device)
+        values = [sums.losses[k] for k in keys] + [sums.correct.float(), seen]
+        flags = [sums.bad[step].float() for step in stage.steps]
         stop = torch.full((), float(self.stop.requested), device=self.device)  # agreed by every rank
         totals = dist.all_reduce_sum(torch.stack(values + flags + [stop])).tolist()
         self.stop.agreed = totals.pop() > 0
-        self._check_finite(stage, epoch, bad, bad_value, totals[len(values) :])
+        self._check_finite(stage, epoch, sums.bad, sums.bad_value, totals[len(values) :])
         world = dist.world_size()
-        n_steps = max(1, n_batches)
+        n_steps = max(1, sums.steps)
         losses = {}
         for k, total in zip(keys, totals):
             mean = total if world == 1 else (torch.tensor(total) / world).item()  # all_reduce_mean's float32
             losses[k] = float(mean) / n_steps
         train_acc = None
-        if has_logits:
+        if sums.has_logits:
             hits, total = totals[len(keys)], totals[len(keys) + 1]
             train_acc = float(hits / total)
             losses["train_acc"] = train_acc
-        self.logger.scalars(losses, self.global_step, prefix=f"epoch/{stage.name}/")
         return losses, train_acc
 
     def _check_finite(self, stage, epoch, bad, bad_value, flags: list[float] | None = None) -> None:

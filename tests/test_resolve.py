@@ -1,0 +1,89 @@
+"""A run is resolved once: its config validated, its method values, run folder and processes checked once."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from collections import Counter
+
+import pytest
+from conftest import compose_cfg, tiny
+from hydra.core.global_hydra import GlobalHydra
+
+import lrfer.cli.guard
+import lrfer.cli.sweep
+import lrfer.cli.train
+import lrfer.engine.loading
+import lrfer.engine.resolve
+import lrfer.engine.run
+import lrfer.engine.trainer
+from lrfer.core.errors import UserError
+from lrfer.engine.resolve import RunSpec, resolve
+
+#: The checks a run makes once, by the module that defines them.
+ONCE = {
+    "validate_config": "lrfer.config.validate",
+    "check_run_folder": "lrfer.engine.runfolder",
+    "check_required": "lrfer.engine.resolve",
+    "init_from_env": "lrfer.engine.distributed",
+}
+
+
+def count_calls(monkeypatch) -> Counter:
+    """Count the calls of every function in :data:`ONCE`, under every lrfer name it is imported as."""
+    calls: Counter = Counter()
+    for name, module in ONCE.items():
+        original = getattr(importlib.import_module(module), name)
+
+        def counted(*args, _name=name, _original=original, **kwargs):
+            calls[_name] += 1
+            return _original(*args, **kwargs)
+
+        for loaded in list(sys.modules.values()):
+            ours = getattr(loaded, "__name__", "").startswith("lrfer")
+            if ours and getattr(loaded, name, None) is original:
+                monkeypatch.setattr(loaded, name, counted)
+    return calls
+
+
+def test_python_train_py_resolves_its_run_once(tmp_path, monkeypatch):
+    """``python train.py`` (its entry, in this process): each check runs once; a second one fails here."""
+    calls = count_calls(monkeypatch)
+    run_dir = tmp_path / "run"
+    args = tiny(tmp_path, "trainer.max_epochs=1", "dataset.num_train=56", "dataset.num_test=28")
+    monkeypatch.setattr(sys, "argv", ["train.py", *args, f"hydra.run.dir={run_dir}"])
+    handlers = list(logging.root.handlers)
+    try:
+        lrfer.cli.train.main()
+    finally:
+        GlobalHydra.instance().clear()
+        for handler in [h for h in logging.root.handlers if h not in handlers]:
+            logging.root.removeHandler(handler)
+            handler.close()
+    assert (run_dir / "metrics.json").is_file()
+    assert dict(calls) == dict.fromkeys(ONCE, 1)
+
+
+def test_the_spec_holds_parsed_degradations_and_settled_options(tmp_path):
+    spec = resolve(compose_cfg(*tiny(tmp_path, "degrade.train=[x1,X2+Jpeg30]", "degrade.test=[x4]")))
+    assert isinstance(spec, RunSpec) and spec.run_dir is None
+    assert [d.label for d in spec.degrade.train] == ["x1", "x2+jpeg30"]
+    assert spec.degrade.val == spec.degrade.train  # degrade.val=null: selection on the training list
+    assert spec.trainer.amp_dtype is None and spec.trainer.channels_last is False  # auto on a CPU
+    assert spec.device.type == "cpu" and spec.world_size == 1
+
+
+def test_a_global_batch_the_processes_cannot_share_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(lrfer.engine.resolve.dist, "world_size", lambda: 3)
+    with pytest.raises(
+        UserError, match=r"trainer\.batch_size=28 \(the global batch\) must be divisible by the 3"
+    ):
+        resolve(compose_cfg(*tiny(tmp_path)))
+    monkeypatch.setattr(lrfer.engine.resolve.dist, "world_size", lambda: 4)
+    assert resolve(compose_cfg(*tiny(tmp_path))).world_size == 4
+
+
+def test_a_resume_without_a_run_folder_stops_with_one_line(tmp_path):
+    with pytest.raises(UserError, match=r"trainer\.resume=true needs the run folder"):
+        resolve(compose_cfg(*tiny(tmp_path, "trainer.resume=true")))
