@@ -132,15 +132,15 @@ def test_every_one_of_nine_stages_runs_compiled_under_ddp(tmp_path, recorder):
             tmp_path, "method._target_=toy_methods.ManyStages", "trainer.max_epochs=1", "dataset.num_train=32"
         )
         per_stage = []
-        real = trainer._train_epoch
+        real = trainer.train_one_epoch
 
-        def counted(si, stage, *args):
-            out = real(si, stage, *args)
+        def counted(run, epoch, *args, **kwargs):
+            out = real(run, epoch, *args, **kwargs)
             limit = [k for k in dynamo_utils.counters["unimplemented"] if "recompile limit" in k]
             per_stage.append((type(trainer.model).__name__, len(limit)))
             return out
 
-        trainer._train_epoch = counted
+        trainer.train_one_epoch = counted
         trainer.fit()
     finally:
         tdist.destroy_process_group()
