@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from lrfer.data import cache as cache_module
+from lrfer.data import shared_views as shared_views_module
 from lrfer.data.cache import (
     CacheDamaged,
     cache_path,
@@ -149,7 +150,8 @@ def test_without_a_cache_folder_the_adapter_decodes_every_time_and_nothing_is_wr
 
 
 def test_the_manifest_records_every_file_with_its_standard_crc32(tmp_path, monkeypatch):
-    monkeypatch.setattr(cache_module, "_CHUNK", 100)  # several chunks per file: the CRC continues over them
+    # several chunks per file: the CRC continues over them
+    monkeypatch.setattr(shared_views_module, "_CHUNK", 100)
     entry = _entry(tmp_path, ToyAdapter(targets=True, files={"crop_boxes.csv": "id,x\n0,1\n"}))
     manifest = json.loads((entry / "manifest.json").read_text())
     assert manifest["splits"] == {"train": 140, "val": 9, "test": 12} and manifest["class_names"] == CLASSES

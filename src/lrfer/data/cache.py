@@ -28,7 +28,6 @@ import logging
 import os
 import secrets
 import shutil
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -36,12 +35,11 @@ import torch
 
 from lrfer.core.errors import disk_error
 from lrfer.data.faces import FaceData, FaceSplit
-from lrfer.data.shared_views import MachineSharing, register
+from lrfer.data.shared_views import MachineSharing, file_crc32, register
 
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
-_CHUNK = 1 << 24
 
 
 class CacheDamaged(Exception):
@@ -66,17 +64,9 @@ def _content_hash(data: FaceData) -> str:
     return h.hexdigest()
 
 
-def _crc32(path: Path) -> int:
-    crc = 0
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            crc = zlib.crc32(chunk, crc)
-    return crc
-
-
 def _file_record(path: Path) -> dict:
     st = path.stat()
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "crc32": _crc32(path)}
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "crc32": file_crc32(path)}
 
 
 def _scratch(path: Path, kind: str) -> Path:
@@ -174,7 +164,7 @@ def _read_verified(path: Path, every_byte: bool = True) -> FaceData:
         st = file.stat()
         _check(st.st_size == record["size"], f"{name} has {st.st_size} bytes, not {record['size']}")
         if every_byte or st.st_mtime_ns != record["mtime_ns"]:
-            _check(_crc32(file) == record["crc32"], f"{name} does not match its checksum")
+            _check(file_crc32(file) == record["crc32"], f"{name} does not match its checksum")
     splits = {}
     for split_name, n in counts.items():
         # Copy-on-write memory map: pages are read from disk when used, nothing is copied up front.

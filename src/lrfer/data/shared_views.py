@@ -87,7 +87,8 @@ def view_name(source: str, label: str, *, kernel: str, antialias: bool, seed: in
     return f"{label.replace('+', '_')}-{hashlib.sha1(blob.encode()).hexdigest()[:16]}"
 
 
-def _crc32(path: Path) -> int:
+def file_crc32(path: Path) -> int:
+    """The standard CRC-32 of a file's bytes, read in chunks (the cache's and the shared views' checksum)."""
     crc = 0
     with path.open("rb") as f:
         while chunk := f.read(_CHUNK):
@@ -111,7 +112,7 @@ def publish(folder: Path, name: str, view: torch.Tensor) -> bool:
         os.replace(tmp_array, array)
         st = array.stat()
         meta = {"shape": list(view.shape), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-        meta["crc32"] = _crc32(array)
+        meta["crc32"] = file_crc32(array)
         tmp_record.write_text(json.dumps(meta))
         os.replace(tmp_record, record)
         return True
@@ -140,7 +141,7 @@ def open_view(folder: Path, name: str, shape: tuple[int, ...], every_byte: bool)
             problem = f"{st.st_size} bytes, not {meta['size']}"
         elif not every_byte and st.st_mtime_ns != meta["mtime_ns"]:
             problem = "changed since it was written"
-        elif every_byte and _crc32(array) != meta["crc32"]:
+        elif every_byte and file_crc32(array) != meta["crc32"]:
             problem = "does not match its checksum"
         if problem is None:
             mapped = np.load(array, mmap_mode="c")
