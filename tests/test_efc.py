@@ -14,7 +14,7 @@ from lrfer.core.errors import UserError
 from lrfer.engine.run import build_method, method_context
 from lrfer.methods.efc import EFC
 from lrfer.methods.zoo import Zoo
-from lrfer.models.efc import EFCBlock, EFCNet, s_swish
+from lrfer.models.efc import EFCBlock, EFCNet, SSwish, s_swish
 from lrfer.models.zoo import ZOO_ARCHS, build_zoo
 
 PAPER_PARAMS = 513_484
@@ -89,6 +89,22 @@ def test_method_efc_builds_the_efc_network():
     assert method.predict(torch.randn(2, 3, 32, 32)).shape == (2, 7)
 
 
+def test_the_efc_methods_options_and_input_channels_reach_its_network():
+    cfg = compose_cfg(
+        "method=efc",
+        "dataset.image_size=32",
+        "method.stem_channels=8",
+        "method.blocks=[[16,2,3]]",
+        "method.head_channels=40",
+        "method.beta=2.0",
+    )
+    net = build_method(cfg, method_context(cfg, in_channels=1)).net
+    assert (net.stem[0].in_channels, net.stem[0].out_channels) == (1, 8)
+    assert len(net.blocks) == 1 and net.blocks[0].expand.out_channels == 24  # 3 x 8: expansion 3
+    assert net.blocks[0].dw.stride == (2, 2) and net.head[0].out_channels == 40
+    assert {m.beta for m in net.modules() if isinstance(m, SSwish)} == {2.0}
+
+
 def test_bad_block_spec_is_a_user_error():
     with pytest.raises(UserError, match="out_channels, stride, expansion"):
         EFCNet(7, blocks=[[32, 1]])
@@ -119,6 +135,17 @@ def test_method_zoo_selects_the_arch():
     cfg = compose_cfg("method=zoo", "method.arch=shufflenet_v2_x1_0", "dataset.image_size=32")
     method = build_method(cfg, method_context(cfg))
     assert isinstance(method, Zoo) and type(method.net).__name__ == "ShuffleNetV2"
+
+
+@pytest.mark.parametrize(("small_input", "stride"), [(True, (1, 1)), (False, (2, 2))])
+def test_the_zoo_methods_small_input_and_input_channels_reach_its_network_which_predicts(small_input, stride):
+    cfg = compose_cfg("method=zoo", f"method.small_input={small_input}", "dataset.image_size=32")
+    method = build_method(cfg, method_context(cfg, in_channels=1)).eval()
+    stem = method.net.features[0][0]
+    assert stem.stride == stride and stem.in_channels == 1
+    images = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(method.predict(images), method.net(images))
 
 
 def test_unknown_zoo_arch_is_a_user_error():
