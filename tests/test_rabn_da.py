@@ -7,12 +7,14 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import compose_cfg, method_options, tiny
-from multires_toys import MarkerRouter, tiny_classifier
+from multires_toys import MarkerRouter, TinyBackbone, tiny_classifier
 
 from lrfer.core.errors import UserError
-from lrfer.engine.run import method_context, run_training
+from lrfer.engine.run import build_method, method_context, run_training
 from lrfer.methods.base import Stage
+from lrfer.methods.baseline import Baseline
 from lrfer.methods.da import DomainAdversarial, ganin_coefficient
 from lrfer.methods.mstrain import MultiScaleTraining
 from lrfer.methods.rabn import ResolutionAwareBNMethod
@@ -138,6 +140,25 @@ def test_rabn_with_an_rrn_routes_without_factors_and_reports_rrn_acc(tmp_path):
         ResolutionAwareBNMethod(context, **options).eval().predict(torch.randn(2, 3, 32, 32))
     both = ResolutionAwareBNMethod(context, **{**options, "bn_select": "rrn"}).eval()
     assert both.predict(torch.randn(3, 3, 32, 32)).shape == (3, 7)
+
+
+def test_baseline_trains_the_configured_model_on_the_run_with_its_epochs_and_label_smoothing():
+    """``method=baseline``: the ``model`` config's network for the run's classes and input channels, one stage
+    of ``method.epochs``, cross-entropy with ``method.label_smoothing``; it predicts with that network."""
+    torch.manual_seed(0)
+    overrides = ("method.epochs=3", "method.label_smoothing=0.2")
+    cfg = compose_cfg("method=baseline", TINY_MODEL, "dataset.num_classes=5", *overrides)
+    method = build_method(cfg, method_context(cfg, in_channels=1))
+    assert isinstance(method, Baseline) and isinstance(method.net.backbone, TinyBackbone)
+    assert method.net.backbone.conv.in_channels == 1 and method.net.fc.out_features == 5
+    assert method.stages() == [Stage("train", epochs=3)]
+    batch = {"image": torch.randn(4, 1, 16, 16), "label": torch.tensor([0, 4, 2, 2]), "factor": torch.ones(4)}
+    out = method.training_step(batch, method.stages()[0], "main")
+    expected = F.cross_entropy(method.net(batch["image"]), batch["label"], label_smoothing=0.2)
+    assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
+    method.eval()
+    with torch.no_grad():
+        assert torch.equal(method.predict(batch["image"]), method.net(batch["image"]))
 
 
 def test_mstrain_trains_and_validates_on_its_factors_by_default():
