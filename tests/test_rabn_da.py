@@ -170,6 +170,28 @@ def test_mstrain_trains_and_validates_on_its_factors_by_default():
     assert stage.train_degrade is None  # factors: null = degrade.train, exactly method=baseline
 
 
+def test_mstrain_is_the_baseline_with_its_epochs_and_label_smoothing_on_its_factors():
+    """One stage named as the baseline's (checkpoints and metrics rows read alike), ``method.epochs`` long,
+    cross-entropy with ``method.label_smoothing``; with ``factors: null`` its stages are the baseline's."""
+    torch.manual_seed(0)
+    cfg = compose_cfg("method=mstrain", TINY_MODEL, "method.epochs=3", "method.label_smoothing=0.2")
+    method = build_method(cfg, method_context(cfg))
+    labels = ["x1", "x2", "x4", "x6", "x8"]
+    assert method.stages() == [Stage("train", epochs=3, train_degrade=labels, val_degrade=labels)]
+    baseline = build_method(
+        compose_cfg("method=baseline", TINY_MODEL, "method.epochs=3"), method_context(cfg)
+    )
+    on_degrade_train = build_method(
+        compose_cfg("method=mstrain", TINY_MODEL, "method.epochs=3", "method.factors=null"),
+        method_context(cfg),
+    )
+    assert on_degrade_train.stages() == baseline.stages()
+    batch = {"image": torch.randn(4, 3, 16, 16), "label": torch.tensor([0, 6, 2, 2]), "factor": torch.ones(4)}
+    out = method.training_step(batch, method.stages()[0], "main")
+    expected = F.cross_entropy(method.net(batch["image"]), batch["label"], label_smoothing=0.2)
+    assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
+
+
 def _da(tmp_path, **options) -> DomainAdversarial:
     torch.manual_seed(0)
     context = method_context(compose_cfg(*tiny(tmp_path), TINY_MODEL))
