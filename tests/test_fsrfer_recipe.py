@@ -51,6 +51,22 @@ def test_center_loss_moves_the_centres_after_the_batch_and_only_in_training():
     assert not loss.centers.requires_grad
 
 
+@pytest.mark.parametrize(("alpha", "moved"), [(None, 0.1), (0.0, 1.0), (1.0, 0.0)])
+def test_a_centre_moves_one_minus_alpha_of_the_way_alpha_from_zero_to_one_by_default_covpoolfers(
+    alpha, moved
+):
+    """alpha = 0: the centre jumps onto the feature; alpha = 1: it never moves; default 0.9 (CovPoolFER)."""
+    loss = CenterLoss(2, 1) if alpha is None else CenterLoss(2, 1, alpha=alpha)
+    loss(torch.tensor([[10.0]]), torch.tensor([1]))
+    assert loss.centers[:, 0].tolist() == pytest.approx([0.0, 10.0 * moved])
+
+
+@pytest.mark.parametrize("alpha", [-0.01, 1.01, 1.5])
+def test_a_centre_loss_alpha_outside_zero_to_one_is_refused_naming_it(alpha):
+    with pytest.raises(ValueError, match=rf"^the centre-loss alpha must be in \[0, 1\], got {alpha}$"):
+        CenterLoss(2, 1, alpha=alpha)
+
+
 def _method(tmp, *extra):
     return build_parts(
         compose_cfg(
