@@ -81,6 +81,13 @@ def test_crops_of_an_impossible_size_or_a_non_square_map_are_refused():
         ten_crops(torch.zeros(1, 1, 12, 10))
 
 
+def test_a_one_pixel_map_gives_ten_one_pixel_crops():
+    """A map shrunk to one pixel (a small face split after module 3) is cut into 1 px crops, not refused."""
+    assert crop_boxes(1) == (1, [(0, 0)] * 5)
+    x = torch.randn(2, 4, 1, 1)
+    assert torch.equal(ten_crops(x), x.repeat_interleave(10, dim=0))
+
+
 def test_the_crop_ratio_reaches_the_crops():
     net = VotingResNet(7, 24, split_after=1, crop_ratio=0.5).eval()
     seen = []
