@@ -97,6 +97,22 @@ def test_the_crop_ratio_reaches_the_crops():
     assert seen == [(10, 64, 12, 12)]
 
 
+def test_the_voting_network_splits_after_module_1_by_default_and_its_options_reach_the_resnet():
+    """Default ``split_after=1`` (the paper's best, Table 2): module 2 sees the ten crops; ``arch``,
+    ``in_channels`` and ``stem`` (``auto`` chosen by the input size) reach the torchvision ResNet."""
+    net = VotingResNet(7, 24).eval()
+    seen = []
+    net.backbone.layer2.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape)))
+    with torch.no_grad():
+        net(torch.randn(1, 3, 24, 24))
+    assert seen == [(10, 64, 20, 20)]
+    with torch.device("meta"):
+        deeper = VotingResNet(7, 24, arch="resnet34", in_channels=1)
+        assert len(deeper.backbone.layer3) == 6 and deeper.backbone.conv1.in_channels == 1
+        auto_small, auto_large = VotingResNet(7, 24, stem="auto"), VotingResNet(7, 64, stem="auto")
+    assert auto_small.backbone.conv1.kernel_size == (3, 3) and auto_large.backbone.conv1.kernel_size == (7, 7)
+
+
 def test_votes_are_per_sample_over_its_own_ten_crops():
     """Two samples, sample-major: sample 0's ten crops all say class 2, sample 1's all say class 0."""
     crops = torch.cat(
@@ -117,6 +133,13 @@ def test_hard_voting_scores_are_the_vote_shares():
     assert torch.allclose(vote(crops, "soft")[0].exp(), mean, atol=1e-6)
     assert torch.isfinite(vote(torch.tensor([[100.0, -100.0]] * 10), "hard")).all()  # no log(0)
     assert vote(crops.repeat(1, 1), "soft", num_crops=5).shape == (2, 2)
+
+
+def test_the_default_vote_is_soft_and_an_unknown_one_is_refused_naming_the_choices():
+    crops = torch.randn(20, 7)
+    assert torch.equal(vote(crops), vote(crops, "soft"))
+    with pytest.raises(UserError, match=r"^unknown voting 'median': choose one of soft, hard$"):
+        vote(crops, "median")
 
 
 def test_bf16_crop_logits_are_voted_in_float32():
