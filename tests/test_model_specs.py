@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lrfer.core.errors import UserError
-from lrfer.models.efc import DEFAULT_BLOCKS, EFCNet, SSwish, build_efc
+from lrfer.models.efc import DEFAULT_BLOCKS, EFCBlock, EFCNet, SSwish, build_efc
 from lrfer.models.mrafer import MRAFER, gather
 from lrfer.models.voting import VotingResNet, crop_boxes, ten_crops, vote
 
@@ -51,6 +51,12 @@ def test_efc_blocks_are_depthwise_then_expanded_by_their_factor_with_the_documen
     stem_conv = net.stem[0]
     assert (stem_conv.stride, stem_conv.kernel_size, stem_conv.bias) == ((2, 2), (3, 3), None)
     assert net.head[0].bias is None and net.classifier.bias is not None
+
+
+def test_an_efc_block_by_default_expands_twice_with_s_swish_beta_1_at_stride_1():
+    block = EFCBlock(8, 16)
+    assert block.expand.out_channels == 16 and block.act.beta == 1.0
+    assert block.dw.stride == (1, 1) and SSwish().beta == 1.0
 
 
 def test_efc_options_reach_the_network():
