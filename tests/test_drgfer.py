@@ -4,6 +4,7 @@ rrn_acc, stages and restore-best, metrics.json, and lrfer-predict on faces of mi
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 
@@ -17,8 +18,10 @@ from PIL import Image
 
 from lrfer.core.errors import UserError
 from lrfer.engine.run import method_context, run_training
+from lrfer.methods.base import Stage
 from lrfer.methods.drgfer import DRGFER
-from lrfer.methods.resolution import ResolutionSet
+from lrfer.methods.rabn import ResolutionAwareBNMethod
+from lrfer.methods.resolution import ResolutionSet, build_network
 from lrfer.models.mrafer import MRAFER, assign, binarize, fuse_max, fuse_mean, gather
 
 TINY_MODEL = "model._target_=multires_toys.tiny_classifier"
@@ -345,6 +348,30 @@ def test_every_routing_scores_the_expert_it_names():
     method.eval_all_routings = True
     out = method.evaluate_step({**batch, "label": torch.tensor([0, 2, 0, 2])}, None)
     assert out["acc_mean"].tolist() == [1, 0, 1, 0] and out["acc_max"].tolist() == [0, 1, 0, 1]
+
+
+@pytest.mark.parametrize(("rrn_epochs", "epochs"), [(None, 3), (2, 2)])
+def test_the_rrn_stage_trains_and_validates_on_every_trained_resolution_selected_on_rrn_acc(
+    rrn_epochs, epochs
+):
+    """DRGFER's last stage and RA-BN's (``bn_select=rrn``): the RRN learns and is validated on all of
+    ``factors``, its best epoch is the one of the highest ``rrn_acc``; ``rrn_epochs`` null = ``epochs``."""
+    labels = ["x1", "x2", "x4"]
+    common = {"factors": labels, "epochs": 3, "rrn_epochs": rrn_epochs}
+    drgfer = DRGFER(_context(TINY_MODEL), **{**method_options("drgfer"), **common})
+    rabn = ResolutionAwareBNMethod(
+        _context(TINY_MODEL), **{**method_options("rabn"), "bn_select": "rrn", **common}
+    )
+    expected = Stage("rrn", epochs=epochs, train_degrade=labels, val_degrade=labels, monitor="rrn_acc")
+    assert drgfer.stages()[-1] == rabn.stages()[-1] == expected
+
+
+def test_without_a_model_config_the_networks_are_resnet18_for_the_runs_input_channels():
+    context = dataclasses.replace(_context(), model=None, in_channels=1)
+    with torch.device("meta"):  # shapes only
+        net = build_network(context, 4)
+    assert type(net.backbone).__name__ == "ResNet" and len(net.backbone.layer3) == 2
+    assert net.backbone.conv1.in_channels == 1 and net.fc.out_features == 4
 
 
 def test_stages_train_and_validate_their_own_network():
