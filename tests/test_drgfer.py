@@ -116,6 +116,11 @@ def test_mean_and_max_fusion_formulas():
     assert torch.allclose(method.predict(images).softmax(1), fuse_max(probs), atol=1e-6)
 
 
+def test_factors_null_trains_on_degrade_train_with_factors_relative_to_the_native_side():
+    res = ResolutionSet.from_config(None, _context("degrade.train=[x1,x3,25px]", "dataset.image_size=100"))
+    assert res.labels == ["x1", "x3", "25px"] and res.factors == pytest.approx((1.0, 3.0, 4.0))
+
+
 def test_rrn_accuracy_counts_the_nearest_trained_factor_in_log_scale():
     res = ResolutionSet.from_config(["x1", "x2", "x4", "x6", "x8"], _context("dataset.image_size=100"))
     factors = torch.tensor([1.0, 2.0, 3.0, 5.0, 7.0, 12.0, 16.0, 100 / 14])  # 14px of a 100 px face = x7.14
