@@ -85,3 +85,11 @@ def test_routing_reads_the_group_sizes_on_the_host_once():
     with torch.no_grad(), SyncCounter() as counter:
         model(images, onehot)
     assert sum(sum(c.values()) for c in counter.counts.values()) == 1, dict(counter.counts)
+
+
+def test_an_empty_batch_is_answered_by_the_first_expert_even_when_there_is_only_one():
+    """No group to route: the output is the first expert's, empty, with its class count and dtype."""
+    for model in (MRAFER([ShapeLog(0)]).eval(), MRAFER([ShapeLog(0), ShapeLog(1)]).eval()):
+        with torch.no_grad():
+            out = model(torch.zeros(0, 3, 6, 6), torch.zeros(0, model.num_experts, dtype=torch.long))
+        assert out.shape == (0, 5) and model.experts[0].sizes == [0]
