@@ -4,6 +4,9 @@ graphs specialise again, for every new size. The outputs are those of the unpadd
 
 from __future__ import annotations
 
+import re
+
+import pytest
 import torch
 from torch import nn
 
@@ -93,3 +96,15 @@ def test_an_empty_batch_is_answered_by_the_first_expert_even_when_there_is_only_
         with torch.no_grad():
             out = model(torch.zeros(0, 3, 6, 6), torch.zeros(0, model.num_experts, dtype=torch.long))
         assert out.shape == (0, 5) and model.experts[0].sizes == [0]
+
+
+def test_a_routing_row_that_is_not_one_hot_is_refused_even_when_the_group_sizes_add_up():
+    """A row with two 1s and a row with none give group sizes that add up to the batch: still refused,
+    instead of the empty row being sent to some expert."""
+    model = MRAFER([ShapeLog(0), ShapeLog(1)]).eval()
+    images = torch.zeros(2, 3, 6, 6)
+    cases = [([[1, 1], [0, 0]], [1, 1]), ([[1, 0], [0, 0]], [1, 0]), ([[2, -1], [0, 1]], [2, 0])]
+    for onehot, sizes in cases:
+        message = f"every row of onehot must hold exactly one 1, got group sizes {sizes}"
+        with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+            model(images, torch.tensor(onehot))

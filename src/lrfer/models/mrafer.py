@@ -113,11 +113,13 @@ class MRAFER(nn.Module):
             )
         if images.shape[0] == 0:
             return self.experts[0](images)
-        # eq. 4-5: the samples of every group, in order; their sizes read on the host once
-        counts = onehot.sum(dim=0).tolist()
-        groups = list(torch.split(torch.argsort(onehot.argmax(dim=1), stable=True), counts))
-        if sum(counts) != images.shape[0]:
+        # eq. 4-5: the samples of every group, in order; their sizes, and how many rows are not one-hot (group
+        # sizes that add up can still hide a row with two 1s and one with none), read on the host once
+        not_one_hot = ((onehot != 0).sum(dim=1) != 1) | (onehot.sum(dim=1) != 1)
+        *counts, bad = torch.cat([onehot.sum(dim=0), not_one_hot.sum().reshape(1)]).tolist()
+        if bad:
             raise ValueError(f"every row of onehot must hold exactly one 1, got group sizes {counts}")
+        groups = list(torch.split(torch.argsort(onehot.argmax(dim=1), stable=True), counts))
         outputs = [self._expert(k, images, g) if g.numel() else None for k, g in enumerate(groups)]
         return gather(outputs, groups, images.shape[0])  # eq. 6-7
 
