@@ -9,7 +9,7 @@ from torch import nn
 
 from lrfer.core.errors import UserError
 from lrfer.data.degrade import parse_degradations
-from lrfer.engine.run import build_parts, run_training
+from lrfer.engine.run import build_method, build_parts, method_context, run_training
 from lrfer.models.image_sr import MetaSRLite, MetaUpscale, RCANLite
 
 FACTORS = FSR_FACTORS
@@ -158,3 +158,58 @@ def test_sr_loss_is_l1_to_the_high_resolution_face_and_evaluation_classifies_the
     direct_acc, acc = (direct == batch["label"]).float(), (restored.argmax(1) == batch["label"]).float()
     assert not torch.equal(direct_acc, acc)
     assert row["direct_acc"].tolist() == direct_acc.tolist()
+
+
+def _method(tmp, sr, *extra):
+    """The ISR method alone (no data), built as a run builds it."""
+    cfg = compose_cfg(*_overrides(tmp, sr, *extra))
+    return build_method(cfg, method_context(cfg))
+
+
+@pytest.mark.parametrize("sr", ["rcan", "metasr"])
+def test_sr_stages_train_their_network_with_the_sr_optimiser_at_sr_lr_decayed_every_sr_step_epochs(
+    tmp_path, sr
+):
+    """RCAN's and Meta-SR's recipe: Adam at ``sr_lr``, multiplied by ``sr_gamma`` every ``sr_step_epochs``
+    (at least every epoch); stage ``sr`` (Meta-SR) and ``sr_x<f>`` (RCAN) optimise only their SR network."""
+    options = ("method.sr_lr=3e-4", "method.sr_step_epochs=0", "method.sr_gamma=0.25")
+    method = _method(tmp_path, sr, *options, "method.sr_optimizer.weight_decay=0.01")
+    stage = method.stages()[1]
+    assert stage.optimizer == {"name": "adam", "betas": [0.9, 0.999], "weight_decay": 0.01, "lr": 3e-4}
+    assert stage.scheduler == {"name": "step", "step_size": 1, "gamma": 0.25}
+    assert _method(tmp_path, sr, "method.sr_step_epochs=4").stages()[1].scheduler["step_size"] == 4
+    network = method.metasr if sr == "metasr" else method.rcan["x2"]
+    assert [id(p) for p in method.stage_parameters(stage, "main")] == [id(p) for p in network.parameters()]
+
+
+def test_meta_sr_sees_the_face_at_its_low_resolution_ceil_native_over_factor(tmp_path):
+    """x2 of a 32 px face: 16 px (not 17); x3: ceil(10.67) = 11; x32: 1 px (not 2)."""
+    method = _method(tmp_path, "metasr")
+
+    sides = []
+
+    class Record(nn.Module):
+        def forward(self, lr, size, up):
+            sides.append(lr.shape[-1])
+            return up
+
+    method.metasr = Record()
+    method.restore(torch.zeros(3, 3, 32, 32), torch.tensor([2.0, 3.0, 32.0]))
+    assert sorted(sides) == [1, 11, 16]
+    message = "isr with method.sr=rcan or metasr needs each face's downsampling factor"
+    with pytest.raises(UserError, match=f"^{message}$"):
+        method.restore(torch.zeros(1, 3, 32, 32), None)
+
+
+@pytest.mark.parametrize("sr", ["bicubic", "rcan", "metasr"])
+def test_the_values_each_stage_declares_are_the_ones_its_evaluation_returns(tmp_path, sr):
+    method = _method(tmp_path, sr).eval()
+    batch = {
+        "image": torch.randn(2, 3, 32, 32),
+        "label": torch.tensor([0, 1]),
+        "factor": torch.tensor([2.0, 4.0]),
+    }
+    for stage in [*method.stages(), None]:
+        with torch.no_grad():
+            returned = set(method.evaluate_step(batch, stage)) - {"logits"}
+        assert set(method.evaluation_values(stage)) == returned, (sr, stage)
