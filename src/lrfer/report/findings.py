@@ -39,6 +39,16 @@ from omegaconf import OmegaConf
 
 from lrfer.config.compose import compose_config, merge_overrides
 from lrfer.core.errors import UserError
+from lrfer.report.convergence import (
+    CONVERGENCE_RULE,
+    Convergence,
+    convergence,
+    fitted_rise,
+    group_converged,
+    stage_curves,
+    verdict_word,
+    window,
+)
 from lrfer.report.provenance import provenance
 
 RULE = (
@@ -697,54 +707,6 @@ def metrics_by_run(records: Iterable[RunRecord]) -> dict[str, dict[int, dict]]:
     return out
 
 
-# -- convergence ---------------------------------------------------------------------------------------------
-LAST_FRACTION = 0.2  # "flat over the last 20 % of epochs"
-
-
-@dataclass
-class Convergence:
-    """Per run and stage: the validation score's change over the last 20 % of epochs (each seed) against
-    the seed noise (the standard deviation over seeds of the final score)."""
-
-    run: str
-    stage: str
-    epochs: int
-    changes: list[float]  # per seed, in accuracy points: score(E) - score(E - window)
-    noise: float  # std over seeds of the final score, points (nan with one seed)
-
-    @property
-    def converged(self) -> bool | None:
-        if not self.changes or not math.isfinite(self.noise):
-            return None
-        return all(abs(c) <= self.noise for c in self.changes)
-
-
-def stage_curves(history: list[dict]) -> dict[str, list[tuple[int, float]]]:
-    curves: dict[str, list[tuple[int, float]]] = {}
-    for e in history:
-        curves.setdefault(e["stage"], []).append((int(e["epoch"]), 100.0 * float(e["score"])))
-    return {s: sorted(v) for s, v in curves.items()}
-
-
-def convergence(records: list[RunRecord]) -> list[Convergence]:
-    """One :class:`Convergence` per (run, stage) of ``records``."""
-    by_stage: dict[tuple[str, str], list[list[tuple[int, float]]]] = {}
-    for r in records:
-        for stage, curve in stage_curves(r.history).items():
-            by_stage.setdefault((r.run, stage), []).append(curve)
-    out = []
-    for (run, stage), curves in by_stage.items():
-        changes, finals = [], []
-        epochs = max(c[-1][0] for c in curves)
-        for curve in curves:
-            window = max(1, math.ceil(LAST_FRACTION * len(curve)))
-            if len(curve) > window:
-                changes.append(curve[-1][1] - curve[-1 - window][1])
-            finals.append(curve[-1][1])
-        out.append(Convergence(run, stage, epochs, changes, _std(finals)))
-    return out
-
-
 # -- the table -----------------------------------------------------------------------------------------------
 def _ms(values: dict[int, float]) -> str:
     if not values:
@@ -838,19 +800,21 @@ def write_findings(
 def _convergence_text(conv: list[Convergence]) -> str:
     if not conv:
         return "No validation curve yet."
+    groups = group_converged(conv)
     lines = [
-        "Each stage's validation score over its last 20 % of epochs (per seed: final minus the score 20 % of "
-        "the epochs earlier) against the seed noise (std over seeds of the final score). Curves: "
-        "`curves/<run>.png`.",
+        CONVERGENCE_RULE + " Curves: `curves/<run>.png`.",
         "",
-        "| run | stage | epochs | change over the last 20 % (points, per seed) | seed noise | flat |",
-        "|---|---|---|---|---|---|",
+        "| run | stage | epochs | rise over the last 20 % (points, per seed) | mean rise | seed noise | "
+        "stage converged | run converged |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for c in conv:
-        flat = {True: "yes", False: "**no**", None: "n/a (1 seed)"}[c.converged]
-        changes = ", ".join(f"{x:+.1f}" for x in c.changes)
+        rises = ", ".join(f"{x:+.1f}" for x in c.rises)
+        mean = f"{c.mean_rise:+.1f}" if math.isfinite(c.mean_rise) else "n/a"
         noise = f"{c.noise:.1f}" if math.isfinite(c.noise) else "n/a"
-        lines.append(f"| {c.run} | {c.stage} | {c.epochs} | {changes} | {noise} | {flat} |")
+        stage, group = verdict_word(c.converged), verdict_word(groups[c.run])
+        group = f"**{group}**" if groups[c.run] is False else group
+        lines.append(f"| {c.run} | {c.stage} | {c.epochs} | {rises} | {mean} | {noise} | {stage} | {group} |")
     return "\n".join(lines)
 
 
@@ -882,9 +846,16 @@ def plot_findings(results: list[ClaimResult], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def curves_title(run: str, conv: list[Convergence]) -> str:
+    """The title of ``run``'s curves: the run group's convergence under :data:`CONVERGENCE_RULE`."""
+    converged = verdict_word(group_converged(conv)[run])
+    return f"{run}: validation curves (SYNTHETIC faces); converged: {converged}"
+
+
 def plot_curves(records: list[RunRecord], out_dir: Path) -> list[Path]:
     """One PNG per run name (``<out_dir>/<run>.png``): every stage's validation score per epoch, one line
-    per seed, the last 20 % of epochs shaded."""
+    per seed, the last 20 % of epochs shaded with each seed's fitted line there, each stage's and the run
+    group's convergence (:data:`CONVERGENCE_RULE`) in the titles and in the PNG's ``Title`` text chunk."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -897,27 +868,46 @@ def plot_curves(records: list[RunRecord], out_dir: Path) -> list[Path]:
             by_run.setdefault(r.run, []).append(r)
     paths = []
     for run, recs in sorted(by_run.items()):
-        stages = list(dict.fromkeys(e["stage"] for r in recs for e in r.history))
-        fig, axes = plt.subplots(1, len(stages), figsize=(3.2 * len(stages) + 1, 3.2), squeeze=False)
-        for ax, stage in zip(axes[0], stages):
+        conv = convergence(recs)
+        by_stage = {c.stage: c for c in conv}
+        fig, axes = plt.subplots(1, len(conv), figsize=(3.2 * len(conv) + 1, 3.4), squeeze=False)
+        for ax, c in zip(axes[0], conv):
             for r in sorted(recs, key=lambda r: r.seed):
-                curve = stage_curves(r.history).get(stage, [])
+                curve = stage_curves(r.history).get(c.stage, [])
                 if curve:
-                    ax.plot([e for e, _ in curve], [s for _, s in curve], marker=".", label=f"seed {r.seed}")
-            epochs = max((e["epoch"] for r in recs for e in r.history if e["stage"] == stage), default=1)
-            ax.axvspan(epochs - LAST_FRACTION * epochs, epochs, color="grey", alpha=0.15)
-            ax.set_title(stage, fontsize=8)
+                    (line,) = ax.plot(*zip(*curve), marker=".", label=f"seed {r.seed}")
+                    _plot_fit(ax, curve, line.get_color())
+            ax.axvspan(c.epochs - window(c.epochs), c.epochs, color="grey", alpha=0.15)
+            mean = f"{c.mean_rise:+.1f}" if math.isfinite(c.mean_rise) else "n/a"
+            noise = f"{c.noise:.1f}" if math.isfinite(c.noise) else "n/a"
+            converged = verdict_word(by_stage[c.stage].converged)
+            ax.set_title(f"{c.stage}: rise {mean} vs noise {noise}: converged {converged}", fontsize=7)
             ax.set_xlabel("epoch")
             ax.grid(alpha=0.3)
-        axes[0][0].set_ylabel("validation score (%)")
+        axes[0][0].set_ylabel("validation accuracy (%)")
         axes[0][0].legend(fontsize=7)
-        fig.suptitle(f"{run}: validation curves (SYNTHETIC faces)", fontsize=9)
+        title = curves_title(run, conv)
+        fig.suptitle(title, fontsize=9)
         fig.tight_layout()
         path = out_dir / f"{run}.png"
-        fig.savefig(path, dpi=100)
+        fig.savefig(path, dpi=100, metadata={"Title": title, "Description": CONVERGENCE_RULE})
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def _plot_fit(ax: object, curve: list[tuple[int, float]], colour: str) -> None:
+    """The least-squares line of :func:`fitted_rise` over the last 20 % of ``curve``, dashed."""
+    rise = fitted_rise(curve)
+    if rise is None:
+        return
+    last = curve[-1][0]
+    w = window(last)
+    points = [(e, s) for e, s in curve if e >= last - w]
+    mean_e = statistics.fmean(e for e, _ in points)
+    mean_s = statistics.fmean(s for _, s in points)
+    xs = [last - w, last]
+    ax.plot(xs, [mean_s + rise / w * (x - mean_e) for x in xs], ls="--", lw=1.5, color=colour)
 
 
 # -- planning and provenance ---------------------------------------------------------------------------------
