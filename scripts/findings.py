@@ -88,8 +88,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def runs_to_train(args: argparse.Namespace, plan: dict, all_runs: list[str], copies: Path) -> list[tuple]:
     """(run, seed, folder, copy, overrides) of every planned run not finished yet (finished ones are copied
     to ``copies``), of the runs ``--runs`` names; none with ``--collect``."""
-    first = next(iter(plan.values()))
-    provenance = build_adapter(compose_config(first).dataset).provenance()  # the generator version
+    provenance = dataset_provenance(plan)
     to_train = set(args.runs or all_runs)
     if to_train - set(all_runs):  # also catches key=value overrides given after --runs
         raise UserError(
@@ -109,6 +108,21 @@ def runs_to_train(args: argparse.Namespace, plan: dict, all_runs: list[str], cop
         elif run in to_train and not args.collect:
             todo.append((run, seed, folder, copy, overrides))
     return todo
+
+
+def dataset_provenance(plan: dict) -> dict:
+    """What a finished run's ``metrics.json`` ``dataset_info`` must match to be reused (the generator
+    version of the synthetic faces)."""
+    first = next(iter(plan.values()))
+    return build_adapter(compose_config(first).dataset).provenance()
+
+
+def check_copies(plan: dict, copies: Path) -> None:
+    """Stop (:class:`UserError`, naming the folder) at a finished copy in ``copies`` of other overrides or
+    another generator version: the table built from the copies alone reuses them as a call would."""
+    provenance = dataset_provenance(plan)
+    for (run, seed), overrides in plan.items():
+        finished_run(run_folder(copies, run, seed, overrides), overrides, provenance)
 
 
 def train(
@@ -177,7 +191,9 @@ def main(argv: list[str] | None = None) -> dict:
     start, cpu0 = time.perf_counter(), _children_cpu()
     trained = 0
     failed: list[str] = []
-    if not args.from_repo:
+    if args.from_repo:
+        check_copies(plan, copies)
+    else:
         todo = runs_to_train(args, plan, all_runs, copies)
         trained = train(args, todo, command, failed, start, cpu0)
 
