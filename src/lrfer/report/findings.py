@@ -319,6 +319,14 @@ VOTING_T3 = {  # RAF-DB validation, soft voting unless named
 }
 
 
+#: The findings' quick voting network (ImageNet stem, 32 px input) is not the paper's geometry
+#: (tests/test_findings_checks.py, experiments/findings/README.md "Voting crops").
+VOTING_CROPS_NOTE = (
+    "Our quick voting network (ImageNet stem, 32 px) splits maps of 8, 4 and 2 px after modules 1, 2 and 3 "
+    "(the paper's: 48, 24 and 12 px); at 8 and 4 px the centre crop repeats the top-left one."
+)
+
+
 def _voting_claims() -> list[Claim]:
     """Soft and hard voting are two votes of the same trained network (Table 3: one network, two columns):
     both come from the ``voting_soft`` run (``method.eval_all_votings``: ``acc_soft``, ``acc_hard``), so their
@@ -334,8 +342,8 @@ def _voting_claims() -> list[Claim]:
     def m(run: str) -> Measure:
         return Measure(run, ("x1",), name=names[run])
 
-    def c(a: Measure, b: str, paper_a: float, text: str) -> Claim:
-        return Claim(PAPER_VOTING, "Table 3", text, a, m(b), paper_a, VOTING_T3[b])
+    def c(a: Measure, b: str, paper_a: float, text: str, note: str = "") -> Claim:
+        return Claim(PAPER_VOTING, "Table 3", text, a, m(b), paper_a, VOTING_T3[b], note=note)
 
     return [
         Claim(
@@ -355,12 +363,14 @@ def _voting_claims() -> list[Claim]:
             "voting_split2",
             VOTING_T3["soft"],
             "the paper's split (module 1) >= crops after module 2 (soft)",
+            VOTING_CROPS_NOTE,
         ),
         c(
             soft,
             "voting_split3",
             VOTING_T3["soft"],
             "the paper's split (module 1) >= crops after module 3 (soft)",
+            VOTING_CROPS_NOTE + " Here every crop after module 3 is the whole 2 px map: no crops at all.",
         ),
     ]
 
