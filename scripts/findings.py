@@ -36,6 +36,7 @@ import torch
 from lrfer.config.compose import compose_config
 from lrfer.core.errors import UserError, exit_on_user_error
 from lrfer.data.datasets import build_adapter
+from lrfer.report.convergence import BudgetCheck, budget_check
 from lrfer.report.findings import (
     claims_for,
     convergence,
@@ -208,13 +209,14 @@ def main(argv: list[str] | None = None) -> dict:
     metrics = metrics_by_run(records)
     claim_results = [evaluate_claim(c, metrics) for c in claims_for(all_runs)]
     conv = convergence(records)
+    budget = check_budget(protocol, all_runs, seeds, extra, copies, records)
     title = f"Papers' findings on SYNTHETIC faces (not real data), {seeds} seed(s)"
     if args.quick:
         title += ", QUICK mode: not converged"
     notes = [provenance_line(result_provenance(synthetic=True))]
     notes += [f"Table made {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} by `{command}`."]
     notes += provenance_lines(records, calls, float(protocol["fraction"]))
-    md = write_findings(claim_results, conv, results, "synthetic", title, notes)
+    md = write_findings(claim_results, conv, results, "synthetic", title, notes, budget)
     curves = plot_curves(records, results / "curves")
     summary = {
         "table": str(md),
@@ -231,6 +233,19 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"error: {len(failed)} run(s) failed: {'; '.join(failed)}", file=sys.stderr)
         sys.exit(1)
     return summary
+
+
+def check_budget(
+    protocol: dict, runs: list[str], seeds: int, extra: list[str], copies: Path, records: list
+) -> list[BudgetCheck]:
+    """The protocol's runs (``records``) against the finished copies of the same runs and seeds at its
+    ``check_fraction`` (none without one): does training longer still gain? Trains nothing."""
+    if "check_fraction" not in protocol:
+        return []
+    fraction, check = float(protocol["fraction"]), float(protocol["check_fraction"])
+    other = load_records(copies, plan_runs({**protocol, "fraction": check}, runs, seeds, extra))
+    shorter, longer = (other, records) if check < fraction else (records, other)
+    return budget_check(shorter, longer, (min(check, fraction), max(check, fraction)))
 
 
 def print_estimate(plan: dict, costs: dict, seeds: int, fraction: float) -> dict:

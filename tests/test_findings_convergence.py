@@ -6,10 +6,25 @@ from __future__ import annotations
 import math
 
 import pytest
+import yaml
 from PIL import Image
 
-from lrfer.report.convergence import CONVERGENCE_RULE, convergence, fitted_rise, group_converged
-from lrfer.report.findings import RunRecord, _convergence_text, plot_curves
+from lrfer.core.errors import UserError
+from lrfer.report.convergence import (
+    BUDGET_RULE,
+    CONVERGENCE_RULE,
+    budget_check,
+    convergence,
+    fitted_rise,
+    group_converged,
+)
+from lrfer.report.findings import (
+    RunRecord,
+    _convergence_text,
+    load_findings_protocol,
+    plot_curves,
+    write_findings,
+)
 
 
 def _record(seed: int, points: list[float], stage: str = "train", run: str = "r") -> RunRecord:
@@ -98,3 +113,53 @@ def test_each_runs_curves_png_says_whether_its_group_converged(tmp_path):
     titles = {p.stem: Image.open(p).text["Title"] for p in paths}
     assert titles["flat"].endswith("converged: yes") and titles["climbing"].endswith("converged: no")
     assert Image.open(paths[0]).text["Description"] == CONVERGENCE_RULE
+
+
+# -- the budget check: does training longer still gain? -----------------------------------------------------
+def _finals_at(finals: list[float], stage: str = "train") -> list[RunRecord]:
+    """One run per seed whose validation accuracy ends at ``finals[seed]`` (%) after a climb."""
+    return [_record(s, [f - 10.0, f - 5.0, f], stage) for s, f in enumerate(finals)]
+
+
+def test_a_budget_whose_longer_runs_gain_no_more_than_the_seed_noise_has_converged():
+    (c,) = budget_check(_finals_at([80.0, 81.0, 82.0]), _finals_at([80.5, 81.0, 82.5]), (0.5, 1.0))
+    assert c.gains == [pytest.approx(0.5), pytest.approx(0.0), pytest.approx(0.5)]
+    assert c.noise == pytest.approx(1.0) and (c.shorter, c.longer) == (0.5, 1.0)
+    assert c.converged is True
+
+
+def test_a_budget_whose_longer_runs_gain_more_than_the_seed_noise_has_not_converged():
+    # EFC at 10 px: +1.0 and +10.2 points of validation accuracy from 1/2 to 1 against a noise of 0.5
+    (c,) = budget_check(_finals_at([47.2, 46.6, 47.6]), _finals_at([48.2, 56.8]), (0.5, 1.0))
+    assert c.gains == [pytest.approx(1.0), pytest.approx(10.2)] and c.noise == pytest.approx(0.5, abs=0.01)
+    assert c.converged is False
+
+
+def test_longer_runs_that_score_lower_do_not_make_the_shorter_budget_unconverged():
+    (c,) = budget_check(_finals_at([80.0, 81.0]), _finals_at([75.0, 76.0]), (0.5, 1.0))
+    assert c.mean_gain == pytest.approx(-5.0) and c.converged is True
+
+
+def test_the_budget_check_pairs_seeds_and_is_undecided_with_one_seed_at_both_budgets():
+    (c,) = budget_check(_finals_at([80.0, 81.0, 82.0]), [_record(2, [70.0, 80.0, 90.0])], (0.5, 1.0))
+    assert c.gains == [pytest.approx(8.0)] and c.converged is None
+    assert budget_check(_finals_at([80.0]), _finals_at([90.0, 91.0]), (0.5, 1.0))[0].converged is None
+
+
+def test_the_table_has_a_budget_section_only_with_a_check_fraction(tmp_path):
+    checks = budget_check(_finals_at([70.0, 71.0]), _finals_at([78.0, 79.0]), (0.5, 1.0))
+    with_check = write_findings([], [], tmp_path / "a", "t", "title", [], checks).read_text()
+    assert "## Budget check" in with_check and BUDGET_RULE in with_check
+    assert "| r | train | 0.5 -> 1 | +8.0, +8.0 | +8.0 | 0.7 | **no** |" in with_check
+    assert "## Budget check" not in write_findings([], [], tmp_path / "b", "t", "title", []).read_text()
+
+
+@pytest.mark.parametrize(
+    ("check", "message"), [(0.5, "must differ from fraction"), (2.0, r"must be in \(0, 1\]")]
+)
+def test_a_check_fraction_is_a_second_budget_within_the_papers_epochs(tmp_path, check, message):
+    protocol = {**load_findings_protocol("experiments/findings/protocol.yaml"), "check_fraction": check}
+    path = tmp_path / "protocol.yaml"
+    path.write_text(yaml.safe_dump(protocol))
+    with pytest.raises(UserError, match=message):
+        load_findings_protocol(path)

@@ -43,10 +43,21 @@ CONVERGENCE_RULE = (
 )
 
 
+BUDGET_RULE = (
+    "Budget check (every run group, each stage, where the runs of a second fraction of the papers' epochs "
+    "are there): a seed's **gain** is its final validation accuracy at the longer budget minus that at the "
+    "shorter one (the same seed); the **noise** is the standard deviation over seeds of the final validation "
+    "accuracy at the shorter budget. The shorter budget has **converged** when the mean gain over seeds is "
+    "at most the noise (training longer moves the mean by less than the seeds differ); n/a with fewer than "
+    "2 seeds at both budgets. Validation accuracy: choosing a budget is model selection, never on the test."
+)
+
+
 class HasHistory(Protocol):
-    """A finished run: its protocol name and its validation history (``val_history.json``)."""
+    """A finished run: its protocol name, seed and validation history (``val_history.json``)."""
 
     run: str
+    seed: int
     history: list[dict]
 
 
@@ -134,3 +145,54 @@ def group_converged(conv: Iterable[Convergence]) -> dict[str, bool | None]:
 def verdict_word(converged: bool | None) -> str:
     """ "yes", "no" or "n/a" (fewer than 2 seeds or 1-epoch stages)."""
     return {True: "yes", False: "no", None: "n/a"}[converged]
+
+
+@dataclass
+class BudgetCheck:
+    """One stage of one run group at two budgets: each shared seed's gain in final validation accuracy from
+    the shorter budget to the longer one, and the seed noise at the shorter one (points)."""
+
+    run: str
+    stage: str
+    shorter: float  # fractions of the papers' epochs
+    longer: float
+    gains: list[float]  # per seed trained at both budgets, in seed order
+    noise: float  # std over seeds of the final validation score at the shorter budget (nan with one seed)
+
+    @property
+    def mean_gain(self) -> float:
+        return statistics.fmean(self.gains) if self.gains else math.nan
+
+    @property
+    def converged(self) -> bool | None:
+        """Whether the shorter budget has converged: training longer gains no more than the seed noise."""
+        if len(self.gains) < 2 or not math.isfinite(self.noise):
+            return None
+        return self.mean_gain <= self.noise
+
+
+def _finals(records: Iterable[HasHistory]) -> dict[tuple[str, str], dict[int, float]]:
+    """(run, stage) -> seed -> the stage's final validation score (points)."""
+    out: dict[tuple[str, str], dict[int, float]] = {}
+    for r in records:
+        for stage, curve in stage_curves(r.history).items():
+            out.setdefault((r.run, stage), {})[r.seed] = curve[-1][1]
+    return out
+
+
+def budget_check(
+    shorter: Iterable[HasHistory], longer: Iterable[HasHistory], fractions: tuple[float, float]
+) -> list[BudgetCheck]:
+    """One :class:`BudgetCheck` per (run, stage) trained at both budgets (``fractions``: shorter, longer),
+    in the longer records' order."""
+    short, long_ = _finals(shorter), _finals(longer)
+    out = []
+    for key, at_long in long_.items():
+        at_short = short.get(key, {})
+        seeds = sorted(set(at_short) & set(at_long))
+        if not seeds:
+            continue
+        gains = [at_long[s] - at_short[s] for s in seeds]
+        noise = statistics.stdev(at_short.values()) if len(at_short) > 1 else math.nan
+        out.append(BudgetCheck(*key, *fractions, gains, noise))
+    return out

@@ -40,7 +40,9 @@ from omegaconf import OmegaConf
 from lrfer.config.compose import compose_config, merge_overrides
 from lrfer.core.errors import UserError
 from lrfer.report.convergence import (
+    BUDGET_RULE,
     CONVERGENCE_RULE,
+    BudgetCheck,
     Convergence,
     convergence,
     fitted_rise,
@@ -478,6 +480,9 @@ def params_note(claim: Claim, metrics: dict[str, dict[int, dict]]) -> str:
 
 # -- the protocol and the run folders ------------------------------------------------------------------------
 PROTOCOL_KEYS = {"fraction", "seeds", "common", "runs", "quick"}
+#: ``check_fraction``: a second fraction of the papers' epochs whose finished runs the table compares with
+#: the protocol's (:data:`~lrfer.report.convergence.BUDGET_RULE`); it trains nothing.
+OPTIONAL_PROTOCOL_KEYS = {"check_fraction"}
 
 
 def load_findings_protocol(path: str | Path) -> dict:
@@ -486,11 +491,15 @@ def load_findings_protocol(path: str | Path) -> dict:
     if not path.is_file():
         raise UserError(f"protocol file {path} not found: pass --protocol experiments/findings/protocol.yaml")
     protocol = OmegaConf.to_container(OmegaConf.load(path))
-    unknown, missing = set(protocol) - PROTOCOL_KEYS, PROTOCOL_KEYS - set(protocol)
+    unknown = set(protocol) - PROTOCOL_KEYS - OPTIONAL_PROTOCOL_KEYS
+    missing = PROTOCOL_KEYS - set(protocol)
     if unknown or missing:
         raise UserError(f"{path}: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}")
-    if not 0 < float(protocol["fraction"]) <= 1:
-        raise UserError(f"{path}: fraction must be in (0, 1], got {protocol['fraction']}")
+    for key in ("fraction", "check_fraction"):
+        if key in protocol and not 0 < float(protocol[key]) <= 1:
+            raise UserError(f"{path}: {key} must be in (0, 1], got {protocol[key]}")
+    if float(protocol.get("check_fraction", -1)) == float(protocol["fraction"]):
+        raise UserError(f"{path}: check_fraction must differ from fraction (it is a second budget)")
     for name, spec in protocol["runs"].items():
         if not spec.get("overrides"):
             raise UserError(f"{path}: run {name} has no overrides")
@@ -771,8 +780,10 @@ def write_findings(
     stem: str,
     title: str,
     notes: list[str],
+    budget: Sequence[BudgetCheck] = (),
 ) -> Path:
-    """``<stem>.md``, ``<stem>.csv`` and ``<stem>.png`` under ``out_dir``; returns the markdown path."""
+    """``<stem>.md``, ``<stem>.csv`` and ``<stem>.png`` under ``out_dir``; returns the markdown path.
+    ``budget``: the protocol's budget check (``check_fraction``), a section of its own when given."""
     out_dir.mkdir(parents=True, exist_ok=True)
     head = ["paper", "table", "claim (A vs B)", "paper's A / B", "ours A", "ours B", "A - B ± se", "seeds"]
     head += ["verdict", "note"]
@@ -795,6 +806,8 @@ def write_findings(
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Accuracy in % on the test split of the SYNTHETIC faces, mean ± std over seeds.", ""]
     lines += ["## Convergence", "", _convergence_text(conv), ""]
+    if budget:
+        lines += ["## Budget check", "", _budget_text(budget), ""]
     lines += ["## Provenance", "", *notes, ""]
     md = out_dir / f"{stem}.md"
     md.write_text("\n".join(lines))
@@ -825,6 +838,25 @@ def _convergence_text(conv: list[Convergence]) -> str:
         stage, group = verdict_word(c.converged), verdict_word(groups[c.run])
         group = f"**{group}**" if groups[c.run] is False else group
         lines.append(f"| {c.run} | {c.stage} | {c.epochs} | {rises} | {mean} | {noise} | {stage} | {group} |")
+    return "\n".join(lines)
+
+
+def _budget_text(checks: Sequence[BudgetCheck]) -> str:
+    lines = [
+        BUDGET_RULE,
+        "",
+        "| run | stage | fractions | gain per seed (points) | mean gain | seed noise | "
+        "shorter budget converged |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in checks:
+        gains = ", ".join(f"{x:+.1f}" for x in c.gains)
+        noise = f"{c.noise:.1f}" if math.isfinite(c.noise) else "n/a"
+        fractions = f"{c.shorter:g} -> {c.longer:g}"
+        word = verdict_word(c.converged)
+        word = f"**{word}**" if c.converged is False else word
+        cells = [c.run, c.stage, fractions, gains, f"{c.mean_gain:+.1f}", noise, word]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
