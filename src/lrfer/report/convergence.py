@@ -18,8 +18,8 @@ stage has.
   with fewer than two seeds or a stage of a single epoch.
 
 The rule is necessary, not sufficient: a cosine learning rate that ends near zero flattens the end of any
-run, long or short. Whether more epochs would help is measured by training longer
-(``experiments/findings/budget_probe.md``).
+run, long or short. Whether more epochs would help is measured by training longer: :func:`budget_check`
+(:data:`BUDGET_RULE`) compares each run group's final validation accuracy at two budgets.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ CONVERGENCE_RULE = (
     "fitted change over the last 20 % of the epochs; the **noise** is the standard deviation over seeds "
     "of the final validation accuracy. A stage has **converged** when |mean rise over seeds| <= noise, a "
     "run group when all its stages have; n/a with fewer than 2 seeds or a 1-epoch stage. Necessary, not "
-    "sufficient: a cosine learning rate flattens the end of every run (budget_probe.md measures longer "
-    "runs)."
+    "sufficient: a cosine learning rate flattens the end of every run; whether training longer still "
+    "gains is the budget check (protocol.yaml check_fraction; experiments/findings/README.md)."
 )
 
 
