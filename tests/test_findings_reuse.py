@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 from conftest import run_cli
 
@@ -26,10 +27,14 @@ def _copy_of_another_generator(results):
     return copy
 
 
-def test_the_table_from_the_copies_alone_refuses_a_run_of_another_face_generator(tmp_path):
+@pytest.mark.parametrize("mode", ["--from-repo", "--collect"])
+def test_the_table_refuses_a_finished_copy_of_another_face_generator(tmp_path, mode):
+    """``--from-repo`` (the table from the committed copies alone) and ``--collect`` (copy finished runs,
+    train nothing) stop at a copy whose faces came from another generator, naming it."""
     results = tmp_path / "results"
     copy = _copy_of_another_generator(results)
-    proc = run_cli(["scripts/findings.py", "--quick", "--from-repo", "--results", str(results)])
+    args = ["scripts/findings.py", "--quick", mode, "--results", str(results), "--out", str(tmp_path / "out")]
+    proc = run_cli(args)
     assert proc.returncode != 0 and not (results / "synthetic.md").exists()
     assert f"{copy} was made with dataset generator_version=2, this is 3" in proc.stderr
 
