@@ -74,21 +74,26 @@ def stage_curves(history: Iterable[dict]) -> dict[str, list[tuple[int, float]]]:
     return {s: sorted(v) for s, v in curves.items()}
 
 
-def fitted_rise(curve: list[tuple[int, float]]) -> float | None:
-    """The least-squares slope through ``curve``'s points at epochs ``E - w .. E`` times ``w`` (points); None
-    when fewer than two epochs fall there (a stage of one epoch)."""
+def window_fit(curve: list[tuple[int, float]]) -> tuple[float, float, float] | None:
+    """The least-squares line through ``curve``'s points at epochs ``E - w .. E``: (slope in points per
+    epoch, mean epoch, mean score); None when fewer than two epochs fall there (a stage of one epoch)."""
     if not curve:
         return None
     last = curve[-1][0]
-    w = window(last)
-    points = [(e, s) for e, s in curve if e >= last - w]
+    points = [(e, s) for e, s in curve if e >= last - window(last)]
     if len(points) < 2:
         return None
     mean_e = statistics.fmean(e for e, _ in points)
     mean_s = statistics.fmean(s for _, s in points)
     sxx = sum((e - mean_e) ** 2 for e, _ in points)
     sxy = sum((e - mean_e) * (s - mean_s) for e, s in points)
-    return sxy / sxx * w
+    return sxy / sxx, mean_e, mean_s
+
+
+def fitted_rise(curve: list[tuple[int, float]]) -> float | None:
+    """The rise of :func:`window_fit`'s line over the last ``w`` epochs (points); None without a line."""
+    fit = window_fit(curve)
+    return None if fit is None else fit[0] * window(curve[-1][0])
 
 
 @dataclass

@@ -45,11 +45,11 @@ from lrfer.report.convergence import (
     BudgetCheck,
     Convergence,
     convergence,
-    fitted_rise,
     group_converged,
     stage_curves,
     verdict_word,
     window,
+    window_fit,
 )
 from lrfer.report.provenance import provenance
 
@@ -947,17 +947,14 @@ def plot_curves(records: list[RunRecord], out_dir: Path) -> list[Path]:
 
 
 def _plot_fit(ax: object, curve: list[tuple[int, float]], colour: str) -> None:
-    """The least-squares line of :func:`fitted_rise` over the last 20 % of ``curve``, dashed."""
-    rise = fitted_rise(curve)
-    if rise is None:
+    """The least-squares line of :func:`window_fit` over the last 20 % of ``curve``, dashed."""
+    fit = window_fit(curve)
+    if fit is None:
         return
+    slope, mean_e, mean_s = fit
     last = curve[-1][0]
-    w = window(last)
-    points = [(e, s) for e, s in curve if e >= last - w]
-    mean_e = statistics.fmean(e for e, _ in points)
-    mean_s = statistics.fmean(s for _, s in points)
-    xs = [last - w, last]
-    ax.plot(xs, [mean_s + rise / w * (x - mean_e) for x in xs], ls="--", lw=1.5, color=colour)
+    xs = [last - window(last), last]
+    ax.plot(xs, [mean_s + slope * (x - mean_e) for x in xs], ls="--", lw=1.5, color=colour)
 
 
 # -- planning and provenance ---------------------------------------------------------------------------------
