@@ -5,7 +5,7 @@
     python scripts/findings.py --collect [--out DIR]     # no training: copy finished runs, rebuild
     python scripts/findings.py --from-repo               # no training: rebuild from the repository alone
     python scripts/findings.py --quick --out DIR         # 2 cheap runs, 1 seed, tiny faces (the tests)
-    python scripts/findings.py --estimate                # no training: the runs' CPU time, estimated
+    python scripts/findings.py --estimate [--fraction F] # no training: the runs' CPU time, estimated
 
 The claims and the verdict rule are in ``lrfer.report.findings`` (``CLAIMS``, ``RULE``); the runs and the
 budget (one scaling rule: a fraction of each paper's epochs) in ``experiments/findings/protocol.yaml``.
@@ -75,6 +75,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--results", type=Path, default=None, help="table + run copies (default: the repo's)")
     parser.add_argument("--protocol", type=Path, default=DEFAULT_PROTOCOL)
     parser.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default: the protocol's)")
+    parser.add_argument(
+        "--fraction", type=float, default=None, help="of the papers' epochs (default: the protocol's)"
+    )
     parser.add_argument("--runs", nargs="+", default=None, help="train only these runs (the table: all)")
     parser.add_argument("--jobs", type=int, default=None, help="runs at once (default: one per core)")
     mode = parser.add_mutually_exclusive_group()
@@ -178,6 +181,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     command = " ".join(["python scripts/findings.py", *(sys.argv[1:] if argv is None else argv)])
     protocol = load_findings_protocol(args.protocol)
+    if args.fraction is not None:
+        if not 0 < args.fraction <= 1 or args.fraction == protocol.get("check_fraction"):
+            raise UserError(f"--fraction must be in (0, 1] and not check_fraction, got {args.fraction}")
+        protocol["fraction"] = args.fraction
     quick = protocol["quick"]
     all_runs = list(quick["runs"] if args.quick else protocol["runs"])
     seeds = args.seeds if args.seeds is not None else int(quick["seeds"] if args.quick else protocol["seeds"])

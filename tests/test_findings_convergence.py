@@ -3,10 +3,12 @@ their last 20 % of epochs within the seed noise, on constructed curves."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import yaml
+from conftest import run_cli
 from PIL import Image
 
 from lrfer.core.errors import UserError
@@ -163,3 +165,15 @@ def test_a_check_fraction_is_a_second_budget_within_the_papers_epochs(tmp_path, 
     path.write_text(yaml.safe_dump(protocol))
     with pytest.raises(UserError, match=message):
         load_findings_protocol(path)
+
+
+def test_the_estimate_prices_another_fraction_of_the_papers_epochs():
+    """``--estimate --fraction 1``: the paper's full epochs, twice 1/2's for EFC at 10 px (50 against 25)."""
+    half, full = (
+        json.loads(run_cli(["scripts/findings.py", "--estimate", *f]).stdout.strip().splitlines()[-1])
+        for f in ([], ["--fraction", "1"])
+    )
+    assert (half["fraction"], full["fraction"]) == (0.5, 1.0)
+    assert full["cpu_h"]["efc_10px"] == pytest.approx(2 * half["cpu_h"]["efc_10px"], abs=0.01)
+    refused = run_cli(["scripts/findings.py", "--estimate", "--fraction", "0"])
+    assert refused.returncode != 0 and "--fraction must be in (0, 1]" in refused.stderr
