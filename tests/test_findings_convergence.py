@@ -157,10 +157,11 @@ def test_the_table_has_a_budget_section_only_with_a_check_fraction(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("check", "message"), [(0.5, "must differ from fraction"), (2.0, r"must be in \(0, 1\]")]
+    ("check", "message"), [("fraction", "must differ from fraction"), (2.0, r"must be in \(0, 1\]")]
 )
 def test_a_check_fraction_is_a_second_budget_within_the_papers_epochs(tmp_path, check, message):
-    protocol = {**load_findings_protocol("experiments/findings/protocol.yaml"), "check_fraction": check}
+    protocol = load_findings_protocol("experiments/findings/protocol.yaml")
+    protocol["check_fraction"] = protocol["fraction"] if check == "fraction" else check
     path = tmp_path / "protocol.yaml"
     path.write_text(yaml.safe_dump(protocol))
     with pytest.raises(UserError, match=message):
@@ -168,12 +169,13 @@ def test_a_check_fraction_is_a_second_budget_within_the_papers_epochs(tmp_path, 
 
 
 def test_the_estimate_prices_another_fraction_of_the_papers_epochs():
-    """``--estimate --fraction 1``: the paper's full epochs, twice 1/2's for EFC at 10 px (50 against 25)."""
-    half, full = (
+    """``--estimate --fraction 0.25`` against the protocol's fraction 1: GME-Net's teacher and student priced
+    for 25 epochs each against the paper's 100."""
+    full, quarter = (
         json.loads(run_cli(["scripts/findings.py", "--estimate", *f]).stdout.strip().splitlines()[-1])
-        for f in ([], ["--fraction", "1"])
+        for f in (["--fraction", "1"], ["--fraction", "0.25"])
     )
-    assert (half["fraction"], full["fraction"]) == (0.5, 1.0)
-    assert full["cpu_h"]["efc_10px"] == pytest.approx(2 * half["cpu_h"]["efc_10px"], abs=0.01)
+    assert (full["fraction"], quarter["fraction"]) == (1.0, 0.25)
+    assert full["cpu_h"]["gmenet"] == pytest.approx(4 * quarter["cpu_h"]["gmenet"], rel=0.01)
     refused = run_cli(["scripts/findings.py", "--estimate", "--fraction", "0"])
     assert refused.returncode != 0 and "--fraction must be in (0, 1]" in refused.stderr

@@ -329,11 +329,11 @@ VOTING_T3 = {  # RAF-DB validation, soft voting unless named
 }
 
 
-#: The findings' quick voting network (ImageNet stem, 32 px input) is not the paper's geometry
-#: (tests/test_findings_checks.py, experiments/findings/README.md "Voting crops").
+#: The findings' voting runs use the paper's network geometry (tests/test_findings_checks.py,
+#: experiments/findings/README.md "Voting crops").
 VOTING_CROPS_NOTE = (
-    "Our quick voting network (ImageNet stem, 32 px) splits maps of 8, 4 and 2 px after modules 1, 2 and 3 "
-    "(the paper's: 48, 24 and 12 px); at 8 and 4 px the centre crop repeats the top-left one."
+    "The paper's network (3x3 stride-1 stem, 48 px input): crops after modules 1, 2 and 3 cut from maps of "
+    "48, 24 and 12 px, as in the paper."
 )
 
 
@@ -380,7 +380,7 @@ def _voting_claims() -> list[Claim]:
             "voting_split3",
             VOTING_T3["soft"],
             "the paper's split (module 1) >= crops after module 3 (soft)",
-            VOTING_CROPS_NOTE + " Here every crop after module 3 is the whole 2 px map: no crops at all.",
+            VOTING_CROPS_NOTE,
         ),
     ]
 
