@@ -142,13 +142,16 @@ def validate_jobs(config: DictConfig, check: Any) -> None:
     bad jobs (at most :data:`MAX_NAMED_JOBS`) before any job runs."""
     if not is_basic_sweeper(config):
         return  # the Optuna sweeper draws its jobs as it goes: its fixed settings were checked already
-    bad = []
+    bad, messages = [], set()
     jobs = sweep_jobs(config)
     for num, overrides in enumerate(jobs):
         try:
             check(job_config(config, overrides, num))
         except UserError as err:
             bad.append(f"{job_name(num, overrides, jobs)}: {err}")
+            messages.add(str(err))
+    if len(bad) == len(jobs) and len(messages) == 1:
+        raise UserError(messages.pop())  # a value every job shares: the one line a single run gives
     if bad:
         more = f"; and {len(bad) - MAX_NAMED_JOBS} more" if len(bad) > MAX_NAMED_JOBS else ""
         raise UserError(
