@@ -38,7 +38,8 @@ from omegaconf import MISSING
 from lrfer.config.schema import DatasetConfig
 from lrfer.core.errors import UserError
 from lrfer.data.datasets.common import Box, Face, Faces, FileDataset, missing
-from lrfer.data.datasets.detect_crop import DatasetDetectorConfig, DetectCrop
+from lrfer.data.datasets.detect_crop import DetectCrop
+from lrfer.detect.detectors import DetectorConfig
 
 EXPRESSIONS = {
     "AF": "afraid",
@@ -74,9 +75,9 @@ class KdefConfig(DatasetConfig):
     fold_seed: int = MISSING
     fold_mode: str = MISSING
     crop: str = MISSING
-    crop_box: list[float] = field(default_factory=lambda: [0.2, 0.1, 0.59, 0.8])
-    detector: DatasetDetectorConfig = field(default_factory=DatasetDetectorConfig)
-    angles: list[str] = field(default_factory=lambda: list(ANGLES))
+    crop_box: list[float] = MISSING
+    detector: DetectorConfig = field(default_factory=DetectorConfig)  # values: configs/detector/dataset.yaml
+    angles: list[str] = MISSING
 
 
 FOLD_MODES = ("subject", "image")
