@@ -41,16 +41,8 @@ from lrfer.data.datasets.common import Box, Face, Faces, FileDataset, missing
 from lrfer.data.datasets.detect_crop import DetectCrop
 from lrfer.detect.detectors import DetectorConfig
 
-EXPRESSIONS = {
-    "AF": "afraid",
-    "AN": "angry",
-    "DI": "disgusted",
-    "HA": "happy",
-    "NE": "neutral",
-    "SA": "sad",
-    "SU": "surprised",
-}
-CLASS_NAMES = tuple(EXPRESSIONS.values())
+#: The expression codes of the file names, in the order of the classes (their names: dataset.class_names).
+EXPRESSION_CODES = ("AF", "AN", "DI", "HA", "NE", "SA", "SU")
 ANGLES = ("FL", "HL", "S", "HR", "FR")
 STEM = re.compile(
     r"^(?P<folder>(?P<session>[AB])(?P<subject>[FM]\d\d))(?P<expr>AF|AN|DI|HA|NE|SA|SU)"
@@ -106,7 +98,6 @@ class Kdef(DetectCrop, FileDataset):
     """KDEF: one subject-independent cross-validation fold as test, the rest as train."""
 
     name = "kdef"
-    class_names = CLASS_NAMES
     rejected_as = "placeholders_skipped"
 
     def layout(self) -> tuple[str, list[Path]]:
@@ -152,7 +143,7 @@ class Kdef(DetectCrop, FileDataset):
                 if match is None or match["folder"] != folder.name.upper():
                     misnamed.append(path.name)
                 elif match["angle"] in angles:
-                    found.append((match["subject"], path, list(EXPRESSIONS).index(match["expr"])))
+                    found.append((match["subject"], path, EXPRESSION_CODES.index(match["expr"])))
         if misnamed:
             log.warning("kdef: skipped %d files not named like KDEF's (e.g. %s)", len(misnamed), misnamed[0])
         mode = str(cfg.get("fold_mode", "subject"))
