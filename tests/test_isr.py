@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import FSR_FACTORS, TINY_COVPOOL, compose_cfg, tiny
 from torch import nn
 
 from lrfer.core.errors import UserError
 from lrfer.data.degrade import parse_degradations
 from lrfer.engine.run import build_method, build_parts, method_context, run_training
+from lrfer.models.fsr import build_feature_classifier
 from lrfer.models.image_sr import MetaSRLite, MetaUpscale, RCANLite
 
 FACTORS = FSR_FACTORS
@@ -213,3 +215,37 @@ def test_the_values_each_stage_declares_are_the_ones_its_evaluation_returns(tmp_
         with torch.no_grad():
             returned = set(method.evaluate_step(batch, stage)) - {"logits"}
         assert set(method.evaluation_values(stage)) == returned, (sr, stage)
+
+
+def test_the_extractor_stage_is_cross_entropy_of_the_classifier_and_reports_its_logits(tmp_path):
+    method = _method(tmp_path, "bicubic")
+    stage = method.stages()[0]
+    method.on_stage_start(stage)
+    g = torch.Generator().manual_seed(0)
+    batch = {"image": torch.randn(4, 3, 32, 32, generator=g), "label": torch.tensor([0, 3, 6, 2])}
+    out = method.training_step(batch, stage, "main")
+    logits = method.classifier(batch["image"])
+    assert stage.name == "extractor" and not out["logits"].requires_grad
+    torch.testing.assert_close(out["logits"], logits.detach())
+    assert out["loss"].item() == pytest.approx(F.cross_entropy(logits, batch["label"]).item(), rel=1e-5)
+
+
+def test_a_resnet_extractor_loads_from_an_isr_or_a_baseline_run_and_a_misfit_names_torchs_reason(tmp_path):
+    """``classifier.*`` (an fsrfer / isr run) and ``net.*`` (a baseline run) both load the same weights and
+    freeze the classifier; weights of another class count stop in one line with torch's reason."""
+    torch.manual_seed(0)
+    trained = build_feature_classifier("resnet18", 7, 32)
+    isr_run, baseline_run, misfit = tmp_path / "isr.pt", tmp_path / "baseline.pt", tmp_path / "five.pt"
+    torch.save({"method": {f"classifier.{k}": v for k, v in trained.state_dict().items()}}, isr_run)
+    torch.save({"method": trained.state_dict()}, baseline_run)  # Baseline.net: net.backbone.*, net.fc.*
+    five = build_feature_classifier("resnet18", 5, 32).state_dict()
+    torch.save({"method": {f"classifier.{k}": v for k, v in five.items()}}, misfit)
+    for path in (isr_run, baseline_run):
+        method = _method(tmp_path, "bicubic", "method.extractor=resnet18", f"method.extractor_weights={path}")
+        loaded = method.classifier.state_dict()
+        assert all(torch.equal(loaded[k], v) for k, v in trained.state_dict().items())
+        assert [s.name for s in method.stages()] == ["evaluate"]
+        assert not any(p.requires_grad for p in method.classifier.parameters())
+    reason = r"size mismatch for net\.fc\.bias: copying a param with shape torch\.Size\(\[5\]\)"
+    with pytest.raises(UserError, match=rf"fit method\.extractor=resnet18 \({reason}.*\)$"):
+        _method(tmp_path, "bicubic", "method.extractor=resnet18", f"method.extractor_weights={misfit}")
