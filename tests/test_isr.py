@@ -11,6 +11,7 @@ from torch import nn
 from lrfer.core.errors import UserError
 from lrfer.data.degrade import parse_degradations
 from lrfer.engine.run import build_method, build_parts, method_context, run_training
+from lrfer.methods.base import Stage
 from lrfer.models.fsr import build_feature_classifier
 from lrfer.models.image_sr import MetaSRLite, MetaUpscale, RCANLite
 
@@ -249,3 +250,20 @@ def test_a_resnet_extractor_loads_from_an_isr_or_a_baseline_run_and_a_misfit_nam
     reason = r"size mismatch for net\.fc\.bias: copying a param with shape torch\.Size\(\[5\]\)"
     with pytest.raises(UserError, match=rf"fit method\.extractor=resnet18 \({reason}.*\)$"):
         _method(tmp_path, "bicubic", "method.extractor=resnet18", f"method.extractor_weights={misfit}")
+
+
+def test_stage_one_trains_and_validates_the_classifier_on_x1_with_its_own_recipe(tmp_path):
+    options = (
+        "method.extractor_epochs=3",
+        "+method.extractor_optimizer.lr=0.02",
+        "method.extractor_scheduler.step_size=2",
+    )
+    (stage,) = _method(tmp_path, "bicubic", *options).stages()
+    assert stage == Stage(
+        "extractor",
+        epochs=3,
+        train_degrade=["x1"],
+        val_degrade=["x1"],
+        optimizer={"lr": 0.02},
+        scheduler={"name": "step", "step_size": 2, "gamma": 0.1},
+    )
