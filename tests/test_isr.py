@@ -267,3 +267,25 @@ def test_stage_one_trains_and_validates_the_classifier_on_x1_with_its_own_recipe
         optimizer={"lr": 0.02},
         scheduler={"name": "step", "step_size": 2, "gamma": 0.1},
     )
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("method.center_loss=-0.1", r"^method\.center_loss must be >= 0 \(0 = off\), got -0\.1$"),
+        ("method.center_loss_alpha=1.5", r"^method\.center_loss_alpha must be in \[0, 1\], got 1\.5$"),
+        ("method.center_loss_alpha=-0.5", r"^method\.center_loss_alpha must be in \[0, 1\], got -0\.5$"),
+    ],
+)
+def test_a_centre_loss_weight_below_zero_or_an_alpha_outside_zero_to_one_stops_in_one_line(
+    tmp_path, option, message
+):
+    """Refused when the method is built, also while the centre loss is off (alpha is not used then)."""
+    with pytest.raises(UserError, match=message):
+        _method(tmp_path, "bicubic", option)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_a_centre_loss_alpha_of_zero_or_one_is_accepted(tmp_path, alpha):
+    method = _method(tmp_path, "bicubic", "method.center_loss=0.01", f"method.center_loss_alpha={alpha}")
+    assert method.center_loss.alpha == alpha
