@@ -230,6 +230,37 @@ def test_a_prefetching_epoch_stopped_early_stops_its_thread():
     assert not any(t.name == "lrfer-prefetch" and t.is_alive() for t in threading.enumerate())
 
 
+def test_the_prefetch_thread_never_keeps_the_process_from_exiting():
+    """An iterator left unfinished (an exception in the training loop) must not block the interpreter's exit:
+    the prefetching thread is a daemon."""
+    import threading
+
+    dm = _prefetching(_data(n=70))
+    it = dm.train_batches(parse_degradations(["x1"]), seed=0)
+    try:
+        next(it)
+        threads = [t for t in threading.enumerate() if t.name == "lrfer-prefetch" and t.is_alive()]
+    finally:
+        it.close()  # a failing check must not leave the thread behind
+    assert threads and all(t.daemon for t in threads)
+
+
+def test_a_split_counts_as_present_only_when_it_has_faces():
+    data = _data()
+    data.splits["val"] = FaceSplit(data.splits["val"].images[:0], data.splits["val"].labels[:0])
+    del data.splits["test"]
+    dm = _module(data)
+    assert [dm.has_split(name) for name in ("train", "val", "test")] == [True, False, False]
+
+
+def test_a_degrade_config_from_before_degrade_seed_makes_the_views_of_seed_0():
+    data = _data()
+    old = _module(data, train=("x2+noise8",))
+    old.degrade_cfg = OmegaConf.create({k: v for k, v in old.degrade_cfg.items() if k != "seed"})
+    deg = parse_degradations(["x2+noise8"])[0]
+    assert torch.equal(old.view("train", deg), _module(data, train=("x2+noise8",)).view("train", deg))
+
+
 def test_batches_of_one_degradation_and_of_a_mix_match_per_sample_assembly():
     """Grouping rows by degradation per epoch gives exactly the per-sample images (no reordering)."""
     data = _data(n=64)
