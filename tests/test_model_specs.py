@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lrfer.core.errors import UserError
-from lrfer.models.efc import DEFAULT_BLOCKS, EFCBlock, EFCNet, SSwish, build_efc
+from lrfer.models.efc import DEFAULT_BLOCKS, EFCBlock, EFCNet, SpatialAttention, SSwish, build_efc, s_swish
 from lrfer.models.mrafer import MRAFER, gather
 from lrfer.models.voting import VotingResNet, crop_boxes, ten_crops, vote
 
@@ -57,6 +57,20 @@ def test_an_efc_block_by_default_expands_twice_with_s_swish_beta_1_at_stride_1()
     block = EFCBlock(8, 16)
     assert block.expand.out_channels == 16 and block.act.beta == 1.0
     assert block.dw.stride == (1, 1) and SSwish().beta == 1.0
+
+
+def test_the_efc_builders_defaults_are_the_documented_network_down_to_one_pixel_faces():
+    """Stem 3 -> 24 and head -> 1280, each conv + BN + S-Swish; S-Swish beta 1 everywhere (also ``s_swish``'s
+    own default); SP_att at stride 1 unless given; ``build_efc`` accepts any positive input size."""
+    x = torch.linspace(-4, 4, 17)
+    assert torch.allclose(s_swish(x), x * torch.sigmoid(x))
+    assert SpatialAttention(4).conv.stride == (1, 1)
+    for net in (EFCNet(7), build_efc(7, 32), build_efc(7, 1)):
+        assert (net.stem[0].in_channels, net.stem[0].out_channels, net.head[0].out_channels) == (3, 24, 1280)
+        assert [type(m).__name__ for m in (*net.stem, *net.head)] == ["Conv2d", "BatchNorm2d", "SSwish"] * 2
+        assert {m.beta for m in net.modules() if isinstance(m, SSwish)} == {1.0}
+    with torch.no_grad():
+        assert build_efc(7, 1).eval()(torch.randn(1, 3, 1, 1)).shape == (1, 7)
 
 
 def test_efc_options_reach_the_network():
