@@ -82,6 +82,7 @@ def test_the_first_best_validation_epoch_is_kept_and_restored(tmp_path, monkeypa
     if run_dir:
         best = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=True)
         assert (best["epoch"], best["score"], best["stage_index"]) == (2, 0.8, 0)
+        assert best["val"] == trainer.val_history[1]["val"]  # the validation metrics of the best epoch
         assert _same(best["method"], seen["weights"][1])
 
 
@@ -201,3 +202,22 @@ def test_evaluation_leaves_the_method_in_the_mode_it_found(tmp_path):
     method.eval()
     trainer.evaluate("val", ["x1"])
     assert not method.training
+
+
+def test_a_stage_selects_on_its_own_monitor_or_on_the_runs_metric_at_its_degradations(caplog):
+    """``Stage.monitor``: a metric name of its own is used as given; ``True`` takes ``trainer.monitor``, or,
+    for a stage validated at other degradations than the run's (a teacher on x1), its metric over those,
+    with a log line saying so; ``False`` selects nothing."""
+    from lrfer.methods.base import Stage
+
+    owner = types.SimpleNamespace(cfg=types.SimpleNamespace(monitor="x4/acc"))
+    assert (
+        Trainer._monitor(owner, Stage("s", epochs=1, monitor="x1/balanced_acc"), ["x1"]) == "x1/balanced_acc"
+    )
+    assert Trainer._monitor(owner, Stage("s", epochs=1, monitor=True), ["x1", "x4"]) == "x4/acc"
+    assert Trainer._monitor(owner, Stage("s", epochs=1, monitor=False), ["x4"]) is None
+    with caplog.at_level("INFO", logger="lrfer.engine.trainer"):
+        assert Trainer._monitor(owner, Stage("teacher", epochs=1, monitor=True), ["x1"]) == "acc"
+    assert [r.getMessage() for r in caplog.records] == [
+        "stage teacher is validated on ['x1']: it selects on acc"
+    ]
