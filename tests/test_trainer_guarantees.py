@@ -221,3 +221,24 @@ def test_a_stage_selects_on_its_own_monitor_or_on_the_runs_metric_at_its_degrada
     assert [r.getMessage() for r in caplog.records] == [
         "stage teacher is validated on ['x1']: it selects on acc"
     ]
+
+
+@pytest.mark.parametrize("every", [1, 2])
+def test_the_checkpoint_schedule_learns_the_training_time_per_epoch(tmp_path, monkeypatch, every):
+    """After each ``last.pt`` the schedule (``checkpoint_every=auto`` adapts to it) is told the training
+    seconds per epoch since the previous checkpoint. The trainer's clock is scripted: every epoch trains
+    for exactly one second, so the schedule must hear 1.0 whether one or two epochs passed."""
+    ticks = iter(range(10_000))
+    monkeypatch.setattr(
+        trainer_module, "time", types.SimpleNamespace(perf_counter=lambda: float(next(ticks)))
+    )
+    heard = []
+    done = trainer_module.CheckpointSchedule.done
+    monkeypatch.setattr(
+        trainer_module.CheckpointSchedule,
+        "done",
+        lambda self, cost, per_epoch: (heard.append(per_epoch), done(self, cost, per_epoch))[1],
+    )
+    trainer, _ = _trainer(tmp_path, "trainer.max_epochs=3", f"trainer.checkpoint_every={every}")
+    trainer.fit()
+    assert heard == ([1.0] * 3 if every == 1 else [1.0, 1.0])  # epochs 1, 2, 3 / epochs 2 and 3
