@@ -242,3 +242,23 @@ def test_the_checkpoint_schedule_learns_the_training_time_per_epoch(tmp_path, mo
     trainer, _ = _trainer(tmp_path, "trainer.max_epochs=3", f"trainer.checkpoint_every={every}")
     trainer.fit()
     assert heard == ([1.0] * 3 if every == 1 else [1.0, 1.0])  # epochs 1, 2, 3 / epochs 2 and 3
+
+
+def test_training_losses_are_logged_every_log_every_n_steps(tmp_path):
+    """With a logger writing, the steps' losses reach it at global steps n, 2n, ... (5 batches an epoch,
+    2 epochs, ``trainer.log_every_n_steps=2``: steps 2, 4, 6, 8, 10)."""
+    from lrfer.engine.tblog import RunLogger
+
+    written = []
+    logger = RunLogger(None, enabled=False)
+    logger.writer = types.SimpleNamespace(add_scalar=lambda tag, value, step: written.append((tag, step)))
+    cfg = compose_cfg(*tiny(tmp_path, TINY_RESNET, *CONSTANT_LR, "trainer.log_every_n_steps=2"))
+    parts = build_parts(cfg)
+    Trainer.from_config(cfg, parts.method, parts.datamodule, logger=logger).fit()
+    assert sorted({step for tag, step in written if tag == "train/train/loss"}) == [2, 4, 6, 8, 10]
+
+
+def test_the_trainer_logs_its_device_precision_and_memory_layout(tmp_path, caplog):
+    with caplog.at_level("INFO", logger="lrfer.engine.trainer"):
+        _trainer(tmp_path, "trainer.max_epochs=1")
+    assert "device cpu, fp32, channels_last=false" in [r.getMessage() for r in caplog.records]
