@@ -262,3 +262,17 @@ def test_the_trainer_logs_its_device_precision_and_memory_layout(tmp_path, caplo
     with caplog.at_level("INFO", logger="lrfer.engine.trainer"):
         _trainer(tmp_path, "trainer.max_epochs=1")
     assert "device cpu, fp32, channels_last=false" in [r.getMessage() for r in caplog.records]
+
+
+def test_a_network_a_step_does_not_reach_is_left_as_it_is(tmp_path):
+    """A parameter without a gradient in a step (a routed expert that got no sample) is not moved by that
+    step's optimiser: no momentum, no weight decay, no Adam update from an earlier step's gradient."""
+    cfg = compose_cfg(*tiny(tmp_path, "method._target_=toy_methods.AlternatingHeads", *CONSTANT_LR))
+    parts = build_parts(cfg)
+    trainer = Trainer.from_config(cfg, parts.method, parts.datamodule)
+    run = trainer.prepare_stage(0, parts.method.stages()[0])
+    batches = list(trainer.epoch_batches(run, 0))[:3]  # a, then b, then a
+    trainer.train_one_epoch(run, 0, batches=batches)
+    after_a, after_b = parts.method.a_at_call[1], parts.method.a_at_call[2]
+    assert not torch.equal(parts.method.a_at_call[0], after_a)  # the step on a moved a
+    assert torch.equal(after_a, after_b)  # the step on b left a where it was
