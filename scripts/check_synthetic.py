@@ -21,12 +21,12 @@ import torch
 
 from lrfer.core.errors import exit_on_user_error
 from lrfer.data.degrade import degrade_uint8, parse_degradation, resize_to
-from lrfer.data.synthetic import CLASS_NAMES, make_synthetic_faces
+from lrfer.data.synthetic import EXPRESSIONS, make_synthetic_faces
 
 
 def class_grid(per_class: int, size: int, seed: int, label: str) -> torch.Tensor:
     """uint8 (3, H, W): per class a row of native faces, a gap, then the same faces degraded by ``label``."""
-    k = len(CLASS_NAMES)
+    k = len(EXPRESSIONS)
     images, labels = make_synthetic_faces(per_class * k * 2, image_size=size, seed=seed)
     full = torch.stack([images[labels == c][:per_class] for c in range(k)])  # (k, per_class, 3, S, S)
     low = degrade_uint8(full.flatten(0, 1), parse_degradation(label))
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     grid = class_grid(args.per_class, args.size, args.seed, args.degrade)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(grid.permute(1, 2, 0).numpy()).save(args.out)
-    print(f"saved {args.out} (rows: {', '.join(CLASS_NAMES)}; left x1, right {args.degrade})")
+    print(f"saved {args.out} (rows: {', '.join(EXPRESSIONS)}; left x1, right {args.degrade})")
     print(json.dumps({"generation_seconds_10k": round(seconds, 2), "grid": str(args.out)}))
 
 

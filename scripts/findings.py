@@ -5,7 +5,7 @@
     python scripts/findings.py --collect [--out DIR]     # no training: copy finished runs, rebuild
     python scripts/findings.py --from-repo               # no training: rebuild from the repository alone
     python scripts/findings.py --quick --out DIR         # 2 cheap runs, 1 seed, tiny faces (the tests)
-    python scripts/findings.py --estimate                # no training: the runs' CPU time, estimated
+    python scripts/findings.py --estimate [--fraction F] # no training: the runs' CPU time, estimated
 
 The claims and the verdict rule are in ``lrfer.report.findings`` (``CLAIMS``, ``RULE``); the runs and the
 budget (one scaling rule: a fraction of each paper's epochs) in ``experiments/findings/protocol.yaml``.
@@ -36,6 +36,7 @@ import torch
 from lrfer.config.compose import compose_config
 from lrfer.core.errors import UserError, exit_on_user_error
 from lrfer.data.datasets import build_adapter
+from lrfer.report.convergence import BudgetCheck, budget_check
 from lrfer.report.findings import (
     claims_for,
     convergence,
@@ -74,6 +75,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--results", type=Path, default=None, help="table + run copies (default: the repo's)")
     parser.add_argument("--protocol", type=Path, default=DEFAULT_PROTOCOL)
     parser.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default: the protocol's)")
+    parser.add_argument(
+        "--fraction", type=float, default=None, help="of the papers' epochs (default: the protocol's)"
+    )
     parser.add_argument("--runs", nargs="+", default=None, help="train only these runs (the table: all)")
     parser.add_argument("--jobs", type=int, default=None, help="runs at once (default: one per core)")
     mode = parser.add_mutually_exclusive_group()
@@ -88,8 +92,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def runs_to_train(args: argparse.Namespace, plan: dict, all_runs: list[str], copies: Path) -> list[tuple]:
     """(run, seed, folder, copy, overrides) of every planned run not finished yet (finished ones are copied
     to ``copies``), of the runs ``--runs`` names; none with ``--collect``."""
-    first = next(iter(plan.values()))
-    provenance = build_adapter(compose_config(first).dataset).provenance()  # the generator version
+    provenance = dataset_provenance(plan)
     to_train = set(args.runs or all_runs)
     if to_train - set(all_runs):  # also catches key=value overrides given after --runs
         raise UserError(
@@ -109,6 +112,21 @@ def runs_to_train(args: argparse.Namespace, plan: dict, all_runs: list[str], cop
         elif run in to_train and not args.collect:
             todo.append((run, seed, folder, copy, overrides))
     return todo
+
+
+def dataset_provenance(plan: dict) -> dict:
+    """What a finished run's ``metrics.json`` ``dataset_info`` must match to be reused (the generator
+    version of the synthetic faces)."""
+    first = next(iter(plan.values()))
+    return build_adapter(compose_config(first).dataset).provenance()
+
+
+def check_copies(plan: dict, copies: Path) -> None:
+    """Stop (:class:`UserError`, naming the folder) at a finished copy in ``copies`` of other overrides or
+    another generator version: the table built from the copies alone reuses them as a call would."""
+    provenance = dataset_provenance(plan)
+    for (run, seed), overrides in plan.items():
+        finished_run(run_folder(copies, run, seed, overrides), overrides, provenance)
 
 
 def train(
@@ -163,6 +181,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     command = " ".join(["python scripts/findings.py", *(sys.argv[1:] if argv is None else argv)])
     protocol = load_findings_protocol(args.protocol)
+    if args.fraction is not None:
+        if not 0 < args.fraction <= 1 or args.fraction == protocol.get("check_fraction"):
+            raise UserError(f"--fraction must be in (0, 1] and not check_fraction, got {args.fraction}")
+        protocol["fraction"] = args.fraction
     quick = protocol["quick"]
     all_runs = list(quick["runs"] if args.quick else protocol["runs"])
     seeds = args.seeds if args.seeds is not None else int(quick["seeds"] if args.quick else protocol["seeds"])
@@ -177,7 +199,9 @@ def main(argv: list[str] | None = None) -> dict:
     start, cpu0 = time.perf_counter(), _children_cpu()
     trained = 0
     failed: list[str] = []
-    if not args.from_repo:
+    if args.from_repo:
+        check_copies(plan, copies)
+    else:
         todo = runs_to_train(args, plan, all_runs, copies)
         trained = train(args, todo, command, failed, start, cpu0)
 
@@ -192,13 +216,14 @@ def main(argv: list[str] | None = None) -> dict:
     metrics = metrics_by_run(records)
     claim_results = [evaluate_claim(c, metrics) for c in claims_for(all_runs)]
     conv = convergence(records)
+    budget = check_budget(protocol, all_runs, seeds, extra, copies, records)
     title = f"Papers' findings on SYNTHETIC faces (not real data), {seeds} seed(s)"
     if args.quick:
         title += ", QUICK mode: not converged"
     notes = [provenance_line(result_provenance(synthetic=True))]
     notes += [f"Table made {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} by `{command}`."]
     notes += provenance_lines(records, calls, float(protocol["fraction"]))
-    md = write_findings(claim_results, conv, results, "synthetic", title, notes)
+    md = write_findings(claim_results, conv, results, "synthetic", title, notes, budget)
     curves = plot_curves(records, results / "curves")
     summary = {
         "table": str(md),
@@ -215,6 +240,19 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"error: {len(failed)} run(s) failed: {'; '.join(failed)}", file=sys.stderr)
         sys.exit(1)
     return summary
+
+
+def check_budget(
+    protocol: dict, runs: list[str], seeds: int, extra: list[str], copies: Path, records: list
+) -> list[BudgetCheck]:
+    """The protocol's runs (``records``) against the finished copies of the same runs and seeds at its
+    ``check_fraction`` (none without one): does training longer still gain? Trains nothing."""
+    if "check_fraction" not in protocol:
+        return []
+    fraction, check = float(protocol["fraction"]), float(protocol["check_fraction"])
+    other = load_records(copies, plan_runs({**protocol, "fraction": check}, runs, seeds, extra))
+    shorter, longer = (other, records) if check < fraction else (records, other)
+    return budget_check(shorter, longer, (min(check, fraction), max(check, fraction)))
 
 
 def print_estimate(plan: dict, costs: dict, seeds: int, fraction: float) -> dict:

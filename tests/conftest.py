@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -105,6 +106,38 @@ def run_cli(args: list[str], cwd: Path | None = None, timeout: int = 600) -> sub
     return subprocess.run(
         [sys.executable, *args], cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout, env=env
     )
+
+
+#: Two processes on this machine (gloo on a CPU), as ``torchrun --standalone --nproc_per_node=2`` starts them.
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+
+
+def run_two_ranks(args: list[str], timeout: int, hang: str, **extra_env: str) -> subprocess.CompletedProcess:
+    """Run ``torchrun`` with two ranks on ``args`` (a worker script and its arguments, or ``train.py ...``).
+
+    The workers find the test helpers (``tests/`` on ``PYTHONPATH``) and use one OpenMP thread each. A
+    collective mismatch may hang rather than fail, so the whole process group is killed after ``timeout``
+    seconds and the test fails with ``hang`` (what the hang means). Returns the finished process; its return
+    code is not checked.
+    """
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{REPO / 'tests'}:{os.environ.get('PYTHONPATH', '')}",
+        "OMP_NUM_THREADS": "1",
+        **extra_env,
+    }
+    cmd = [*TORCHRUN, *args]
+    pipe = subprocess.PIPE
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdout=pipe, stderr=pipe, text=True, env=env, start_new_session=True
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"{hang} ({timeout} s)")
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 
 @pytest.fixture(scope="session")

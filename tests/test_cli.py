@@ -220,3 +220,11 @@ def test_optuna_search_maximises_the_validation_objective(tmp_path):
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert best["best_value"] == max(m["objective"]["value"] for m in trials)
     assert set(best["best_params"]) == {"trainer.optimizer.lr", "trainer.optimizer.weight_decay"}
+
+
+def test_lrfers_hydra_plugin_imports_no_torch():
+    """Hydra's plugin scan imports every ``hydra_plugins`` module, in every Hydra application of the
+    environment: lrfer's sweeper plugin (and the sweep records it reads) stays free of torch."""
+    code = "import sys, hydra_plugins.lrfer_sweepers; assert 'torch' not in sys.modules, 'torch imported'"
+    proc = run_cli(["-c", code])
+    assert proc.returncode == 0, proc.stderr[-2000:]

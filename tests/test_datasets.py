@@ -68,6 +68,16 @@ def assert_faces_match_labels(data) -> None:
         assert decoded == split.labels.tolist(), name
 
 
+@pytest.mark.parametrize("name", DATASETS)
+def test_an_adapter_names_the_classes_as_its_config_does(name, tmp_path):
+    """dataset.class_names is the one list of a dataset's class names: no adapter keeps its own (KDEF's file
+    codes and FERPlus's vote columns map to the classes by position and by name)."""
+    cfg = compose_cfg(name, tmp_path, tmp_path / "cache")
+    renamed = [f"class{i}" for i in range(len(cfg.dataset.class_names))]
+    cfg = compose_cfg(name, tmp_path, tmp_path / "cache", f"dataset.class_names=[{','.join(renamed)}]")
+    assert build_adapter(cfg.dataset).names() == renamed[: cfg.dataset.num_classes]
+
+
 # -- RAF-DB --------
 @pytest.mark.parametrize("writer", [write_rafdb_basic, write_rafdb_folders], ids=["basic", "DATASET"])
 def test_rafdb_layouts(writer, tmp_path):

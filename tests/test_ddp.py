@@ -7,16 +7,11 @@ what every rank saw.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TINY_RESNET, tiny
+from conftest import REPO, TINY_RESNET, run_two_ranks, tiny
 
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 TOY = "method._target_=toy_methods.TwoStageToy"
 #: Seconds a scenario may take (each takes 10-40 s on a loaded 2-core machine).
 TIMEOUT = 180
@@ -24,29 +19,9 @@ TIMEOUT = 180
 
 def run_scenario(tmp: Path, scenario: str, *overrides: str) -> list[dict]:
     """Each rank's result of ``scenario`` (``tests/ddp_worker.py``) with the ``tiny`` run's overrides."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": f"{REPO / 'tests'}:{os.environ.get('PYTHONPATH', '')}",
-        "OMP_NUM_THREADS": "1",
-    }
-    cmd = [*TORCHRUN, str(REPO / "tests" / "ddp_worker.py"), scenario, str(tmp), *tiny(tmp, *overrides)]
-    # A collective mismatch may hang rather than fail: stop the whole process group after TIMEOUT.
-    proc = subprocess.Popen(
-        cmd,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
-    try:
-        _, stderr = proc.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        pytest.fail(f"{scenario} did not finish in {TIMEOUT} s (a rank waits on a collective)")
-    assert proc.returncode == 0, stderr[-3000:]
+    args = [str(REPO / "tests" / "ddp_worker.py"), scenario, str(tmp), *tiny(tmp, *overrides)]
+    proc = run_two_ranks(args, TIMEOUT, f"{scenario} did not finish: a rank waits on a collective")
+    assert proc.returncode == 0, proc.stderr[-3000:]
     return [json.loads((tmp / f"{scenario}-rank{r}.json").read_text()) for r in range(2)]
 
 

@@ -3,20 +3,24 @@
 * Every method config (``configs/method/*.yaml`` that names a ``_target_``) sets exactly the keyword
   arguments of its method class (followed through the ``**options`` a class hands on to its base class or
   network), and none of them has a Python default: the YAML file is where a method's defaults live.
-* The schemas (``lrfer.config.schema``) hold types only: every option file of the trainer, degrade, augment,
-  logger, paths and dataset groups gives every schema field a value.
+* The schemas (``lrfer.config.schema``, the dataset adapters' and the face detector's) hold types only: no
+  field has a value in Python, and every option file of the trainer, degrade, augment, logger, paths and
+  dataset groups gives every schema field a value.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from typing import Any
 
 import pytest
 from conftest import REPO, compose_cfg
 from hydra.utils import get_class
-from omegaconf import OmegaConf
+from omegaconf import MISSING, OmegaConf
 
+from lrfer.config.schema import schema_nodes
+from lrfer.detect.detectors import DetectorConfig
 from lrfer.methods.gmenet import GMENetMethod
 from lrfer.models.gmenet import GMENet
 
@@ -92,6 +96,38 @@ def test_every_schema_field_has_a_yaml_value(option):
     group = option.split("=")[0]
     missing = sorted(OmegaConf.missing_keys(compose_cfg(option)[group]))
     assert not missing, f"configs/{group}/{option.split('=')[1]}.yaml gives no value to {missing}"
+
+
+def schema_values(cls: type, prefix: str = "") -> dict[str, Any]:
+    """Every field of a schema dataclass (nested ones followed) that has a value other than ``MISSING``."""
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+        else:
+            value = f.default
+        if dataclasses.is_dataclass(value):
+            values.update(schema_values(type(value), f"{prefix}{f.name}."))
+        elif value is not dataclasses.MISSING and value != MISSING:
+            values[f"{prefix}{f.name}"] = value
+    return values
+
+
+#: Every schema: the registered ones (``<group>/<class>``) and the face detector's (``configs/detector/``).
+SCHEMAS = {
+    **{f"{g}/{c.__name__}": c for g, nodes in schema_nodes().items() for c in nodes.values()},
+    "detector/DetectorConfig": DetectorConfig,
+}
+
+
+@pytest.mark.parametrize("schema", sorted(SCHEMAS))
+def test_a_schema_gives_no_value_in_python(schema):
+    """A schema holds types only: a value in Python would be a second copy of its YAML's (or one no YAML
+    shows)."""
+    values = schema_values(SCHEMAS[schema])
+    assert not values, (
+        f"{schema} gives values in Python (set them in configs/{schema.split('/')[0]}/): {values}"
+    )
 
 
 def test_every_method_config_is_checked():

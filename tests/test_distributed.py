@@ -20,7 +20,7 @@ import pytest
 import shard_worker
 import torch
 import torch.distributed as tdist
-from conftest import REPO, tiny
+from conftest import REPO, TORCHRUN, tiny
 from torch import nn
 from toy_methods import TwoStageToy
 
@@ -28,8 +28,6 @@ from lrfer.data.degrade import parse_degradations
 from lrfer.engine import distributed as dist
 from lrfer.engine.syncbn import SumSyncBatchNorm
 from lrfer.methods.base import MethodContext
-
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 
 
 def _run(cmd, check=True, **extra_env):

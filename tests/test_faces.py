@@ -18,6 +18,7 @@ from PIL import Image
 from lrfer.core.errors import UserError
 from lrfer.detect import HaarDetector, YuNetDetector, box_iou, build_detector, crop_box
 from lrfer.detect.detectors import import_cv2
+from lrfer.tools.photos import detector_config
 
 cv2 = pytest.importorskip("cv2")
 SIZES = (24, 48, 96)
@@ -36,7 +37,9 @@ def matched(truth: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 # -- detectors --------
 def test_haar_finds_each_pasted_face_of_24_48_and_96_px_and_nothing_else(canvas):
     image, truth = canvas
-    boxes, scores = HaarDetector().detect(image)
+    detector = build_detector(detector_config())  # configs/detector/default.yaml: the Haar cascades
+    assert isinstance(detector, HaarDetector)
+    boxes, scores = detector.detect(image)
     assert (matched(truth, boxes) >= 0.5).all(), (boxes, truth)
     assert len(boxes) == len(SIZES)  # no false face on the background or the pasted heads
     assert list(scores) == sorted(scores, reverse=True) and (scores > 0).all()
@@ -44,7 +47,7 @@ def test_haar_finds_each_pasted_face_of_24_48_and_96_px_and_nothing_else(canvas)
 
 def test_without_the_small_face_pass_haar_sees_only_larger_faces(canvas):
     image, truth = canvas
-    boxes, _ = HaarDetector(min_face=SIZES[1]).detect(image)  # no upsampled pass
+    boxes, _ = build_detector(detector_config(min_face=SIZES[1])).detect(image)  # no upsampled pass
     assert matched(truth, boxes)[0] < 0.5 and (matched(truth, boxes)[1:] >= 0.5).all()
 
 
@@ -73,14 +76,14 @@ def test_yunet_maps_its_faces_back_to_the_photo(monkeypatch, tmp_path):
     )
     model = tmp_path / "yunet.onnx"
     model.write_bytes(b"onnx")
-    detector = build_detector({"model": str(model), "min_face": 24})
+    detector = build_detector(detector_config(model=str(model), min_face=24))
     assert isinstance(detector, YuNetDetector)
     boxes, scores = detector.detect(np.zeros((100, 150, 3), np.uint8))
     assert seen["size"] == (300, 200)  # upsampled x2 so that 24 px faces are 48 px
     assert scores.tolist() == pytest.approx([0.95, 0.7])  # the 10 px face is below min_face
     assert boxes.tolist() == [[100, 20, 48, 48], [24, 24, 24, 24]]
     with pytest.raises(UserError, match="is not a file"):
-        build_detector({"model": str(tmp_path / "missing.onnx")})
+        build_detector(detector_config(model=str(tmp_path / "missing.onnx")))
 
 
 def test_crop_box_is_a_square_with_margin_kept_inside_the_photo():

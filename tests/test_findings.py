@@ -18,7 +18,6 @@ from lrfer.report.findings import (
     Claim,
     Measure,
     RunRecord,
-    convergence,
     copy_artefacts,
     difference,
     estimate_cpu,
@@ -168,24 +167,7 @@ def test_plan_gives_every_run_its_seed_and_scaled_epochs():
         plan_runs(protocol, ["no_such_run"], 1)
 
 
-# -- convergence and artefacts -------------------------------------------------------------------------------
-def _record(seed: int, scores: list[float]) -> RunRecord:
-    history = [{"stage": "train", "epoch": i + 1, "score": s} for i, s in enumerate(scores)]
-    return RunRecord("r", seed, None, {}, history)
-
-
-def test_a_curve_flat_within_seed_noise_over_its_last_fifth_is_converged():
-    flat = [_record(0, [0.5, 0.7, 0.8, 0.8, 0.81]), _record(1, [0.5, 0.7, 0.78, 0.85, 0.85])]
-    (c,) = convergence(flat)
-    assert c.changes == [pytest.approx(1.0), pytest.approx(0.0)] and c.converged is True
-
-
-def test_a_curve_still_climbing_over_its_last_fifth_is_not_converged():
-    climbing = [_record(0, [0.3, 0.4, 0.5, 0.6, 0.7]), _record(1, [0.3, 0.4, 0.5, 0.6, 0.71])]
-    (c,) = convergence(climbing)
-    assert c.converged is False
-
-
+# -- artefacts (the convergence rule: tests/test_findings_convergence.py) -------------------------------
 def test_copy_keeps_the_small_files_and_never_a_checkpoint(tmp_path):
     run = tmp_path / "run"
     (run / ".hydra").mkdir(parents=True)

@@ -87,3 +87,65 @@ def test_a_global_batch_the_processes_cannot_share_is_refused(tmp_path, monkeypa
 def test_a_resume_without_a_run_folder_stops_with_one_line(tmp_path):
     with pytest.raises(UserError, match=r"trainer\.resume=true needs the run folder"):
         resolve(compose_cfg(*tiny(tmp_path, "trainer.resume=true")))
+
+
+def sweep_without_training(monkeypatch, *args: str) -> tuple[Counter, list[RunSpec]]:
+    """``python train.py -m <args>`` (the basic launcher, in this process) with the training left out (the
+    single run above covers it): the calls of the :data:`ONCE` checks, and the spec each job's task got."""
+    calls = count_calls(monkeypatch)
+    specs: list[RunSpec] = []
+
+    def train(spec: RunSpec) -> dict:
+        specs.append(spec)
+        return {"method": "baseline", "dataset": "synthetic", "objective": {"value": 0.5}}
+
+    monkeypatch.setattr(lrfer.cli.train, "run", train)
+    monkeypatch.setattr(lrfer.cli.train, "format_table", lambda metrics: "")
+    monkeypatch.setattr(sys, "argv", ["train.py", "-m", *args])
+    handlers = list(logging.root.handlers)
+    try:
+        lrfer.cli.train.main()
+    finally:
+        GlobalHydra.instance().clear()
+        for handler in [h for h in logging.root.handlers if h not in handlers]:
+            logging.root.removeHandler(handler)
+            handler.close()
+    return calls, specs
+
+
+def test_a_sweep_checks_each_job_once_and_hands_each_job_its_own_checks(tmp_path, monkeypatch):
+    """Every job is checked before the first one runs, and each check runs once per job."""
+    sweep = tmp_path / "sweep"
+    calls, specs = sweep_without_training(
+        monkeypatch, *tiny(tmp_path), "degrade.train=[x1],[x2]", f"hydra.sweep.dir={sweep}"
+    )
+    assert [(s.run_dir.name, [d.label for d in s.degrade.train]) for s in specs] == [
+        ("0", ["x1"]),
+        ("1", ["x2"]),
+    ]
+    assert dict(calls) == dict.fromkeys(ONCE, 2)
+
+
+def test_a_resumed_sweep_checks_each_job_folder_once(tmp_path, monkeypatch):
+    """Job 0 ran before: its folder is checked up front, not again; job 1 never ran: it starts afresh, and its
+    folder is checked when it starts."""
+    sweep = tmp_path / "sweep"
+    (sweep / "0" / "checkpoints").mkdir(parents=True)
+    (sweep / "0" / "checkpoints" / "last.pt").write_bytes(b"")  # unreadable: no identity to compare
+    args = [*tiny(tmp_path), "seed=0,1", "trainer.resume=true", f"hydra.sweep.dir={sweep}"]
+    calls, specs = sweep_without_training(monkeypatch, *args)
+    assert [(s.run_dir.name, s.cfg.trainer.resume) for s in specs] == [("0", True), ("1", False)]
+    assert dict(calls) == dict.fromkeys(ONCE, 2)
+
+
+def test_a_bad_value_every_sweep_job_shares_is_refused_in_the_line_a_single_run_gives(
+    tmp_path, monkeypatch, capsys
+):
+    sweep = tmp_path / "sweep"
+    with pytest.raises(SystemExit) as stop:
+        sweep_without_training(
+            monkeypatch, *tiny(tmp_path), "trainer.batch_size=0", "seed=0,1", f"hydra.sweep.dir={sweep}"
+        )
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip() == "error: trainer.batch_size=0 must be an integer >= 1"
+    assert not sweep.exists()  # a refused sweep leaves no folder

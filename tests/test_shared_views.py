@@ -7,14 +7,11 @@ import hashlib
 import importlib
 import json
 import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, run_two_ranks
 from omegaconf import OmegaConf
 
 from lrfer.config import compose_config
@@ -53,7 +50,6 @@ def test_cached_bytes_counts_realistic_views_of_native_size():
 # -- one host copy of the views per machine --------
 
 WORKER = REPO / "tests" / "shared_views_worker.py"
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 #: Seconds the two-process run may take (about 10 s on a loaded 2-core machine).
 TIMEOUT = 180
 
@@ -77,23 +73,9 @@ def cached_toy(tmp: Path, n: int = 40) -> Path:
 def run_ranks(out: Path, *scenario: str) -> list[dict]:
     """Each rank's result of ``tests/shared_views_worker.py`` ``scenario`` writing into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [*TORCHRUN, str(WORKER), *scenario],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
-    try:
-        _, stderr = proc.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        pytest.fail(f"the two ranks did not finish in {TIMEOUT} s (one waits at a barrier)")
-    assert proc.returncode == 0, stderr[-3000:]
+    hang = "the two ranks did not finish: one waits at a barrier"
+    proc = run_two_ranks([str(WORKER), *scenario], TIMEOUT, hang)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
 
 

@@ -6,12 +6,16 @@ from dataclasses import replace
 
 import pytest
 import torch
+from conftest import compose_cfg
 
+from lrfer.config.validate import validate_config
+from lrfer.core.errors import UserError
+from lrfer.data.datasets.synthetic import SyntheticFaces
 from lrfer.data.synthetic import (
-    CLASS_NAMES,
     COARSE_PARTNER,
     CUE_TABLE,
     EDGE_SOFTNESS_PX,
+    EXPRESSIONS,
     MOUTH_KEYS,
     NEUTRAL_EXPRESSION,
     SyntheticDifficulty,
@@ -42,9 +46,39 @@ _CONTROLLED = SyntheticDifficulty(
 )
 
 
-def test_class_names_and_cue_table_agree():
-    assert CLASS_NAMES == ("surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral")
-    assert set(CUE_TABLE) == set(CLASS_NAMES)
+def _class_faces(expressions) -> dict[str, torch.Tensor]:
+    """The mean face interior (eyes to mouth) of each class, by the expression the class is named."""
+    images, labels = make_synthetic_faces(
+        14, image_size=64, seed=3, difficulty=_CONTROLLED, expressions=expressions
+    )
+    face = images[:, :, 14:48, 22:42].float()
+    return {name: face[labels == c].mean(0) for c, name in enumerate(expressions)}
+
+
+def test_a_class_shows_the_expression_it_is_named():
+    """The classes' names choose their faces: in any order, a class named "fear" shows fear."""
+    usual, reversed_ = _class_faces(EXPRESSIONS), _class_faces(EXPRESSIONS[::-1])
+    for name in EXPRESSIONS:
+        assert (usual[name] - reversed_[name]).abs().max() <= 1, name
+
+
+def test_the_synthetic_dataset_draws_the_classes_its_config_names(tmp_path):
+    """dataset.class_names is the one list of the synthetic classes: the adapter draws and names them."""
+    names = list(EXPRESSIONS[::-1])
+    cfg = compose_cfg(f"dataset.class_names=[{','.join(names)}]", "dataset.image_size=32").dataset
+    cfg.num_train, cfg.num_val, cfg.num_test = 14, 0, 7
+    data = SyntheticFaces(cfg).load()
+    assert data.class_names == names
+    images, labels = make_synthetic_faces(14, image_size=32, seed=cfg.seed * 1000, expressions=names)
+    assert torch.equal(data.splits["train"].images, images) and torch.equal(
+        data.splits["train"].labels, labels
+    )
+
+
+def test_a_synthetic_class_the_generator_cannot_draw_is_refused_at_start_up():
+    cfg = compose_cfg("dataset.class_names=[surprise,fear,disgust,happiness,sadness,anger,contempt]")
+    with pytest.raises(UserError, match=r"dataset\.class_names=.*the synthetic faces show surprise, fear"):
+        validate_config(cfg)
 
 
 @pytest.mark.parametrize("size", [32, 48, 100, 256])
@@ -53,7 +87,7 @@ def test_shapes_and_dtypes(size):
     images, labels = make_synthetic_faces(n, image_size=size, seed=0)
     assert images.shape == (n, 3, size, size) and images.dtype == torch.uint8
     assert labels.shape == (n,) and labels.dtype == torch.int64
-    assert int(labels.min()) >= 0 and int(labels.max()) < len(CLASS_NAMES)
+    assert int(labels.min()) >= 0 and int(labels.max()) < len(EXPRESSIONS)
     # A real picture, not a blank or saturated one.
     assert 30 < images.float().mean() < 225 and images.float().std() > 20
 
@@ -86,7 +120,7 @@ def test_each_class_draws_a_different_face():
     for a in range(7):
         for b in range(a + 1, 7):
             diff = (mean[a] - mean[b]).abs()
-            assert diff.max() > 60, (CLASS_NAMES[a], CLASS_NAMES[b])
+            assert diff.max() > 60, (EXPRESSIONS[a], EXPRESSIONS[b])
 
 
 def test_fewer_classes_take_the_first_ones():
@@ -101,6 +135,8 @@ def test_bad_arguments():
         make_synthetic_faces(10, num_classes=0)
     with pytest.raises(ValueError, match="image_size"):
         make_synthetic_faces(10, image_size=4)
+    with pytest.raises(ValueError, match="expressions must name each of surprise"):
+        make_synthetic_faces(10, expressions=EXPRESSIONS[:6])
     with pytest.raises(ValueError):
         SyntheticDifficulty(min_scale=1.2, max_scale=1.0)
     images, labels = make_synthetic_faces(0, image_size=32)
@@ -109,9 +145,10 @@ def test_bad_arguments():
 
 @pytest.mark.parametrize("swap", [0.0, 1.0])
 def test_a_swapped_face_shows_its_partners_mouth_and_keeps_its_own_fine_cues(swap):
-    labels = torch.arange(len(CLASS_NAMES))
-    p = _draw_parameters(labels, replace(_CONTROLLED, coarse_swap=swap), torch.Generator().manual_seed(0))
-    for c, name in enumerate(CLASS_NAMES):
+    labels = torch.arange(len(EXPRESSIONS))
+    difficulty = replace(_CONTROLLED, coarse_swap=swap)
+    p = _draw_parameters(labels, EXPRESSIONS, difficulty, torch.Generator().manual_seed(0))
+    for c, name in enumerate(EXPRESSIONS):
         mouth_of = COARSE_PARTNER[name] if swap else name
         for key in MOUTH_KEYS:
             expected = CUE_TABLE[mouth_of].get(key, NEUTRAL_EXPRESSION[key])
@@ -121,9 +158,9 @@ def test_a_swapped_face_shows_its_partners_mouth_and_keeps_its_own_fine_cues(swa
 
 
 def test_every_partner_is_a_class_and_every_class_has_its_own_mouth():
-    assert set(COARSE_PARTNER) == set(CLASS_NAMES) and set(COARSE_PARTNER.values()) <= set(CLASS_NAMES)
-    mouths = {tuple(CUE_TABLE[c].get(k, NEUTRAL_EXPRESSION[k]) for k in MOUTH_KEYS) for c in CLASS_NAMES}
-    assert len(mouths) == len(CLASS_NAMES)
+    assert set(COARSE_PARTNER) == set(EXPRESSIONS) and set(COARSE_PARTNER.values()) <= set(EXPRESSIONS)
+    mouths = {tuple(CUE_TABLE[c].get(k, NEUTRAL_EXPRESSION[k]) for k in MOUTH_KEYS) for c in EXPRESSIONS}
+    assert len(mouths) == len(EXPRESSIONS)
 
 
 def test_edge_softness_scales_with_the_image_side_and_never_drops_below_one_pixel():

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from lrfer.cli.sweep_records import no_job_finished  # standard library only: light for Hydra's plugin scan
+
 log = logging.getLogger(__name__)
 
 try:
@@ -28,8 +30,6 @@ if OptunaSweeper is not None:
         """
 
         def sweep(self, arguments: list[str]) -> None:
-            from lrfer.cli.sweep import no_job_finished
-
             try:
                 return super().sweep(arguments)
             except ValueError:

@@ -15,8 +15,16 @@ task come too late to leave a refused folder untouched. This callback runs first
 - the run (or sweep) folder is locked for the life of the run (:mod:`lrfer.engine.runlock`): a second run
   into it stops with one line; the default folder is a new one for every run (``lrfer.new_dir``);
 - ``trainer.overwrite=true`` empties the previous run's ``train.log`` before the run logs into it;
-- a sweep validates every job before the first one runs, goes on past a failed job, and ends with a
-  summary and a non-zero status when a job failed (:mod:`lrfer.cli.sweep`).
+- a sweep checks every job before the first one runs (:func:`lrfer.engine.resolve.check_config`, and the
+  run-folder check of a resumed job that ran before), goes on past a failed job, and ends with a summary and
+  a non-zero status when a job failed (:mod:`lrfer.cli.sweep`). The callback keeps each job's checks, keyed
+  by the job's folder and composed config; when the job starts (``on_job_start``) they are handed to its
+  task (:func:`take_checks`), whose :func:`~lrfer.engine.resolve.resolve` then only settles the device and
+  the run folder: each check runs once per job. The checks travel with the callback, which the launchers
+  that run jobs in other processes (joblib, submitit / SLURM) pickle for their workers, so those jobs reuse
+  them too; a job whose config the launcher composes differently from the up-front pass (or a trial the
+  Optuna sweeper draws as it goes, checked only for its shared settings up front) is checked in full when it
+  starts.
 
 Under torchrun only rank 0 prints the error; every rank exits with status 2.
 """
@@ -29,6 +37,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +49,7 @@ from lrfer.cli.sweep import (
     check_storage,
     continue_study,
     finish_sweep,
+    is_basic_sweeper,
     is_optuna_sweeper,
     job_dir,
     record_job,
@@ -49,7 +59,7 @@ from lrfer.cli.sweep import (
 from lrfer.config.validate import validate_config
 from lrfer.core.errors import USER_ERROR_EXIT_CODE, ProcessError, UserError, check_folder_can_be_written
 from lrfer.engine.distributed import env_rank
-from lrfer.engine.resolve import RunSpec, resolve
+from lrfer.engine.resolve import ConfigChecks, RunSpec, check_config, resolve
 from lrfer.engine.runfolder import (
     check_run_folder,
     claim_new_dir,
@@ -81,13 +91,28 @@ register_resolvers()
 _RESOLVED: dict[str, RunSpec] = {}
 
 
+#: A sweep job's checks made before the sweep started, by run folder, from the job's start (``on_job_start``,
+#: in the job's process) until its task takes them (:func:`take_checks`).
+_CHECKS: dict[str, ConfigChecks] = {}
+
+
 def _key(folder: str | Path) -> str:
     return os.path.abspath(str(folder))  # as Hydra makes runtime.output_dir
+
+
+def _job_key(folder: str | Path, job: DictConfig) -> tuple[str, str]:
+    """A sweep job's checks are its own: same folder, same composed task config."""
+    return _key(folder), OmegaConf.to_yaml(task_config(job))
 
 
 def take_resolved(output_dir: str | Path) -> RunSpec | None:
     """The spec the callback resolved for the run in ``output_dir`` (None: none was, as for a sweep's job)."""
     return _RESOLVED.pop(_key(output_dir), None)
+
+
+def take_checks(output_dir: str | Path) -> ConfigChecks | None:
+    """The checks the sweep made up front for its job in ``output_dir`` (None: none; resolve makes them)."""
+    return _CHECKS.pop(_key(output_dir), None)
 
 
 def report_user_error(err: UserError) -> None:
@@ -142,6 +167,8 @@ class RunGuard(Callback):
     def __init__(self) -> None:
         self._lock = None
         self._created: list[Path] = []
+        #: a sweep's up-front checks of each job (:meth:`_check_job`), by :func:`_job_key`
+        self._job_checks: dict[tuple[str, str], ConfigChecks] = {}
 
     def _claim(self, config: DictConfig, key: str) -> Path:
         """Resolve ``hydra.<key>`` once (the default claims a new folder), remember the folders this run
@@ -200,6 +227,11 @@ class RunGuard(Callback):
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
 
         task = config  # the job's full config; trainer.* is the task's
+        if self._job_checks:  # a sweep's job: hand its up-front checks to the task
+            output_dir = str(config.hydra.runtime.output_dir)
+            checks = self._job_checks.get(_job_key(output_dir, config))
+            if checks is not None:
+                _CHECKS[_key(output_dir)] = checks
         overwrite = bool(OmegaConf.select(task, "trainer.overwrite", default=False))
         resume = bool(OmegaConf.select(task, "trainer.resume", default=False))
         if overwrite and not resume and env_rank() == 0:
@@ -216,7 +248,8 @@ class RunGuard(Callback):
 
         with one_line_errors():
             task = task_config(config)
-            validate_config(task, warn=False)  # the settings every job shares
+            if not is_basic_sweeper(config):  # the basic sweeper's jobs are each checked below
+                validate_config(task, warn=False)  # the settings every job shares
             if is_optuna_sweeper(config):
                 check_storage(config)
             resume = bool(OmegaConf.select(task, "trainer.resume", default=False))
@@ -255,16 +288,19 @@ class RunGuard(Callback):
         _pin(config, "sweeper.n_trials", str(to_run))
         _pin(config, "sweep.subdir", f"${{{PLUS_RESOLVER}:${{hydra.job.num}},{done}}}")
 
-    @staticmethod
-    def _check_job(job: DictConfig) -> None:
-        """One sweep job's checks before the sweep starts: its values, and its folder when resumed."""
+    def _check_job(self, job: DictConfig) -> None:
+        """One sweep job's checks before the sweep starts: its config, and its folder when resumed; kept for
+        the job (:meth:`on_job_start`), which does not make them again."""
 
         task = task_config(job)
-        validate_config(task, warn=False)
+        checks = check_config(task)
         run_dir = job_dir(job)
         resume = bool(OmegaConf.select(task, "trainer.resume", default=False))
         if resume and run_dir is not None and previous_results(run_dir):
             check_run_folder(task, run_dir)  # a job that never ran is started instead (lrfer.cli.sweep)
+            checks = replace(checks, checked_folder=Path(_key(run_dir)))
+        if run_dir is not None:
+            self._job_checks[_job_key(run_dir, job)] = checks
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
 

@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import sys
@@ -24,14 +23,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from lrfer.cli.sweep_records import jobs_dir, read_records
 from lrfer.core.checkpoint import write_json
 from lrfer.core.errors import CONFIG_ERROR_EXIT_CODE, USER_ERROR_EXIT_CODE, UserError
 from lrfer.engine.runfolder import RESUME_CONFIG_DIR, previous_results
 
 log = logging.getLogger(__name__)
 
-#: Where the jobs of a running sweep record how they ended (one JSON file per job; deleted at the end).
-JOBS_DIR = ".sweep-jobs"
 #: The sweep's summary, written into the sweep folder when the sweep ends.
 SUMMARY_FILE = "sweep_summary.json"
 #: Most bad jobs named in the one-line refusal of a sweep.
@@ -142,13 +140,16 @@ def validate_jobs(config: DictConfig, check: Any) -> None:
     bad jobs (at most :data:`MAX_NAMED_JOBS`) before any job runs."""
     if not is_basic_sweeper(config):
         return  # the Optuna sweeper draws its jobs as it goes: its fixed settings were checked already
-    bad = []
+    bad, messages = [], set()
     jobs = sweep_jobs(config)
     for num, overrides in enumerate(jobs):
         try:
             check(job_config(config, overrides, num))
         except UserError as err:
             bad.append(f"{job_name(num, overrides, jobs)}: {err}")
+            messages.add(str(err))
+    if len(bad) == len(jobs) and len(messages) == 1:
+        raise UserError(messages.pop())  # a value every job shares: the one line a single run gives
     if bad:
         more = f"; and {len(bad) - MAX_NAMED_JOBS} more" if len(bad) > MAX_NAMED_JOBS else ""
         raise UserError(
@@ -188,17 +189,14 @@ def start_if_never_ran(cfg: DictConfig, run_dir: Path, output_subdir: str | None
 
 
 # -- how each job ended, and the sweep's summary --------
-def jobs_dir(sweep_dir: Path) -> Path:
-    return Path(sweep_dir) / JOBS_DIR
-
-
 def start_records(sweep_dir: Path) -> None:
     """Forget what an earlier invocation's jobs recorded (the sweep folder is locked by this one)."""
     shutil.rmtree(jobs_dir(sweep_dir), ignore_errors=True)
 
 
 def record_job(config: DictConfig, job_return: Any) -> None:
-    """Write how one job ended into the sweep's :data:`JOBS_DIR` (``on_job_end``, in the job's process)."""
+    """Write how one job ended into the sweep's :data:`~lrfer.cli.sweep_records.JOBS_DIR` (``on_job_end``,
+    in the job's process)."""
     from hydra.core.utils import JobStatus
 
     value = getattr(job_return, "_return_value", None)
@@ -219,21 +217,6 @@ def record_job(config: DictConfig, job_return: Any) -> None:
     if status == "ok" and isinstance(value, (int, float)):
         record["objective"] = value
     write_json(record, jobs_dir(Path(str(config.hydra.sweep.dir))) / f"{num}.json")
-
-
-def read_records(sweep_dir: Path) -> list[dict]:
-    records = []
-    for path in jobs_dir(sweep_dir).glob("*.json"):
-        try:
-            records.append(json.loads(path.read_text()))
-        except (OSError, ValueError):
-            continue
-    return sorted(records, key=lambda r: (r.get("job") is None, r.get("job") or 0))
-
-
-def no_job_finished(sweep_dir: Path) -> bool:
-    """Whether no job of the running sweep ended well (none recorded ``ok``): every Optuna trial failed."""
-    return not any(r.get("status") == "ok" for r in read_records(Path(sweep_dir)))
 
 
 def finish_sweep(sweep_dir: Path) -> int:

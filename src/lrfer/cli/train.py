@@ -25,7 +25,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from lrfer.cli import CONFIG_DIR
-from lrfer.cli.guard import report_user_error, take_resolved
+from lrfer.cli.guard import report_user_error, take_checks, take_resolved
 from lrfer.cli.sweep import FailedJob, start_if_never_ran
 from lrfer.config import register_schemas
 from lrfer.core.errors import USER_ERROR_EXIT_CODE, UserError
@@ -88,9 +88,10 @@ def _task(cfg: DictConfig) -> float | FailedJob | None:
         spec = take_resolved(hydra_cfg.runtime.output_dir)  # what the callback resolved (lrfer.cli.guard)
         if spec is None:  # a sweep's job: its folder is known now
             output_dir = Path(hydra_cfg.runtime.output_dir)
-            if in_sweep:
+            checks = take_checks(output_dir)  # the sweep's up-front checks of this job, if any
+            if in_sweep:  # (a job that never ran had no folder check up front: its folder is checked now)
                 cfg = start_if_never_ran(cfg, output_dir, hydra_cfg.output_subdir)
-            spec = resolve(cfg, output_dir)
+            spec = resolve(cfg, output_dir, checks=checks)
         else:
             spec = replace(spec, cfg=cfg)  # the same values; the task's own config object
         run_dir = spec.run_dir

@@ -274,6 +274,12 @@ def register_schemas() -> None:
             cs.store(group=f"schema/{group}", name=name, node=node)
 
 
+def schema_nodes() -> dict[str, dict[str, type]]:
+    """Every registered schema, by group and name (the dataset configs' included)."""
+    register_schemas()
+    return {group: dict(nodes) for group, nodes in _SCHEMAS.items()}
+
+
 def schema_node(group: str, name: str) -> type:
     """The dataclass registered as ``schema/<group>/<name>``
     (``schema_node("dataset", "lrfer.data.datasets.kdef.KdefConfig")``)."""

@@ -58,15 +58,16 @@ the quick recipe loses accuracy with resolution as on RAF-DB (``scripts/calibrat
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
 
 __all__ = [
-    "CLASS_NAMES",
     "COARSE_PARTNER",
     "CUE_TABLE",
+    "EXPRESSIONS",
     "GENERATOR_VERSION",
     "MOUTH_KEYS",
     "NEUTRAL_EXPRESSION",
@@ -81,9 +82,6 @@ __all__ = [
 #: with resolution; 3: fewer swapped mouths (0.15) and softer edges (up to 10 px), the calibrated one
 #: (``scripts/calibrate_synthetic.py``, README "The synthetic faces").
 GENERATOR_VERSION = 3
-
-#: Class names in RAF-DB label order; ``num_classes=k`` uses the first ``k``.
-CLASS_NAMES = ("surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral")
 
 #: Smallest supported image side (below it the face has no room for features at all).
 MIN_IMAGE_SIZE = 16
@@ -261,6 +259,11 @@ COARSE_PARTNER: dict[str, str] = {
     "neutral": "sadness",
 }
 
+#: The expressions the generator can draw, in the order of :data:`CUE_TABLE` (RAF-DB's label order): the
+#: classes of :func:`make_synthetic_faces` unless it is given its own (the synthetic dataset passes its
+#: ``dataset.class_names``, the one place its class names live).
+EXPRESSIONS: tuple[str, ...] = tuple(CUE_TABLE)
+
 #: Standard deviation of the per-sample jitter of each expression parameter (times ``cue_jitter``).
 CUE_JITTER: dict[str, float] = {
     "mouth_width": 0.015,
@@ -398,13 +401,13 @@ def _palette_pick(gen: torch.Generator, n: int, palette: tuple, variation: float
 
 
 def _draw_parameters(
-    labels: torch.Tensor, difficulty: SyntheticDifficulty, gen: torch.Generator
+    labels: torch.Tensor, expressions: Sequence[str], difficulty: SyntheticDifficulty, gen: torch.Generator
 ) -> dict[str, torch.Tensor]:
     """All per-image random parameters, drawn up front (shape (N,) or (N, 3) each), in one fixed order
     (identity, expression, pose and lighting, background clutter): the faces depend on it."""
     n = labels.shape[0]
     p = _draw_identity(n, difficulty, gen)
-    p.update(_draw_expression(labels, difficulty, gen))
+    p.update(_draw_expression(labels, expressions, difficulty, gen))
     p.update(_draw_pose_and_lighting(n, difficulty, gen))
     p.update(_draw_clutter(n, difficulty, gen))
     return p
@@ -431,18 +434,18 @@ def _draw_identity(n: int, d: SyntheticDifficulty, gen: torch.Generator) -> dict
 
 
 def _draw_expression(
-    labels: torch.Tensor, d: SyntheticDifficulty, gen: torch.Generator
+    labels: torch.Tensor, expressions: Sequence[str], d: SyntheticDifficulty, gen: torch.Generator
 ) -> dict[str, torch.Tensor]:
     """Expression cues: neutral + intensity * (prototype - neutral) + jitter (mouths swapped with the coarse
-    partner's in a ``coarse_swap`` share of the faces)."""
+    partner's in a ``coarse_swap`` share of the faces); class ``c`` shows ``expressions[c]``."""
     n = labels.shape[0]
     keys = list(NEUTRAL_EXPRESSION)
     neutral = torch.tensor([NEUTRAL_EXPRESSION[k] for k in keys])
-    proto = torch.tensor([[CUE_TABLE[c].get(k, NEUTRAL_EXPRESSION[k]) for k in keys] for c in CLASS_NAMES])
+    proto = torch.tensor([[CUE_TABLE[c].get(k, NEUTRAL_EXPRESSION[k]) for k in keys] for c in expressions])
     jitter_sd = torch.tensor([CUE_JITTER[k] for k in keys]) * d.cue_jitter
     strength = _uniform(gen, n, d.min_cue_strength, 1.0)[:, None]
     jitter = torch.randn(n, len(keys), generator=gen) * jitter_sd
-    partner = torch.tensor([CLASS_NAMES.index(COARSE_PARTNER[c]) for c in CLASS_NAMES])
+    partner = torch.tensor([list(expressions).index(COARSE_PARTNER[c]) for c in expressions])
     swap = torch.rand(n, generator=gen) < d.coarse_swap
     mouth = torch.tensor([k in MOUTH_KEYS for k in keys])
     shown = torch.where(swap[:, None] & mouth, proto[partner[labels]], proto[labels])
@@ -881,18 +884,25 @@ def make_synthetic_faces(
     num_classes: int = 7,
     seed: int = 0,
     difficulty: SyntheticDifficulty | None = None,
+    expressions: Sequence[str] = EXPRESSIONS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw ``num_samples`` synthetic expression faces (see the module docstring for what varies).
 
     Returns ``(images, labels)``: images uint8 of shape (N, 3, image_size, image_size), labels int64 of
-    shape (N,) in ``range(num_classes)`` (indices into :data:`CLASS_NAMES`), as balanced as N allows and in
-    random order. The result is a deterministic function of the arguments (whatever the number of threads).
+    shape (N,) in ``range(num_classes)``, as balanced as N allows and in random order; a face of class ``c``
+    shows the expression ``expressions[c]`` (every one of :data:`EXPRESSIONS`, each once, in any order: a
+    face's mouth may be swapped with its class's coarse partner's). The result is a deterministic function
+    of the arguments (whatever the number of threads).
 
     Chunks of images are rendered by up to ``torch.get_num_threads()`` worker threads; while they run,
     torch's intra-op thread count is set to 1 (and restored afterwards).
     """
-    if not 1 <= num_classes <= len(CLASS_NAMES):
-        raise ValueError(f"num_classes must be between 1 and {len(CLASS_NAMES)}, got {num_classes}.")
+    if sorted(expressions) != sorted(EXPRESSIONS):
+        raise ValueError(
+            f"expressions must name each of {', '.join(EXPRESSIONS)} once, got {list(expressions)}."
+        )
+    if not 1 <= num_classes <= len(expressions):
+        raise ValueError(f"num_classes must be between 1 and {len(expressions)}, got {num_classes}.")
     if num_samples < 0:
         raise ValueError(f"num_samples must be >= 0, got {num_samples}.")
     if image_size < MIN_IMAGE_SIZE:
@@ -903,7 +913,7 @@ def make_synthetic_faces(
     images = torch.empty(num_samples, 3, image_size, image_size, dtype=torch.uint8)
     if num_samples == 0:
         return images, labels
-    params = _draw_parameters(labels, difficulty, gen)
+    params = _draw_parameters(labels, expressions, difficulty, gen)
     noise_bank = torch.randn(NOISE_BANK_SIZE * (image_size + NOISE_BANK_MARGIN) * image_size, generator=gen)
     # Render images of similar vertical position together: the pixel boxes holding each facial feature in
     # every image of a chunk are then tighter. Each image depends only on its own parameters, so chunks

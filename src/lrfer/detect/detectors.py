@@ -13,7 +13,9 @@
   score is the network's face probability. Small faces are handled by the same upsampling.
 
 A new detector only needs a ``detect`` method returning boxes and scores; :func:`build_detector` picks one
-from a :class:`DetectorConfig`.
+from a :class:`DetectorConfig`, whose values (defaults included) are ``configs/detector/default.yaml``
+(lrfer-predict, :func:`lrfer.tools.photos.detector_config`) and ``configs/detector/dataset.yaml`` (a
+dataset's ``crop=detect``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+from omegaconf import MISSING, DictConfig
 
 from lrfer.core.errors import UserError
 
@@ -37,7 +40,8 @@ NMS_IOU = 0.3
 
 @dataclass
 class DetectorConfig:
-    """How faces are detected (``detector.*`` in a dataset config, ``--detector-*`` in lrfer-predict).
+    """How faces are detected (``detector.*`` in a dataset config, ``--detector-*`` in lrfer-predict): types
+    only; the values are ``configs/detector/*.yaml``.
 
     ``model``: an ONNX file for OpenCV's YuNet (``cv2.FaceDetectorYN``); None = the Haar cascades shipped
     with OpenCV. ``min_face``: the smallest face height looked for, in px of the original image.
@@ -48,13 +52,13 @@ class DetectorConfig:
     side (0.2: a square 1.4 times the box).
     """
 
-    model: str | None = None
-    min_face: int = 20
-    scale_factor: float = 1.1
-    min_neighbors: int = 4
-    profile: bool = True
-    score_threshold: float = 0.6
-    margin: float = 0.2
+    model: str | None = MISSING
+    min_face: int = MISSING
+    scale_factor: float = MISSING
+    min_neighbors: int = MISSING
+    profile: bool = MISSING
+    score_threshold: float = MISSING
+    margin: float = MISSING
 
 
 @runtime_checkable
@@ -132,13 +136,7 @@ class HaarDetector:
     FRONTAL = "haarcascade_frontalface_alt2.xml"
     PROFILE = "haarcascade_profileface.xml"
 
-    def __init__(
-        self,
-        min_face: int = 20,
-        scale_factor: float = 1.1,
-        min_neighbors: int = 4,
-        profile: bool = True,
-    ) -> None:
+    def __init__(self, min_face: int, scale_factor: float, min_neighbors: int, profile: bool) -> None:
         cv2 = import_cv2()
         if min_face < 8 or scale_factor <= 1.0 or min_neighbors < 0:
             raise UserError(
@@ -216,7 +214,7 @@ class YuNetDetector:
     ``min_face`` < :data:`SMALL_FACE`; YuNet then sees small faces at a size it was trained on.
     """
 
-    def __init__(self, model: str | Path, min_face: int = 20, score_threshold: float = 0.6) -> None:
+    def __init__(self, model: str | Path, min_face: int, score_threshold: float) -> None:
         cv2 = import_cv2()
         path = Path(model).expanduser()
         if not path.is_file():
@@ -253,21 +251,11 @@ class YuNetDetector:
         return boxes[order], scores[order]
 
 
-def build_detector(cfg: DetectorConfig | dict | None = None) -> FaceDetector:
+def build_detector(cfg: DetectorConfig | DictConfig) -> FaceDetector:
     """YuNet when ``cfg.model`` names an ONNX file, else the Haar cascades."""
-    if cfg is None:
-        cfg = DetectorConfig()
-    get = cfg.get if isinstance(cfg, dict) or hasattr(cfg, "get") else lambda k, d=None: getattr(cfg, k, d)
-    defaults = DetectorConfig()
-    min_face = int(get("min_face", defaults.min_face))
-    if get("model", None):
-        return YuNetDetector(get("model"), min_face, float(get("score_threshold", defaults.score_threshold)))
-    return HaarDetector(
-        min_face,
-        float(get("scale_factor", defaults.scale_factor)),
-        int(get("min_neighbors", defaults.min_neighbors)),
-        bool(get("profile", defaults.profile)),
-    )
+    if cfg.model:
+        return YuNetDetector(cfg.model, int(cfg.min_face), float(cfg.score_threshold))
+    return HaarDetector(int(cfg.min_face), float(cfg.scale_factor), int(cfg.min_neighbors), bool(cfg.profile))
 
 
 def crop_box(box: np.ndarray | tuple, margin: float, width: int, height: int) -> tuple[int, int, int, int]:

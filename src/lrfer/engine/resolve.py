@@ -18,6 +18,11 @@ It
 
 What it returns is frozen; :func:`lrfer.engine.run.build_parts`, :class:`~lrfer.engine.trainer.Trainer`,
 the data module and the CLIs read it and check nothing again.
+
+The checks that read the config alone (the values, the required method values, the degradation labels) are
+:func:`check_config`; their result, :class:`ConfigChecks`, can be made ahead of the run and handed to
+:func:`resolve`, which then does not make them again. A sweep does this: it checks every job before the
+first one runs (:mod:`lrfer.cli.guard`), and each job's :func:`resolve` reuses its job's checks.
 """
 
 from __future__ import annotations
@@ -52,6 +57,17 @@ class DegradeSpec:
     #: ``degrade.val``, or the training list when it is null
     val: tuple[Degradation, ...]
     test: tuple[Degradation, ...]
+
+
+@dataclass(frozen=True)
+class ConfigChecks:
+    """What :func:`check_config` found in a config alone (no device, no process group, no folder)."""
+
+    degrade: DegradeSpec
+    #: legal but degenerate values
+    warnings: tuple[str, ...]
+    #: a run folder :func:`check_run_folder` already accepted for this config (None: none was checked)
+    checked_folder: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -141,21 +157,36 @@ def settle_trainer(cfg: DictConfig, device: torch.device) -> TrainerSpec:
     )
 
 
+def check_config(cfg: DictConfig) -> ConfigChecks:
+    """The checks of ``cfg`` that need nothing but the config: its values (:func:`validate_config`, which
+    also parses the degradation labels) and the method values an experiment left to the user
+    (:func:`check_required`). Raises a one-line :class:`~lrfer.core.errors.UserError`."""
+    validated = validate_config(cfg, warn=False)
+    check_required(cfg)
+    parsed = validated.degradations
+    train = tuple(parsed["train"])
+    degrade = DegradeSpec(train=train, val=tuple(parsed.get("val") or train), test=tuple(parsed["test"]))
+    return ConfigChecks(degrade=degrade, warnings=tuple(validated.warnings))
+
+
 def resolve(
-    cfg: DictConfig, run_dir: str | Path | None = None, *, claim: Callable[[], Path] | None = None
+    cfg: DictConfig,
+    run_dir: str | Path | None = None,
+    *,
+    claim: Callable[[], Path] | None = None,
+    checks: ConfigChecks | None = None,
 ) -> RunSpec:
     """Check and settle ``cfg`` for a run into ``run_dir`` (None: a run that writes nothing).
 
     ``claim``: called for the run folder once the config is known to be good (the Hydra callback creates
-    and locks it there, so that a refused config leaves no folder). Raises a one-line
+    and locks it there, so that a refused config leaves no folder). ``checks``: :func:`check_config`'s result
+    for this very config, made ahead (by a sweep's up-front pass); those checks are not made again, nor the
+    run-folder check when it was made for ``run_dir``. Raises a one-line
     :class:`~lrfer.core.errors.UserError` for anything wrong, before anything is built or written. Joins the
     process group under torchrun: every rank calls it, and every rank gets rank 0's run folder.
     """
-    checked = validate_config(cfg, warn=False)  # also parses the degradation labels, once
-    check_required(cfg)
-    parsed = checked.degradations
-    train = tuple(parsed["train"])
-    degrade = DegradeSpec(train=train, val=tuple(parsed.get("val") or train), test=tuple(parsed["test"]))
+    if checks is None:
+        checks = check_config(cfg)
     device = dist.init_from_env(resolve_device(cfg.trainer.device))
     world = dist.world_size()
     if int(cfg.trainer.batch_size) % world:
@@ -167,14 +198,16 @@ def resolve(
         run_dir = claim()
     folder = dist.broadcast_object(str(run_dir) if run_dir is not None else None)  # rank 0's
     run_dir = Path(folder) if folder is not None else None
-    check_run_folder(cfg, run_dir)
+    folder_checked = checks.checked_folder is not None and run_dir is not None
+    if not (folder_checked and checks.checked_folder.absolute() == run_dir.absolute()):
+        check_run_folder(cfg, run_dir)
     return RunSpec(
         cfg=cfg,
         run_dir=run_dir,
-        degrade=degrade,
+        degrade=checks.degrade,
         trainer=settle_trainer(cfg, device),
         objective=str(cfg.get("objective", "acc")),
         rank=dist.rank(),
         world_size=world,
-        warnings=tuple(checked.warnings),
+        warnings=checks.warnings,
     )

@@ -39,6 +39,18 @@ from omegaconf import OmegaConf
 
 from lrfer.config.compose import compose_config, merge_overrides
 from lrfer.core.errors import UserError
+from lrfer.report.convergence import (
+    BUDGET_RULE,
+    CONVERGENCE_RULE,
+    BudgetCheck,
+    Convergence,
+    convergence,
+    group_converged,
+    stage_curves,
+    verdict_word,
+    window,
+    window_fit,
+)
 from lrfer.report.provenance import provenance
 
 RULE = (
@@ -179,10 +191,18 @@ def _drgfer_claims() -> list[Claim]:
                 DRGFER_T3_DIAGONAL[f],
                 DRGFER_T3_BEST_OTHER[f],
                 note="Our experts are DRGFER's (each trained on its factor only); the paper's are "
-                "single-resolution models.",
+                "single-resolution models." + (X1_X2_NOTE if f in ("x1", "x2") else ""),
             )
         )
     return out
+
+
+#: The network input of 64 px caps what x1 carries (100 px faces): x1 and x2 look alike to the networks.
+X1_X2_NOTE = (
+    " At the protocol's 64 px network input x1 and x2 carry nearly the same information: the calibration's "
+    "x1-trained model scores 87.6 % at x1 and 87.8 % at x2 (RAF-DB: 89.2 and 86.2; "
+    "calibration_100px_input64.md), so the x1 and x2 experts may be indistinguishable."
+)
 
 
 FSRFER_T1 = {  # Table 1 (RAF-DB): FSR-FER and bicubic image SR + the same classifier
@@ -309,6 +329,14 @@ VOTING_T3 = {  # RAF-DB validation, soft voting unless named
 }
 
 
+#: The findings' voting runs use the paper's network geometry (tests/test_findings_checks.py,
+#: experiments/findings/README.md "Voting crops").
+VOTING_CROPS_NOTE = (
+    "The paper's network (3x3 stride-1 stem, 48 px input): crops after modules 1, 2 and 3 cut from maps of "
+    "48, 24 and 12 px, as in the paper."
+)
+
+
 def _voting_claims() -> list[Claim]:
     """Soft and hard voting are two votes of the same trained network (Table 3: one network, two columns):
     both come from the ``voting_soft`` run (``method.eval_all_votings``: ``acc_soft``, ``acc_hard``), so their
@@ -324,8 +352,8 @@ def _voting_claims() -> list[Claim]:
     def m(run: str) -> Measure:
         return Measure(run, ("x1",), name=names[run])
 
-    def c(a: Measure, b: str, paper_a: float, text: str) -> Claim:
-        return Claim(PAPER_VOTING, "Table 3", text, a, m(b), paper_a, VOTING_T3[b])
+    def c(a: Measure, b: str, paper_a: float, text: str, note: str = "") -> Claim:
+        return Claim(PAPER_VOTING, "Table 3", text, a, m(b), paper_a, VOTING_T3[b], note=note)
 
     return [
         Claim(
@@ -345,12 +373,14 @@ def _voting_claims() -> list[Claim]:
             "voting_split2",
             VOTING_T3["soft"],
             "the paper's split (module 1) >= crops after module 2 (soft)",
+            VOTING_CROPS_NOTE,
         ),
         c(
             soft,
             "voting_split3",
             VOTING_T3["soft"],
             "the paper's split (module 1) >= crops after module 3 (soft)",
+            VOTING_CROPS_NOTE,
         ),
     ]
 
@@ -458,6 +488,9 @@ def params_note(claim: Claim, metrics: dict[str, dict[int, dict]]) -> str:
 
 # -- the protocol and the run folders ------------------------------------------------------------------------
 PROTOCOL_KEYS = {"fraction", "seeds", "common", "runs", "quick"}
+#: ``check_fraction``: a second fraction of the papers' epochs whose finished runs the table compares with
+#: the protocol's (:data:`~lrfer.report.convergence.BUDGET_RULE`); it trains nothing.
+OPTIONAL_PROTOCOL_KEYS = {"check_fraction"}
 
 
 def load_findings_protocol(path: str | Path) -> dict:
@@ -466,11 +499,15 @@ def load_findings_protocol(path: str | Path) -> dict:
     if not path.is_file():
         raise UserError(f"protocol file {path} not found: pass --protocol experiments/findings/protocol.yaml")
     protocol = OmegaConf.to_container(OmegaConf.load(path))
-    unknown, missing = set(protocol) - PROTOCOL_KEYS, PROTOCOL_KEYS - set(protocol)
+    unknown = set(protocol) - PROTOCOL_KEYS - OPTIONAL_PROTOCOL_KEYS
+    missing = PROTOCOL_KEYS - set(protocol)
     if unknown or missing:
         raise UserError(f"{path}: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}")
-    if not 0 < float(protocol["fraction"]) <= 1:
-        raise UserError(f"{path}: fraction must be in (0, 1], got {protocol['fraction']}")
+    for key in ("fraction", "check_fraction"):
+        if key in protocol and not 0 < float(protocol[key]) <= 1:
+            raise UserError(f"{path}: {key} must be in (0, 1], got {protocol[key]}")
+    if float(protocol.get("check_fraction", -1)) == float(protocol["fraction"]):
+        raise UserError(f"{path}: check_fraction must differ from fraction (it is a second budget)")
     for name, spec in protocol["runs"].items():
         if not spec.get("overrides"):
             raise UserError(f"{path}: run {name} has no overrides")
@@ -697,54 +734,6 @@ def metrics_by_run(records: Iterable[RunRecord]) -> dict[str, dict[int, dict]]:
     return out
 
 
-# -- convergence ---------------------------------------------------------------------------------------------
-LAST_FRACTION = 0.2  # "flat over the last 20 % of epochs"
-
-
-@dataclass
-class Convergence:
-    """Per run and stage: the validation score's change over the last 20 % of epochs (each seed) against
-    the seed noise (the standard deviation over seeds of the final score)."""
-
-    run: str
-    stage: str
-    epochs: int
-    changes: list[float]  # per seed, in accuracy points: score(E) - score(E - window)
-    noise: float  # std over seeds of the final score, points (nan with one seed)
-
-    @property
-    def converged(self) -> bool | None:
-        if not self.changes or not math.isfinite(self.noise):
-            return None
-        return all(abs(c) <= self.noise for c in self.changes)
-
-
-def stage_curves(history: list[dict]) -> dict[str, list[tuple[int, float]]]:
-    curves: dict[str, list[tuple[int, float]]] = {}
-    for e in history:
-        curves.setdefault(e["stage"], []).append((int(e["epoch"]), 100.0 * float(e["score"])))
-    return {s: sorted(v) for s, v in curves.items()}
-
-
-def convergence(records: list[RunRecord]) -> list[Convergence]:
-    """One :class:`Convergence` per (run, stage) of ``records``."""
-    by_stage: dict[tuple[str, str], list[list[tuple[int, float]]]] = {}
-    for r in records:
-        for stage, curve in stage_curves(r.history).items():
-            by_stage.setdefault((r.run, stage), []).append(curve)
-    out = []
-    for (run, stage), curves in by_stage.items():
-        changes, finals = [], []
-        epochs = max(c[-1][0] for c in curves)
-        for curve in curves:
-            window = max(1, math.ceil(LAST_FRACTION * len(curve)))
-            if len(curve) > window:
-                changes.append(curve[-1][1] - curve[-1 - window][1])
-            finals.append(curve[-1][1])
-        out.append(Convergence(run, stage, epochs, changes, _std(finals)))
-    return out
-
-
 # -- the table -----------------------------------------------------------------------------------------------
 def _ms(values: dict[int, float]) -> str:
     if not values:
@@ -799,8 +788,10 @@ def write_findings(
     stem: str,
     title: str,
     notes: list[str],
+    budget: Sequence[BudgetCheck] = (),
 ) -> Path:
-    """``<stem>.md``, ``<stem>.csv`` and ``<stem>.png`` under ``out_dir``; returns the markdown path."""
+    """``<stem>.md``, ``<stem>.csv`` and ``<stem>.png`` under ``out_dir``; returns the markdown path.
+    ``budget``: the protocol's budget check (``check_fraction``), a section of its own when given."""
     out_dir.mkdir(parents=True, exist_ok=True)
     head = ["paper", "table", "claim (A vs B)", "paper's A / B", "ours A", "ours B", "A - B ± se", "seeds"]
     head += ["verdict", "note"]
@@ -823,6 +814,8 @@ def write_findings(
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Accuracy in % on the test split of the SYNTHETIC faces, mean ± std over seeds.", ""]
     lines += ["## Convergence", "", _convergence_text(conv), ""]
+    if budget:
+        lines += ["## Budget check", "", _budget_text(budget), ""]
     lines += ["## Provenance", "", *notes, ""]
     md = out_dir / f"{stem}.md"
     md.write_text("\n".join(lines))
@@ -838,19 +831,40 @@ def write_findings(
 def _convergence_text(conv: list[Convergence]) -> str:
     if not conv:
         return "No validation curve yet."
+    groups = group_converged(conv)
     lines = [
-        "Each stage's validation score over its last 20 % of epochs (per seed: final minus the score 20 % of "
-        "the epochs earlier) against the seed noise (std over seeds of the final score). Curves: "
-        "`curves/<run>.png`.",
+        CONVERGENCE_RULE + " Curves: `curves/<run>.png`.",
         "",
-        "| run | stage | epochs | change over the last 20 % (points, per seed) | seed noise | flat |",
-        "|---|---|---|---|---|---|",
+        "| run | stage | epochs | rise over the last 20 % (points, per seed) | mean rise | seed noise | "
+        "stage converged | run converged |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for c in conv:
-        flat = {True: "yes", False: "**no**", None: "n/a (1 seed)"}[c.converged]
-        changes = ", ".join(f"{x:+.1f}" for x in c.changes)
+        rises = ", ".join(f"{x:+.1f}" for x in c.rises)
+        mean = f"{c.mean_rise:+.1f}" if math.isfinite(c.mean_rise) else "n/a"
         noise = f"{c.noise:.1f}" if math.isfinite(c.noise) else "n/a"
-        lines.append(f"| {c.run} | {c.stage} | {c.epochs} | {changes} | {noise} | {flat} |")
+        stage, group = verdict_word(c.converged), verdict_word(groups[c.run])
+        group = f"**{group}**" if groups[c.run] is False else group
+        lines.append(f"| {c.run} | {c.stage} | {c.epochs} | {rises} | {mean} | {noise} | {stage} | {group} |")
+    return "\n".join(lines)
+
+
+def _budget_text(checks: Sequence[BudgetCheck]) -> str:
+    lines = [
+        BUDGET_RULE,
+        "",
+        "| run | stage | fractions | gain per seed (points) | mean gain | seed noise | "
+        "shorter budget converged |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in checks:
+        gains = ", ".join(f"{x:+.1f}" for x in c.gains)
+        noise = f"{c.noise:.1f}" if math.isfinite(c.noise) else "n/a"
+        fractions = f"{c.shorter:g} -> {c.longer:g}"
+        word = verdict_word(c.converged)
+        word = f"**{word}**" if c.converged is False else word
+        cells = [c.run, c.stage, fractions, gains, f"{c.mean_gain:+.1f}", noise, word]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -882,9 +896,16 @@ def plot_findings(results: list[ClaimResult], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def curves_title(run: str, conv: list[Convergence]) -> str:
+    """The title of ``run``'s curves: the run group's convergence under :data:`CONVERGENCE_RULE`."""
+    converged = verdict_word(group_converged(conv)[run])
+    return f"{run}: validation curves (SYNTHETIC faces); converged: {converged}"
+
+
 def plot_curves(records: list[RunRecord], out_dir: Path) -> list[Path]:
     """One PNG per run name (``<out_dir>/<run>.png``): every stage's validation score per epoch, one line
-    per seed, the last 20 % of epochs shaded."""
+    per seed, the last 20 % of epochs shaded with each seed's fitted line there, each stage's and the run
+    group's convergence (:data:`CONVERGENCE_RULE`) in the titles and in the PNG's ``Title`` text chunk."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -897,27 +918,43 @@ def plot_curves(records: list[RunRecord], out_dir: Path) -> list[Path]:
             by_run.setdefault(r.run, []).append(r)
     paths = []
     for run, recs in sorted(by_run.items()):
-        stages = list(dict.fromkeys(e["stage"] for r in recs for e in r.history))
-        fig, axes = plt.subplots(1, len(stages), figsize=(3.2 * len(stages) + 1, 3.2), squeeze=False)
-        for ax, stage in zip(axes[0], stages):
+        conv = convergence(recs)
+        by_stage = {c.stage: c for c in conv}
+        fig, axes = plt.subplots(1, len(conv), figsize=(3.2 * len(conv) + 1, 3.4), squeeze=False)
+        for ax, c in zip(axes[0], conv):
             for r in sorted(recs, key=lambda r: r.seed):
-                curve = stage_curves(r.history).get(stage, [])
+                curve = stage_curves(r.history).get(c.stage, [])
                 if curve:
-                    ax.plot([e for e, _ in curve], [s for _, s in curve], marker=".", label=f"seed {r.seed}")
-            epochs = max((e["epoch"] for r in recs for e in r.history if e["stage"] == stage), default=1)
-            ax.axvspan(epochs - LAST_FRACTION * epochs, epochs, color="grey", alpha=0.15)
-            ax.set_title(stage, fontsize=8)
+                    (line,) = ax.plot(*zip(*curve), marker=".", label=f"seed {r.seed}")
+                    _plot_fit(ax, curve, line.get_color())
+            ax.axvspan(c.epochs - window(c.epochs), c.epochs, color="grey", alpha=0.15)
+            mean = f"{c.mean_rise:+.1f}" if math.isfinite(c.mean_rise) else "n/a"
+            noise = f"{c.noise:.1f}" if math.isfinite(c.noise) else "n/a"
+            converged = verdict_word(by_stage[c.stage].converged)
+            ax.set_title(f"{c.stage}: rise {mean} vs noise {noise}: converged {converged}", fontsize=7)
             ax.set_xlabel("epoch")
             ax.grid(alpha=0.3)
-        axes[0][0].set_ylabel("validation score (%)")
+        axes[0][0].set_ylabel("validation accuracy (%)")
         axes[0][0].legend(fontsize=7)
-        fig.suptitle(f"{run}: validation curves (SYNTHETIC faces)", fontsize=9)
+        title = curves_title(run, conv)
+        fig.suptitle(title, fontsize=9)
         fig.tight_layout()
         path = out_dir / f"{run}.png"
-        fig.savefig(path, dpi=100)
+        fig.savefig(path, dpi=100, metadata={"Title": title, "Description": CONVERGENCE_RULE})
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def _plot_fit(ax: object, curve: list[tuple[int, float]], colour: str) -> None:
+    """The least-squares line of :func:`window_fit` over the last 20 % of ``curve``, dashed."""
+    fit = window_fit(curve)
+    if fit is None:
+        return
+    slope, mean_e, mean_s = fit
+    last = curve[-1][0]
+    xs = [last - window(last), last]
+    ax.plot(xs, [mean_s + slope * (x - mean_e) for x in xs], ls="--", lw=1.5, color=colour)
 
 
 # -- planning and provenance ---------------------------------------------------------------------------------

@@ -24,8 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from lrfer.config.tree import CONFIG_DIR
 from lrfer.core.errors import UserError, make_output_folder, writing
 from lrfer.data.degrade import resize_to
 from lrfer.detect.detectors import DetectorConfig, FaceDetector, build_detector, crop_box
@@ -187,7 +189,7 @@ def classify_photos(
     detector: FaceDetector,
     classifier: FaceClassifier,
     *,
-    margin: float = DetectorConfig.margin,
+    margin: float,
     max_pixels: int = MAX_PIXELS,
     annotate_dir: Path | None = None,
     batch_size: int = 128,
@@ -252,6 +254,17 @@ def write_rows(rows: Sequence[dict], out: Path, class_names: Sequence[str]) -> N
 
 
 # -- lrfer-predict --detect --------
+#: The face detector settings lrfer-predict starts from (photos, videos): the one source of their defaults.
+DETECTOR_CONFIG = CONFIG_DIR / "detector" / "default.yaml"
+
+
+def detector_config(**values) -> DetectorConfig:
+    """:data:`DETECTOR_CONFIG`, typed (:class:`DetectorConfig`), with ``values`` (the command line's) in place
+    of its own."""
+    cfg = OmegaConf.merge(OmegaConf.structured(DetectorConfig), OmegaConf.load(DETECTOR_CONFIG), values)
+    return OmegaConf.to_object(cfg)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """lrfer-predict's photo options."""
     group = parser.add_argument_group("photos (--detect)")
@@ -259,7 +272,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--detect", action="store_true", help="inputs are photos: detect, crop and classify every face"
     )
     group.add_argument("--annotate", type=Path, metavar="DIR", help="write each photo with its faces drawn")
-    defaults = DetectorConfig()
+    defaults = detector_config()
     group.add_argument("--detector-model", metavar="ONNX", help="OpenCV YuNet model (default: Haar cascades)")
     group.add_argument("--min-face", type=int, default=defaults.min_face, help="smallest face height, px")
     group.add_argument("--margin", type=float, default=defaults.margin, help="crop margin per side / box")
@@ -291,7 +304,7 @@ def predict_photos(
     ``say`` receives the per-photo lines (see :func:`classify_photos`); returns the one-line summary.
     """
     detector = build_detector(
-        DetectorConfig(model=args.detector_model, min_face=args.min_face, margin=args.margin)
+        detector_config(model=args.detector_model, min_face=args.min_face, margin=args.margin)
     )
     classifier = build_classifier(cfg, context, method, device)
     report = classify_photos(

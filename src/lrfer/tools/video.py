@@ -38,10 +38,10 @@ import numpy as np
 import torch
 
 from lrfer.core.errors import UserError
-from lrfer.detect.detectors import DetectorConfig, FaceDetector, build_detector, import_cv2
+from lrfer.detect.detectors import FaceDetector, build_detector, import_cv2
 from lrfer.detect.tracking import FaceTracker, Track, TrackerConfig
 from lrfer.tools import video_outputs as vo
-from lrfer.tools.photos import FaceClassifier, face_crops
+from lrfer.tools.photos import FaceClassifier, detector_config, face_crops
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class VideoOptions:
 
     detect_every: int = 5
     smooth: float = 0.5
-    margin: float = DetectorConfig.margin
+    margin: float = field(default_factory=lambda: detector_config().margin)
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     batch_size: int = 128
     chunk: int = 8
@@ -405,7 +405,7 @@ def output_paths(args: argparse.Namespace) -> dict[str, Path | None]:
 def detector_and_options(args: argparse.Namespace) -> tuple[FaceDetector, VideoOptions]:
     """The face detector and the tracking options the command line asks for."""
     detector = build_detector(
-        DetectorConfig(
+        detector_config(
             model=args.detector_model, min_face=args.min_face, margin=args.margin, profile=args.profile
         )
     )

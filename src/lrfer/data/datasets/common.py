@@ -361,9 +361,6 @@ class FileDataset(DatasetAdapter):
     and :meth:`faces` (the :class:`Face` records of every split); :meth:`load` decodes them.
     """
 
-    #: The class names when the dataset's files name the classes (KDEF's file-name codes, FERPlus's vote
-    #: columns); empty: the config's ``dataset.class_names`` (the labels are numbers, index = code - first).
-    class_names: ClassVar[tuple[str, ...]] = ()
     #: Info key counting decoded faces that :meth:`keep` rejects ("" = keep every face).
     rejected_as: ClassVar[str] = ""
     #: The accepted layouts, as the error for a file or folder that is not found names them.
@@ -395,8 +392,8 @@ class FileDataset(DatasetAdapter):
         return path
 
     def names(self) -> list[str]:
-        """The class names, in the order of the class indices."""
-        return list(self.class_names or self.cfg.class_names)
+        """The class names, in the order of the class indices: ``dataset.class_names``, their one place."""
+        return list(self.cfg.class_names)
 
     def keep(self, face: np.ndarray) -> bool:
         return True

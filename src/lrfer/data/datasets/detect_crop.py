@@ -26,7 +26,6 @@ import io
 import logging
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +33,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from lrfer.data.datasets.common import Box, Face, Faces, check_choice, one_line
-from lrfer.detect.detectors import DetectorConfig, box_iou, build_detector, crop_box
+from lrfer.detect.detectors import box_iou, build_detector, crop_box
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +44,6 @@ MATCH_IOU = 0.3
 #: Name of the file written beside the cache arrays.
 BOXES_FILE = "crop_boxes.csv"
 CROP_MODES = ("fixed", "detect")
-
-
-@dataclass
-class DatasetDetectorConfig(DetectorConfig):
-    """``dataset.detector.*``: a :class:`DetectorConfig` whose smallest face is 48 px, since dataset
-    pictures are searched at :data:`WORK_SIDE` px, where their faces are 85-110 px tall (so no small-face
-    pass)."""
-
-    min_face: int = 48
 
 
 def crop_mode(cfg) -> str:
@@ -107,7 +97,7 @@ def detect_crops(
     whole picture (KDEF). Unreadable files keep their record, so the decoder reports them as usual.
     """
     detector = build_detector(detector_cfg)
-    margin = float(detector_cfg.get("margin", DetectorConfig.margin))
+    margin = float(detector_cfg.margin)
     table = io.StringIO()
     writer = csv.writer(table)
     writer.writerow(["split", "file", "label", "status", "left", "top", "right", "bottom", "score"])

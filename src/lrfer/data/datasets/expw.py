@@ -32,7 +32,8 @@ from lrfer.data.datasets.common import (
     stratified_holdout,
     to_number,
 )
-from lrfer.data.datasets.detect_crop import DatasetDetectorConfig, DetectCrop
+from lrfer.data.datasets.detect_crop import DetectCrop
+from lrfer.detect.detectors import DetectorConfig
 
 LABEL_FILES = ("label/label.lst", "data/label/label.lst")
 LAYOUT = "label/label.lst and image/origin/<image_name>"
@@ -46,7 +47,7 @@ class ExpwConfig(DatasetConfig):
     test_fraction: float = MISSING
     test_seed: int = MISSING
     crop: str = MISSING
-    detector: DatasetDetectorConfig = field(default_factory=DatasetDetectorConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)  # values: configs/detector/dataset.yaml
 
 
 class Expw(DetectCrop, FileDataset):

@@ -47,8 +47,8 @@ from lrfer.data.datasets.common import (
 )
 from lrfer.data.datasets.fer2013 import USAGE_SPLITS, find_fer2013_csv, read_fer2013
 
-CLASS_NAMES = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt")
-VOTE_COLUMNS = (*CLASS_NAMES, "unknown", "NF")
+#: The vote columns after the emotions' (which are named as the classes, ``dataset.class_names``).
+NOT_EMOTIONS = ("unknown", "NF")
 LABEL_MODES = ("majority", "probability", "crossentropy", "multi_target")
 FOLDERS = {"train": "FER2013Train", "val": "FER2013Valid", "test": "FER2013Test"}
 LAYOUT = (
@@ -71,6 +71,7 @@ def process_votes(votes: Sequence[float], mode: str) -> list[float] | None:
 
     Returns the 8-emotion target (sums to 1) or None when the result is unknown or not a face.
     """
+    emotions = len(votes) - len(NOT_EMOTIONS)
     raw = [0.0 if v <= 1 else float(v) for v in votes]  # outlier removal: single votes are noise
     total = sum(raw)
     size = len(raw)
@@ -90,7 +91,7 @@ def process_votes(votes: Sequence[float], mode: str) -> list[float] | None:
                 emotion[i], raw[i] = peak, 0.0
                 part += peak
                 count += 1
-                if i >= len(CLASS_NAMES):  # unknown or not-a-face ties with the current top emotions
+                if i >= emotions:  # unknown or not-a-face ties with the current top emotions
                     valid = False
                     if sum(emotion) > peak:  # emotions came before it: keep them, drop unknown / NF
                         emotion[i] = 0.0
@@ -105,9 +106,9 @@ def process_votes(votes: Sequence[float], mode: str) -> list[float] | None:
         emotion = [1.0 if v > 0 else 0.0 for v in emotion]  # every selected emotion counts the same
     else:
         raise ValueError(f"unknown FERPlus label mode {mode!r}")
-    if emotion.index(max(emotion)) >= len(CLASS_NAMES):
+    if emotion.index(max(emotion)) >= emotions:
         return None
-    kept = emotion[: len(CLASS_NAMES)]
+    kept = emotion[:emotions]
     return [v / sum(kept) for v in kept]
 
 
@@ -118,7 +119,11 @@ class FerPlus(FileDataset):
     """FERPlus: train / val / test = FER2013 Training / PublicTest / PrivateTest, relabelled by votes."""
 
     name = "ferplus"
-    class_names = CLASS_NAMES
+
+    def vote_columns(self) -> tuple[str, ...]:
+        """fer2013new.csv's vote columns: one per class, named as the class (``dataset.class_names``), then
+        unknown and NF."""
+        return (*self.cfg.class_names, *NOT_EMOTIONS)
 
     def layout(self) -> tuple[str, list[Path]]:
         """("csv", [fer2013new.csv, fer2013.csv]) or ("folders", [the three label.csv])."""
@@ -166,7 +171,8 @@ class FerPlus(FileDataset):
     def _csv(self, votes_csv: Path, pixels_csv: Path) -> tuple[Voted, int]:
         """Faces and votes per split from the row-paired CSVs, and how many rows had no image name."""
         pixel_rows = read_fer2013(pixels_csv)
-        vote_rows = list(read_table(votes_csv, ("Usage", "Image name", *VOTE_COLUMNS)))
+        columns = self.vote_columns()
+        vote_rows = list(read_table(votes_csv, ("Usage", "Image name", *columns)))
         if len(vote_rows) != len(pixel_rows):
             raise UserError(
                 f"ferplus: {votes_csv} has {len(vote_rows)} rows but {pixels_csv} has {len(pixel_rows)}: "
@@ -183,7 +189,7 @@ class FerPlus(FileDataset):
             if row["Image name"] == "":
                 no_name += 1
                 continue
-            votes = self._votes([row[c] for c in VOTE_COLUMNS], votes_csv, lineno)
+            votes = self._votes([row[c] for c in columns], votes_csv, lineno)
             face = Face(pix.pixels, -1, where=f"{pixels_csv}:{pix.lineno} ({votes_csv}:{lineno})")
             voted[pix.split].append((face, votes))
         return voted, no_name

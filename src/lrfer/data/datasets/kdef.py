@@ -38,18 +38,11 @@ from omegaconf import MISSING
 from lrfer.config.schema import DatasetConfig
 from lrfer.core.errors import UserError
 from lrfer.data.datasets.common import Box, Face, Faces, FileDataset, missing
-from lrfer.data.datasets.detect_crop import DatasetDetectorConfig, DetectCrop
+from lrfer.data.datasets.detect_crop import DetectCrop
+from lrfer.detect.detectors import DetectorConfig
 
-EXPRESSIONS = {
-    "AF": "afraid",
-    "AN": "angry",
-    "DI": "disgusted",
-    "HA": "happy",
-    "NE": "neutral",
-    "SA": "sad",
-    "SU": "surprised",
-}
-CLASS_NAMES = tuple(EXPRESSIONS.values())
+#: The expression codes of the file names, in the order of the classes (their names: dataset.class_names).
+EXPRESSION_CODES = ("AF", "AN", "DI", "HA", "NE", "SA", "SU")
 ANGLES = ("FL", "HL", "S", "HR", "FR")
 STEM = re.compile(
     r"^(?P<folder>(?P<session>[AB])(?P<subject>[FM]\d\d))(?P<expr>AF|AN|DI|HA|NE|SA|SU)"
@@ -74,9 +67,9 @@ class KdefConfig(DatasetConfig):
     fold_seed: int = MISSING
     fold_mode: str = MISSING
     crop: str = MISSING
-    crop_box: list[float] = field(default_factory=lambda: [0.2, 0.1, 0.59, 0.8])
-    detector: DatasetDetectorConfig = field(default_factory=DatasetDetectorConfig)
-    angles: list[str] = field(default_factory=lambda: list(ANGLES))
+    crop_box: list[float] = MISSING
+    detector: DetectorConfig = field(default_factory=DetectorConfig)  # values: configs/detector/dataset.yaml
+    angles: list[str] = MISSING
 
 
 FOLD_MODES = ("subject", "image")
@@ -105,7 +98,6 @@ class Kdef(DetectCrop, FileDataset):
     """KDEF: one subject-independent cross-validation fold as test, the rest as train."""
 
     name = "kdef"
-    class_names = CLASS_NAMES
     rejected_as = "placeholders_skipped"
 
     def layout(self) -> tuple[str, list[Path]]:
@@ -151,7 +143,7 @@ class Kdef(DetectCrop, FileDataset):
                 if match is None or match["folder"] != folder.name.upper():
                     misnamed.append(path.name)
                 elif match["angle"] in angles:
-                    found.append((match["subject"], path, list(EXPRESSIONS).index(match["expr"])))
+                    found.append((match["subject"], path, EXPRESSION_CODES.index(match["expr"])))
         if misnamed:
             log.warning("kdef: skipped %d files not named like KDEF's (e.g. %s)", len(misnamed), misnamed[0])
         mode = str(cfg.get("fold_mode", "subject"))

@@ -12,7 +12,7 @@ from lrfer.config.schema import DatasetConfig
 from lrfer.data import synthetic as generator_module
 from lrfer.data.datasets.base import DatasetAdapter
 from lrfer.data.faces import FaceData, FaceSplit
-from lrfer.data.synthetic import CLASS_NAMES, GENERATOR_VERSION, MIN_IMAGE_SIZE, make_synthetic_faces
+from lrfer.data.synthetic import EXPRESSIONS, GENERATOR_VERSION, MIN_IMAGE_SIZE, make_synthetic_faces
 
 
 @dataclass
@@ -24,7 +24,8 @@ class SyntheticDatasetConfig(DatasetConfig):
 
 
 class SyntheticFaces(DatasetAdapter):
-    """Train / val / test splits of synthetic faces drawn from three disjoint seeds."""
+    """Train / val / test splits of synthetic faces drawn from three disjoint seeds; class ``c`` shows the
+    expression ``dataset.class_names[c]`` (the one place the classes are named)."""
 
     name = "synthetic"
 
@@ -39,6 +40,12 @@ class SyntheticFaces(DatasetAdapter):
                 f"dataset.image_size={size}: the synthetic faces are drawn at {MIN_IMAGE_SIZE} px or more "
                 f"(give dataset.image_size>={MIN_IMAGE_SIZE}; smaller faces: a degradation, e.g. "
                 "degrade.test=[5px])"
+            )
+        names = cfg.get("class_names")
+        if names is not None and sorted(names) != sorted(EXPRESSIONS):
+            problems.append(
+                f"dataset.class_names={list(names)}: the synthetic faces show {', '.join(EXPRESSIONS)} "
+                "(name each once, in the order of the classes)"
             )
         for key in ("num_train", "num_test"):
             if cfg.get(key) == 0:
@@ -70,12 +77,13 @@ class SyntheticFaces(DatasetAdapter):
             if n <= 0:
                 continue
             images, labels = make_synthetic_faces(
-                n, image_size=cfg.image_size, num_classes=cfg.num_classes, seed=cfg.seed * 1000 + offset
-            )
+                n, image_size=cfg.image_size, num_classes=cfg.num_classes, seed=cfg.seed * 1000 + offset,
+                expressions=tuple(cfg.class_names),
+            )  # fmt: skip
             splits[split] = FaceSplit(images, labels)
         return FaceData(
             "synthetic",
-            list(CLASS_NAMES[: cfg.num_classes]),
+            list(cfg.class_names)[: cfg.num_classes],
             splits,
             {"generated": True, **self.provenance()},
         )
