@@ -292,3 +292,139 @@ def test_overwrite_empties_the_previous_runs_log_and_says_whether_there_was_one(
     (tmp_path / "train.log").write_text("the previous run\n")
     assert start_fresh_log(tmp_path)
     assert (tmp_path / "train.log").read_text() == ""
+
+
+def test_a_resume_that_cannot_start_says_what_is_wrong_and_what_to_do(tmp_path):
+    """The two refusals of ``trainer.resume=true`` before any file is read: no run folder at all, and a
+    folder without ``checkpoints/last.pt``. Each is one line naming the problem and the way out."""
+    with pytest.raises(UserError) as err:
+        check_run_folder(_cfg(resume=True), None)
+    assert str(err.value) == ("trainer.resume=true needs the run folder to continue: set hydra.run.dir to it")
+    last = tmp_path / "checkpoints" / "last.pt"
+    with pytest.raises(UserError) as err:
+        check_run_folder(_cfg(resume=True), tmp_path)
+    assert str(err.value) == (
+        f"trainer.resume=true but {last} does not exist: run once without resume, "
+        "or set hydra.run.dir to the run you want to continue"
+    )
+
+
+def test_four_differences_name_the_first_three_and_count_the_fourth(tmp_path):
+    _checkpoint(tmp_path, _cfg())
+    other = _cfg(resume=True, image_size=64, num_classes=8)
+    other.method.lr = 0.5
+    other.model.num_classes = 8
+    with pytest.raises(UserError) as err:
+        check_run_folder(other, tmp_path)
+    message = str(err.value)
+    assert message.count("(now ") == 3
+    assert " and 1 more; resume with the run's own settings" in message
+
+
+def test_the_identity_holds_the_configs_resolved_values():
+    """An interpolation is stored as the value it had: a resume whose interpolation now gives another value
+    is a difference, whatever the reference's text."""
+    cfg = _cfg()
+    cfg.method.lr = "${dataset.image_size}"
+    cfg.model.num_classes = "${dataset.num_classes}"
+    identity = run_identity(cfg)
+    assert identity["method"]["lr"] == 32 and identity["model"]["num_classes"] == 7
+    assert identity == run_identity(OmegaConf.create(OmegaConf.to_yaml(cfg, resolve=True)))
+
+
+def test_a_key_set_on_one_side_only_is_a_difference_even_when_it_is_null():
+    """A key added to, or gone from, the method or model differs from a missing one, also with value null."""
+    assert identity_differences({"m": {"a": 1}}, {"m": {"a": 1, "b": None}}) == ["m.b=<unset> (now None)"]
+    assert identity_differences({"m": {"a": 1, "b": None}}, {"m": {"a": 1}}) == ["m.b=None (now <unset>)"]
+
+
+def test_an_identity_is_read_from_a_last_pt_written_on_a_gpu(tmp_path, monkeypatch):
+    """A run trained on a GPU machine and resumed on one without a GPU still has its identity checked."""
+    import torch.serialization
+
+    with monkeypatch.context() as m:  # torch.save records every tensor's device by its location tag
+        m.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+        _checkpoint(tmp_path, _cfg(method="efc"))
+    last = tmp_path / "checkpoints" / "last.pt"
+    if not torch.cuda.is_available():  # the file really names a CUDA device
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(last, weights_only=True)
+    assert stored_identity(tmp_path)["method"]["name"] == "efc"
+    with pytest.raises(UserError, match=r"method\.name=efc \(now baseline\)"):
+        check_run_folder(_cfg(resume=True), tmp_path)
+
+
+class _Planted:
+    """An object whose unpickling runs code (what a crafted last.pt could hold)."""
+
+    ran = False
+
+    def __reduce__(self):
+        return (_planted_code_ran, ())
+
+
+def _planted_code_ran():
+    _Planted.ran = True
+    return {"method": {"name": "planted"}}
+
+
+def test_reading_a_runs_identity_never_runs_code_from_its_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setattr(_Planted, "ran", False)
+    (tmp_path / "checkpoints").mkdir()
+    torch.save({"method": {}, "config": _Planted()}, tmp_path / "checkpoints" / "last.pt")
+    assert stored_identity(tmp_path) is None  # not loadable with weights_only, no .hydra config
+    assert not _Planted.ran
+
+
+def test_a_trainer_config_without_resume_or_overwrite_protects_the_run(tmp_path):
+    """A hand-made or older config that mentions neither option neither resumes nor replaces a run."""
+    (tmp_path / "metrics.json").write_text("{}")
+    cfg = _cfg()
+    del cfg.trainer["resume"]
+    del cfg.trainer["overwrite"]
+    with pytest.raises(UserError, match=r"already holds a run \(metrics\.json\)"):
+        check_run_folder(cfg, tmp_path)
+
+
+def test_a_run_without_any_stored_identity_can_be_resumed(tmp_path):
+    """A checkpoint from before the identity was stored, and no .hydra config: nothing to compare, the
+    resume goes on (loading the weights reports a method that does not fit)."""
+    save_checkpoint({"method": {"w": torch.ones(1)}}, tmp_path / "checkpoints" / "last.pt")
+    check_run_folder(_cfg(resume=True), tmp_path)
+
+
+def test_every_refusal_is_one_whole_line_with_the_way_out(tmp_path):
+    with pytest.raises(UserError) as err:
+        check_run_folder(_cfg(resume=True, overwrite=True), tmp_path)
+    assert str(err.value) == (
+        "trainer.resume=true continues a run and trainer.overwrite=true replaces it: choose one"
+    )
+    (tmp_path / "metrics.json").write_text("{}")
+    with pytest.raises(UserError) as err:
+        check_run_folder(_cfg(), tmp_path)
+    assert str(err.value) == (
+        f"{tmp_path} already holds a run (metrics.json): continue it with trainer.resume=true, "
+        "choose a new hydra.run.dir, or replace it with trainer.overwrite=true"
+    )
+    _checkpoint(tmp_path, _cfg())
+    other = _cfg(resume=True)
+    other.method.lr = 0.5
+    with pytest.raises(UserError) as err:
+        check_run_folder(other, tmp_path)
+    assert str(err.value) == (
+        f"cannot resume {tmp_path}: it was trained with method.lr=0.1 (now 0.5); resume with the "
+        "run's own settings, or train into a new hydra.run.dir"
+    )
+
+
+def test_what_the_folder_preparation_removes_is_logged_line_by_line(tmp_path, caplog):
+    orphan = tmp_path / "checkpoints" / ".last.pt.tmp-1-abcd1234"
+    orphan.parent.mkdir()
+    orphan.write_bytes(b"half")
+    (tmp_path / "metrics.json").write_text("{}")
+    with caplog.at_level("INFO", logger="lrfer.engine.runfolder"):
+        prepare_run_folder(_cfg(overwrite=True), tmp_path)
+    assert [r.getMessage() for r in caplog.records if r.name == "lrfer.engine.runfolder"] == [
+        f"removed {orphan}, left by an interrupted write",
+        "trainer.overwrite=true: removed the previous run's metrics.json, checkpoints",
+    ]

@@ -82,6 +82,7 @@ def test_the_first_best_validation_epoch_is_kept_and_restored(tmp_path, monkeypa
     if run_dir:
         best = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=True)
         assert (best["epoch"], best["score"], best["stage_index"]) == (2, 0.8, 0)
+        assert best["val"] == trainer.val_history[1]["val"]  # the validation metrics of the best epoch
         assert _same(best["method"], seen["weights"][1])
 
 
@@ -201,3 +202,77 @@ def test_evaluation_leaves_the_method_in_the_mode_it_found(tmp_path):
     method.eval()
     trainer.evaluate("val", ["x1"])
     assert not method.training
+
+
+def test_a_stage_selects_on_its_own_monitor_or_on_the_runs_metric_at_its_degradations(caplog):
+    """``Stage.monitor``: a metric name of its own is used as given; ``True`` takes ``trainer.monitor``, or,
+    for a stage validated at other degradations than the run's (a teacher on x1), its metric over those,
+    with a log line saying so; ``False`` selects nothing."""
+    from lrfer.methods.base import Stage
+
+    owner = types.SimpleNamespace(cfg=types.SimpleNamespace(monitor="x4/acc"))
+    assert (
+        Trainer._monitor(owner, Stage("s", epochs=1, monitor="x1/balanced_acc"), ["x1"]) == "x1/balanced_acc"
+    )
+    assert Trainer._monitor(owner, Stage("s", epochs=1, monitor=True), ["x1", "x4"]) == "x4/acc"
+    assert Trainer._monitor(owner, Stage("s", epochs=1, monitor=False), ["x4"]) is None
+    with caplog.at_level("INFO", logger="lrfer.engine.trainer"):
+        assert Trainer._monitor(owner, Stage("teacher", epochs=1, monitor=True), ["x1"]) == "acc"
+    assert [r.getMessage() for r in caplog.records] == [
+        "stage teacher is validated on ['x1']: it selects on acc"
+    ]
+
+
+@pytest.mark.parametrize("every", [1, 2])
+def test_the_checkpoint_schedule_learns_the_training_time_per_epoch(tmp_path, monkeypatch, every):
+    """After each ``last.pt`` the schedule (``checkpoint_every=auto`` adapts to it) is told the training
+    seconds per epoch since the previous checkpoint. The trainer's clock is scripted: every epoch trains
+    for exactly one second, so the schedule must hear 1.0 whether one or two epochs passed."""
+    ticks = iter(range(10_000))
+    monkeypatch.setattr(
+        trainer_module, "time", types.SimpleNamespace(perf_counter=lambda: float(next(ticks)))
+    )
+    heard = []
+    done = trainer_module.CheckpointSchedule.done
+    monkeypatch.setattr(
+        trainer_module.CheckpointSchedule,
+        "done",
+        lambda self, cost, per_epoch: (heard.append(per_epoch), done(self, cost, per_epoch))[1],
+    )
+    trainer, _ = _trainer(tmp_path, "trainer.max_epochs=3", f"trainer.checkpoint_every={every}")
+    trainer.fit()
+    assert heard == ([1.0] * 3 if every == 1 else [1.0, 1.0])  # epochs 1, 2, 3 / epochs 2 and 3
+
+
+def test_training_losses_are_logged_every_log_every_n_steps(tmp_path):
+    """With a logger writing, the steps' losses reach it at global steps n, 2n, ... (5 batches an epoch,
+    2 epochs, ``trainer.log_every_n_steps=2``: steps 2, 4, 6, 8, 10)."""
+    from lrfer.engine.tblog import RunLogger
+
+    written = []
+    logger = RunLogger(None, enabled=False)
+    logger.writer = types.SimpleNamespace(add_scalar=lambda tag, value, step: written.append((tag, step)))
+    cfg = compose_cfg(*tiny(tmp_path, TINY_RESNET, *CONSTANT_LR, "trainer.log_every_n_steps=2"))
+    parts = build_parts(cfg)
+    Trainer.from_config(cfg, parts.method, parts.datamodule, logger=logger).fit()
+    assert sorted({step for tag, step in written if tag == "train/train/loss"}) == [2, 4, 6, 8, 10]
+
+
+def test_the_trainer_logs_its_device_precision_and_memory_layout(tmp_path, caplog):
+    with caplog.at_level("INFO", logger="lrfer.engine.trainer"):
+        _trainer(tmp_path, "trainer.max_epochs=1")
+    assert "device cpu, fp32, channels_last=false" in [r.getMessage() for r in caplog.records]
+
+
+def test_a_network_a_step_does_not_reach_is_left_as_it_is(tmp_path):
+    """A parameter without a gradient in a step (a routed expert that got no sample) is not moved by that
+    step's optimiser: no momentum, no weight decay, no Adam update from an earlier step's gradient."""
+    cfg = compose_cfg(*tiny(tmp_path, "method._target_=toy_methods.AlternatingHeads", *CONSTANT_LR))
+    parts = build_parts(cfg)
+    trainer = Trainer.from_config(cfg, parts.method, parts.datamodule)
+    run = trainer.prepare_stage(0, parts.method.stages()[0])
+    batches = list(trainer.epoch_batches(run, 0))[:3]  # a, then b, then a
+    trainer.train_one_epoch(run, 0, batches=batches)
+    after_a, after_b = parts.method.a_at_call[1], parts.method.a_at_call[2]
+    assert not torch.equal(parts.method.a_at_call[0], after_a)  # the step on a moved a
+    assert torch.equal(after_a, after_b)  # the step on b left a where it was

@@ -154,3 +154,23 @@ class ManyStages(Method):
 
     def predict(self, images, factor=None):
         return self.nets[-1](images)
+
+
+class AlternatingHeads(Method):
+    """Trains ``a`` on odd training calls and ``b`` on even ones (as a routed expert that gets no sample in a
+    batch); ``a_at_call[i]``: a copy of ``a``'s weights when call ``i`` starts."""
+
+    def __init__(self, context: MethodContext, epochs: int = 1, **_) -> None:
+        super().__init__(context, epochs=epochs, label_smoothing=0.0)
+        self.a = TinyNet(context.num_classes)
+        self.b = TinyNet(context.num_classes)
+        self.a_at_call: list[torch.Tensor] = []
+
+    def training_step(self, batch, stage, step):
+        self.a_at_call.append(torch.cat([p.detach().flatten().clone() for p in self.a.parameters()]))
+        net = self.a if len(self.a_at_call) % 2 else self.b
+        logits = net(batch["image"])
+        return {"loss": self.classification_loss(logits, batch), "logits": logits.detach()}
+
+    def predict(self, images, factor=None):
+        return self.a(images)
