@@ -31,8 +31,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
+import torch
+from hydra import compose, initialize_config_dir
+
+from lrfer.cli import CONFIG_DIR
+from lrfer.config import register_schemas
+from lrfer.engine import distributed as dist
+from lrfer.engine.run import build_parts, load_data
+from lrfer.engine.trainer import Trainer
 from lrfer.report.provenance import provenance
 from lrfer.tools.latency import cpu_model
 
@@ -63,11 +72,6 @@ def overrides(args, cache: str) -> list[str]:
 
 
 def compose_cfg(args, cache: str):
-    from hydra import compose, initialize_config_dir
-
-    from lrfer.cli import CONFIG_DIR
-    from lrfer.config import register_schemas
-
     register_schemas()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return compose("train", overrides=overrides(args, cache))
@@ -75,14 +79,6 @@ def compose_cfg(args, cache: str):
 
 def worker(args) -> None:
     """One rank (started by torchrun): time the training loop, rank 0 writes ``--out``."""
-    from dataclasses import replace
-
-    import torch
-
-    from lrfer.engine import distributed as dist
-    from lrfer.engine.run import build_parts
-    from lrfer.engine.trainer import Trainer
-
     torch.set_num_threads(args.threads)
     cfg = compose_cfg(args, args.cache)
     parts = build_parts(cfg)  # joins the process group
@@ -119,6 +115,24 @@ def worker(args) -> None:
     dist.cleanup()
 
 
+def worker_argv(args, cache: str, out: Path, threads: int) -> list[str]:
+    """The options of one rank, from the parsed ones (``args``), never this call's own ``sys.argv``:
+    torchrun's parser reads options after the script name too, and takes ``--nproc`` as an ambiguous
+    abbreviation of its ``--nproc-per-node``, so a rank gets no option whose name torchrun could claim."""
+    return [
+        "--worker",
+        f"--out={out}",
+        f"--cache={cache}",
+        f"--threads={threads}",
+        f"--device={args.device}",
+        f"--method={args.method}",
+        f"--size={args.size}",
+        f"--batch-size={args.batch_size}",
+        f"--steps={args.steps}",
+        f"--epochs={args.epochs}",
+    ]
+
+
 def launch(args, nproc: int, cache: str, out: Path, threads: int = 1) -> dict:
     cmd = [
         sys.executable,
@@ -127,14 +141,7 @@ def launch(args, nproc: int, cache: str, out: Path, threads: int = 1) -> dict:
         "--standalone",
         f"--nproc_per_node={nproc}",
         __file__,
-        "--worker",
-        "--out",
-        str(out),
-        "--cache",
-        cache,
-        *sys.argv[1:],
-        "--threads",
-        str(threads),
+        *worker_argv(args, cache, out, threads),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -143,7 +150,7 @@ def launch(args, nproc: int, cache: str, out: Path, threads: int = 1) -> dict:
     return json.loads(out.read_text())
 
 
-def main() -> dict:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nproc", type=int, default=2)
     parser.add_argument("--device", default="cpu")
@@ -157,7 +164,11 @@ def main() -> dict:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--cache", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main() -> dict:
+    args = parse_args()
     if args.worker:
         worker(args)
         return {}
@@ -169,16 +180,12 @@ def main() -> dict:
     speeds: dict[tuple[int, int], list[float]] = {c: [] for c in configs}
     with tempfile.TemporaryDirectory() as tmp:
         cache = str(Path(tmp) / "cache")
-        from lrfer.engine.run import load_data
-
         load_data(compose_cfg(args, cache))  # build the synthetic cache once, before any rank reads it
         for r in range(args.rounds):
             for nproc, threads in configs:
                 row = launch(args, nproc, cache, Path(tmp) / f"r{r}_p{nproc}_t{threads}.json", threads)
                 speeds[(nproc, threads)].append(row["imgs_per_s"])
                 print(json.dumps({"round": r, "processes": nproc, "threads": threads, **row}), flush=True)
-    import torch
-
     median = {c: round(statistics.median(v), 2) for c, v in speeds.items()}
     one, many = median[(1, 1)], median[(args.nproc, 1)]
     best_single = max(v for (nproc, _), v in median.items() if nproc == 1)

@@ -59,6 +59,7 @@ from lrfer.config import register_schemas
 from lrfer.core.compat import torchvision
 from lrfer.engine.resolve import RunSpec, resolve, resolve_device
 from lrfer.engine.run import build_method, build_parts, method_context
+from lrfer.engine.tblog import RunLogger
 from lrfer.engine.trainer import Trainer
 from lrfer.methods.base import Stage
 from lrfer.report.provenance import provenance
@@ -252,8 +253,6 @@ def bench(method: str, size: int, args, tmp: Path) -> dict:
 def epoch_bench(method: str, size: int, args, tmp: Path) -> dict:
     """Median seconds of an epoch of ``Trainer.fit`` with validation, logging and checkpoints on, and
     the parts of it: training steps, validation, the training thread's share of the checkpoints."""
-    from lrfer.engine.tblog import RunLogger
-
     run = tmp / f"run-{method}-{size}"
     cfg = compose_cfg(
         method,

@@ -30,13 +30,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from video_clips import write_clip
 
+from lrfer.cli import predict
+from lrfer.engine.loading import load_run_config
 from lrfer.report.provenance import provenance
 
 
 def describe(run: str) -> dict:
     """What the run is (its method, epochs, input size, test accuracy at x1), not where it lies."""
-    from lrfer.engine.loading import load_run_config
-
     cfg = load_run_config(run)
     path = Path(run) / "metrics.json"
     metrics = json.loads(path.read_text()) if path.is_file() else {}
@@ -67,8 +67,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--detect-every", type=int, default=5)
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args(argv)
-    from lrfer.cli import predict
-
     width, height = (int(v) for v in args.size.split("x"))
     runs = dict(r.split("=", 1) for r in args.runs)
     results: dict[str, list[dict]] = {name: [] for name in runs}

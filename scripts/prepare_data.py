@@ -18,15 +18,14 @@ import logging
 import sys
 
 from lrfer.config import compose_config
+from lrfer.config.validate import validate_config
 from lrfer.core.errors import exit_on_user_error
+from lrfer.engine.run import load_data
 
 
 @exit_on_user_error
 def main(overrides: list[str]) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    from lrfer.config.validate import validate_config
-    from lrfer.engine.run import load_data
-
     cfg = compose_config(overrides)
     validate_config(cfg)
     summary = load_data(cfg).summary()

@@ -18,6 +18,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from video_clips import TWO_FACES, write_clip
 
+from lrfer.cli import predict
+
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -27,8 +29,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--frame", type=int, default=75)
     args = parser.parse_args(argv)
     import cv2
-
-    from lrfer.cli import predict
 
     args.work.mkdir(parents=True, exist_ok=True)
     clip = write_clip(args.work / "clip.mp4", faces=TWO_FACES)

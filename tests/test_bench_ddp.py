@@ -1,0 +1,28 @@
+"""scripts/bench_ddp.py starts its ranks with torchrun: the ranks' options survive torchrun's parser."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from torch.distributed.run import get_args_parser
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_ddp.py"
+
+
+def load_bench_ddp():
+    spec = importlib.util.spec_from_file_location("lrfer_script_bench_ddp", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_rank_receives_the_bench_options_through_torchrun_unchanged(tmp_path):
+    bench = load_bench_ddp()
+    args = bench.parse_args(["--nproc", "2", "--size", "32", "--batch-size", "8", "--method", "efc"])
+    argv = bench.worker_argv(args, str(tmp_path / "cache"), tmp_path / "r0.json", threads=1)
+    launched = get_args_parser().parse_args(["--standalone", "--nproc_per_node=2", str(SCRIPT), *argv])
+    assert launched.training_script_args == argv
+    rank = bench.parse_args(launched.training_script_args)
+    assert rank.worker and (rank.size, rank.batch_size, rank.method, rank.threads) == (32, 8, "efc", 1)
+    assert (rank.cache, rank.out) == (str(tmp_path / "cache"), str(tmp_path / "r0.json"))
