@@ -54,11 +54,12 @@ from lrfer.report.findings import (
     previous_calls,
     provenance_lines,
     run_folder,
+    with_budget_notes,
     write_calls,
     write_findings,
 )
+from lrfer.report.provenance import portable_path, provenance_line
 from lrfer.report.provenance import provenance as result_provenance
-from lrfer.report.provenance import provenance_line
 from lrfer.tools.latency import cpu_model
 from lrfer.tools.launch import finished_run, train_side_by_side
 
@@ -176,10 +177,17 @@ def train(
     return call["runs_trained"]
 
 
+def call_command(argv: list[str] | None) -> str:
+    """This call's command line as the results record it: absolute paths made relative
+    (:func:`lrfer.report.provenance.portable_path`)."""
+    given = sys.argv[1:] if argv is None else argv
+    return " ".join(["python scripts/findings.py", *(portable_path(arg) for arg in given)])
+
+
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    command = " ".join(["python scripts/findings.py", *(sys.argv[1:] if argv is None else argv)])
+    command = call_command(argv)
     protocol = load_findings_protocol(args.protocol)
     if args.fraction is not None:
         if not 0 < args.fraction <= 1 or args.fraction == protocol.get("check_fraction"):
@@ -213,10 +221,9 @@ def main(argv: list[str] | None = None) -> dict:
             write_calls(results / "calls.json", calls)
 
     records = load_records(copies, plan)
-    metrics = metrics_by_run(records)
-    claim_results = [evaluate_claim(c, metrics) for c in claims_for(all_runs)]
-    conv = convergence(records)
     budget = check_budget(protocol, all_runs, seeds, extra, copies, records)
+    claim_results = evaluate_claims(all_runs, records, budget)
+    conv = convergence(records)
     title = f"Papers' findings on SYNTHETIC faces (not real data), {seeds} seed(s)"
     if args.quick:
         title += ", QUICK mode: not converged"
@@ -240,6 +247,12 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"error: {len(failed)} run(s) failed: {'; '.join(failed)}", file=sys.stderr)
         sys.exit(1)
     return summary
+
+
+def evaluate_claims(runs: list[str], records: list, budget: list[BudgetCheck]) -> list:
+    """Every claim of ``runs`` judged on the finished ``records``, each note with its budget check."""
+    metrics = metrics_by_run(records)
+    return with_budget_notes([evaluate_claim(c, metrics) for c in claims_for(runs)], budget)
 
 
 def check_budget(

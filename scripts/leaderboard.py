@@ -48,6 +48,7 @@ from lrfer.report.leaderboard import (
     provenance_notes,
     write_leaderboard,
 )
+from lrfer.report.provenance import portable_path
 from lrfer.report.provenance import provenance as result_provenance
 from lrfer.tools.latency import cpu_model
 from lrfer.tools.launch import finished_run, train_side_by_side
@@ -144,7 +145,10 @@ def record_call(
             {
                 "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                 "command": " ".join(
-                    ["python scripts/leaderboard.py", *(sys.argv[1:] if argv is None else argv)]
+                    [
+                        "python scripts/leaderboard.py",
+                        *(portable_path(arg) for arg in (sys.argv[1:] if argv is None else argv)),
+                    ]
                 ),
                 "runs_trained": runs_trained,
                 "jobs": jobs,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import yaml
@@ -21,10 +22,14 @@ from lrfer.report.convergence import (
     group_converged,
 )
 from lrfer.report.findings import (
+    Claim,
+    ClaimResult,
+    Measure,
     RunRecord,
     _convergence_text,
     load_findings_protocol,
     plot_curves,
+    with_budget_notes,
     write_findings,
 )
 
@@ -140,6 +145,31 @@ def test_a_budget_whose_longer_runs_gain_more_than_the_seed_noise_has_not_conver
 def test_longer_runs_that_score_lower_do_not_make_the_shorter_budget_unconverged():
     (c,) = budget_check(_finals_at([80.0, 81.0]), _finals_at([75.0, 76.0]), (0.5, 1.0))
     assert c.mean_gain == pytest.approx(-5.0) and c.converged is True
+
+
+def _result(a: str, b: str, measured: bool = True) -> ClaimResult:
+    claim = Claim("P", "T", "a > b", Measure(a, ("x1",)), Measure(b, ("x1",)), 90.0, 80.0, note="Paper's.")
+    values = {0: 1.0, 1: 2.0} if measured else {}
+    return ClaimResult(claim, values, values, 0.0, 0.0, 2 if measured else 0, "holds", claim.note)
+
+
+def _checks() -> list:
+    """Run ``short`` still gains 5 points against a noise of 0.5 from 1/2 to 1; run ``flat`` gains nothing."""
+    (short,) = budget_check(_finals_at([47.0, 48.0, 47.5]), _finals_at([52.0, 53.0, 52.5]), (0.5, 1.0))
+    (flat,) = budget_check(_finals_at([80.0, 81.0, 82.0]), _finals_at([80.0, 81.0, 82.0]), (0.5, 1.0))
+    return [replace(short, run="short"), replace(flat, run="flat")]
+
+
+def test_a_verdict_on_runs_still_gaining_at_the_longer_budget_says_so_in_its_note():
+    (result,) = with_budget_notes([_result("short", "flat")], _checks())
+    assert result.note.startswith("Paper's. Budget check: still gaining from 0.5 to 1 of the paper's epochs")
+    assert "short +5.0 against a seed noise of 0.5" in result.note and "flat" not in result.note.split("(")[1]
+
+
+def test_a_verdict_on_runs_that_converged_or_were_not_run_keeps_its_note():
+    results = [_result("flat", "flat"), _result("short", "flat", measured=False)]
+    converged, not_run = with_budget_notes(results, _checks())
+    assert converged.note == "Paper's." and not_run.note == "Paper's."
 
 
 def test_the_budget_check_pairs_seeds_and_is_undecided_with_one_seed_at_both_budgets():

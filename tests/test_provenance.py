@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from lrfer.report.provenance import REQUIRED, provenance
+from lrfer.report.provenance import REQUIRED, portable_command, provenance
 
 RESULTS = sorted((REPO / "experiments").rglob("*.json")) + sorted((REPO / "experiments").rglob("*.jsonl"))
 
@@ -150,3 +150,65 @@ def test_the_markdown_check_fails_without_provenance_lines():
     footer = "Provenance: command `x`; date 2026-12-02; machine AMD; torch 2.13.0+cpu; generator v3."
     assert missing_in_markdown(table + "\n" + footer, synthetic=True) == []
     assert missing_in_markdown(footer.replace(" v3", ""), synthetic=True) == ["generator_version"]
+
+
+def test_a_recorded_command_names_the_checkout_and_its_neighbours_by_relative_paths():
+    argv = [
+        "python",
+        "/x/repo/scripts/a.py",
+        "--out",
+        "/x/out",
+        "--results=/x/repo/r",
+        "paths.cache_dir=/x/c",
+    ]
+    assert (
+        portable_command(argv, cwd="/x/repo")
+        == "python scripts/a.py --out ../out --results=r paths.cache_dir=../c"
+    )
+
+
+def test_a_recorded_command_keeps_relative_paths_and_folders_elsewhere():
+    argv = ["python", "scripts/a.py", "--out", "runs/a", "dataset.root=/data/RAF-DB", "--tmp", "/tmp/t"]
+    assert (
+        portable_command(argv, cwd="/x/repo")
+        == "python scripts/a.py --out runs/a dataset.root=/data/RAF-DB --tmp /tmp/t"
+    )
+
+
+def test_a_scripts_provenance_records_a_portable_command(monkeypatch, tmp_path):
+    checkout = tmp_path / "repo"
+    checkout.mkdir()
+    monkeypatch.chdir(checkout)
+    monkeypatch.setattr("sys.argv", [str(checkout / "scripts" / "x.py"), "--out", str(tmp_path / "out")])
+    assert provenance()["command"] == "python scripts/x.py --out ../out"
+
+
+def _recorded_commands(value) -> list[str]:
+    """Every ``command`` / ``copied_by`` string anywhere in a JSON value."""
+    if isinstance(value, dict):
+        own = [v for k, v in value.items() if k in ("command", "copied_by") and isinstance(v, str)]
+        return own + [c for v in value.values() for c in _recorded_commands(v)]
+    if isinstance(value, list):
+        return [c for v in value for c in _recorded_commands(v)]
+    return []
+
+
+def test_no_committed_command_names_a_folder_of_the_machine_that_ran_it():
+    """Absolute paths in a recorded command: scratch (/tmp) and dataset (/data) folders only."""
+    found = {}
+    for path in RESULTS:
+        text = path.read_text()
+        values = (
+            [json.loads(line) for line in text.splitlines() if line.strip()]
+            if path.suffix == ".jsonl"
+            else [json.loads(text)]
+        )
+        for command in _recorded_commands(values):
+            absolute = [
+                w
+                for w in re.split(r"[\s=]", command)
+                if w.startswith("/") and not w.startswith(("/tmp/", "/data/"))
+            ]
+            if absolute:
+                found[str(path.relative_to(REPO))] = absolute
+    assert found == {}

@@ -32,7 +32,7 @@ import os
 import shutil
 import statistics
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -473,6 +473,34 @@ def evaluate_claim(claim: Claim, metrics: dict[str, dict[int, dict]], note: str 
     if claim.params:
         note = " ".join(filter(None, [note, params_note(claim, metrics)]))
     return ClaimResult(claim, a, b, diff, se, n, verdict(diff, se, claim.margin), note)
+
+
+def budget_note(claim: Claim, checks: Sequence[BudgetCheck]) -> str:
+    """The claim's run groups (stages) that the budget check (:data:`BUDGET_RULE`) finds still gaining more
+    than the seed noise from the shorter budget to the longer one, or "" when none (or no check): the verdict
+    may be one about networks still short of their best at the protocol's budget."""
+    short = [c for c in checks if c.run in claim.runs() and c.converged is False]
+    if not short:
+        return ""
+    gains = "; ".join(
+        f"{c.run}{'' if c.stage == 'train' else f' ({c.stage})'} {c.mean_gain:+.1f} against a seed noise of "
+        f"{c.noise:.1f}"
+        for c in short
+    )
+    budgets = f"{short[0].shorter:g} to {short[0].longer:g}"
+    return (
+        f"Budget check: still gaining from {budgets} of the paper's epochs ({gains} points, validation), "
+        "so these runs may still be short at the protocol's budget."
+    )
+
+
+def with_budget_notes(results: list[ClaimResult], checks: Sequence[BudgetCheck]) -> list[ClaimResult]:
+    """``results`` with :func:`budget_note` added to the note of every measured claim it concerns."""
+    out = []
+    for r in results:
+        extra = budget_note(r.claim, checks) if r.measured else ""
+        out.append(replace(r, note=" ".join(filter(None, [r.note, extra]))) if extra else r)
+    return out
 
 
 def params_note(claim: Claim, metrics: dict[str, dict[int, dict]]) -> str:

@@ -21,6 +21,25 @@ from lrfer.tools.latency import cpu_model
 REQUIRED = ("command", "date", "machine", "torch")
 
 
+def portable_path(arg: str, cwd: str | None = None) -> str:
+    """``arg`` with an absolute path inside the parent of ``cwd`` (default: the working directory; so the
+    checkout and the folders beside it) made relative to ``cwd``: in place of a whole argument, of the value
+    of ``--option=path`` or of a Hydra ``key=path``. A committed command then names no folder of the machine
+    that ran it, and still runs from the same place. Other absolute paths (`/tmp/...`, `/data/...`) stay."""
+    head, sep, value = arg.rpartition("=") if "=" in arg else ("", "", arg)
+    here = os.path.abspath(cwd or os.getcwd())
+    parent = os.path.dirname(here)
+    if not os.path.isabs(value) or os.path.commonpath([parent, value]) != parent:
+        return arg
+    return f"{head}{sep}{os.path.relpath(value, here)}"
+
+
+def portable_command(argv: list[str], cwd: str | None = None) -> str:
+    """The command line ``argv`` (program first), every absolute path made relative (:func:`portable_path`),
+    quoted for a shell."""
+    return shlex.join([portable_path(arg, cwd) for arg in argv])
+
+
 def provenance(synthetic: bool = False) -> dict:
     """The command line of this process, the UTC time now, CPU model and cores, torch (and generator) version.
 
@@ -28,7 +47,7 @@ def provenance(synthetic: bool = False) -> dict:
     generated faces change when the generator does.
     """
     record = {
-        "command": shlex.join(["python", *sys.argv]),
+        "command": portable_command(["python", *sys.argv]),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count()},
         "torch": torch.__version__,
