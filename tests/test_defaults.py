@@ -21,8 +21,11 @@ from omegaconf import MISSING, OmegaConf
 
 from lrfer.config.schema import schema_nodes
 from lrfer.detect.detectors import DetectorConfig
+from lrfer.detect.tracking import TrackerConfig
 from lrfer.methods.gmenet import GMENetMethod
 from lrfer.models.gmenet import GMENet
+from lrfer.tools.photos import detector_config
+from lrfer.tools.video import VideoOptions, video_options
 
 CONFIGS = REPO / "configs"
 #: Where a method class's ``**options`` go when not to its base class.
@@ -113,11 +116,21 @@ def schema_values(cls: type, prefix: str = "") -> dict[str, Any]:
     return values
 
 
-#: Every schema: the registered ones (``<group>/<class>``) and the face detector's (``configs/detector/``).
+#: Every schema: the registered ones (``<group>/<class>``), the face detector's (``configs/detector/``) and
+#: lrfer-predict's video and tracker options (``configs/video/``).
 SCHEMAS = {
     **{f"{g}/{c.__name__}": c for g, nodes in schema_nodes().items() for c in nodes.values()},
     "detector/DetectorConfig": DetectorConfig,
+    "video/VideoOptions": VideoOptions,
+    "video/TrackerConfig": TrackerConfig,
 }
+
+
+def test_the_video_config_gives_every_video_and_tracker_option_a_value():
+    """configs/video/default.yaml (with the detector's margin) fills every field of VideoOptions."""
+    options = video_options()
+    assert not OmegaConf.missing_keys(OmegaConf.structured(options))
+    assert (options.margin, options.tracker.min_track) == (detector_config().margin, 15)
 
 
 @pytest.mark.parametrize("schema", sorted(SCHEMAS))

@@ -17,9 +17,8 @@ from PIL import Image
 from video_fixtures import Mover, ScriptedDetector, render, synthetic_patch, write_clip
 
 from lrfer.detect import box_iou
-from lrfer.detect.tracking import TrackerConfig
 from lrfer.tools import video
-from lrfer.tools.video import VideoOptions, VideoSource, smoothing_weight, track_video
+from lrfer.tools.video import VideoSource, smoothing_weight, track_video, video_options
 
 cv2 = pytest.importorskip("cv2")
 EVERY = 5
@@ -48,7 +47,7 @@ def run_tracking(tmp_path, movers, frames, classifier=None, smooth=0.5, **script
     clip = write_clip(tmp_path / "clip.avi", images)
     detector = ScriptedDetector(truth, EVERY, **scripted)
     emitted = []
-    options = VideoOptions(detect_every=EVERY, smooth=smooth, tracker=TrackerConfig(min_track=10))
+    options = video_options(detect_every=EVERY, smooth=smooth, tracker={"min_track": 10})
     stats = track_video(
         VideoSource(clip),
         detector,
@@ -319,7 +318,7 @@ def test_detections_go_to_the_nearest_track_when_several_qualify():
 
     tracks = [np.array([0.0, 0, 30, 30]), np.array([12.0, 0, 30, 30])]
     detections = np.array([[13.0, 1, 30, 30], [1.0, 1, 30, 30]])  # each overlaps both tracks (IoU >= 0.3)
-    assert sorted(FaceTracker()._match(tracks, detections)) == [(0, 1), (1, 0)]
+    assert sorted(FaceTracker(video_options().tracker)._match(tracks, detections)) == [(0, 1), (1, 0)]
 
 
 def test_a_large_face_is_followed_on_a_scaled_down_copy_of_the_frame(tmp_path, faces):
@@ -327,8 +326,8 @@ def test_a_large_face_is_followed_on_a_scaled_down_copy_of_the_frame(tmp_path, f
     images, truth = render(mover, 40)
     clip = write_clip(tmp_path / "clip.avi", images)
     emitted = []
-    tracker = TrackerConfig(min_track=10, template_px=12)  # the 30 px face is matched at 12 px
-    options = VideoOptions(detect_every=EVERY, tracker=tracker)
+    tracker = {"min_track": 10, "template_px": 12}  # the 30 px face is matched at 12 px
+    options = video_options(detect_every=EVERY, tracker=tracker)
     detector = ScriptedDetector(truth, EVERY)
     track_video(VideoSource(clip), detector, FixedClassifier(), options, lambda f, r: emitted.append((f, r)))
     between = [(f.index, r) for f, rows in emitted for r in rows if f.index % EVERY]

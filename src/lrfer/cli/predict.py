@@ -117,7 +117,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("predictions.csv"))
     parser.add_argument("--checkpoint", default="best", choices=["best", "last"])
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument(
+        "--batch-size", type=int, default=video.video_options().batch_size, help="faces per forward pass"
+    )
     parser.add_argument(
         "--skip-corrupt", action="store_true", help="skip unreadable images instead of stopping"
     )

@@ -25,13 +25,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from omegaconf import MISSING
 
 from lrfer.detect.detectors import box_iou, import_cv2
 
 
 @dataclass
 class TrackerConfig:
-    """How detections become tracks (``--min-track`` etc. in ``lrfer-predict``).
+    """How detections become tracks (``--min-track`` etc. in ``lrfer-predict``): types only; the values are
+    ``configs/video/default.yaml`` ``tracker`` (:func:`lrfer.tools.video.video_options`).
 
     ``iou`` / ``centre``: a detection continues a track when their boxes overlap by IoU >= ``iou`` or their
     centres are within ``centre`` face heights. ``max_missed``: detection rounds a track may miss in a row
@@ -44,14 +46,14 @@ class TrackerConfig:
     frame scaled down until they are this tall (matching costs grow with the face's area squared).
     """
 
-    iou: float = 0.3
-    centre: float = 0.5
-    max_missed: int = 10
-    min_track: int = 15
-    min_hit_rate: float = 0.5
-    search: float = 0.25
-    min_match: float = 0.5
-    template_px: int = 40
+    iou: float = MISSING
+    centre: float = MISSING
+    max_missed: int = MISSING
+    min_track: int = MISSING
+    min_hit_rate: float = MISSING
+    search: float = MISSING
+    min_match: float = MISSING
+    template_px: int = MISSING
 
 
 @dataclass
@@ -95,8 +97,8 @@ class Track:
 class FaceTracker:
     """Tracks faces over a frame sequence: call :meth:`step` once per frame, in order."""
 
-    def __init__(self, cfg: TrackerConfig | None = None) -> None:
-        self.cfg = cfg or TrackerConfig()
+    def __init__(self, cfg: TrackerConfig) -> None:
+        self.cfg = cfg
         self.cv2 = import_cv2()
         self.active: list[Track] = []
         self.next_id = 0

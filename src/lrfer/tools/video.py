@@ -31,12 +31,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import MISSING, OmegaConf
 
+from lrfer.config.tree import CONFIG_DIR
 from lrfer.core.errors import UserError
 from lrfer.detect.detectors import FaceDetector, build_detector, import_cv2
 from lrfer.detect.tracking import FaceTracker, Track, TrackerConfig
@@ -61,14 +63,34 @@ TRUNCATED_SHARE = 0.02
 @dataclass
 class VideoOptions:
     """What ``lrfer-predict`` passes for a video: detection period, smoothing half-life (s), crop margin, the
-    tracker's settings and the classification batch (faces) and chunk (frames classified together)."""
+    tracker's settings and the classification batch (faces) and chunk (frames classified together). Types
+    only: the values are ``configs/video/default.yaml`` (the margin: the detector's), see
+    :func:`video_options`."""
 
-    detect_every: int = 5
-    smooth: float = 0.5
-    margin: float = field(default_factory=lambda: detector_config().margin)
-    tracker: TrackerConfig = field(default_factory=TrackerConfig)
-    batch_size: int = 128
-    chunk: int = 8
+    detect_every: int = MISSING
+    smooth: float = MISSING
+    margin: float = MISSING
+    tracker: TrackerConfig = MISSING
+    batch_size: int = MISSING
+    chunk: int = MISSING
+
+
+#: How lrfer-predict follows faces through a video: the one source of the video and tracker defaults.
+VIDEO_CONFIG = CONFIG_DIR / "video" / "default.yaml"
+
+
+def video_options(tracker: dict | None = None, **values) -> VideoOptions:
+    """:data:`VIDEO_CONFIG` and the detector's margin (:func:`lrfer.tools.photos.detector_config`), typed
+    (:class:`VideoOptions`), with ``values`` (the command line's) and ``tracker`` (some of
+    :class:`TrackerConfig`'s fields) in place of their own."""
+    cfg = OmegaConf.merge(
+        OmegaConf.structured(VideoOptions),
+        {"margin": detector_config().margin},
+        OmegaConf.load(VIDEO_CONFIG),
+        values,
+        {"tracker": tracker or {}},
+    )
+    return OmegaConf.to_object(cfg)
 
 
 @dataclass
@@ -334,7 +356,8 @@ def _release(pending, cfg: TrackerConfig, emit, ids, stats: TrackingStats, final
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """lrfer-predict's video options (a video input or ``--camera`` selects the video path)."""
     group = parser.add_argument_group("video (an input ending in .mp4, .avi, .mov, .mkv, ... or --camera)")
-    defaults, tracking = VideoOptions(), TrackerConfig()
+    defaults = video_options()
+    tracking = defaults.tracker
     group.add_argument("--camera", type=int, metavar="INDEX", help="read a live camera (Ctrl-C stops)")
     group.add_argument(
         "--detect-every",
@@ -409,9 +432,9 @@ def detector_and_options(args: argparse.Namespace) -> tuple[FaceDetector, VideoO
             model=args.detector_model, min_face=args.min_face, margin=args.margin, profile=args.profile
         )
     )
-    options = VideoOptions(
+    options = video_options(
         detect_every=args.detect_every, smooth=args.smooth, margin=args.margin,
-        tracker=TrackerConfig(min_track=args.min_track), batch_size=args.batch_size,
+        tracker={"min_track": args.min_track}, batch_size=args.batch_size,
     )  # fmt: skip
     return detector, options
 
