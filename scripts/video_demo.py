@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from video_clips import TWO_FACES, write_clip
 
 from lrfer.cli import predict
