@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import signal
 import sys
 from collections import Counter
 
@@ -47,12 +48,9 @@ def count_calls(monkeypatch) -> Counter:
     return calls
 
 
-def test_python_train_py_resolves_its_run_once(tmp_path, monkeypatch):
-    """``python train.py`` (its entry, in this process): each check runs once; a second one fails here."""
-    calls = count_calls(monkeypatch)
-    run_dir = tmp_path / "run"
-    args = tiny(tmp_path, "trainer.max_epochs=1", "dataset.num_train=56", "dataset.num_test=28")
-    monkeypatch.setattr(sys, "argv", ["train.py", *args, f"hydra.run.dir={run_dir}"])
+def run_entry(monkeypatch, *argv: str) -> None:
+    """``python train.py <argv>`` through its entry, in this process; Hydra and log handlers are put back."""
+    monkeypatch.setattr(sys, "argv", ["train.py", *argv])
     handlers = list(logging.root.handlers)
     try:
         lrfer.cli.train.main()
@@ -61,8 +59,34 @@ def test_python_train_py_resolves_its_run_once(tmp_path, monkeypatch):
         for handler in [h for h in logging.root.handlers if h not in handlers]:
             logging.root.removeHandler(handler)
             handler.close()
+
+
+def test_python_train_py_resolves_its_run_once(tmp_path, monkeypatch):
+    """``python train.py`` (its entry, in this process): each check runs once; a second one fails here."""
+    calls = count_calls(monkeypatch)
+    run_dir = tmp_path / "run"
+    args = tiny(tmp_path, "trainer.max_epochs=1", "dataset.num_train=56", "dataset.num_test=28")
+    run_entry(monkeypatch, *args, f"hydra.run.dir={run_dir}")
     assert (run_dir / "metrics.json").is_file()
     assert dict(calls) == dict.fromkeys(ONCE, 1)
+
+
+def test_the_entry_gives_sigterm_back_to_its_previous_handler(tmp_path, monkeypatch):
+    """``main()`` called in a process with its own SIGTERM handler (a test runner's worker, a notebook) leaves
+    that handler in place when the run ends: a later SIGTERM must not raise the run's ``Terminated`` there."""
+
+    def previous(signum, frame):
+        pass
+
+    before = signal.signal(signal.SIGTERM, previous)
+    try:
+        run_dir = tmp_path / "run"
+        args = tiny(tmp_path, "trainer.max_epochs=1", "dataset.num_train=56", "dataset.num_test=28")
+        run_entry(monkeypatch, *args, f"hydra.run.dir={run_dir}")
+        assert (run_dir / "metrics.json").is_file()
+        assert signal.getsignal(signal.SIGTERM) is previous
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def test_the_spec_holds_parsed_degradations_and_settled_options(tmp_path):
@@ -101,15 +125,7 @@ def sweep_without_training(monkeypatch, *args: str) -> tuple[Counter, list[RunSp
 
     monkeypatch.setattr(lrfer.cli.train, "run", train)
     monkeypatch.setattr(lrfer.cli.train, "format_table", lambda metrics: "")
-    monkeypatch.setattr(sys, "argv", ["train.py", "-m", *args])
-    handlers = list(logging.root.handlers)
-    try:
-        lrfer.cli.train.main()
-    finally:
-        GlobalHydra.instance().clear()
-        for handler in [h for h in logging.root.handlers if h not in handlers]:
-            logging.root.removeHandler(handler)
-            handler.close()
+    run_entry(monkeypatch, "-m", *args)
     return calls, specs
 
 

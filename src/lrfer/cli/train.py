@@ -79,9 +79,21 @@ def _stopped(what: str, run_dir: Path | None, status: int) -> None:
 
 
 def _task(cfg: DictConfig) -> float | FailedJob | None:
-    run_dir = None
+    """One run (or one sweep job), with SIGTERM turned into :class:`Terminated` while it lasts: the handler
+    the process had before (a test runner's, a notebook's) is given back when the run ends, however it ends
+    (``None``: a handler Python did not set, which it cannot give back)."""
+    previous = None
     with contextlib.suppress(ValueError):  # signal handlers can be set in the main thread only
-        signal.signal(signal.SIGTERM, _raise_terminated)
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        return _run_task(cfg)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run_task(cfg: DictConfig) -> float | FailedJob | None:
+    run_dir = None
     hydra_cfg = HydraConfig.get()
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     try:
