@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import shutil
+from pathlib import Path
 
 import pytest
-from conftest import run_cli
+import torch
+from conftest import compose_cfg, run_cli
 
 from lrfer.core.errors import UserError
+from lrfer.models.gmenet import BlockAttention, GMENet
 from lrfer.report.findings import (
     CLAIMS,
     CONTRADICTED,
@@ -132,6 +136,47 @@ def test_every_claim_of_the_issue_is_registered_and_measured_by_protocol_runs():
     }
     for claim in CLAIMS:
         assert claim.runs() <= set(protocol["runs"]), claim.text
+
+
+#: experiments/gmenet/README.md's Tables 4-5 commands (the row's comment) -> the findings protocol's run.
+GMENET_ROWS = {
+    "Baseline (ResNet-50, read as 1.)": "gmenet_base",
+    "Baseline+CBAM": "gmenet_cbam",
+    "Baseline+DBAM": "gmenet_dbam",
+    "Baseline+DBAM+GM (without kd)": "gmenet_nokd",
+    "GME-Net": "gmenet",
+}
+#: What tells the ablation rows apart (the experiment configs set the rest: data, epochs, optimiser).
+GMENET_SWITCHES = ("attention", "global_branch", "spatial_kernel", "kd_weight", "kd_reduction")
+
+
+def test_the_findings_gmenet_rows_train_what_the_papers_ablation_commands_train():
+    """One reading of GME-Net's Table 4: each findings row composes to the same switches as its command in
+    experiments/gmenet/README.md (Tables 4-5), so the findings test the ablation a user would run."""
+    lines = Path("experiments/gmenet/README.md").read_text().splitlines()
+    commands = {}
+    for line in lines:
+        if line.startswith("python train.py experiment=gmenet/$E") and "#" in line:
+            command, label = line.split("#", 1)
+            commands[label.strip()] = [a for a in command.split()[2:] if a.startswith("method.")]
+    assert set(GMENET_ROWS) <= set(commands)
+    runs = load_findings_protocol(PROTOCOL)["runs"]
+    for label, run in GMENET_ROWS.items():
+        ours = compose_cfg(*runs[run]["overrides"]).method
+        theirs = compose_cfg("experiment=gmenet/rafdb", *commands[label]).method
+        got = {k: ours[k] for k in GMENET_SWITCHES if k != "kd_reduction" or ours.kd_weight > 0}
+        want = {k: theirs[k] for k in GMENET_SWITCHES if k != "kd_reduction" or theirs.kd_weight > 0}
+        assert got == want, label
+
+
+def test_the_cbam_ablation_is_cbam_as_published():
+    """Baseline+CBAM is CBAM (Woo et al., ECCV 2018): no depthwise extractors, a 7x7 spatial convolution."""
+    runs = load_findings_protocol(PROTOCOL)["runs"]
+    method = compose_cfg(*runs["gmenet_cbam"]["overrides"]).method
+    model = GMENet(7, 64, **{k: v for k, v in method.items() if k in inspect.signature(GMENet).parameters})
+    spatial = [m.spatial for m in model.modules() if isinstance(m, BlockAttention)]
+    assert spatial and all(s.conv.kernel_size == (7, 7) for s in spatial)
+    assert all(isinstance(s.extractor, torch.nn.Identity) for s in spatial)
 
 
 def test_one_scaling_rule_a_fraction_of_the_papers_epochs_rounded_up():
