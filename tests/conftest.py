@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -138,6 +139,26 @@ def run_two_ranks(args: list[str], timeout: int, hang: str, **extra_env: str) ->
         proc.communicate()
         pytest.fail(f"{hang} ({timeout} s)")
     return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+def spawn_ranks(worker, args: tuple, nprocs: int, timeout: int, hang: str) -> None:
+    """Run ``worker(rank, *args)`` in ``nprocs`` spawned processes (torch.multiprocessing); wait for them.
+
+    A rank that raises fails the test with its traceback; a collective mismatch may hang rather than fail, so
+    after ``timeout`` seconds every rank is killed and the test fails with ``hang`` (what the hang means).
+    """
+    context = torch.multiprocessing.start_processes(
+        worker, args=args, nprocs=nprocs, join=False, start_method="spawn"
+    )
+    deadline = time.monotonic() + timeout
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                if process.is_alive():
+                    process.kill()
+            for process in context.processes:
+                process.join()
+            pytest.fail(f"{hang} ({timeout} s)")
 
 
 @pytest.fixture(scope="session")

@@ -172,6 +172,7 @@ def _synthetic_experiment(name: str, tmp: Path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # one epoch of the paper-sized networks (FSR-FER's GAN, voting): many minutes
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_smoke_experiment_trains_one_epoch_on_tiny_synthetic_faces(name, tmp_path):
     """A smoke test (the settings themselves are checked by

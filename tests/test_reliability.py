@@ -6,6 +6,7 @@ end-to-end versions through the command line, which train, are in ``test_reliabi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -178,6 +179,22 @@ def test_a_lock_written_on_another_host_is_not_broken(tmp_path):
     assert json.loads((tmp_path / LOCK_FILE).read_text())["host"] == "another-node"
 
 
+@contextlib.contextmanager
+def killed_at_exit(procs: list):
+    """Start forked test processes; at the end, wait a minute for each, then kill what is left (a child that
+    hangs must fail its test, not keep the test worker from exiting)."""
+    for p in procs:
+        p.start()
+    try:
+        yield
+    finally:
+        for p in procs:
+            p.join(timeout=60)
+            if p.is_alive():
+                p.kill()
+                p.join()
+
+
 def _claim(base: str, queue) -> None:
     queue.put(claim_new_dir(base))
 
@@ -186,12 +203,9 @@ def test_runs_that_claim_one_default_folder_at_once_get_distinct_folders(tmp_pat
     base = str(tmp_path / "outputs" / "2026-12-06_06-00-00")  # the same second for every run
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_claim, args=(base, queue)) for _ in range(3)]
-    for p in procs:
-        p.start()
-    claimed = sorted(queue.get(timeout=60) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
+    procs = [ctx.Process(target=_claim, args=(base, queue), daemon=True) for _ in range(3)]
+    with killed_at_exit(procs):
+        claimed = sorted(queue.get(timeout=60) for _ in procs)
     assert claimed == [base, f"{base}_2", f"{base}_3"]
     assert all(Path(c).is_dir() for c in claimed)
 
@@ -343,12 +357,9 @@ def test_three_processes_writing_and_reading_one_cache_entry_all_succeed(base_cf
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
     args = (entry, data, fingerprint, 15, queue)
-    procs = [ctx.Process(target=_write_and_read, args=args) for _ in range(3)]
-    for p in procs:
-        p.start()
-    results = [queue.get(timeout=120) for _ in procs]
-    for p in procs:
-        p.join(timeout=60)
+    procs = [ctx.Process(target=_write_and_read, args=args, daemon=True) for _ in range(3)]
+    with killed_at_exit(procs):
+        results = [queue.get(timeout=120) for _ in procs]
     assert [failures for failures, _ in results] == [0, 0, 0]
     assert len({d for _, digests in results for d in digests}) == 1  # identical data everywhere
     assert [p.name for p in Path(entry).parent.iterdir()] == [Path(entry).name]  # no temporary left

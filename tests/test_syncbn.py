@@ -9,11 +9,14 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.distributed as tdist
-import torch.multiprocessing as mp
+from conftest import spawn_ranks
 from torch import nn
 
 from lrfer.engine.syncbn import SumSyncBatchNorm
 from lrfer.engine.syncs import SyncCounter
+
+#: Seconds the two ranks may take (a few on an idle machine; a hang fails the test instead of the run).
+TIMEOUT = 300
 
 
 def _batch():
@@ -71,8 +74,13 @@ def _worker(rank: int, world: int, store: str, out: str) -> None:
 
 
 def test_two_processes_with_half_batches_match_one_batchnorm_on_the_whole_batch(tmp_path):
-    mp.start_processes(
-        _worker, args=(2, str(tmp_path / "store"), str(tmp_path / "r")), nprocs=2, start_method="spawn"
+    args = (2, str(tmp_path / "store"), str(tmp_path / "r"))
+    spawn_ranks(
+        _worker,
+        args,
+        nprocs=2,
+        timeout=TIMEOUT,
+        hang="the two ranks did not finish: one waits on a collective",
     )
     ref, x, y = _reference()
     ranks = [torch.load(tmp_path / f"r{r}.pt", weights_only=True) for r in range(2)]
