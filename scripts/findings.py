@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> dict:
     notes += [f"Table made {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} by `{command}`."]
     notes += provenance_lines(records, calls, float(protocol["fraction"]))
     md = write_findings(claim_results, conv, results, "synthetic", title, notes, budget)
-    curves = plot_curves(records, results / "curves")
+    curves = plot_curves(records, results / "curves", all_runs)
     summary = {
         "table": str(md),
         "curves": [str(p) for p in curves],

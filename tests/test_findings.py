@@ -31,6 +31,7 @@ from lrfer.report.findings import (
     measure_values,
     merge_calls,
     plan_runs,
+    plot_curves,
     provenance_lines,
     run_folder,
     scaled_overrides,
@@ -213,6 +214,13 @@ def test_plan_gives_every_run_its_seed_and_scaled_epochs():
 
 
 # -- artefacts (the convergence rule: tests/test_findings_convergence.py) -------------------------------
+def test_a_curve_whose_runs_are_gone_is_removed_and_other_files_stay(tmp_path):
+    (tmp_path / "gmenet_cbam.png").write_bytes(b"old curve")
+    (tmp_path / "notes.png").write_bytes(b"a user's picture")
+    assert plot_curves([], tmp_path, runs=["gmenet_cbam", "efc_10px"]) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.png"]
+
+
 def test_copy_keeps_the_small_files_and_never_a_checkpoint(tmp_path):
     run = tmp_path / "run"
     (run / ".hydra").mkdir(parents=True)

@@ -931,10 +931,14 @@ def curves_title(run: str, conv: list[Convergence]) -> str:
     return f"{run}: validation curves (SYNTHETIC faces); converged: {converged}"
 
 
-def plot_curves(records: list[RunRecord], out_dir: Path) -> list[Path]:
+def plot_curves(records: list[RunRecord], out_dir: Path, runs: Iterable[str] = ()) -> list[Path]:
     """One PNG per run name (``<out_dir>/<run>.png``): every stage's validation score per epoch, one line
     per seed, the last 20 % of epochs shaded with each seed's fitted line there, each stage's and the run
-    group's convergence (:data:`CONVERGENCE_RULE`) in the titles and in the PNG's ``Title`` text chunk."""
+    group's convergence (:data:`CONVERGENCE_RULE`) in the titles and in the PNG's ``Title`` text chunk.
+
+    ``runs``: the protocol's run names. The curve of one of them that has no finished run any more (its
+    overrides changed: its runs are another folder) is removed, so that no picture outlives its runs; other
+    files in ``out_dir`` are left alone."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -972,6 +976,8 @@ def plot_curves(records: list[RunRecord], out_dir: Path) -> list[Path]:
         fig.savefig(path, dpi=100, metadata={"Title": title, "Description": CONVERGENCE_RULE})
         plt.close(fig)
         paths.append(path)
+    for run in set(runs) - set(by_run):
+        (out_dir / f"{run}.png").unlink(missing_ok=True)
     return paths
 
 
