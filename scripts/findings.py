@@ -58,8 +58,8 @@ from lrfer.report.findings import (
     write_calls,
     write_findings,
 )
-from lrfer.report.provenance import portable_path, provenance_line
 from lrfer.report.provenance import provenance as result_provenance
+from lrfer.report.provenance import provenance_line, script_command
 from lrfer.tools.latency import cpu_model
 from lrfer.tools.launch import finished_run, train_side_by_side
 
@@ -177,17 +177,10 @@ def train(
     return call["runs_trained"]
 
 
-def call_command(argv: list[str] | None) -> str:
-    """This call's command line as the results record it: absolute paths made relative
-    (:func:`lrfer.report.provenance.portable_path`)."""
-    given = sys.argv[1:] if argv is None else argv
-    return " ".join(["python scripts/findings.py", *(portable_path(arg) for arg in given)])
-
-
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    command = call_command(argv)
+    command = script_command("scripts/findings.py", argv)
     protocol = load_findings_protocol(args.protocol)
     if args.fraction is not None:
         if not 0 < args.fraction <= 1 or args.fraction == protocol.get("check_fraction"):

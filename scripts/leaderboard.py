@@ -48,8 +48,8 @@ from lrfer.report.leaderboard import (
     provenance_notes,
     write_leaderboard,
 )
-from lrfer.report.provenance import portable_path
 from lrfer.report.provenance import provenance as result_provenance
+from lrfer.report.provenance import script_command
 from lrfer.tools.latency import cpu_model
 from lrfer.tools.launch import finished_run, train_side_by_side
 from lrfer.tools.model_stats import method_cost
@@ -144,12 +144,7 @@ def record_call(
         calls.append(
             {
                 "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                "command": " ".join(
-                    [
-                        "python scripts/leaderboard.py",
-                        *(portable_path(arg) for arg in (sys.argv[1:] if argv is None else argv)),
-                    ]
-                ),
+                "command": script_command("scripts/leaderboard.py", argv),
                 "runs_trained": runs_trained,
                 "jobs": jobs,
                 "wall_s": round(time.perf_counter() - start, 1),

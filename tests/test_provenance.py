@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from lrfer.report.provenance import REQUIRED, portable_command, provenance
+from lrfer.report.provenance import REQUIRED, portable_command, provenance, script_command
 
 RESULTS = sorted((REPO / "experiments").rglob("*.json")) + sorted((REPO / "experiments").rglob("*.jsonl"))
 
@@ -181,6 +181,16 @@ def test_a_scripts_provenance_records_a_portable_command(monkeypatch, tmp_path):
     monkeypatch.chdir(checkout)
     monkeypatch.setattr("sys.argv", [str(checkout / "scripts" / "x.py"), "--out", str(tmp_path / "out")])
     assert provenance()["command"] == "python scripts/x.py --out ../out"
+
+
+def test_a_calls_record_names_its_script_and_arguments_with_portable_paths(monkeypatch, tmp_path):
+    """What scripts/findings.py and scripts/leaderboard.py record of each call (calls.json, leaderboard.json)."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["--out", str(tmp_path.parent / "out"), "--seeds", "3", "degrade.test=[x1]"]
+    recorded = script_command("scripts/f.py", argv)
+    assert recorded == "python scripts/f.py --out ../out --seeds 3 degrade.test=[x1]"
+    monkeypatch.setattr("sys.argv", ["scripts/f.py", "--quick"])
+    assert script_command("scripts/f.py") == "python scripts/f.py --quick"
 
 
 def _recorded_commands(value) -> list[str]:

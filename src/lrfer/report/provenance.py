@@ -40,6 +40,13 @@ def portable_command(argv: list[str], cwd: str | None = None) -> str:
     return shlex.join([portable_path(arg, cwd) for arg in argv])
 
 
+def script_command(script: str, argv: list[str] | None = None) -> str:
+    """``python <script> <arguments>`` of this call as results record it (``argv``, default ``sys.argv[1:]``):
+    absolute paths made relative (:func:`portable_path`), the arguments joined as given."""
+    given = sys.argv[1:] if argv is None else argv
+    return " ".join(["python", script, *(portable_path(arg) for arg in given)])
+
+
 def provenance(synthetic: bool = False) -> dict:
     """The command line of this process, the UTC time now, CPU model and cores, torch (and generator) version.
 
