@@ -184,7 +184,7 @@ def test_a_scripts_provenance_records_a_portable_command(monkeypatch, tmp_path):
 
 
 def test_a_calls_record_names_its_script_and_arguments_with_portable_paths(monkeypatch, tmp_path):
-    """What scripts/findings.py and scripts/leaderboard.py record of each call (calls.json, leaderboard.json)."""
+    """What scripts/findings.py and scripts/leaderboard.py record of a call (calls.json, leaderboard.json)."""
     monkeypatch.chdir(tmp_path)
     argv = ["--out", str(tmp_path.parent / "out"), "--seeds", "3", "degrade.test=[x1]"]
     recorded = script_command("scripts/f.py", argv)
