@@ -112,14 +112,13 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Classify faces of any size with a trained lrfer run.")
+    defaults = video.video_options()  # configs/video/default.yaml, read once
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("inputs", nargs="*", type=Path)
     parser.add_argument("--out", type=Path, default=Path("predictions.csv"))
     parser.add_argument("--checkpoint", default="best", choices=["best", "last"])
     parser.add_argument("--device", default="auto")
-    parser.add_argument(
-        "--batch-size", type=int, default=video.video_options().batch_size, help="faces per forward pass"
-    )
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="faces per forward pass")
     parser.add_argument(
         "--skip-corrupt", action="store_true", help="skip unreadable images instead of stopping"
     )
@@ -127,7 +126,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--square", default="crop", choices=SQUARE_MODES, help="non-square images: centre crop, pad, stretch"
     )
     photos.add_arguments(parser)
-    video.add_arguments(parser)
+    video.add_arguments(parser, defaults)
     args = parser.parse_args(argv)
     if video.wants_video(args):
         video.check_arguments(args)

@@ -353,10 +353,11 @@ def _release(pending, cfg: TrackerConfig, emit, ids, stats: TrackingStats, final
 
 
 # -- lrfer-predict RUN clip.mp4 / --camera INDEX --------
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """lrfer-predict's video options (a video input or ``--camera`` selects the video path)."""
+def add_arguments(parser: argparse.ArgumentParser, defaults: VideoOptions | None = None) -> None:
+    """lrfer-predict's video options (a video input or ``--camera`` selects the video path), their defaults
+    from ``defaults`` (:func:`video_options` when not given)."""
     group = parser.add_argument_group("video (an input ending in .mp4, .avi, .mov, .mkv, ... or --camera)")
-    defaults = video_options()
+    defaults = defaults or video_options()
     tracking = defaults.tracker
     group.add_argument("--camera", type=int, metavar="INDEX", help="read a live camera (Ctrl-C stops)")
     group.add_argument(
