@@ -36,6 +36,7 @@ import torch
 from lrfer.config.compose import compose_config
 from lrfer.core.errors import UserError, exit_on_user_error
 from lrfer.data.datasets import build_adapter
+from lrfer.report.calls import merge_calls, previous_calls, print_outcome
 from lrfer.report.convergence import BudgetCheck, budget_check
 from lrfer.report.findings import (
     claims_for,
@@ -47,11 +48,9 @@ from lrfer.report.findings import (
     load_epoch_costs,
     load_findings_protocol,
     load_records,
-    merge_calls,
     metrics_by_run,
     plan_runs,
     plot_curves,
-    previous_calls,
     provenance_lines,
     run_folder,
     with_budget_notes,
@@ -234,11 +233,9 @@ def main(argv: list[str] | None = None) -> dict:
         "verdicts": {c.claim.text: c.verdict if c.measured else "not run yet" for c in claim_results},
         "failed": failed,
     }
-    print(md.read_text())
-    print(json.dumps(summary))
-    if failed:
-        print(f"error: {len(failed)} run(s) failed: {'; '.join(failed)}", file=sys.stderr)
-        sys.exit(1)
+    status = print_outcome(md, summary, failed)
+    if status:
+        sys.exit(status)
     return summary
 
 

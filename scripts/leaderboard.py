@@ -23,7 +23,6 @@ is JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -39,12 +38,12 @@ from lrfer.core.errors import UserError, exit_on_user_error, make_output_folder
 from lrfer.data.datasets import build_adapter
 from lrfer.data.synthetic import GENERATOR_VERSION
 from lrfer.engine.loading import load_run_config
+from lrfer.report.calls import previous_calls, print_outcome
 from lrfer.report.leaderboard import (
     budget_label,
     budget_overrides,
     collect,
     load_protocol,
-    previous_calls,
     provenance_notes,
     write_leaderboard,
 )
@@ -217,11 +216,9 @@ def main(argv: list[str] | None = None) -> dict:
         "provenance": result_provenance(synthetic=dataset == "synthetic"),
     }
     write_json(summary, out / "leaderboard.json")
-    print(md.read_text())
-    print(json.dumps(summary))
-    if failed:
-        print(f"error: {len(failed)} run(s) failed: {'; '.join(failed)}", file=sys.stderr)
-        sys.exit(1)
+    status = print_outcome(md, summary, failed)
+    if status:
+        sys.exit(status)
     return summary
 
 

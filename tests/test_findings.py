@@ -14,6 +14,7 @@ from conftest import compose_cfg, run_cli
 
 from lrfer.core.errors import UserError
 from lrfer.models.gmenet import BlockAttention, GMENet
+from lrfer.report.calls import merge_calls
 from lrfer.report.findings import (
     CLAIMS,
     CONTRADICTED,
@@ -29,7 +30,6 @@ from lrfer.report.findings import (
     load_epoch_costs,
     load_findings_protocol,
     measure_values,
-    merge_calls,
     plan_runs,
     plot_curves,
     provenance_lines,

@@ -96,7 +96,8 @@ def test_the_table_states_machine_wall_time_and_command(board):
 
 
 def test_every_call_that_filled_a_folder_counts_in_its_wall_time(tmp_path):
-    from lrfer.report.leaderboard import previous_calls, provenance_notes
+    from lrfer.report.calls import previous_calls
+    from lrfer.report.leaderboard import provenance_notes
 
     summary = tmp_path / "leaderboard.json"
     assert previous_calls(summary) == []

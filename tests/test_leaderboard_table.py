@@ -12,6 +12,7 @@ import pytest
 
 from lrfer.core.errors import UserError
 from lrfer.report import leaderboard as lb
+from lrfer.report.calls import previous_calls
 from lrfer.report.leaderboard import (
     MethodResult,
     budget_label,
@@ -268,7 +269,7 @@ def test_the_plot_compares_latency_at_the_hardest_degradation(tmp_path, monkeypa
 def test_a_summary_without_calls_has_no_previous_calls(tmp_path):
     summary = tmp_path / "leaderboard.json"
     summary.write_text(json.dumps({"methods": ["a"]}))
-    assert lb.previous_calls(summary) == []
+    assert previous_calls(summary) == []
 
 
 def test_a_method_without_finished_runs_keeps_its_row_with_empty_cells(tmp_path):

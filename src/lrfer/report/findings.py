@@ -1059,28 +1059,6 @@ def write_calls(path: Path, calls: list[dict]) -> None:
     path.write_text(json.dumps({"provenance": provenance(synthetic=True), "calls": calls}, indent=1) + "\n")
 
 
-def merge_calls(kept: list[dict], new: list[dict]) -> list[dict]:
-    """The calls of ``kept`` (e.g. the repository's ``calls.json``, with calls whose run folders are gone) and
-    of ``new`` (an output folder's), one per (date, command, code): ``new``'s record of a call wins (it has
-    the call's later progress), in date order."""
-    merged = {(c.get("date"), c.get("command"), c.get("code")): c for c in kept}
-    merged.update({(c.get("date"), c.get("command"), c.get("code")): c for c in new})
-    return sorted(merged.values(), key=lambda c: str(c.get("date", "")))
-
-
-def previous_calls(path: Path) -> list[dict]:
-    """The calls of a ``calls.json`` (:func:`write_calls`; a plain list, as first written, is read too)."""
-    if not path.is_file():
-        return []
-    try:
-        data = json.loads(path.read_text())
-        return list(data["calls"] if isinstance(data, dict) else data)
-    except (json.JSONDecodeError, TypeError, KeyError) as err:
-        raise UserError(
-            f"{path} is not a JSON list of calls ({err}): remove it to start its call history anew"
-        ) from None
-
-
 # -- the cost estimate ---------------------------------------------------------------------------------------
 def load_epoch_costs(path: str | Path) -> dict:
     """``epoch_costs.yaml``: per run, the CPU seconds of one unit of each scaled key (one epoch of that

@@ -147,20 +147,6 @@ def _cost_cells(r: MethodResult) -> list[str]:
 COST_COLUMNS = ["params (M)", "GMACs", "CPU ms", "train min", "input"]
 
 
-def previous_calls(summary_file: Path) -> list[dict]:
-    """The calls of ``scripts/leaderboard.py`` that filled this output folder before (from its
-    ``leaderboard.json``): a table trained over several calls states every call's wall time."""
-    if not summary_file.is_file():
-        return []
-    try:
-        summary = json.loads(summary_file.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(
-            f"{summary_file} is not valid JSON ({err}): remove it to start its call history anew"
-        ) from None
-    return list(summary.get("calls", []))
-
-
 def provenance_notes(calls: list[dict], machine: dict) -> list[str]:
     """Lines under the table: where, with what and how long it was made (every call that trained runs)."""
     wall = sum(c["wall_s"] for c in calls) / 60
