@@ -457,6 +457,24 @@ def test_a_16_bit_png_is_predicted_like_its_8_bit_version(trained_run, tmp_path)
     assert eight == sixteen
 
 
+def test_a_face_stored_sideways_with_an_exif_orientation_is_predicted_upright(trained_run, tmp_path):
+    """A phone keeps the sensor's pixels and says "rotate 90 degrees" in EXIF (Orientation 6): lrfer-predict
+    classifies the face as it is shown, like the upright copy (the --detect path already did)."""
+    from lrfer.cli import predict
+
+    upright = np.random.default_rng(2).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    upright[:8] = 255  # a bright top: a sideways face is another input
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    Image.fromarray(upright).save(faces / "a_upright.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: the stored pixels are turned 90 degrees anticlockwise
+    Image.fromarray(np.rot90(upright, 1).copy()).save(faces / "b_sideways.png", exif=exif)
+    rows = predict.main([str(trained_run), str(faces), "--out", str(tmp_path / "p.csv"), "--device", "cpu"])
+    shown, sideways = ({k: v for k, v in r.items() if k != "path"} for r in rows)
+    assert shown == sideways
+
+
 def test_non_square_images_are_centre_cropped_or_padded_not_squashed():
     image = torch.arange(2 * 6).reshape(1, 2, 6)
     assert torch.equal(to_square(image, "crop"), image[:, :, 2:4])

@@ -40,7 +40,7 @@ from lrfer.core.errors import (
     writing,
 )
 from lrfer.data.degrade import resize_to
-from lrfer.data.images import SQUARE_MODES, to_rgb8, to_square
+from lrfer.data.images import SQUARE_MODES, to_square, upright_rgb8
 from lrfer.engine.loading import load_method_weights, load_run_config
 from lrfer.engine.resolve import resolve_device
 from lrfer.engine.run import build_method, method_context
@@ -82,7 +82,7 @@ def read_rgb(path: Path, max_pixels: int = photos.MAX_PIXELS) -> torch.Tensor:
                     f"cannot read image {path}: {w}x{h} = {w * h / 1e6:.0f} MP is more than "
                     f"--max-pixels={max_pixels}; crop the face out of it, or raise --max-pixels"
                 )
-            arr = np.asarray(to_rgb8(im))
+            arr = np.asarray(upright_rgb8(im))
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as err:
         reason = " ".join(str(err).split()) or type(err).__name__
         raise UserError(f"cannot read image {path}: {reason}") from None

@@ -3,14 +3,15 @@
 PIL's ``convert("RGB")`` clips 16-bit grey images (modes ``I;16*`` and ``I``, e.g. 16-bit PNGs) at 255, so
 nearly every pixel turns white; :func:`to_rgb8` scales them to 8 bits instead (``round(v / 257)``, so 65535
 becomes 255). :func:`to_square` makes a non-square photo square by a centre crop or by padding, instead of
-squashing it.
+squashing it. :func:`upright_rgb8` also turns a photo as its EXIF orientation says (a phone stores the
+sensor's pixels and a "rotate 90 degrees" tag): what lrfer-predict reads, faces and whole photos alike.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 #: How ``lrfer-predict --square`` makes a non-square image square.
 SQUARE_MODES = ("crop", "pad", "stretch")
@@ -30,6 +31,11 @@ def to_rgb8(image: Image.Image) -> Image.Image:
         grey = np.clip(np.rint(np.nan_to_num(values)), 0, 255).astype(np.uint8)
         return Image.fromarray(grey).convert("RGB")
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def upright_rgb8(image: Image.Image) -> Image.Image:
+    """``image`` as it is shown: turned by its EXIF orientation (none: unchanged), then :func:`to_rgb8`."""
+    return to_rgb8(ImageOps.exif_transpose(image))
 
 
 def to_square(image: torch.Tensor, mode: str = "crop") -> torch.Tensor:

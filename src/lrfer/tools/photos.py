@@ -25,11 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import OmegaConf
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image, ImageDraw, ImageFont
 
 from lrfer.config.tree import CONFIG_DIR
 from lrfer.core.errors import UserError, make_output_folder, writing
 from lrfer.data.degrade import resize_to
+from lrfer.data.images import upright_rgb8
 from lrfer.detect.detectors import DetectorConfig, FaceDetector, build_detector, crop_box
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ class FaceClassifier:
 
 
 def read_photo(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """RGB uint8 (H, W, 3), turned upright by its EXIF orientation; 16-bit images scaled to 8 bits.
+    """RGB uint8 (H, W, 3) as shown: :func:`lrfer.data.images.upright_rgb8` (EXIF orientation, 16-bit scaled).
 
     A :class:`PhotoError` says why a file cannot be used.
     """
@@ -100,12 +101,7 @@ def read_photo(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
                     f"{w}x{h} = {w * h / 1e6:.0f} MP is more than --max-pixels={max_pixels}; "
                     "downscale it (faces stay findable down to ~20 px) or raise --max-pixels"
                 )
-            im = ImageOps.exif_transpose(im)
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(im, dtype=np.float64)
-                scale = 65535.0 if arr.max() > 255 else 255.0
-                im = Image.fromarray(np.clip(arr / scale * 255 + 0.5, 0, 255).astype(np.uint8))
-            return np.asarray(im.convert("RGB")).copy()
+            return np.asarray(upright_rgb8(im)).copy()
     except PhotoError:
         raise
     except (Image.DecompressionBombError, OSError, SyntaxError, ValueError) as err:
