@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -135,10 +136,58 @@ def run_two_ranks(args: list[str], timeout: int, hang: str, **extra_env: str) ->
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        pytest.fail(f"{hang} ({timeout} s)")
+        kill_tree(proc.pid)
+        try:  # the pipes close once every process that holds them is gone
+            stdout, stderr = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            stdout, stderr = "", "(the pipes stayed open)"
+        pytest.fail(f"{hang} ({timeout} s): {stderr[-2000:]}")
     return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children, their children, ...), from ``/proc``."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):  # the process ended meanwhile
+            continue
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid``, its process group and every process below it. torchrun (torch 2.13) starts each rank
+    in a session of its own: killing torchrun's group alone leaves the ranks running, holding its pipes."""
+    below = descendants(pid)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    for child in below:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+
+
+def end_torchrun_worker() -> None:
+    """The end of a torchrun test worker, once its results are written: a last barrier (every rank's last
+    collective is complete everywhere), then the process ends at once, with no interpreter teardown.
+
+    A teardown can deadlock: the main thread frees the process group (the DDP reducer's reference, when the
+    trainer goes) and joins gloo's worker thread holding the GIL, while that thread drops its reference to
+    the last Work, which needs the GIL (torch 2.13, seen on a loaded 2-core machine, py-spy dump --native: the
+    main thread in ``~ProcessGroupGloo`` -> ``std::thread::join``, gloo's thread in ``~AsyncBarrierWork`` ->
+    ``gil_scoped_acquire``; keeping the Work alive past ``destroy_process_group`` did not prevent it).
+    """
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def spawn_ranks(worker, args: tuple, nprocs: int, timeout: int, hang: str) -> None:

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import torch
-from conftest import compose_cfg
+from conftest import compose_cfg, end_torchrun_worker
 
 from lrfer.data.degrade import parse_degradations
 from lrfer.engine import distributed as dist
@@ -91,11 +91,10 @@ def main() -> None:
     result = {"evaluate": evaluate, "syncs": syncs, "checkpoints": checkpoints}[scenario](trainer, cfg)
     result["world_size"] = dist.world_size()
     (out / f"{scenario}-rank{dist.rank()}.json").write_text(json.dumps(result))
-    if dist.is_distributed():
-        # every rank's last collective completes on every rank before one tears the group down (without it, a
-        # loaded machine saw rank 1 abort in gloo's teardown: "terminate called without an active exception")
-        torch.distributed.barrier()
-    dist.cleanup()
+    # every rank's last collective completes on every rank before one ends (without it, a loaded machine saw
+    # rank 1 abort in gloo's teardown: "terminate called without an active exception"), and no teardown
+    # runs, which can deadlock (conftest.end_torchrun_worker)
+    end_torchrun_worker()
 
 
 if __name__ == "__main__":

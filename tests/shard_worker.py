@@ -56,10 +56,12 @@ def shares(rank: int, world: int) -> dict[str, list[list[list[int]]]]:
 
 
 if __name__ == "__main__":
+    from conftest import end_torchrun_worker
+
     from lrfer.engine import distributed as dist
 
     dist.init_from_env(torch.device("cpu"))
     result = shares(dist.rank(), dist.world_size())
     Path(sys.argv[1]).mkdir(parents=True, exist_ok=True)
     (Path(sys.argv[1]) / f"rank{dist.rank()}.json").write_text(json.dumps(result))
-    dist.cleanup()
+    end_torchrun_worker()

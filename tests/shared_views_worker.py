@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import torch
+from conftest import end_torchrun_worker
 from omegaconf import OmegaConf
 
 from lrfer.config import compose_config
@@ -101,8 +102,7 @@ def main() -> None:
         entry, out = Path(sys.argv[2]), Path(sys.argv[3])
         result = views(entry)
     (out / f"rank{dist.rank()}.json").write_text(json.dumps(result))
-    dist.barrier()
-    dist.cleanup()
+    end_torchrun_worker()
 
 
 def views(entry: Path) -> dict:

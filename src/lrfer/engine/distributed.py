@@ -244,5 +244,13 @@ def needs_buffer_broadcast(modules: list[nn.Module]) -> bool:
 
 
 def cleanup() -> None:
+    """Destroy the process group at the end of a run.
+
+    Known risk (torch 2.13, gloo): destroying the group joins gloo's worker threads while holding the GIL; a
+    thread still dropping the Work of the last collective needs the GIL for it, and the two then wait for
+    each other for ever. Seen in a test worker that destroyed its group right after a barrier on a loaded
+    machine (tests/conftest.py ``end_torchrun_worker``); a run reaches this point long after its last
+    collective (metrics written, table printed), and no run has been seen to hang here.
+    """
     if is_distributed():
         tdist.destroy_process_group()
