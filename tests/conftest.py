@@ -105,9 +105,33 @@ def run_cli(args: list[str], cwd: Path | None = None, timeout: int = 600) -> sub
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
     if XDIST_WORKER:
         env.setdefault("OMP_NUM_THREADS", "1")
-    return subprocess.run(
-        [sys.executable, *args], cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout, env=env
+    return run_process([sys.executable, *args], cwd or REPO, env, timeout)
+
+
+def run_process(cmd: list[str], cwd: Path, env: dict, timeout: float) -> subprocess.CompletedProcess:
+    """``subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)``, except that a command still
+    running after ``timeout`` seconds is killed with every process it started (:func:`kill_tree`) before
+    :class:`subprocess.TimeoutExpired` is raised: ``subprocess.run`` kills the command alone, then waits
+    with no limit for its pipes, which a torchrun rank (a session of its own) keeps open."""
+    proc = subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_tree(proc.pid)
+        try:  # the pipes close once every process that holds them is gone
+            stdout, stderr = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            stdout, stderr = "", "(the pipes stayed open)"
+        raise subprocess.TimeoutExpired(cmd, timeout, stdout, stderr) from None
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 
 #: Two processes on this machine (gloo on a CPU), as ``torchrun --standalone --nproc_per_node=2`` starts them.
@@ -128,21 +152,10 @@ def run_two_ranks(args: list[str], timeout: int, hang: str, **extra_env: str) ->
         "OMP_NUM_THREADS": "1",
         **extra_env,
     }
-    cmd = [*TORCHRUN, *args]
-    pipe = subprocess.PIPE
-    proc = subprocess.Popen(
-        cmd, cwd=REPO, stdout=pipe, stderr=pipe, text=True, env=env, start_new_session=True
-    )
     try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        kill_tree(proc.pid)
-        try:  # the pipes close once every process that holds them is gone
-            stdout, stderr = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            stdout, stderr = "", "(the pipes stayed open)"
-        pytest.fail(f"{hang} ({timeout} s): {stderr[-2000:]}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+        return run_process([*TORCHRUN, *args], REPO, env, timeout)
+    except subprocess.TimeoutExpired as err:
+        pytest.fail(f"{hang} ({timeout} s): {(err.stderr or '')[-2000:]}")
 
 
 def descendants(pid: int) -> list[int]:

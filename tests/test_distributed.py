@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from collections import Counter
 
@@ -20,7 +19,7 @@ import pytest
 import shard_worker
 import torch
 import torch.distributed as tdist
-from conftest import REPO, TORCHRUN, tiny
+from conftest import REPO, TORCHRUN, run_process, tiny
 from torch import nn
 from toy_methods import TwoStageToy
 
@@ -37,7 +36,7 @@ def _run(cmd, check=True, **extra_env):
         "OMP_NUM_THREADS": "1",
         **extra_env,
     }
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    proc = run_process(cmd, REPO, env, timeout=600)
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
     return proc

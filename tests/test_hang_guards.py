@@ -7,7 +7,8 @@ import subprocess
 import sys
 import time
 
-from conftest import descendants, kill_tree
+import pytest
+from conftest import REPO, descendants, kill_tree, run_process
 
 #: A parent that starts a child in a session of its own (as torchrun starts its ranks); both sleep, and the
 #: child holds the parent's stdout and stderr.
@@ -46,3 +47,12 @@ def _alive(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_a_command_past_its_timeout_is_killed_with_its_detached_children_and_raises():
+    """run_cli and run_two_ranks run commands through run_process: a hang ends at the timeout, with output."""
+    start = time.monotonic()
+    cmd = [sys.executable, "-c", "print('started', flush=True); " + TREE]
+    with pytest.raises(subprocess.TimeoutExpired) as err:
+        run_process(cmd, REPO, {}, timeout=3)
+    assert time.monotonic() - start < 60 and err.value.stdout == "started\n"

@@ -18,7 +18,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, compose_cfg, run_cli, tiny
+from conftest import REPO, TORCHRUN, compose_cfg, run_cli, run_process, tiny
 
 from lrfer.data.cache import cache_path
 from lrfer.data.datasets import build_adapter
@@ -186,9 +186,8 @@ def test_a_user_error_under_torchrun_is_printed_once_and_leaves_no_scratch_folde
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     env = {**os.environ, "TMPDIR": str(scratch), "OMP_NUM_THREADS": "1"}
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    cmd = [*torchrun, "train.py", *_missing_rafdb(tmp_path)]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    cmd = [*TORCHRUN, "train.py", *_missing_rafdb(tmp_path)]
+    proc = run_process(cmd, REPO, env, timeout=600)
     assert proc.returncode != 0
     assert len([line for line in proc.stderr.splitlines() if line.startswith("error: dataset.root")]) == 1
     assert not list(scratch.glob("lrfer-rank*"))
