@@ -36,7 +36,7 @@ import torch
 from lrfer.config.compose import compose_config
 from lrfer.core.errors import UserError, exit_on_user_error
 from lrfer.data.datasets import build_adapter
-from lrfer.report.calls import merge_calls, previous_calls, print_outcome
+from lrfer.report.calls import call_outcome, merge_calls, previous_calls
 from lrfer.report.convergence import BudgetCheck, budget_check
 from lrfer.report.findings import (
     claims_for,
@@ -233,9 +233,11 @@ def main(argv: list[str] | None = None) -> dict:
         "verdicts": {c.claim.text: c.verdict if c.measured else "not run yet" for c in claim_results},
         "failed": failed,
     }
-    status = print_outcome(md, summary, failed)
-    if status:
-        sys.exit(status)
+    outcome = call_outcome(md.read_text(), summary, failed)
+    print(outcome.out)
+    if outcome.status:
+        print(outcome.error, file=sys.stderr)
+        sys.exit(outcome.status)
     return summary
 
 

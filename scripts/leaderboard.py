@@ -38,7 +38,7 @@ from lrfer.core.errors import UserError, exit_on_user_error, make_output_folder
 from lrfer.data.datasets import build_adapter
 from lrfer.data.synthetic import GENERATOR_VERSION
 from lrfer.engine.loading import load_run_config
-from lrfer.report.calls import previous_calls, print_outcome
+from lrfer.report.calls import call_outcome, previous_calls
 from lrfer.report.leaderboard import (
     budget_label,
     budget_overrides,
@@ -216,9 +216,11 @@ def main(argv: list[str] | None = None) -> dict:
         "provenance": result_provenance(synthetic=dataset == "synthetic"),
     }
     write_json(summary, out / "leaderboard.json")
-    status = print_outcome(md, summary, failed)
-    if status:
-        sys.exit(status)
+    outcome = call_outcome(md.read_text(), summary, failed)
+    print(outcome.out)
+    if outcome.status:
+        print(outcome.error, file=sys.stderr)
+        sys.exit(outcome.status)
     return summary
 
 

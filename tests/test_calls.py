@@ -7,7 +7,7 @@ import json
 import pytest
 
 from lrfer.core.errors import UserError
-from lrfer.report.calls import previous_calls, print_outcome
+from lrfer.report.calls import call_outcome, previous_calls
 
 
 def test_no_file_or_no_calls_key_is_an_empty_history(tmp_path):
@@ -32,11 +32,13 @@ def test_a_damaged_history_stops_with_one_line_and_is_left_as_it_is(tmp_path, te
     assert "\n" not in str(err.value) and path.read_text() == text
 
 
-def test_the_outcome_is_the_table_then_one_json_line_then_the_failed_runs(tmp_path, capsys):
-    table = tmp_path / "t.md"
-    table.write_text("| a |\n")
-    assert print_outcome(table, {"n": 1}, []) == 0
-    out = capsys.readouterr()
-    assert out.out.splitlines()[-1] == '{"n": 1}' and "| a |" in out.out and out.err == ""
-    assert print_outcome(table, {"n": 1}, ["efc/seed0 (see x.log)", "efc/seed1 (see y.log)"]) == 1
-    assert capsys.readouterr().err == "error: 2 run(s) failed: efc/seed0 (see x.log); efc/seed1 (see y.log)\n"
+def test_the_outcome_is_the_table_then_one_json_line_and_no_error_when_every_run_finished():
+    outcome = call_outcome("| a |\n", {"n": 1}, [])
+    assert outcome.out.splitlines() == ["| a |", '{"n": 1}']
+    assert (outcome.error, outcome.status) == (None, 0)
+
+
+def test_failed_runs_are_one_error_line_naming_each_and_exit_status_1():
+    outcome = call_outcome("| a |\n", {"n": 1}, ["efc/seed0 (see x.log)", "efc/seed1 (see y.log)"])
+    assert outcome.error == "error: 2 run(s) failed: efc/seed0 (see x.log); efc/seed1 (see y.log)"
+    assert outcome.status == 1 and outcome.out.splitlines()[-1] == '{"n": 1}'

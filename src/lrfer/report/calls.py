@@ -5,7 +5,7 @@ several calls (and sessions) states what it cost and what made it."""
 from __future__ import annotations
 
 import json
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from lrfer.core.errors import UserError
@@ -37,12 +37,21 @@ def merge_calls(kept: list[dict], new: list[dict]) -> list[dict]:
     return sorted(merged.values(), key=lambda c: str(c.get("date", "")))
 
 
-def print_outcome(table: Path, summary: dict, failed: list[str]) -> int:
-    """The end of a call: the table, then its summary as one JSON line (what a caller parses), then one error
-    line naming the failed runs, if any. Returns the exit status (1 when a run failed)."""
-    print(table.read_text())
-    print(json.dumps(summary))
-    if failed:
-        print(f"error: {len(failed)} run(s) failed: {'; '.join(failed)}", file=sys.stderr)
-        return 1
-    return 0
+@dataclass(frozen=True)
+class CallOutcome:
+    """What a results script prints when a call ends: ``out`` on standard output, ``error`` (one line, or
+    ``None``) on standard error, and the exit ``status``."""
+
+    out: str
+    error: str | None
+    status: int
+
+
+def call_outcome(table: str, summary: dict, failed: list[str]) -> CallOutcome:
+    """The end of a call: the table, then its summary as one JSON line (the last line, what a caller parses),
+    then one error line naming the failed runs, if any, and exit status 1 for them. It prints nothing: the
+    script does."""
+    out = f"{table.rstrip()}\n{json.dumps(summary)}"
+    if not failed:
+        return CallOutcome(out, None, 0)
+    return CallOutcome(out, f"error: {len(failed)} run(s) failed: {'; '.join(failed)}", 1)
