@@ -37,7 +37,7 @@ from lrfer.config.compose import compose_config
 from lrfer.core.errors import UserError, exit_on_user_error
 from lrfer.data.datasets import build_adapter
 from lrfer.report.calls import call_outcome, merge_calls, previous_calls
-from lrfer.report.convergence import BudgetCheck, budget_check
+from lrfer.report.convergence import BudgetCheck, Convergence, budget_check
 from lrfer.report.findings import (
     claims_for,
     convergence,
@@ -53,7 +53,7 @@ from lrfer.report.findings import (
     plot_curves,
     provenance_lines,
     run_folder,
-    with_budget_notes,
+    with_convergence_notes,
     write_calls,
     write_findings,
 )
@@ -214,8 +214,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     records = load_records(copies, plan)
     budget = check_budget(protocol, all_runs, seeds, extra, copies, records)
-    claim_results = evaluate_claims(all_runs, records, budget)
     conv = convergence(records)
+    claim_results = evaluate_claims(all_runs, records, conv, budget)
     title = f"Papers' findings on SYNTHETIC faces (not real data), {seeds} seed(s)"
     if args.quick:
         title += ", QUICK mode: not converged"
@@ -241,10 +241,13 @@ def main(argv: list[str] | None = None) -> dict:
     return summary
 
 
-def evaluate_claims(runs: list[str], records: list, budget: list[BudgetCheck]) -> list:
-    """Every claim of ``runs`` judged on the finished ``records``, each note with its budget check."""
+def evaluate_claims(
+    runs: list[str], records: list, conv: list[Convergence], budget: list[BudgetCheck]
+) -> list:
+    """Every claim of ``runs`` judged on the finished ``records``, each note with its groups' convergence
+    (rule 1) and budget check (rule 2)."""
     metrics = metrics_by_run(records)
-    return with_budget_notes([evaluate_claim(c, metrics) for c in claims_for(runs)], budget)
+    return with_convergence_notes([evaluate_claim(c, metrics) for c in claims_for(runs)], conv, budget)
 
 
 def check_budget(

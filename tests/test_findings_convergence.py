@@ -29,7 +29,7 @@ from lrfer.report.findings import (
     _convergence_text,
     load_findings_protocol,
     plot_curves,
-    with_budget_notes,
+    with_convergence_notes,
     write_findings,
 )
 
@@ -161,15 +161,31 @@ def _checks() -> list:
 
 
 def test_a_verdict_on_runs_still_gaining_at_the_longer_budget_says_so_in_its_note():
-    (result,) = with_budget_notes([_result("short", "flat")], _checks())
+    (result,) = with_convergence_notes([_result("short", "flat")], [], _checks())
     assert result.note.startswith("Paper's. Budget check: still gaining from 0.5 to 1 of the paper's epochs")
     assert "short +5.0 against a seed noise of 0.5" in result.note and "flat" not in result.note.split("(")[1]
 
 
 def test_a_verdict_on_runs_that_converged_or_were_not_run_keeps_its_note():
     results = [_result("flat", "flat"), _result("short", "flat", measured=False)]
-    converged, not_run = with_budget_notes(results, _checks())
+    converged, not_run = with_convergence_notes(results, [], _checks())
     assert converged.note == "Paper's." and not_run.note == "Paper's."
+
+
+def test_a_verdict_on_a_group_still_rising_over_its_last_fifth_says_so_in_its_note():
+    rising = [_record(s, [30.0 + i + 0.5 * s for i in range(25)], run="short") for s in range(3)]
+    flat = [_record(s, _plateau(level), run="flat") for s, level in enumerate((80.0, 82.0, 84.0))]
+    (result,) = with_convergence_notes([_result("short", "flat")], convergence(rising + flat), [])
+    assert result.note == (
+        "Paper's. Convergence: still rising over the last 20 % of its epochs (short +5.0 against a seed "
+        "noise of 0.5 points, validation), so the verdict may move with a longer budget."
+    )
+
+
+def test_a_verdict_on_flat_groups_keeps_its_note():
+    flat = [_record(s, _plateau(level), run="flat") for s, level in enumerate((80.0, 82.0, 84.0))]
+    (result,) = with_convergence_notes([_result("flat", "flat")], convergence(flat), [])
+    assert result.note == "Paper's."
 
 
 def test_the_budget_check_pairs_seeds_and_is_undecided_with_one_seed_at_both_budgets():

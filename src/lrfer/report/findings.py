@@ -495,12 +495,33 @@ def budget_note(claim: Claim, checks: Sequence[BudgetCheck]) -> str:
     )
 
 
-def with_budget_notes(results: list[ClaimResult], checks: Sequence[BudgetCheck]) -> list[ClaimResult]:
-    """``results`` with :func:`budget_note` added to the note of every measured claim it concerns."""
+def convergence_note(claim: Claim, conv: Sequence[Convergence]) -> str:
+    """The claim's run groups (stages) that convergence rule 1 (:data:`CONVERGENCE_RULE`) finds not flat over
+    their last 20 % of epochs, or "" when none: the verdict compares networks still changing at the end."""
+    moving = [c for c in conv if c.run in claim.runs() and c.converged is False]
+    if not moving:
+        return ""
+    rises = "; ".join(
+        f"{c.run}{'' if c.stage == 'train' else f' ({c.stage})'} {c.mean_rise:+.1f} against a seed noise of "
+        f"{c.noise:.1f}"
+        for c in moving
+    )
+    direction = "rising" if all(c.mean_rise > 0 for c in moving) else "changing"
+    return (
+        f"Convergence: still {direction} over the last 20 % of its epochs ({rises} points, validation), "
+        "so the verdict may move with a longer budget."
+    )
+
+
+def with_convergence_notes(
+    results: list[ClaimResult], conv: Sequence[Convergence], checks: Sequence[BudgetCheck]
+) -> list[ClaimResult]:
+    """``results`` with :func:`convergence_note` (rule 1) and :func:`budget_note` (rule 2) added to the note
+    of every measured claim they concern."""
     out = []
     for r in results:
-        extra = budget_note(r.claim, checks) if r.measured else ""
-        out.append(replace(r, note=" ".join(filter(None, [r.note, extra]))) if extra else r)
+        extra = [convergence_note(r.claim, conv), budget_note(r.claim, checks)] if r.measured else []
+        out.append(replace(r, note=" ".join(filter(None, [r.note, *extra]))) if any(extra) else r)
     return out
 
 
