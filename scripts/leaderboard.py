@@ -14,6 +14,10 @@ epochs scaled by ``--budget``) on the same dataset, split and source image size,
 protocol's degradations. Runs go to ``<out>/runs/<method>/seed<k>/`` (ordinary run folders; a finished one
 is never trained again, an interrupted one resumes), each method's cost (parameters, GMACs at its input,
 CPU batch-1 latency) to ``<out>/runs/<method>/cost.json``, the table to ``<out>/leaderboard.{md,csv,png}``.
+A protocol method with ``findings_run: <run>`` (``experiments/leaderboard/converged.yaml``) is that run of the
+findings protocol, in ``--findings-out`` (``scripts/findings.py --out``), trained there if not finished and
+tested at the protocol's degradations its own test lacked, from a checkpoint that first reproduces its own
+test accuracy (``<run folder>/leaderboard_test.json``).
 Model selection stays on each run's validation split; the test split is evaluated once per run. The table
 states the wall time of every call that trained runs or measured costs (``leaderboard.json``: ``calls``); a
 call on a finished folder only writes the table again and leaves that history alone. The last line printed
@@ -23,6 +27,7 @@ is JSON.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -39,7 +44,10 @@ from lrfer.data.datasets import build_adapter
 from lrfer.data.synthetic import GENERATOR_VERSION
 from lrfer.engine.loading import load_run_config
 from lrfer.report.calls import call_outcome, previous_calls
+from lrfer.report.findings import load_findings_protocol, run_folder
+from lrfer.report.findings import plan_runs as plan_findings_runs
 from lrfer.report.leaderboard import (
+    EXTRA_TEST_FILE,
     budget_label,
     budget_overrides,
     collect,
@@ -52,6 +60,7 @@ from lrfer.report.provenance import script_command
 from lrfer.tools.latency import cpu_model
 from lrfer.tools.launch import finished_run, train_side_by_side
 from lrfer.tools.model_stats import method_cost
+from lrfer.tools.retest import retest_at
 
 DEFAULT_PROTOCOL = Path(__file__).resolve().parents[1] / "experiments" / "leaderboard" / "protocol.yaml"
 
@@ -72,6 +81,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--budget", type=float, default=None, help="epoch factor (default: the protocol's)")
     parser.add_argument("--protocol", type=Path, default=DEFAULT_PROTOCOL)
     parser.add_argument(
+        "--findings-out",
+        type=Path,
+        default=Path("outputs/findings"),
+        help="where the findings' runs train (scripts/findings.py --out): a method with a findings_run "
+        "in the protocol reuses (or trains) its run there",
+    )
+    parser.add_argument(
         "--jobs",
         type=int,
         default=None,
@@ -87,6 +103,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def findings_plan(protocol: dict, budget: float, seeds: int, overrides: list[str]) -> dict:
+    """(findings run, seed) -> its overrides, as ``scripts/findings.py`` plans them at the findings protocol's
+    fraction times ``budget`` with the same command-line ``overrides``: the same run folders, so the two
+    scripts train each shared run once. Empty when no method of the protocol reuses a findings run."""
+    runs = [spec["findings_run"] for spec in protocol["methods"].values() if spec.get("findings_run")]
+    if not runs:
+        return {}
+    findings = load_findings_protocol(protocol["findings"])
+    findings["fraction"] = float(findings["fraction"]) * budget
+    return plan_findings_runs(findings, runs, seeds, overrides)
+
+
 def plan_runs(
     protocol: dict,
     methods: list[str],
@@ -94,16 +122,26 @@ def plan_runs(
     base: list[str],
     args: argparse.Namespace,
     provenance: dict,
-) -> list[tuple[str, int, Path, list[str]]]:
-    """(method, seed, run folder, overrides) of every run still to train, method by method (a method's seeds
-    train side by side); every method's config is validated before the first run trains."""
+) -> tuple[dict[str, list[Path]], list[tuple[str, int, Path, list[str]]]]:
+    """Every method's run folders, and (method, seed, run folder, overrides) of every run still to train,
+    method by method (a method's seeds train side by side); every method's config is validated before the
+    first run trains. A method with a ``findings_run`` is that run of the findings (in ``--findings-out``,
+    tested there at its own degradations; :func:`retest_reused` adds the protocol's)."""
+    shared = findings_plan(protocol, budget, args.seeds, args.overrides)
+    folders: dict[str, list[Path]] = {}
     todo = []
     for name in methods:
         spec = protocol["methods"][name]
-        scaled = budget_overrides(spec, budget, base)
+        run = spec.get("findings_run")
+        scaled = [] if run else budget_overrides(spec, budget, base)
         for seed in range(args.seeds):
-            run_dir = (args.out / "runs" / name / f"seed{seed}").resolve()
-            overrides = merge_overrides(spec["overrides"], scaled, base, [f"seed={seed}"])
+            if run:
+                overrides = shared[(run, seed)]
+                run_dir = run_folder(args.findings_out / "runs", run, seed, overrides).resolve()
+            else:
+                run_dir = (args.out / "runs" / name / f"seed{seed}").resolve()
+                overrides = merge_overrides(spec["overrides"], scaled, base, [f"seed={seed}"])
+            folders.setdefault(name, []).append(run_dir)
             if seed == 0:
                 try:
                     validate_config(compose_config(overrides), warn=False)
@@ -113,18 +151,49 @@ def plan_runs(
                 print(f"{name} seed {seed}: finished earlier ({run_dir})", flush=True)
             else:
                 todo.append((name, seed, run_dir, overrides))
-    return todo
+    return folders, todo
 
 
-def measure_costs(out: Path, methods: list[str], latency: dict, failed: list[str]) -> int:
+def retest_reused(
+    protocol: dict, folders: dict[str, list[Path]], labels: list[str], failed: list[str]
+) -> int:
+    """Test each finished run reused from the findings at the protocol's ``labels`` its own test did not
+    cover, into its :data:`EXTRA_TEST_FILE` (once: a label already there is not tested again); returns how
+    many runs were tested."""
+    tested = 0
+    for name, runs in folders.items():
+        if not protocol["methods"][name].get("findings_run"):
+            continue
+        for run_dir in runs:
+            if not (run_dir / "metrics.json").is_file():
+                continue
+            own = json.loads((run_dir / "metrics.json").read_text()).get("test", {})
+            extra_file = run_dir / EXTRA_TEST_FILE
+            before = json.loads(extra_file.read_text()) if extra_file.is_file() else {"test": {}}
+            missing = [lbl for lbl in labels if lbl not in own and lbl not in before["test"]]
+            if not missing:
+                continue
+            try:
+                result = retest_at(run_dir, missing)
+            except UserError as err:
+                print(f"{name}: {err}", flush=True)
+                failed.append(f"{name}/{run_dir.name} retest ({err})")
+                continue
+            write_json({**result, "test": {**before["test"], **result["test"]}}, extra_file)
+            tested += 1
+    return tested
+
+
+def measure_costs(out: Path, folders: dict[str, list[Path]], latency: dict, failed: list[str]) -> int:
     """Write each method's ``cost.json`` not measured yet (after all training: the latency column is timed
-    with nothing else running on the machine); returns how many were measured."""
+    with nothing else running on the machine), from its first run; returns how many were measured."""
     measured = 0
-    for name in methods:
-        first = out / "runs" / name / "seed0"
+    for name, runs in folders.items():
+        first = runs[0]
         cost_file = out / "runs" / name / "cost.json"
         if (first / "metrics.json").is_file() and not cost_file.is_file():
             try:
+                cost_file.parent.mkdir(parents=True, exist_ok=True)
                 write_json(method_cost(load_run_config(first), latency), cost_file)
                 measured += 1
             except UserError as err:  # one method's cost must not stop the other methods' costs
@@ -174,7 +243,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise UserError(f"--jobs must be at least 1, got {jobs_wanted}")
 
     start, failed = time.perf_counter(), []
-    todo = plan_runs(protocol, methods, budget, base, args, provenance)
+    folders, todo = plan_runs(protocol, methods, budget, base, args, provenance)
 
     def trained(index: int, ok: bool, seconds: float) -> None:
         name, seed, run_dir, _ = todo[index]
@@ -186,13 +255,14 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{len(todo)} run(s) to train, {max(1, min(jobs_wanted, len(todo)))} at a time", flush=True)
     jobs = train_side_by_side([(overrides, run_dir) for *_, run_dir, overrides in todo], jobs_wanted, trained)
     train_wall = time.perf_counter() - start
-    measured = measure_costs(out, methods, protocol["latency"], failed)
-    calls = record_call(out, argv, len(todo), measured, jobs, start)
+    retested = retest_reused(protocol, folders, list(protocol["test"]), failed)
+    measured = measure_costs(out, folders, protocol["latency"], failed)
+    calls = record_call(out, argv, len(todo), measured + retested, jobs, start)
 
     machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__}
     if dataset == "synthetic":
         machine["generator_version"] = GENERATOR_VERSION
-    results = collect(out, methods)
+    results = collect(out, methods, folders)
     labels = sorted({lbl for r in results for lbl in r.accuracies})
     data = "SYNTHETIC faces (not real data)" if dataset == "synthetic" else dataset
     budget_text = budget_label(budget, protocol["converged_budget"])

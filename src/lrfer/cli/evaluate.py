@@ -16,11 +16,8 @@ from pathlib import Path
 
 from lrfer.core.checkpoint import write_json
 from lrfer.core.errors import console_script, exit_on_user_error
-from lrfer.data.degrade import parse_degradations
-from lrfer.engine.loading import load_method_weights, load_run_config
-from lrfer.engine.resolve import resolve
-from lrfer.engine.run import build_parts, format_table
-from lrfer.engine.trainer import Trainer
+from lrfer.engine.run import format_table
+from lrfer.tools.retest import evaluate_run
 
 
 @exit_on_user_error
@@ -35,20 +32,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    spec = resolve(load_run_config(args.run_dir, args.override, validate=False))
-    cfg = spec.cfg
-    degradations = parse_degradations(args.degrade) if args.degrade else spec.degrade.test
-    parts = build_parts(spec)
-    meta = load_method_weights(parts.method, args.run_dir, args.checkpoint)
-    trainer = Trainer(spec, parts.method, parts.datamodule)
-    rows = trainer.evaluate(args.split, degradations, keep_confusion=True)
-    result = {
-        "method": cfg.method.name,
-        "dataset": cfg.dataset.name,
-        "checkpoint": args.checkpoint,
-        "checkpoint_epoch": meta.get("epoch"),
-        args.split: rows,
-    }
+    result = evaluate_run(args.run_dir, args.degrade, args.split, args.checkpoint, args.override)
     out = args.out or args.run_dir / f"eval_{args.split}.json"
     write_json(result, out)
     print(format_table(result, args.split))

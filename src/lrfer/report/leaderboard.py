@@ -27,8 +27,12 @@ if TYPE_CHECKING:
 
 PROTOCOL_KEYS = {"test", "budget", "common", "latency", "methods"}
 # datasets: dataset name -> overrides for that dataset only (after common); converged_budget: the budget at
-# which every method's validation curve was shown flat (null: none yet)
-OPTIONAL_PROTOCOL_KEYS = {"datasets", "converged_budget"}
+# which every method's validation curve was shown flat (null: none yet); findings: the findings protocol
+# (a path relative to this protocol's folder) whose runs the methods with a ``findings_run`` are
+OPTIONAL_PROTOCOL_KEYS = {"datasets", "converged_budget", "findings"}
+#: Beside a run reused from the findings (``findings_run``): its test rows at the leaderboard's degradations
+#: that its own test (metrics.json) did not cover, from its best checkpoint (``lrfer-evaluate``).
+EXTRA_TEST_FILE = "leaderboard_test.json"
 
 
 def budget_label(budget: float, converged_budget: float | None) -> str:
@@ -63,8 +67,12 @@ def load_protocol(path: str | Path) -> dict:
     if not isinstance(protocol["methods"], dict):
         raise UserError(f"{path}: methods must map each method's name to its overrides")
     for name, spec in protocol["methods"].items():
-        if not isinstance(spec, dict) or not spec.get("overrides"):
+        if not isinstance(spec, dict) or not (spec.get("overrides") or spec.get("findings_run")):
             raise UserError(f"{path}: method {name} has no overrides (e.g. [method={name}])")
+        if spec.get("findings_run") and not protocol.get("findings"):
+            raise UserError(f"{path}: method {name} has a findings_run but the protocol names no findings")
+    if protocol.get("findings"):
+        protocol["findings"] = str((path.parent / protocol["findings"]).resolve())
     return protocol
 
 
@@ -108,14 +116,25 @@ class MethodResult:
         return mean, (100 * statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def collect(out: Path, methods: list[str]) -> list[MethodResult]:
-    """Read every finished run and cost file of ``methods`` below ``<out>/runs``."""
+def collect(
+    out: Path, methods: list[str], folders: dict[str, list[Path]] | None = None
+) -> list[MethodResult]:
+    """Read every finished run and cost file of ``methods``: the runs in ``folders[method]`` (the run folders
+    of a method reused from the findings), else those below ``<out>/runs/<method>/``; a run's test rows are
+    its ``metrics.json``'s and, for labels that file lacks, its :data:`EXTRA_TEST_FILE`'s."""
     results = []
     for name in methods:
         result = MethodResult(name)
-        for metrics_file in sorted((out / "runs" / name).glob("seed*/metrics.json")):
-            metrics = json.loads(metrics_file.read_text())
-            for label, row in metrics.get("test", {}).items():
+        runs = (folders or {}).get(name) or sorted((out / "runs" / name).glob("seed*"))
+        for run in runs:
+            if not (run / "metrics.json").is_file():
+                continue
+            metrics = json.loads((run / "metrics.json").read_text())
+            rows = dict(metrics.get("test", {}))
+            if (run / EXTRA_TEST_FILE).is_file():
+                extra = json.loads((run / EXTRA_TEST_FILE).read_text()).get("test", {})
+                rows.update({label: row for label, row in extra.items() if label not in rows})
+            for label, row in rows.items():
                 result.accuracies.setdefault(label, []).append(float(row["acc"]))
             if "duration_s" in metrics:
                 result.durations.append(float(metrics["duration_s"]))
