@@ -52,6 +52,7 @@ from lrfer.report.findings import (
     plan_runs,
     plot_curves,
     provenance_lines,
+    remaining_line,
     run_folder,
     with_convergence_notes,
     write_calls,
@@ -219,9 +220,7 @@ def main(argv: list[str] | None = None) -> dict:
     title = f"Papers' findings on SYNTHETIC faces (not real data), {seeds} seed(s)"
     if args.quick:
         title += ", QUICK mode: not converged"
-    notes = [provenance_line(result_provenance(synthetic=True))]
-    notes += [f"Table made {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} by `{command}`."]
-    notes += provenance_lines(records, calls, float(protocol["fraction"]))
+    notes = table_notes(args, command, records, calls, protocol, plan)
     md = write_findings(claim_results, conv, results, "synthetic", title, notes, budget)
     curves = plot_curves(records, results / "curves", all_runs)
     summary = {
@@ -239,6 +238,18 @@ def main(argv: list[str] | None = None) -> dict:
         print(outcome.error, file=sys.stderr)
         sys.exit(outcome.status)
     return summary
+
+
+def table_notes(
+    args: argparse.Namespace, command: str, records: list, calls: list[dict], protocol: dict, plan: dict
+) -> list[str]:
+    """The lines under the table: provenance, budget, CPU time and calls, and what is still to run."""
+    notes = [provenance_line(result_provenance(synthetic=True))]
+    notes += [f"Table made {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} by `{command}`."]
+    notes += provenance_lines(records, calls, float(protocol["fraction"]))
+    if not args.quick:  # the cost file prices the protocol's epochs, not the quick mode's single epoch
+        notes.append(remaining_line(plan, {(r.run, r.seed) for r in records}, load_epoch_costs(args.costs)))
+    return notes
 
 
 def evaluate_claims(

@@ -33,6 +33,7 @@ from lrfer.report.findings import (
     plan_runs,
     plot_curves,
     provenance_lines,
+    remaining_line,
     run_folder,
     scaled_overrides,
     validation_history,
@@ -375,6 +376,15 @@ def test_the_estimate_prices_each_scaled_key_of_each_seed():
     assert estimate_cpu(plan, costs) == {"d": 2 * (20 * 200 + 20 * 65), "f": 10 * 5 + 0.25 * 1000}
     with pytest.raises(UserError, match="no cost for run"):
         estimate_cpu({("x", 0): ["seed=0"]}, costs)
+
+
+def test_what_is_still_to_run_is_the_unfinished_runs_estimate_labelled_as_one():
+    plan = {("d", 0): ["method.epochs=20"], ("d", 1): ["method.epochs=20"], ("f", 0): ["method.epochs=10"]}
+    costs = {"runs": {"d": {"cpu_s": {"method.epochs": 360}}, "f": {"cpu_s": {"method.epochs": 720}}}}
+    line = remaining_line(plan, {("d", 0)}, costs)
+    assert line.startswith("Still to run: 2 of the 3 planned run(s), about 4 CPU h (an estimate from ")
+    assert line.endswith("not a measurement): d 1 (2.0 h), f 1 (2.0 h).")
+    assert remaining_line(plan, set(plan), costs) == "Still to run: none of the 3 planned run(s)."
 
 
 def test_the_committed_cost_file_prices_every_run_of_the_protocol():

@@ -1070,6 +1070,26 @@ def provenance_lines(records: list[RunRecord], calls: list[dict], fraction: floa
     return lines
 
 
+def remaining_line(
+    plan: dict[tuple[str, int], list[str]], finished: set[tuple[str, int]], costs: dict
+) -> str:
+    """One line under the table: the planned runs not finished yet and their estimated CPU time
+    (:func:`estimate_cpu`, from the cost file: an estimate, not a measurement), run group by run group."""
+    left = {key: overrides for key, overrides in plan.items() if key not in finished}
+    if not left:
+        return f"Still to run: none of the {len(plan)} planned run(s)."
+    per_run = estimate_cpu(left, costs)
+    groups = ", ".join(
+        f"{run} {sum(1 for r, _ in left if r == run)} ({seconds / 3600:.1f} h)"
+        for run, seconds in per_run.items()
+    )
+    return (
+        f"Still to run: {len(left)} of the {len(plan)} planned run(s), about "
+        f"{sum(per_run.values()) / 3600:.0f} CPU h (an estimate from experiments/findings/epoch_costs.yaml, "
+        f"not a measurement): {groups}."
+    )
+
+
 def duration(seconds: float) -> str:
     """Seconds as minutes below two hours, else hours."""
     return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.2f} h"
