@@ -476,6 +476,15 @@ def evaluate_claim(claim: Claim, metrics: dict[str, dict[int, dict]], note: str 
     return ClaimResult(claim, a, b, diff, se, n, verdict(diff, se, claim.margin), note)
 
 
+def _against_noise(stages: list[tuple[str, str, float, float]]) -> str:
+    """``run (stage) +change against a seed noise of noise`` for each (run, stage, change, noise), joined by
+    "; " (the stage left out when it is the one stage, ``train``)."""
+    return "; ".join(
+        f"{run}{'' if stage == 'train' else f' ({stage})'} {change:+.1f} against a seed noise of {noise:.1f}"
+        for run, stage, change, noise in stages
+    )
+
+
 def budget_note(claim: Claim, checks: Sequence[BudgetCheck]) -> str:
     """The claim's run groups (stages) that the budget check (:data:`BUDGET_RULE`) finds still gaining more
     than the seed noise from the shorter budget to the longer one, or "" when none (or no check): the verdict
@@ -483,11 +492,7 @@ def budget_note(claim: Claim, checks: Sequence[BudgetCheck]) -> str:
     short = [c for c in checks if c.run in claim.runs() and c.converged is False]
     if not short:
         return ""
-    gains = "; ".join(
-        f"{c.run}{'' if c.stage == 'train' else f' ({c.stage})'} {c.mean_gain:+.1f} against a seed noise of "
-        f"{c.noise:.1f}"
-        for c in short
-    )
+    gains = _against_noise([(c.run, c.stage, c.mean_gain, c.noise) for c in short])
     budgets = f"{short[0].shorter:g} to {short[0].longer:g}"
     return (
         f"Budget check: still gaining from {budgets} of the paper's epochs ({gains} points, validation), "
@@ -501,11 +506,7 @@ def convergence_note(claim: Claim, conv: Sequence[Convergence]) -> str:
     moving = [c for c in conv if c.run in claim.runs() and c.converged is False]
     if not moving:
         return ""
-    rises = "; ".join(
-        f"{c.run}{'' if c.stage == 'train' else f' ({c.stage})'} {c.mean_rise:+.1f} against a seed noise of "
-        f"{c.noise:.1f}"
-        for c in moving
-    )
+    rises = _against_noise([(c.run, c.stage, c.mean_rise, c.noise) for c in moving])
     direction = "rising" if all(c.mean_rise > 0 for c in moving) else "changing"
     return (
         f"Convergence: still {direction} over the last 20 % of its epochs ({rises} points, validation), "
