@@ -51,6 +51,7 @@ from lrfer.report.leaderboard import (
     budget_label,
     budget_overrides,
     collect,
+    cpu_time_note,
     load_protocol,
     provenance_notes,
     write_leaderboard,
@@ -267,7 +268,8 @@ def main(argv: list[str] | None = None) -> dict:
     data = "SYNTHETIC faces (not real data)" if dataset == "synthetic" else dataset
     budget_text = budget_label(budget, protocol["converged_budget"])
     title = f"lrfer leaderboard on {data}, {budget_text}, {args.seeds} seed(s)"
-    md = write_leaderboard(results, labels, out, title, provenance_notes(calls, machine))
+    notes = [*provenance_notes(calls, machine), cpu_time_note(results)]
+    md = write_leaderboard(results, labels, out, title, notes)
     summary = {
         "dataset": dataset,
         "budget": budget,

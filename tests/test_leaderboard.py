@@ -110,6 +110,20 @@ def test_every_call_that_filled_a_folder_counts_in_its_wall_time(tmp_path):
         previous_calls(summary)
 
 
+def test_the_table_sums_the_runs_cpu_time_and_counts_the_runs_that_lack_it(tmp_path):
+    from lrfer.report.leaderboard import collect, cpu_time_note
+
+    for seed, metrics in enumerate([{"cpu_s": 5400.0}, {"cpu_s": 1800.0}, {"duration_s": 60.0}]):
+        run = tmp_path / "runs" / "m" / f"seed{seed}"
+        run.mkdir(parents=True)
+        (run / "metrics.json").write_text(json.dumps({"test": {"x1": {"acc": 0.5}}, **metrics}))
+    note = cpu_time_note(collect(tmp_path, ["m"]))
+    assert (
+        note
+        == "Total CPU time of the runs: 2.00 h over 2 run(s) (metrics.json cpu_s); 1 run(s) do not record it."
+    )
+
+
 @pytest.mark.parametrize("dataset", ["synthetic", "rafdb", "ferplus", "fer2013", "affectnet", "kdef", "expw"])
 def test_the_protocol_composes_for_every_method_on_every_dataset(dataset):
     """The default protocol works on a real dataset unchanged: its common and per-dataset overrides never

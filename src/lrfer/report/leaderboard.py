@@ -106,6 +106,8 @@ class MethodResult:
     name: str
     accuracies: dict[str, list[float]] = field(default_factory=dict)
     durations: list[float] = field(default_factory=list)
+    cpu_s: list[float] = field(default_factory=list)  # each run's CPU seconds (metrics.json), where recorded
+    runs: int = 0  # finished runs read
     cost: dict = field(default_factory=dict)
 
     def mean_std(self, label: str) -> tuple[float, float] | None:
@@ -130,6 +132,7 @@ def collect(
             if not (run / "metrics.json").is_file():
                 continue
             metrics = json.loads((run / "metrics.json").read_text())
+            result.runs += 1
             rows = dict(metrics.get("test", {}))
             if (run / EXTRA_TEST_FILE).is_file():
                 extra = json.loads((run / EXTRA_TEST_FILE).read_text()).get("test", {})
@@ -138,6 +141,8 @@ def collect(
                 result.accuracies.setdefault(label, []).append(float(row["acc"]))
             if "duration_s" in metrics:
                 result.durations.append(float(metrics["duration_s"]))
+            if "cpu_s" in metrics:
+                result.cpu_s.append(float(metrics["cpu_s"]))
         cost_file = out / "runs" / name / "cost.json"
         if cost_file.is_file():
             result.cost = json.loads(cost_file.read_text())
@@ -192,6 +197,18 @@ def provenance_notes(calls: list[dict], machine: dict) -> list[str]:
     if commands:
         lines.append("Command(s): " + "; ".join(f"`{c}`" for c in commands) + ".")
     return lines
+
+
+def cpu_time_note(results: list[MethodResult]) -> str:
+    """The line under the table that sums the training CPU time of its runs (``metrics.json`` ``cpu_s``:
+    every process of the run, all its cores), and says how many runs do not record it."""
+    runs = sum(r.runs for r in results)
+    cpu = sum(sum(r.cpu_s) for r in results)
+    counted = sum(len(r.cpu_s) for r in results)
+    missing = f"; {runs - counted} run(s) do not record it" if runs > counted else ""
+    return (
+        f"Total CPU time of the runs: {cpu / 3600:.2f} h over {counted} run(s) (metrics.json cpu_s){missing}."
+    )
 
 
 def write_leaderboard(
