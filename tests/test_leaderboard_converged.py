@@ -12,6 +12,8 @@ import pytest
 import yaml
 from conftest import REPO, run_cli
 
+from lrfer.config.compose import compose_config, merge_overrides
+from lrfer.config.validate import validate_config
 from lrfer.core.errors import UserError
 from lrfer.report.findings import load_findings_protocol
 from lrfer.report.leaderboard import EXTRA_TEST_FILE, collect, load_protocol
@@ -108,3 +110,14 @@ def test_a_checkpoint_that_does_not_reproduce_the_runs_own_test_is_refused(share
     (copy / "metrics.json").write_text(json.dumps(metrics))
     with pytest.raises(UserError, match="no checkpoint reproduces its own test accuracy at 32px"):
         retest_at(copy, ["x2"])
+
+
+@pytest.mark.parametrize("method", ["baseline", "efc"])
+def test_the_methods_trained_by_the_converged_leaderboard_itself_compose_and_validate(method):
+    protocol = load_protocol(CONVERGED)
+    spec = protocol["methods"][method]
+    assert not spec.get("findings_run")
+    test = "degrade.test=[" + ",".join(protocol["test"]) + "]"
+    cfg = compose_config(merge_overrides(spec["overrides"], protocol["common"], [test], ["seed=0"]))
+    validate_config(cfg, warn=False)
+    assert cfg.dataset.num_train == 3000 and cfg.trainer.scheduler.name == "cosine"
