@@ -155,6 +155,17 @@ def plan_runs(
     return folders, todo
 
 
+def read_json(path: Path) -> dict:
+    """A JSON object from ``path``; one that is not stops (:class:`UserError`) naming the file."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"cannot read {path} ({err}): remove it to test that run again") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} holds no JSON object: remove it to test that run again")
+    return data
+
+
 def retest_reused(
     protocol: dict, folders: dict[str, list[Path]], labels: list[str], failed: list[str]
 ) -> int:
@@ -168,19 +179,19 @@ def retest_reused(
         for run_dir in runs:
             if not (run_dir / "metrics.json").is_file():
                 continue
-            own = json.loads((run_dir / "metrics.json").read_text()).get("test", {})
-            extra_file = run_dir / EXTRA_TEST_FILE
-            before = json.loads(extra_file.read_text()) if extra_file.is_file() else {"test": {}}
-            missing = [lbl for lbl in labels if lbl not in own and lbl not in before["test"]]
-            if not missing:
-                continue
             try:
+                own = read_json(run_dir / "metrics.json").get("test", {})
+                extra_file = run_dir / EXTRA_TEST_FILE
+                before = read_json(extra_file) if extra_file.is_file() else {"test": {}}
+                missing = [lbl for lbl in labels if lbl not in own and lbl not in before.get("test", {})]
+                if not missing:
+                    continue
                 result = retest_at(run_dir, missing)
             except UserError as err:
                 print(f"{name}: {err}", flush=True)
                 failed.append(f"{name}/{run_dir.name} retest ({err})")
                 continue
-            write_json({**result, "test": {**before["test"], **result["test"]}}, extra_file)
+            write_json({**result, "test": {**before.get("test", {}), **result["test"]}}, extra_file)
             tested += 1
     return tested
 

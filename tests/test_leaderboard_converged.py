@@ -49,6 +49,16 @@ def test_a_reused_runs_extra_labels_join_its_own_and_never_replace_them(tmp_path
     assert result.accuracies == {"x1": [0.8], "x8": [0.4]}
 
 
+def test_a_damaged_extra_test_record_stops_with_one_line_and_is_left_as_it_is(tmp_path):
+    run = tmp_path / "f" / "seed0-abc"
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({"test": {"x1": {"acc": 0.8}}}))
+    (run / EXTRA_TEST_FILE).write_text("{not json")
+    with pytest.raises(UserError, match="is not a test record: remove it and the next call tests that run"):
+        collect(tmp_path / "lb", ["m"], {"m": [run]})
+    assert (run / EXTRA_TEST_FILE).read_text() == "{not json"
+
+
 # -- end to end: a findings run (the quick mode's) reused by the leaderboard --------------------------------
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):

@@ -135,7 +135,7 @@ def collect(
             result.runs += 1
             rows = dict(metrics.get("test", {}))
             if (run / EXTRA_TEST_FILE).is_file():
-                extra = json.loads((run / EXTRA_TEST_FILE).read_text()).get("test", {})
+                extra = _extra_rows(run / EXTRA_TEST_FILE)
                 rows.update({label: row for label, row in extra.items() if label not in rows})
             for label, row in rows.items():
                 result.accuracies.setdefault(label, []).append(float(row["acc"]))
@@ -148,6 +148,17 @@ def collect(
             result.cost = json.loads(cost_file.read_text())
         results.append(result)
     return results
+
+
+def _extra_rows(path: Path) -> dict:
+    """The test rows of a reused run's :data:`EXTRA_TEST_FILE`; a damaged file stops with one line."""
+    try:
+        rows = json.loads(path.read_text()).get("test")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        rows = None
+    if not isinstance(rows, dict):
+        raise UserError(f"{path} is not a test record: remove it and the next call tests that run again")
+    return rows
 
 
 def _cell(stats: tuple[float, float] | None) -> str:
