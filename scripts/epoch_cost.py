@@ -34,6 +34,7 @@ from lrfer.config.compose import compose_config, merge_overrides
 from lrfer.core.errors import UserError, exit_on_user_error, make_output_folder
 from lrfer.data.datasets import build_adapter
 from lrfer.report.findings import load_findings_protocol, plan_runs
+from lrfer.report.provenance import provenance as result_provenance
 from lrfer.report.provenance import script_command
 from lrfer.tools.latency import cpu_model
 from lrfer.tools.launch import finished_run, train_in_subprocess
@@ -124,6 +125,7 @@ def measure(args: argparse.Namespace, argv: list[str] | None) -> dict:
         "command": script_command("scripts/epoch_cost.py", argv),
         "machine": f"{cpu_model()} ({os.cpu_count()} cores)",
         "torch": torch.__version__,
+        "provenance": result_provenance(synthetic=True),
     }
 
 
