@@ -155,14 +155,14 @@ def plan_runs(
     return folders, todo
 
 
-def read_json(path: Path) -> dict:
-    """A JSON object from ``path``; one that is not stops (:class:`UserError`) naming the file."""
+def read_json(path: Path, fix: str) -> dict:
+    """A JSON object from ``path``; one that is not stops (:class:`UserError`) naming the file and ``fix``."""
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise UserError(f"cannot read {path} ({err}): remove it to test that run again") from None
+        raise UserError(f"cannot read {path} ({err}): {fix}") from None
     if not isinstance(data, dict):
-        raise UserError(f"{path} holds no JSON object: remove it to test that run again")
+        raise UserError(f"{path} holds no JSON object: {fix}")
     return data
 
 
@@ -180,9 +180,10 @@ def retest_reused(
             if not (run_dir / "metrics.json").is_file():
                 continue
             try:
-                own = read_json(run_dir / "metrics.json").get("test", {})
+                own = read_json(run_dir / "metrics.json", "train that run again").get("test", {})
                 extra_file = run_dir / EXTRA_TEST_FILE
-                before = read_json(extra_file) if extra_file.is_file() else {"test": {}}
+                again = "remove it to test that run again"
+                before = read_json(extra_file, again) if extra_file.is_file() else {"test": {}}
                 missing = [lbl for lbl in labels if lbl not in own and lbl not in before.get("test", {})]
                 if not missing:
                     continue
