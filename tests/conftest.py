@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import signal
 import subprocess
@@ -98,6 +99,14 @@ def tiny(tmp: Path, *extra: str) -> list[str]:
         f"paths.cache_dir={tmp / 'cache'}",
         *extra,
     ]
+
+
+def load_script(name: str):
+    """``scripts/<name>.py`` imported as a module (``lrfer_script_<name>``), its ``main`` not run."""
+    spec = importlib.util.spec_from_file_location(f"lrfer_script_{name}", REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run_cli(args: list[str], cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
+from conftest import REPO, load_script
 from torch.distributed.run import get_args_parser
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_ddp.py"
-
-
-def load_bench_ddp():
-    spec = importlib.util.spec_from_file_location("lrfer_script_bench_ddp", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+SCRIPT = REPO / "scripts" / "bench_ddp.py"
 
 
 def test_a_rank_receives_the_bench_options_through_torchrun_unchanged(tmp_path):
-    bench = load_bench_ddp()
+    bench = load_script("bench_ddp")
     args = bench.parse_args(["--nproc", "2", "--size", "32", "--batch-size", "8", "--method", "efc"])
     argv = bench.worker_argv(args, str(tmp_path / "cache"), tmp_path / "r0.json", threads=1)
     launched = get_args_parser().parse_args(["--standalone", "--nproc_per_node=2", str(SCRIPT), *argv])
