@@ -52,6 +52,7 @@ from lrfer.report.leaderboard import (
     budget_overrides,
     collect,
     cpu_time_note,
+    extra_test_rows,
     load_protocol,
     provenance_notes,
     write_leaderboard,
@@ -155,15 +156,14 @@ def plan_runs(
     return folders, todo
 
 
-def read_json(path: Path, fix: str) -> dict:
-    """A JSON object from ``path``; one that is not stops (:class:`UserError`) naming the file and ``fix``."""
+def own_test_rows(run_dir: Path) -> dict:
+    """The test rows of a finished run's ``metrics.json``; a damaged file stops with one line naming it."""
+    path = run_dir / "metrics.json"
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserError(f"cannot read {path} ({err}): {fix}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path} holds no JSON object: {fix}")
-    return data
+        rows = json.loads(path.read_text()).get("test", {})
+    except (OSError, json.JSONDecodeError, AttributeError) as err:
+        raise UserError(f"cannot read the test rows of {path} ({err}): train that run again") from None
+    return rows
 
 
 def retest_reused(
@@ -180,11 +180,10 @@ def retest_reused(
             if not (run_dir / "metrics.json").is_file():
                 continue
             try:
-                own = read_json(run_dir / "metrics.json", "train that run again").get("test", {})
+                own = own_test_rows(run_dir)
                 extra_file = run_dir / EXTRA_TEST_FILE
-                again = "remove it to test that run again"
-                before = read_json(extra_file, again) if extra_file.is_file() else {"test": {}}
-                missing = [lbl for lbl in labels if lbl not in own and lbl not in before.get("test", {})]
+                before = extra_test_rows(extra_file) if extra_file.is_file() else {}
+                missing = [lbl for lbl in labels if lbl not in own and lbl not in before]
                 if not missing:
                     continue
                 result = retest_at(run_dir, missing)
@@ -192,7 +191,7 @@ def retest_reused(
                 print(f"{name}: {err}", flush=True)
                 failed.append(f"{name}/{run_dir.name} retest ({err})")
                 continue
-            write_json({**result, "test": {**before.get("test", {}), **result["test"]}}, extra_file)
+            write_json({**result, "test": {**before, **result["test"]}}, extra_file)
             tested += 1
     return tested
 

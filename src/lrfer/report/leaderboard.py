@@ -135,7 +135,7 @@ def collect(
             result.runs += 1
             rows = dict(metrics.get("test", {}))
             if (run / EXTRA_TEST_FILE).is_file():
-                extra = _extra_rows(run / EXTRA_TEST_FILE)
+                extra = extra_test_rows(run / EXTRA_TEST_FILE)
                 rows.update({label: row for label, row in extra.items() if label not in rows})
             for label, row in rows.items():
                 result.accuracies.setdefault(label, []).append(float(row["acc"]))
@@ -150,7 +150,7 @@ def collect(
     return results
 
 
-def _extra_rows(path: Path) -> dict:
+def extra_test_rows(path: Path) -> dict:
     """The test rows of a reused run's :data:`EXTRA_TEST_FILE`; a damaged file stops with one line."""
     try:
         rows = json.loads(path.read_text()).get("test")
