@@ -6,6 +6,7 @@
     python scripts/findings.py --from-repo               # no training: rebuild from the repository alone
     python scripts/findings.py --quick --out DIR         # 2 cheap runs, 1 seed, tiny faces (the tests)
     python scripts/findings.py --estimate [--fraction F] # no training: the runs' CPU time, estimated
+    python scripts/findings.py --max-run-hours 2.5       # start only runs estimated to end within 2.5 CPU h
 
 The claims and the verdict rule are in ``lrfer.report.findings`` (``CLAIMS``, ``RULE``); the runs and the
 budget (one scaling rule: a fraction of each paper's epochs) in ``experiments/findings/protocol.yaml``.
@@ -15,7 +16,10 @@ match: another override is another folder). Each finished run's ``metrics.json``
 validation history (small files, never checkpoints) are copied to ``<results>/runs/`` (default
 ``experiments/findings``), and the table is built from that copy: ``<results>/synthetic.{md,csv,png}`` and
 ``<results>/curves/<run>.png``. ``key=value`` arguments are Hydra overrides for every run (they change the
-runs' folders). The last line printed is JSON.
+runs' folders). ``--max-run-hours H`` starts only the runs whose estimated CPU time (one seed,
+``--costs``, priced at the protocol's faces and epochs) is at most H: on a machine that is taken away after
+a few hours, a longer run would be lost with it (its checkpoints are git-ignored); each run left out is
+named with its estimate. The last line printed is JSON.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from lrfer.report.findings import (
     claims_for,
     convergence,
     copy_artefacts,
+    duration,
     embed_provenance,
     estimate_cpu,
     evaluate_claim,
@@ -54,6 +59,7 @@ from lrfer.report.findings import (
     provenance_lines,
     remaining_line,
     run_folder,
+    runs_over_budget,
     with_convergence_notes,
     write_calls,
     write_findings,
@@ -86,8 +92,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     mode.add_argument("--collect", action="store_true", help="train nothing; copy finished runs, rebuild")
     mode.add_argument("--from-repo", action="store_true", help="train nothing; rebuild from <results>/runs")
     mode.add_argument("--estimate", action="store_true", help="train nothing; estimate the runs' CPU time")
-    parser.add_argument("--costs", type=Path, default=DEFAULT_COSTS, help="CPU s per epoch (--estimate)")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--costs", type=Path, default=DEFAULT_COSTS, help="CPU s per epoch (--estimate, --max-run-hours)"
+    )
+    parser.add_argument(
+        "--max-run-hours", type=float, default=None, help="start no run estimated at more CPU hours"
+    )
+    args = parser.parse_args(argv)
+    if args.max_run_hours is not None and args.max_run_hours <= 0:
+        raise UserError(f"--max-run-hours must be positive, got {args.max_run_hours:g}")
+    return args
 
 
 def runs_to_train(args: argparse.Namespace, plan: dict, all_runs: list[str], copies: Path) -> list[tuple]:
@@ -112,7 +126,17 @@ def runs_to_train(args: argparse.Namespace, plan: dict, all_runs: list[str], cop
             embed_provenance(copy)  # a copy made before provenance was embedded in its files
         elif run in to_train and not args.collect:
             todo.append((run, seed, folder, copy, overrides))
-    return todo
+    if args.max_run_hours is None or not todo:
+        return todo
+    plan_left = {(run, seed): overrides for run, seed, _, _, overrides in todo}
+    over = runs_over_budget(plan_left, load_epoch_costs(args.costs), args.max_run_hours * 3600)
+    for (run, seed), seconds in over.items():
+        print(
+            f"{run} seed {seed}: not started, estimated at {duration(seconds)} of CPU "
+            f"(--costs {args.costs}), over --max-run-hours {args.max_run_hours:g}",
+            flush=True,
+        )
+    return [entry for entry in todo if (entry[0], entry[1]) not in over]
 
 
 def dataset_provenance(plan: dict) -> dict:

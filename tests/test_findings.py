@@ -35,6 +35,7 @@ from lrfer.report.findings import (
     provenance_lines,
     remaining_line,
     run_folder,
+    runs_over_budget,
     scaled_overrides,
     validation_history,
     verdict,
@@ -385,6 +386,33 @@ def test_what_is_still_to_run_is_the_unfinished_runs_estimate_labelled_as_one():
     assert line.startswith("Still to run: 2 of the 3 planned run(s), about 4 CPU h (an estimate from ")
     assert line.endswith("not a measurement): d 1 (2.0 h), f 1 (2.0 h).")
     assert remaining_line(plan, set(plan), costs) == "Still to run: none of the 3 planned run(s)."
+
+
+def test_only_runs_estimated_over_the_budget_are_left_out_each_seed_on_its_own():
+    plan = {
+        ("cheap", 0): ["method.epochs=10", "seed=0"],
+        ("dear", 0): ["method.epochs=10", "seed=0"],
+        ("dear", 1): ["method.epochs=10", "seed=1"],
+    }
+    costs = {"runs": {"cheap": {"cpu_s": {"method.epochs": 36}}, "dear": {"cpu_s": {"method.epochs": 720}}}}
+    assert runs_over_budget(plan, costs, 3600) == {("dear", 0): 7200.0, ("dear", 1): 7200.0}
+    assert runs_over_budget(plan, costs, 7200) == {}  # at the budget: started
+
+
+def test_a_call_with_a_run_budget_starts_no_run_estimated_over_it(tmp_path):
+    costs = tmp_path / "costs.yaml"
+    costs.write_text(
+        "runs:\n  efc_32px: {cpu_s: {method.epochs: 144}}\n  resnet18_32px: {cpu_s: {method.epochs: 0.72}}\n"
+    )
+    out = ["--out", str(tmp_path / "out"), f"paths.cache_dir={tmp_path / 'cache'}", "--costs", str(costs)]
+    proc = run_cli(["scripts/findings.py", "--quick", *out, "--max-run-hours", "0.001"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "efc_32px seed 0: not started, estimated at 2.00 h of CPU" in proc.stdout
+    assert "resnet18_32px seed 0: not started" in proc.stdout  # 50 epochs x 0.72 s = 36 s > 3.6 s
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["runs_trained_this_call"] == 0
+    refused = run_cli(["scripts/findings.py", "--quick", *out, "--max-run-hours", "0"])
+    assert refused.returncode != 0 and "--max-run-hours must be positive" in refused.stderr
+    assert "Traceback" not in refused.stderr
 
 
 def test_the_committed_cost_file_prices_every_run_of_the_protocol():

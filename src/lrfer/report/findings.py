@@ -1135,3 +1135,12 @@ def estimate_cpu(plan: dict[tuple[str, int], list[str]], costs: dict) -> dict[st
             raise UserError(f"run {run}: the cost file prices {missing}, which its overrides do not set")
         out[run] = out.get(run, 0.0) + sum(float(values[k]) * float(c) for k, c in per_unit.items())
     return out
+
+
+def runs_over_budget(
+    plan: dict[tuple[str, int], list[str]], costs: dict, max_cpu_s: float
+) -> dict[tuple[str, int], float]:
+    """The runs (one seed each) of ``plan`` whose estimated CPU seconds (:func:`estimate_cpu`) exceed
+    ``max_cpu_s``, with that estimate: on a machine that goes away sooner, such a run would be lost."""
+    estimates = {key: estimate_cpu({key: overrides}, costs)[key[0]] for key, overrides in plan.items()}
+    return {key: seconds for key, seconds in estimates.items() if seconds > max_cpu_s}
