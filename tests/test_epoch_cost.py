@@ -6,7 +6,7 @@ import pytest
 from conftest import REPO, load_script
 
 from lrfer.core.errors import UserError
-from lrfer.report.findings import load_findings_protocol
+from lrfer.report.findings import load_findings_protocol, plan_runs
 
 
 def test_the_fixed_costs_cancel_and_an_epoch_is_its_steps_plus_its_validation_faces():
@@ -22,8 +22,41 @@ def test_runs_whose_cpu_time_does_not_grow_stop_with_one_line():
         load_script("epoch_cost").epoch_cost({"A": 50.0, "B": 49.0, "C": 60.0}, [10, 30], [32, 352], 94, 500)
 
 
-def test_only_a_one_stage_run_is_measured():
+def test_a_key_prices_the_stages_it_scales_with_the_epochs_the_method_gives_them():
+    """FSR-FER at the protocol's plan: one extractor epoch per unit of method.extractor_epochs, and one unit
+    of schedule_scale is the paper's 116 pre-training and 435 GAN epochs (the method's stages, not a copy of
+    its numbers here)."""
+    script = load_script("epoch_cost")
     protocol = load_findings_protocol(REPO / "experiments" / "findings" / "protocol.yaml")
-    assert load_script("epoch_cost").epoch_key(protocol, "voting_soft") == "method.epochs"
-    with pytest.raises(UserError, match=r"run drgfer has 2 priced stages .*: this measures one-stage runs"):
-        load_script("epoch_cost").epoch_key(protocol, "drgfer")
+    keys = script.priced_keys(protocol, "fsrfer")
+    assert keys == ["method.extractor_epochs", "method.schedule_scale"]
+    overrides = plan_runs(protocol, ["fsrfer"], 1)[("fsrfer", 0)]
+    per_unit = script.epochs_per_unit(overrides, keys)
+    assert per_unit == {
+        "method.extractor_epochs": {"extractor": 1.0},
+        "method.schedule_scale": {"pretrain": 116.0, "gan": 435.0},
+    }
+
+
+def test_a_keys_unit_cost_sums_its_stages_epochs_times_their_measured_cost():
+    script = load_script("epoch_cost")
+    per_unit = {"k": {"pretrain": 116.0, "gan": 435.0}, "e": {"extractor": 1.0}}
+    costs = script.stage_costs(
+        [
+            {
+                "stage": "extractor",
+                "epoch": 1,
+                "score": 0.1,
+                "cpu_s": 9.0,
+            },  # the first epoch pays the warm-up
+            {"stage": "extractor", "epoch": 2, "score": 0.2, "cpu_s": 5.0},
+            {"stage": "pretrain", "epoch": 2, "score": 0.2, "cpu_s": 100.0},
+            {"stage": "gan", "epoch": 2, "score": 0.2, "cpu_s": 150.0},
+        ]
+    )
+    assert costs == {"extractor": 5.0, "pretrain": 100.0, "gan": 150.0}
+    assert script.unit_costs(per_unit, costs) == {"k": 116 * 100.0 + 435 * 150.0, "e": 5.0}
+    with pytest.raises(UserError, match=r"stage\(s\) \['gan'\] recorded no validated epoch"):
+        script.unit_costs(per_unit, {"extractor": 5.0, "pretrain": 100.0})
+    with pytest.raises(UserError, match="records no epoch's CPU seconds"):
+        script.stage_costs([{"stage": "gan", "epoch": 1, "score": 0.2}])

@@ -223,6 +223,34 @@ def test_a_curve_whose_runs_are_gone_is_removed_and_other_files_stay(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.png"]
 
 
+def test_a_runs_history_keeps_each_epochs_cpu_seconds_and_drops_the_rest(tmp_path):
+    """What the copy of a run keeps of its checkpoint's history: stage, epoch, score and the epoch's CPU
+    seconds (what prices a stage), not the per-degradation validation rows."""
+    (tmp_path / "checkpoints").mkdir()
+    entries = [
+        {
+            "stage": "gan",
+            "epoch": 1,
+            "monitor": "acc",
+            "score": 0.5,
+            "val": {"x2": {"acc": 0.5}},
+            "cpu_s": 12.5,
+        },
+        {
+            "stage": "gan",
+            "epoch": 2,
+            "monitor": "acc",
+            "score": 0.6,
+            "val": {"x2": {"acc": 0.6}},
+        },  # older code
+    ]
+    torch.save({"val_history": entries}, tmp_path / "checkpoints" / "last.pt")
+    assert validation_history(tmp_path) == [
+        {"stage": "gan", "epoch": 1, "score": 0.5, "cpu_s": 12.5},
+        {"stage": "gan", "epoch": 2, "score": 0.6},
+    ]
+
+
 def test_copy_keeps_the_small_files_and_never_a_checkpoint(tmp_path):
     run = tmp_path / "run"
     (run / ".hydra").mkdir(parents=True)

@@ -230,7 +230,9 @@ def test_the_checkpoint_schedule_learns_the_training_time_per_epoch(tmp_path, mo
     for exactly one second, so the schedule must hear 1.0 whether one or two epochs passed."""
     ticks = iter(range(10_000))
     monkeypatch.setattr(
-        trainer_module, "time", types.SimpleNamespace(perf_counter=lambda: float(next(ticks)))
+        trainer_module,
+        "time",
+        types.SimpleNamespace(perf_counter=lambda: float(next(ticks)), process_time=lambda: 0.0),
     )
     heard = []
     done = trainer_module.CheckpointSchedule.done
@@ -276,3 +278,25 @@ def test_a_network_a_step_does_not_reach_is_left_as_it_is(tmp_path):
     after_a, after_b = parts.method.a_at_call[1], parts.method.a_at_call[2]
     assert not torch.equal(parts.method.a_at_call[0], after_a)  # the step on a moved a
     assert torch.equal(after_a, after_b)  # the step on b left a where it was
+
+
+def test_each_validated_epoch_records_its_own_cpu_seconds_training_and_validation(tmp_path, monkeypatch):
+    """A clock that only training (3 s per epoch) and validation (0.5 s) advance: every history entry holds
+    3.5 s, the epoch's own cost (not the run's running total), so a run's history prices each stage's epoch."""
+    clock = {"now": 100.0}
+    real_train, real_evaluate = Trainer.train_one_epoch, Trainer.evaluate
+
+    def train_one_epoch(self, run, epoch):
+        clock["now"] += 3.0
+        return real_train(self, run, epoch)
+
+    def evaluate(self, split, degradations, stage=None, keep_confusion=False):
+        clock["now"] += 0.5
+        return real_evaluate(self, split, degradations, stage, keep_confusion)
+
+    monkeypatch.setattr(Trainer, "train_one_epoch", train_one_epoch)
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+    monkeypatch.setattr(trainer_module.time, "process_time", lambda: clock["now"])
+    trainer, _ = _trainer(tmp_path, "trainer.max_epochs=3")
+    trainer.fit()
+    assert [h["cpu_s"] for h in trainer.val_history] == [3.5, 3.5, 3.5]

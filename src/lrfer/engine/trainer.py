@@ -495,14 +495,14 @@ class Trainer:
         schedule = CheckpointSchedule(self.cfg.checkpoint_every, self.cfg.checkpoint_budget)
         trained_seconds = 0.0
         for epoch in range(start_epoch, run.epochs):
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), time.process_time()
             with self.phase_timer("train"):
                 losses, train_acc = self.train_one_epoch(run, epoch)
             self.method.on_epoch_end(stage, epoch + 1)
             val_acc = None
             due = (epoch + 1) % self.cfg.val_every == 0 or epoch + 1 == run.epochs
             if self.has_val and monitor and due:
-                val_acc = self._validate(run, epoch, monitor, summary)
+                val_acc = self._validate(run, epoch, monitor, summary, cpu0)
             for step, sched in run.schedulers.items():
                 sched.step(val_acc, train_acc)
                 self.logger.scalars(
@@ -530,14 +530,26 @@ class Trainer:
         self.method.on_stage_end(stage)
         self.summaries.append(summary)
 
-    def _validate(self, run: StageRun, epoch: int, monitor: str, summary: StageSummary) -> float:
-        """Validate after ``epoch``: log it, keep it in the history, save ``best.pt`` when it is the best."""
+    def _validate(self, run: StageRun, epoch: int, monitor: str, summary: StageSummary, cpu0: float) -> float:
+        """Validate after ``epoch``: log it, keep it in the history, save ``best.pt`` when it is the best.
+
+        The history entry also holds ``cpu_s``, this process's CPU seconds since ``cpu0`` (the epoch's start:
+        its training and this validation, every thread), so each run's history measures what an epoch of
+        each stage costs."""
         stage = run.stage
         with self.phase_timer("val"):
             val = self.evaluate("val", run.val_labels, stage)
         score = named_metric(val, monitor, "the monitored metric")
+        cpu_s = round(time.process_time() - cpu0, 2)
         self.val_history.append(
-            {"stage": stage.name, "epoch": epoch + 1, "monitor": monitor, "score": score, "val": val}
+            {
+                "stage": stage.name,
+                "epoch": epoch + 1,
+                "monitor": monitor,
+                "score": score,
+                "val": val,
+                "cpu_s": cpu_s,
+            }
         )
         self.logger.scalars(
             {f"{lbl}/{k}": v[k] for lbl, v in val.items() for k in v if k not in ("n", "confusion")},

@@ -630,10 +630,16 @@ def validation_history(run_dir: Path) -> list[dict]:
     import torch
 
     state = torch.load(last, map_location="cpu", weights_only=True)
-    return [
-        {"stage": e["stage"], "epoch": int(e["epoch"]), "score": float(e["score"])}
-        for e in state.get("val_history", [])
-    ]
+    return [history_entry(e) for e in state.get("val_history", [])]
+
+
+def history_entry(entry: dict) -> dict:
+    """The small part of a trainer's ``val_history`` entry that a copy keeps: stage, epoch, score, and the
+    epoch's CPU seconds where the trainer recorded them (``cpu_s``, since 2026-12-07)."""
+    small = {"stage": entry["stage"], "epoch": int(entry["epoch"]), "score": float(entry["score"])}
+    if "cpu_s" in entry:
+        small["cpu_s"] = float(entry["cpu_s"])
+    return small
 
 
 #: The provenance file that copies made before provenance was embedded carry beside their files (it lists
