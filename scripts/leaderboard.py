@@ -27,7 +27,6 @@ is JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -44,15 +43,14 @@ from lrfer.data.datasets import build_adapter
 from lrfer.data.synthetic import GENERATOR_VERSION
 from lrfer.engine.loading import load_run_config
 from lrfer.report.calls import call_outcome, previous_calls
+from lrfer.report.extra_test import retest_missing
 from lrfer.report.findings import load_findings_protocol, run_folder
 from lrfer.report.findings import plan_runs as plan_findings_runs
 from lrfer.report.leaderboard import (
-    EXTRA_TEST_FILE,
     budget_label,
     budget_overrides,
     collect,
     cpu_time_note,
-    extra_test_rows,
     load_protocol,
     provenance_notes,
     write_leaderboard,
@@ -62,7 +60,6 @@ from lrfer.report.provenance import script_command
 from lrfer.tools.latency import cpu_model
 from lrfer.tools.launch import finished_run, train_side_by_side
 from lrfer.tools.model_stats import method_cost
-from lrfer.tools.retest import retest_at
 
 DEFAULT_PROTOCOL = Path(__file__).resolve().parents[1] / "experiments" / "leaderboard" / "protocol.yaml"
 
@@ -156,22 +153,12 @@ def plan_runs(
     return folders, todo
 
 
-def own_test_rows(run_dir: Path) -> dict:
-    """The test rows of a finished run's ``metrics.json``; a damaged file stops with one line naming it."""
-    path = run_dir / "metrics.json"
-    try:
-        rows = json.loads(path.read_text()).get("test", {})
-    except (OSError, json.JSONDecodeError, AttributeError) as err:
-        raise UserError(f"cannot read the test rows of {path} ({err}): train that run again") from None
-    return rows
-
-
 def retest_reused(
     protocol: dict, folders: dict[str, list[Path]], labels: list[str], failed: list[str]
 ) -> int:
     """Test each finished run reused from the findings at the protocol's ``labels`` its own test did not
-    cover, into its :data:`EXTRA_TEST_FILE` (once: a label already there is not tested again); returns how
-    many runs were tested."""
+    cover, into its :data:`EXTRA_TEST_FILE` (once: a label already there is not tested again; the findings
+    test their runs there as they finish); returns how many runs were tested."""
     tested = 0
     for name, runs in folders.items():
         if not protocol["methods"][name].get("findings_run"):
@@ -180,19 +167,10 @@ def retest_reused(
             if not (run_dir / "metrics.json").is_file():
                 continue
             try:
-                own = own_test_rows(run_dir)
-                extra_file = run_dir / EXTRA_TEST_FILE
-                before = extra_test_rows(extra_file) if extra_file.is_file() else {}
-                missing = [lbl for lbl in labels if lbl not in own and lbl not in before]
-                if not missing:
-                    continue
-                result = retest_at(run_dir, missing)
+                tested += retest_missing(run_dir, labels)
             except UserError as err:
                 print(f"{name}: {err}", flush=True)
                 failed.append(f"{name}/{run_dir.name} retest ({err})")
-                continue
-            write_json({**result, "test": {**before, **result["test"]}}, extra_file)
-            tested += 1
     return tested
 
 

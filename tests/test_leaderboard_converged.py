@@ -15,8 +15,9 @@ from conftest import REPO, run_cli
 from lrfer.config.compose import compose_config, merge_overrides
 from lrfer.config.validate import validate_config
 from lrfer.core.errors import UserError
+from lrfer.report.extra_test import EXTRA_TEST_FILE
 from lrfer.report.findings import load_findings_protocol
-from lrfer.report.leaderboard import EXTRA_TEST_FILE, collect, load_protocol
+from lrfer.report.leaderboard import collect, load_protocol
 from lrfer.tools.retest import retest_at
 
 CONVERGED = REPO / "experiments" / "leaderboard" / "converged.yaml"

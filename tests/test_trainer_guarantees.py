@@ -282,7 +282,8 @@ def test_a_network_a_step_does_not_reach_is_left_as_it_is(tmp_path):
 
 def test_each_validated_epoch_records_its_own_cpu_seconds_training_and_validation(tmp_path, monkeypatch):
     """A clock that only training (3 s per epoch) and validation (0.5 s) advance: every history entry holds
-    3.5 s, the epoch's own cost (not the run's running total), so a run's history prices each stage's epoch."""
+    3.5 s, the epoch's own cost (not the run's running total), so a run's history prices each stage's
+    epoch."""
     clock = {"now": 100.0}
     real_train, real_evaluate = Trainer.train_one_epoch, Trainer.evaluate
 

@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 
 from lrfer.config import compose_config
 from lrfer.core.errors import UserError
+from lrfer.report.extra_test import EXTRA_TEST_FILE, extra_test_rows
 from lrfer.report.tables import degradation_sort_key
 
 if TYPE_CHECKING:
@@ -30,9 +31,6 @@ PROTOCOL_KEYS = {"test", "budget", "common", "latency", "methods"}
 # which every method's validation curve was shown flat (null: none yet); findings: the findings protocol
 # (a path relative to this protocol's folder) whose runs the methods with a ``findings_run`` are
 OPTIONAL_PROTOCOL_KEYS = {"datasets", "converged_budget", "findings"}
-#: Beside a run reused from the findings (``findings_run``): its test rows at the leaderboard's degradations
-#: that its own test (metrics.json) did not cover, from its best checkpoint (``lrfer-evaluate``).
-EXTRA_TEST_FILE = "leaderboard_test.json"
 
 
 def budget_label(budget: float, converged_budget: float | None) -> str:
@@ -148,17 +146,6 @@ def collect(
             result.cost = json.loads(cost_file.read_text())
         results.append(result)
     return results
-
-
-def extra_test_rows(path: Path) -> dict:
-    """The test rows of a reused run's :data:`EXTRA_TEST_FILE`; a damaged file stops with one line."""
-    try:
-        rows = json.loads(path.read_text()).get("test")
-    except (OSError, json.JSONDecodeError, AttributeError):
-        rows = None
-    if not isinstance(rows, dict):
-        raise UserError(f"{path} is not a test record: remove it and the next call tests that run again")
-    return rows
 
 
 def _cell(stats: tuple[float, float] | None) -> str:
