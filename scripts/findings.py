@@ -42,6 +42,7 @@ from lrfer.core.errors import UserError, exit_on_user_error
 from lrfer.data.datasets import build_adapter
 from lrfer.report.calls import call_outcome, merge_calls, previous_calls
 from lrfer.report.convergence import BudgetCheck, Convergence, budget_check
+from lrfer.report.extra_test import retest_missing
 from lrfer.report.findings import (
     claims_for,
     convergence,
@@ -50,6 +51,7 @@ from lrfer.report.findings import (
     embed_provenance,
     estimate_cpu,
     evaluate_claim,
+    leaderboard_labels,
     load_epoch_costs,
     load_findings_protocol,
     load_records,
@@ -104,9 +106,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def runs_to_train(args: argparse.Namespace, plan: dict, all_runs: list[str], copies: Path) -> list[tuple]:
+def keep_finished(protocol: dict, run: str, folder: Path, copy: Path, failed: list[str]) -> None:
+    """A finished run's small files to its copy, after testing it at the converged leaderboard's labels when
+    the leaderboard reuses it (protocol ``leaderboard``): from its checkpoint, which no copy keeps."""
+    labels = leaderboard_labels(protocol, run)
+    if labels:
+        try:
+            if retest_missing(folder, labels):
+                print(f"{run}: tested at the leaderboard's {', '.join(labels)} ({folder})", flush=True)
+        except UserError as err:
+            print(f"{run}: {err}", flush=True)
+            failed.append(f"{run}/{folder.name} leaderboard test ({err})")
+    copy_artefacts(folder, copy)
+
+
+def runs_to_train(
+    args: argparse.Namespace, protocol: dict, plan: dict, all_runs: list[str], copies: Path, failed: list[str]
+) -> list[tuple]:
     """(run, seed, folder, copy, overrides) of every planned run not finished yet (finished ones are copied
-    to ``copies``), of the runs ``--runs`` names; none with ``--collect``."""
+    to ``copies``: :func:`keep_finished`), of the runs ``--runs`` names; none with ``--collect``."""
     provenance = dataset_provenance(plan)
     to_train = set(args.runs or all_runs)
     if to_train - set(all_runs):  # also catches key=value overrides given after --runs
@@ -120,7 +138,7 @@ def runs_to_train(args: argparse.Namespace, plan: dict, all_runs: list[str], cop
         copy = run_folder(copies, run, seed, overrides)
         if finished_run(folder, overrides, provenance):
             print(f"{run} seed {seed}: finished earlier ({folder})", flush=True)
-            copy_artefacts(folder, copy)
+            keep_finished(protocol, run, folder, copy, failed)
         elif finished_run(copy, overrides, provenance):
             print(f"{run} seed {seed}: finished earlier (copy in {copy})", flush=True)
             embed_provenance(copy)  # a copy made before provenance was embedded in its files
@@ -155,9 +173,16 @@ def check_copies(plan: dict, copies: Path) -> None:
 
 
 def train(
-    args: argparse.Namespace, todo: list[tuple], command: str, failed: list[str], start: float, cpu0: float
+    args: argparse.Namespace,
+    protocol: dict,
+    todo: list[tuple],
+    command: str,
+    failed: list[str],
+    start: float,
+    cpu0: float,
 ) -> int:
-    """Train ``todo`` side by side, copying each finished run; returns how many trained.
+    """Train ``todo`` side by side, copying each finished run (:func:`keep_finished`); returns how many
+    trained.
 
     The calls that trained runs: their history lives with the runs (<out>/calls.json), is updated as each run
     ends (a call that runs for days is on record from its start; ``start``, ``cpu0``: when this call began)
@@ -184,9 +209,10 @@ def train(
     def done(index: int, ok: bool, seconds: float) -> None:
         run, seed, folder, copy, _ = todo[index]
         print(f"{run} seed {seed}: {'done' if ok else 'FAILED'} in {seconds / 60:.1f} min", flush=True)
+        if ok:
+            keep_finished(protocol, run, folder, copy, failed)
         with lock:
             if ok:
-                copy_artefacts(folder, copy)
                 call["runs_trained"] += 1
             else:
                 failed.append(f"{run}/seed{seed} (see {folder.with_suffix('.log')})")
@@ -227,8 +253,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.from_repo:
         check_copies(plan, copies)
     else:
-        todo = runs_to_train(args, plan, all_runs, copies)
-        trained = train(args, todo, command, failed, start, cpu0)
+        todo = runs_to_train(args, protocol, plan, all_runs, copies, failed)
+        trained = train(args, protocol, todo, command, failed, start, cpu0)
 
     calls = previous_calls(results / "calls.json")
     if not args.from_repo:  # the calls on record in <results> stay, those of <out> are added or updated

@@ -132,3 +132,48 @@ def test_the_methods_trained_by_the_converged_leaderboard_itself_compose_and_val
     cfg = compose_config(merge_overrides(spec["overrides"], protocol["common"], [test], ["seed=0"]))
     validate_config(cfg, warn=False)
     assert cfg.dataset.num_train == 3000 and cfg.trainer.scheduler.name == "cosine"
+
+
+def test_the_findings_test_at_the_leaderboards_degradations_the_runs_it_reuses():
+    """The findings protocol's ``leaderboard`` (the runs retested as they finish) is the converged
+    leaderboard's: the same test labels, the same runs."""
+    converged, findings = load_protocol(CONVERGED), load_findings_protocol(FINDINGS)
+    reused = {spec["findings_run"] for spec in converged["methods"].values() if spec.get("findings_run")}
+    assert findings["leaderboard"]["test"] == converged["test"]
+    assert set(findings["leaderboard"]["runs"]) == reused
+
+
+def test_a_leaderboard_run_the_findings_protocol_lacks_stops_with_one_line(tmp_path):
+    path = tmp_path / "p.yaml"
+    protocol = yaml.safe_load(FINDINGS.read_text())
+    path.write_text(yaml.safe_dump({**protocol, "leaderboard": {"test": ["x1"], "runs": ["nope"]}}))
+    with pytest.raises(UserError, match=r"leaderboard runs \['nope'\] are not in runs"):
+        load_findings_protocol(path)
+
+
+def test_a_findings_run_the_leaderboard_reuses_keeps_its_leaderboard_test_in_its_copy(tmp_path):
+    """A finished findings run is tested at the leaderboard's labels while its checkpoint is there, and the
+    rows travel with its copy (with the copy's provenance): the table no longer needs the checkpoint."""
+    protocol = yaml.safe_load(FINDINGS.read_text())
+    protocol["leaderboard"] = {"test": ["x2", "32px"], "runs": ["efc_32px"]}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(protocol))
+    args = [
+        "scripts/findings.py",
+        "--quick",
+        "--protocol",
+        str(tmp_path / "p.yaml"),
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    args += [f"paths.cache_dir={tmp_path / 'cache'}", "--runs", "efc_32px"]
+    proc = run_cli(args)
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
+    (copy,) = (tmp_path / "out" / "results" / "runs" / "efc_32px").glob("seed0-*/")
+    (run,) = (tmp_path / "out" / "runs" / "efc_32px").glob("seed0-*/")
+    extra = json.loads((copy / EXTRA_TEST_FILE).read_text())
+    assert set(extra["test"]) == {"x2"} and extra["checked_against"] == "32px"  # 32px: the run's own test
+    assert extra["test"] == json.loads((run / EXTRA_TEST_FILE).read_text())["test"]
+    assert extra["provenance"] == json.loads((copy / "metrics.json").read_text())["provenance"]
+    shutil.rmtree(run / "checkpoints")  # the machine is gone: the table is built from the copy
+    (result,) = collect(tmp_path / "lb", ["efc"], {"efc": [copy]})
+    assert set(result.accuracies) == {"32px", "x2"}

@@ -51,6 +51,7 @@ from lrfer.report.convergence import (
     window,
     window_fit,
 )
+from lrfer.report.extra_test import EXTRA_TEST_FILE, extra_test_rows
 from lrfer.report.provenance import provenance
 
 RULE = (
@@ -546,8 +547,10 @@ def params_note(claim: Claim, metrics: dict[str, dict[int, dict]]) -> str:
 # -- the protocol and the run folders ------------------------------------------------------------------------
 PROTOCOL_KEYS = {"fraction", "seeds", "common", "runs", "quick"}
 #: ``check_fraction``: a second fraction of the papers' epochs whose finished runs the table compares with
-#: the protocol's (:data:`~lrfer.report.convergence.BUDGET_RULE`); it trains nothing.
-OPTIONAL_PROTOCOL_KEYS = {"check_fraction"}
+#: the protocol's (:data:`~lrfer.report.convergence.BUDGET_RULE`); it trains nothing. ``leaderboard``:
+#: ``{test: [labels], runs: [run names]}``, the runs the converged leaderboard reuses, each tested at its
+#: labels as soon as it finishes (:func:`lrfer.report.extra_test.retest_missing`).
+OPTIONAL_PROTOCOL_KEYS = {"check_fraction", "leaderboard"}
 
 
 def load_findings_protocol(path: str | Path) -> dict:
@@ -573,7 +576,20 @@ def load_findings_protocol(path: str | Path) -> dict:
     unknown_quick = set(protocol["quick"]["runs"]) - set(protocol["runs"])
     if unknown_quick:
         raise UserError(f"{path}: quick runs {sorted(unknown_quick)} are not in runs")
+    board = protocol.get("leaderboard")
+    if board is not None:
+        if not isinstance(board, dict) or set(board) != {"test", "runs"} or not board["test"]:
+            raise UserError(f"{path}: leaderboard must be {{test: [labels], runs: [run names]}}")
+        unknown_board = set(board["runs"]) - set(protocol["runs"])
+        if unknown_board:
+            raise UserError(f"{path}: leaderboard runs {sorted(unknown_board)} are not in runs")
     return protocol
+
+
+def leaderboard_labels(protocol: dict, run: str) -> list[str]:
+    """The converged leaderboard's test labels when it reuses ``run`` (protocol ``leaderboard``), else []."""
+    board = protocol.get("leaderboard") or {}
+    return list(board["test"]) if run in board.get("runs", []) else []
 
 
 def scaled_overrides(spec: dict, fraction: float) -> list[str]:
@@ -743,7 +759,7 @@ def copy_artefacts(run_dir: Path, dest: Path) -> bool:
     if (dest / "metrics.json").is_file():
         embed_provenance(dest)
         _note_starts(run_dir, dest)
-        return False
+        return _copy_extra_test(run_dir, dest)
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     for name in ARTEFACTS:
@@ -759,9 +775,28 @@ def copy_artefacts(run_dir: Path, dest: Path) -> bool:
     mtime = metrics_file.stat().st_mtime
     metrics_file.write_text(json.dumps(metrics, indent=2) + "\n")  # the indent the trainer writes
     os.utime(metrics_file, (mtime, mtime))  # the run's end time stays the file's
+    _copy_extra_test(run_dir, tmp, metrics["provenance"])
     if dest.exists():  # an unfinished copy without metrics.json
         shutil.rmtree(dest)
     tmp.rename(dest)
+    return True
+
+
+def _copy_extra_test(run_dir: Path, dest: Path, record: dict | None = None) -> bool:
+    """Copy the run's :data:`~lrfer.report.extra_test.EXTRA_TEST_FILE` (its test rows at the converged
+    leaderboard's degradations, made from a checkpoint the copy does not keep) to ``dest`` with the copy's
+    provenance, when the copy lacks it or holds other rows; returns whether it wrote one."""
+    src, copy = run_dir / EXTRA_TEST_FILE, dest / EXTRA_TEST_FILE
+    if not src.is_file():
+        return False
+    data = json.loads(src.read_text())
+    if copy.is_file() and extra_test_rows(copy) == data.get("test"):
+        return False
+    if record is None:
+        record = json.loads((dest / "metrics.json").read_text())["provenance"]
+    _write_json(
+        copy, {"provenance": record, **{k: v for k, v in data.items() if k != "provenance"}}, indent=2
+    )
     return True
 
 
