@@ -17,7 +17,10 @@ CPU batch-1 latency) to ``<out>/runs/<method>/cost.json``, the table to ``<out>/
 A protocol method with ``findings_run: <run>`` (``experiments/leaderboard/converged.yaml``) is that run of the
 findings protocol, in ``--findings-out`` (``scripts/findings.py --out``), trained there if not finished and
 tested at the protocol's degradations its own test lacked, from a checkpoint that first reproduces its own
-test accuracy (``<run folder>/leaderboard_test.json``).
+test accuracy (``<run folder>/leaderboard_test.json``). The findings make that file as each such run finishes
+and copy it with the run's small files (``--findings-results``, default ``experiments/findings``): a run not
+finished in ``--findings-out`` but finished in its copy there (trained on a machine since replaced, its
+checkpoints gone) is read from the copy.
 Model selection stays on each run's validation split; the test split is evaluated once per run. The table
 states the wall time of every call that trained runs or measured costs (``leaderboard.json``: ``calls``); a
 call on a finished folder only writes the table again and leaves that history alone. The last line printed
@@ -62,6 +65,7 @@ from lrfer.tools.launch import finished_run, train_side_by_side
 from lrfer.tools.model_stats import method_cost
 
 DEFAULT_PROTOCOL = Path(__file__).resolve().parents[1] / "experiments" / "leaderboard" / "protocol.yaml"
+DEFAULT_FINDINGS_RESULTS = Path(__file__).resolve().parents[1] / "experiments" / "findings"
 
 
 def default_jobs(device: str) -> int:
@@ -85,6 +89,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=Path("outputs/findings"),
         help="where the findings' runs train (scripts/findings.py --out): a method with a findings_run "
         "in the protocol reuses (or trains) its run there",
+    )
+    parser.add_argument(
+        "--findings-results",
+        type=Path,
+        default=DEFAULT_FINDINGS_RESULTS,
+        help="the findings' copies of finished runs (scripts/findings.py --results): a findings run that is "
+        "not finished in --findings-out is read from its copy there, with the leaderboard test it carries",
     )
     parser.add_argument(
         "--jobs",
@@ -137,6 +148,11 @@ def plan_runs(
             if run:
                 overrides = shared[(run, seed)]
                 run_dir = run_folder(args.findings_out / "runs", run, seed, overrides).resolve()
+                copy = run_folder(args.findings_results / "runs", run, seed, overrides).resolve()
+                if not finished_run(run_dir, overrides, provenance) and finished_run(
+                    copy, overrides, provenance
+                ):
+                    run_dir = copy  # trained on another machine: its copy carries its leaderboard test
             else:
                 run_dir = (args.out / "runs" / name / f"seed{seed}").resolve()
                 overrides = merge_overrides(spec["overrides"], scaled, base, [f"seed={seed}"])

@@ -153,7 +153,8 @@ def test_a_leaderboard_run_the_findings_protocol_lacks_stops_with_one_line(tmp_p
 
 def test_a_findings_run_the_leaderboard_reuses_keeps_its_leaderboard_test_in_its_copy(tmp_path):
     """A finished findings run is tested at the leaderboard's labels while its checkpoint is there, and the
-    rows travel with its copy (with the copy's provenance): the table no longer needs the checkpoint."""
+    rows travel with its copy (with the copy's provenance): on a machine without the run folder, the
+    leaderboard reads the run from its copy, trains nothing and shows the copy's rows."""
     protocol = yaml.safe_load(FINDINGS.read_text())
     protocol["leaderboard"] = {"test": ["x2", "32px"], "runs": ["efc_32px"]}
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(protocol))
@@ -174,6 +175,34 @@ def test_a_findings_run_the_leaderboard_reuses_keeps_its_leaderboard_test_in_its
     assert set(extra["test"]) == {"x2"} and extra["checked_against"] == "32px"  # 32px: the run's own test
     assert extra["test"] == json.loads((run / EXTRA_TEST_FILE).read_text())["test"]
     assert extra["provenance"] == json.loads((copy / "metrics.json").read_text())["provenance"]
-    shutil.rmtree(run / "checkpoints")  # the machine is gone: the table is built from the copy
     (result,) = collect(tmp_path / "lb", ["efc"], {"efc": [copy]})
     assert set(result.accuracies) == {"32px", "x2"}
+    board = {
+        "test": ["32px", "x2"],
+        "budget": 1.0,
+        "findings": str(tmp_path / "p.yaml"),
+        "common": ["logger=none"],
+        "latency": {"threads": 1, "warmup": 1, "repeats": 1, "iters": 2},
+        "methods": {"efc": {"findings_run": "efc_32px"}},
+    }
+    (tmp_path / "lb.yaml").write_text(yaml.safe_dump(board))
+    shutil.rmtree(tmp_path / "out" / "runs")  # on another machine: only the committed copies
+    args = ["scripts/leaderboard.py", "--protocol", str(tmp_path / "lb.yaml"), "--seeds", "1"]
+    args += [
+        "--findings-out",
+        str(tmp_path / "gone"),
+        "--findings-results",
+        str(tmp_path / "out" / "results"),
+    ]
+    args += ["--out", str(tmp_path / "lb"), f"paths.cache_dir={tmp_path / 'cache'}"]
+    args += load_findings_protocol(FINDINGS)["quick"]["overrides"]
+    table = run_cli(args)
+    assert table.returncode == 0, table.stderr[-3000:] + table.stdout[-2000:]
+    assert (
+        f"efc seed 0: finished earlier ({copy.resolve()})" in table.stdout
+        and "0 run(s) to train" in table.stdout
+    )
+    cells = dict(
+        zip(*(row.split(",") for row in (tmp_path / "lb" / "leaderboard.csv").read_text().splitlines()[:2]))
+    )
+    assert float(cells["x2_mean"]) == pytest.approx(100 * extra["test"]["x2"]["acc"], abs=0.01)
