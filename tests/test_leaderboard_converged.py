@@ -16,7 +16,7 @@ from lrfer.config.compose import compose_config, merge_overrides
 from lrfer.config.validate import validate_config
 from lrfer.core.errors import UserError
 from lrfer.report.extra_test import EXTRA_TEST_FILE
-from lrfer.report.findings import load_findings_protocol
+from lrfer.report.findings import load_findings_protocol, plan_runs
 from lrfer.report.leaderboard import collect, load_protocol
 from lrfer.tools.retest import retest_at
 
@@ -123,15 +123,18 @@ def test_a_checkpoint_that_does_not_reproduce_the_runs_own_test_is_refused(share
         retest_at(copy, ["x2"])
 
 
-@pytest.mark.parametrize("method", ["baseline", "efc"])
-def test_the_methods_trained_by_the_converged_leaderboard_itself_compose_and_validate(method):
-    protocol = load_protocol(CONVERGED)
-    spec = protocol["methods"][method]
-    assert not spec.get("findings_run")
-    test = "degrade.test=[" + ",".join(protocol["test"]) + "]"
-    cfg = compose_config(merge_overrides(spec["overrides"], protocol["common"], [test], ["seed=0"]))
+@pytest.mark.parametrize("run", ["baseline_x1", "efc_64px"])
+def test_the_leaderboards_own_methods_are_findings_runs_at_its_input_size(run):
+    """The two methods no finding trains are findings runs too: on the findings' faces, cosine, at the
+    leaderboard's 64 px input, tested at its degradations (leaderboard)."""
+    findings = load_findings_protocol(FINDINGS)
+    overrides = plan_runs(findings, [run], 1)[(run, 0)]
+    cfg = compose_config(
+        merge_overrides(overrides, [f"degrade.test=[{','.join(findings['leaderboard']['test'])}]"])
+    )
     validate_config(cfg, warn=False)
     assert cfg.dataset.num_train == 3000 and cfg.trainer.scheduler.name == "cosine"
+    assert cfg.degrade.input_size == 64 and run in findings["leaderboard"]["runs"]
 
 
 def test_the_findings_test_at_the_leaderboards_degradations_the_runs_it_reuses():
