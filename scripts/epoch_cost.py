@@ -137,19 +137,25 @@ def epoch_cost(
     }
 
 
+def train_once(run_overrides: list[str], run_dir: Path, provenance: dict, name: str, what: str) -> None:
+    """Train the measuring run ``name`` (``what`` it trains) in ``run_dir``, unless it finished there with the
+    same overrides; a failed run stops with one line naming its log."""
+    if finished_run(run_dir, run_overrides, provenance):
+        print(f"{name}: measured earlier ({run_dir})", flush=True)
+        return
+    print(f"{name}: {what} ...", flush=True)
+    ok, _ = train_in_subprocess(run_overrides, run_dir)
+    if not ok:
+        raise UserError(f"run {name} failed: see {run_dir.with_suffix('.log')}")
+
+
 def measure_stages(args: argparse.Namespace, overrides: list[str], keys: list[str]) -> dict:
     """A run of several priced keys: one run of ``args.epochs`` per stage (the module's second formula)."""
     cfg = compose_config(overrides)
     provenance = build_adapter(cfg.dataset).provenance()
     run_overrides = merge_overrides(overrides, [f"trainer.max_epochs={args.epochs}", "trainer.num_threads=1"])
     run_dir = (make_output_folder(args.out / args.run) / f"stages{args.epochs}").resolve()
-    if finished_run(run_dir, run_overrides, provenance):
-        print(f"measured earlier ({run_dir})", flush=True)
-    else:
-        print(f"every stage for {args.epochs} epoch(s) on all the faces ...", flush=True)
-        ok, _ = train_in_subprocess(run_overrides, run_dir)
-        if not ok:
-            raise UserError(f"the run failed: see {run_dir.with_suffix('.log')}")
+    train_once(run_overrides, run_dir, provenance, "stages", f"every stage for {args.epochs} epoch(s)")
     per_epoch = stage_costs(validation_history(run_dir))
     per_unit = epochs_per_unit(overrides, keys)
     return {
@@ -188,13 +194,9 @@ def measure(args: argparse.Namespace, argv: list[str] | None) -> dict:
         small = [f"dataset.num_train={steps * batch}", f"dataset.num_val={val}", "dataset.num_test=32"]
         run_overrides = merge_overrides(overrides, small, [f"{key}=1", "trainer.num_threads=1"])
         run_dir = (folder / name).resolve()
-        if finished_run(run_dir, run_overrides, provenance):
-            print(f"{name}: measured earlier ({run_dir})", flush=True)
-        else:
-            print(f"{name}: {steps} step(s) of {batch}, {val} validation face(s) ...", flush=True)
-            ok, _ = train_in_subprocess(run_overrides, run_dir)
-            if not ok:
-                raise UserError(f"run {name} failed: see {run_dir.with_suffix('.log')}")
+        train_once(
+            run_overrides, run_dir, provenance, name, f"{steps} step(s) of {batch}, {val} validation face(s)"
+        )
         cpu[name] = float(json.loads((run_dir / "metrics.json").read_text())["cpu_s"])
     cost = epoch_cost(cpu, args.steps, args.val, steps_per_epoch, int(cfg.dataset.num_val))
     return {"run": args.run, "key": key, **cost, "runs_cpu_s": cpu, **common}
