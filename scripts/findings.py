@@ -112,8 +112,8 @@ def keep_finished(protocol: dict, run: str, folder: Path, copy: Path, failed: li
     labels = leaderboard_labels(protocol, run)
     if labels:
         try:
-            if retest_missing(folder, labels):
-                print(f"{run}: tested at the leaderboard's {', '.join(labels)} ({folder})", flush=True)
+            if tested := retest_missing(folder, labels):
+                print(f"{run}: tested at the leaderboard's {', '.join(tested)} ({folder})", flush=True)
         except UserError as err:
             print(f"{run}: {err}", flush=True)
             failed.append(f"{run}/{folder.name} leaderboard test ({err})")

@@ -183,7 +183,7 @@ def retest_reused(
             if not (run_dir / "metrics.json").is_file():
                 continue
             try:
-                tested += retest_missing(run_dir, labels)
+                tested += bool(retest_missing(run_dir, labels))
             except UserError as err:
                 print(f"{name}: {err}", flush=True)
                 failed.append(f"{name}/{run_dir.name} retest ({err})")

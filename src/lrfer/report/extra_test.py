@@ -43,16 +43,16 @@ def extra_test_rows(path: Path) -> dict:
     return rows
 
 
-def retest_missing(run_dir: Path, labels: list[str]) -> bool:
+def retest_missing(run_dir: Path, labels: list[str]) -> list[str]:
     """Test the finished run in ``run_dir`` at the ``labels`` that neither its own test nor its
     :data:`EXTRA_TEST_FILE` covers (from the checkpoint that reproduces its own test), and add them to that
-    file; returns whether anything was tested. Stops (:class:`UserError`) when no checkpoint qualifies."""
+    file; returns the labels tested (none: nothing was missing). Stops (:class:`UserError`) when no
+    checkpoint qualifies."""
     own = own_test_rows(run_dir)
     extra_file = run_dir / EXTRA_TEST_FILE
     before = extra_test_rows(extra_file) if extra_file.is_file() else {}
     missing = [label for label in labels if label not in own and label not in before]
-    if not missing:
-        return False
-    result = retest_at(run_dir, missing)
-    write_json({**result, "test": {**before, **result["test"]}}, extra_file)
-    return True
+    if missing:
+        result = retest_at(run_dir, missing)
+        write_json({**result, "test": {**before, **result["test"]}}, extra_file)
+    return missing
