@@ -154,6 +154,7 @@ def test_a_leaderboard_run_the_findings_protocol_lacks_stops_with_one_line(tmp_p
         load_findings_protocol(path)
 
 
+@pytest.mark.slow  # two processes end to end (findings, then leaderboard), ~35 s on 2 cores: `pytest -m slow`
 def test_a_findings_run_the_leaderboard_reuses_keeps_its_leaderboard_test_in_its_copy(tmp_path):
     """A finished findings run is tested at the leaderboard's labels while its checkpoint is there, and the
     rows travel with its copy (with the copy's provenance): on a machine without the run folder, the
