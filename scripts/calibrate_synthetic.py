@@ -43,7 +43,7 @@ from lrfer.report.calibration import (
 )
 from lrfer.report.provenance import provenance as result_provenance
 from lrfer.tools.latency import cpu_model
-from lrfer.tools.launch import finished_run, train_side_by_side
+from lrfer.tools.launch import add_threads_argument, finished_run, train_side_by_side
 
 DEFAULT_REFERENCE = (
     Path(__file__).resolve().parents[1] / "experiments" / "drgfer" / "table3_rafdb_factors.csv"
@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
         default=min(len(TRAINS), os.cpu_count() or 1),
         help="models trained at once, each on cores/jobs threads (default: 2 on 2 cores or more)",
     )
+    add_threads_argument(parser)
     args = parser.parse_args(argv)
     reference = read_reference(args.reference)
     base = merge_overrides(BASE_OVERRIDES, args.overrides)
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
             raise UserError(f"the {train}-trained run failed: see {run_dirs[train].with_suffix('.log')}")
         print(f"trained at {train} in {seconds / 60:.1f} min ({run_dirs[train]})", flush=True)
 
-    train_side_by_side([(wanted[t], run_dirs[t]) for t in todo], args.jobs, trained)
+    train_side_by_side([(wanted[t], run_dirs[t]) for t in todo], args.jobs, trained, args.threads)
     wall = time.perf_counter() - start
     synthetic: dict[str, dict[str, float]] = {}
     for train, run_dir in run_dirs.items():

@@ -69,7 +69,7 @@ from lrfer.report.findings import (
 from lrfer.report.provenance import provenance as result_provenance
 from lrfer.report.provenance import provenance_line, script_command
 from lrfer.tools.latency import cpu_model
-from lrfer.tools.launch import finished_run, train_side_by_side
+from lrfer.tools.launch import add_threads_argument, finished_run, train_side_by_side
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PROTOCOL = REPO / "experiments" / "findings" / "protocol.yaml"
@@ -89,6 +89,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--runs", nargs="+", default=None, help="train only these runs (the table: all)")
     parser.add_argument("--jobs", type=int, default=None, help="runs at once (default: one per core)")
+    add_threads_argument(parser)
     mode = parser.add_mutually_exclusive_group()
     parser.add_argument("--quick", action="store_true", help="the protocol's quick runs, 1 seed, tiny faces")
     mode.add_argument("--collect", action="store_true", help="train nothing; copy finished runs, rebuild")
@@ -222,7 +223,7 @@ def train(
     args.out.mkdir(parents=True, exist_ok=True)
     record_call()
     jobs = args.jobs if args.jobs is not None else (os.cpu_count() or 1)
-    train_side_by_side([(o, f) for _, _, f, _, o in todo], max(1, jobs), done)
+    train_side_by_side([(o, f) for _, _, f, _, o in todo], max(1, jobs), done, args.threads)
     record_call()
     return call["runs_trained"]
 

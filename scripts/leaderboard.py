@@ -61,7 +61,7 @@ from lrfer.report.leaderboard import (
 from lrfer.report.provenance import provenance as result_provenance
 from lrfer.report.provenance import script_command
 from lrfer.tools.latency import cpu_model
-from lrfer.tools.launch import finished_run, train_side_by_side
+from lrfer.tools.launch import add_threads_argument, finished_run, train_side_by_side
 from lrfer.tools.model_stats import method_cost
 
 DEFAULT_PROTOCOL = Path(__file__).resolve().parents[1] / "experiments" / "leaderboard" / "protocol.yaml"
@@ -103,6 +103,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="runs trained at once, each on cores/jobs threads (default: one per core on a CPU, 1 on a GPU)",
     )
+    add_threads_argument(parser)
     args = parser.parse_args(argv)
     # ``--methods a b key=value``: argparse gives the override to --methods; an override holds "="
     args.overrides += [m for m in args.methods or [] if "=" in m]
@@ -259,7 +260,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     make_output_folder(out)
     print(f"{len(todo)} run(s) to train, {max(1, min(jobs_wanted, len(todo)))} at a time", flush=True)
-    jobs = train_side_by_side([(overrides, run_dir) for *_, run_dir, overrides in todo], jobs_wanted, trained)
+    jobs = train_side_by_side(
+        [(overrides, run_dir) for *_, run_dir, overrides in todo], jobs_wanted, trained, args.threads
+    )
     train_wall = time.perf_counter() - start
     retested = retest_reused(protocol, folders, list(protocol["test"]), failed)
     measured = measure_costs(out, folders, protocol["latency"], failed)

@@ -8,6 +8,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from lrfer.core.errors import UserError
+from lrfer.tools import launch
 from lrfer.tools.launch import finished_run
 
 OVERRIDES = ["method=baseline", "method.epochs=1", "seed=0"]
@@ -53,3 +54,32 @@ def test_the_synthetic_faces_name_their_generator_version_as_provenance():
     from lrfer.data.synthetic import GENERATOR_VERSION
 
     assert SyntheticFaces({"seed": 0}).provenance() == {"generator_version": GENERATOR_VERSION}
+
+
+def _threads_given(monkeypatch, runs: int, jobs: int, cores: int = 4, **kwargs) -> list[list[str]]:
+    """The ``trainer.num_threads=`` overrides each of ``runs`` runs is started with (no training)."""
+    given: list[list[str]] = []
+    monkeypatch.setattr(launch.os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(
+        launch, "train_in_subprocess", lambda overrides, run_dir: given.append(overrides) or (True, 0.0)
+    )
+    series = [(["method=baseline", f"seed={k}"], Path(f"run{k}")) for k in range(runs)]
+    launch.train_side_by_side(series, jobs, lambda *_: None, **kwargs)
+    return [[o for o in overrides if o.startswith("trainer.num_threads=")] for overrides in given]
+
+
+def test_runs_trained_side_by_side_share_the_cores(monkeypatch):
+    assert _threads_given(monkeypatch, runs=3, jobs=2) == [["trainer.num_threads=2"]] * 3
+
+
+def test_a_run_alone_in_its_series_keeps_torchs_default_threads(monkeypatch):
+    assert _threads_given(monkeypatch, runs=1, jobs=2) == [[]]
+
+
+def test_threads_per_run_when_given_hold_even_for_a_lone_run(monkeypatch):
+    assert _threads_given(monkeypatch, runs=1, jobs=2, threads=1) == [["trainer.num_threads=1"]]
+
+
+def test_zero_threads_per_run_is_refused(monkeypatch):
+    with pytest.raises(UserError, match="threads per run must be at least 1"):
+        _threads_given(monkeypatch, runs=1, jobs=1, threads=0)

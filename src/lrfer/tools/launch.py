@@ -6,6 +6,7 @@ interrupted series resume: a run folder with ``checkpoints/last.pt`` continues w
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -36,22 +37,43 @@ def train_in_subprocess(overrides: list[str], run_dir: Path) -> tuple[bool, floa
 
 
 def train_side_by_side(
-    runs: Sequence[tuple[list[str], Path]], jobs: int, done: Callable[[int, bool, float], None]
+    runs: Sequence[tuple[list[str], Path]],
+    jobs: int,
+    done: Callable[[int, bool, float], None],
+    threads: int | None = None,
 ) -> int:
     """Train ``runs`` ((overrides, run folder) pairs, in order) with :func:`train_in_subprocess`, ``jobs`` at
-    a time, each on cores/jobs intra-op threads (a run's own ``trainer.num_threads`` wins): independent runs
-    scale better across a CPU's cores than one run's threads. ``done(index, succeeded, seconds)`` is called
-    as each run ends; an exception it raises stops the series. Returns the number of runs trained at once."""
+    a time: independent runs scale better across a CPU's cores than one run's threads. Each run gets
+    ``threads`` intra-op threads; by default cores/jobs when several train at once, and otherwise torch's
+    own default (every core, or ``OMP_NUM_THREADS``). Give ``threads`` when other jobs share the machine: a
+    run alone in its series would take every core beside them. A run's own ``trainer.num_threads`` wins.
+    ``done(index, succeeded, seconds)`` is called as each run ends; an exception it raises stops the
+    series. Returns the number of runs trained at once."""
     jobs = max(1, min(jobs, len(runs)))
-    threads = [f"trainer.num_threads={max(1, (os.cpu_count() or 1) // jobs)}"] if jobs > 1 else []
+    if threads is not None and threads < 1:
+        raise UserError(f"threads per run must be at least 1, got {threads}")
+    if threads is None and jobs > 1:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+    thread_override = [f"trainer.num_threads={threads}"] if threads is not None else []
 
     def train(index: int) -> None:
         overrides, run_dir = runs[index]
-        done(index, *train_in_subprocess(merge_overrides(threads, overrides), run_dir))
+        done(index, *train_in_subprocess(merge_overrides(thread_override, overrides), run_dir))
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         list(pool.map(train, range(len(runs))))
     return jobs
+
+
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    """``--threads N``: the intra-op threads of every run :func:`train_side_by_side` trains."""
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="threads per run (default: cores/jobs when several train at once, else torch's default); "
+        "give 1 when other jobs share the machine",
+    )
 
 
 #: Overrides that say how a run was executed, not what it trained: not compared by :func:`finished_run`.
