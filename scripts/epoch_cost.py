@@ -64,7 +64,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=2, help="epochs per stage (runs of several stages)")
     parser.add_argument("--out", type=Path, default=Path("outputs/epoch_cost"))
     parser.add_argument("--protocol", type=Path, default=DEFAULT_PROTOCOL)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # key=value after the options too
     if not 0 < args.steps[0] < args.steps[1] or not 0 < args.val[0] < args.val[1]:
         raise UserError("--steps and --val each need two increasing positive numbers, e.g. --steps 10 30")
     if args.epochs < 1:

@@ -22,6 +22,11 @@ def test_runs_whose_cpu_time_does_not_grow_stop_with_one_line():
         load_script("epoch_cost").epoch_cost({"A": 50.0, "B": 49.0, "C": 60.0}, [10, 30], [32, 352], 94, 500)
 
 
+def test_overrides_may_follow_the_options_as_the_usage_line_shows():
+    args = load_script("epoch_cost").parse_args(["fsrfer", "--epochs", "2", "dataset.num_train=32"])
+    assert (args.run, args.epochs, args.overrides) == ("fsrfer", 2, ["dataset.num_train=32"])
+
+
 def test_a_key_prices_the_stages_it_scales_with_the_epochs_the_method_gives_them():
     """FSR-FER at the protocol's plan: one extractor epoch per unit of method.extractor_epochs, and one unit
     of schedule_scale is the paper's 116 pre-training and 435 GAN epochs (the method's stages, not a copy of
@@ -60,3 +65,25 @@ def test_a_keys_unit_cost_sums_its_stages_epochs_times_their_measured_cost():
         script.unit_costs(per_unit, {"extractor": 5.0, "pretrain": 100.0})
     with pytest.raises(UserError, match="records no epoch's CPU seconds"):
         script.stage_costs([{"stage": "gan", "epoch": 1, "score": 0.2}])
+
+
+@pytest.mark.slow
+def test_a_run_of_several_stages_is_priced_from_its_own_history_and_reused_when_run_again(tmp_path, capsys):
+    """End to end on tiny faces: one FSR-FER run, each stage capped at 2 epochs; every stage is priced at
+    its last epoch's recorded CPU seconds, each key at those costs times the method's epochs per unit; a
+    second call trains nothing."""
+    script = load_script("epoch_cost")
+    argv = ["fsrfer", "--epochs", "2", "--out", str(tmp_path), "dataset.num_train=32", "dataset.num_val=16"]
+    argv += ["dataset.num_test=16", "trainer.batch_size=16", "dataset.image_size=32", "degrade.input_size=32"]
+    first = script.main(argv)
+    history = script.validation_history(tmp_path / "fsrfer" / "stages2")
+    last = {entry["stage"]: entry["cpu_s"] for entry in history}
+    assert first["stage_cpu_s_per_epoch"] == pytest.approx(last, abs=0.01)
+    per_unit = first["stage_epochs_per_unit"]["method.schedule_scale"]
+    assert per_unit == {"pretrain": 116.0, "gan": 435.0}
+    assert first["cpu_s_per_unit"]["method.schedule_scale"] == pytest.approx(
+        116 * last["pretrain"] + 435 * last["gan"], rel=1e-3
+    )
+    capsys.readouterr()
+    assert script.main(argv)["stage_cpu_s_per_epoch"] == first["stage_cpu_s_per_epoch"]
+    assert "stages: measured earlier" in capsys.readouterr().out
