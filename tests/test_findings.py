@@ -525,3 +525,17 @@ def test_a_resumed_runs_copy_says_its_cpu_time_counts_only_its_last_start(tmp_pa
     assert json.loads((dest / "val_history.json").read_text())["provenance"]["starts"] == 2
     record = RunRecord("r", 0, dest, metrics)
     assert "1 of them were stopped and resumed" in " ".join(provenance_lines([record], [], 0.5))
+
+
+def test_a_resumed_run_that_records_its_earlier_starts_cpu_time_is_not_called_a_lower_bound(tmp_path):
+    run = tmp_path / "runs" / "seed0-abc"
+    (run / ".hydra").mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({"cpu_s": 30.0, "cpu_s_earlier_starts": 10.0, "test": {}}))
+    (run / ".hydra" / "overrides.yaml").write_text("- a=1\n")
+    run.with_suffix(".log").write_text("$ python -m lrfer.cli.train a=1\n$ python -m lrfer.cli.train a=1\n")
+    dest = tmp_path / "copy"
+    copy_artefacts(run, dest)
+    metrics = json.loads((dest / "metrics.json").read_text())
+    assert metrics["provenance"]["starts"] == 2
+    lines = " ".join(provenance_lines([RunRecord("r", 0, dest, metrics)], [], 0.5))
+    assert "Total CPU time of the runs: " in lines and "lower bound" not in lines

@@ -12,6 +12,7 @@ interruption and the end. The toy two-stage method (``tests/toy_methods.py``) ke
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -186,3 +187,35 @@ def test_a_gmenet_run_interrupted_at_its_student_stage_resumes_exactly(tmp_path,
     _resume(cfg, cut)
     _assert_resumed_run_is_the_straight_run(straight, cut)
     assert "kd" in json.loads((cut / "metrics.json").read_text())["train"]["stages"]["student"]
+
+
+def test_a_resumed_runs_cpu_time_counts_every_start_up_to_the_checkpoint_it_resumed_from(
+    tmp_path, monkeypatch
+):
+    """A CPU clock that only training steps advance (1 s each), back at 0 in each new process: the resumed
+    run's ``metrics.json`` ``cpu_s`` is the uninterrupted run's, its first start's seconds up to the
+    checkpoint it resumed from included (the steps redone after that checkpoint counted once)."""
+    clock = {"now": 0.0}
+    original = TwoStageToy.training_step
+
+    def step(self, batch, stage, name):
+        clock["now"] += 1.0
+        return original(self, batch, stage, name)
+
+    monkeypatch.setattr(TwoStageToy, "training_step", step)
+    monkeypatch.setattr(time, "process_time", lambda: clock["now"])
+    cfg = compose_cfg(*tiny(tmp_path, *TOY))
+    run_training(cfg, tmp_path / "a")
+    straight = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert straight["cpu_s"] == TEACHER_CALLS + 7 * STUDENT_CALLS_PER_EPOCH
+    clock["now"] = 0.0
+    with monkeypatch.context() as m:
+        _interrupt_after(m, TwoStageToy, TEACHER_CALLS + 3)
+        with pytest.raises(Interrupted):
+            run_training(cfg, tmp_path / "b")
+    at_checkpoint = _last(tmp_path / "b")["cpu_s"]
+    assert 0 < at_checkpoint <= TEACHER_CALLS + 3
+    clock["now"] = 0.0  # the resume is a new process
+    _resume(cfg, tmp_path / "b")
+    resumed = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert (resumed["cpu_s"], resumed["cpu_s_earlier_starts"]) == (straight["cpu_s"], at_checkpoint)

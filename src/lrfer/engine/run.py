@@ -287,7 +287,7 @@ def run(spec: RunSpec) -> dict:
         summaries = trainer.fit()
         val = trainer.evaluate("val", spec.degrade.val) if trainer.has_val else {}
         test = trainer.evaluate("test", spec.degrade.test, keep_confusion=True)
-        metrics = run_metrics(cfg, parts, trainer.has_val, summaries, val, test, t0)
+        metrics = run_metrics(cfg, parts, trainer.has_val, summaries, val, test, t0, trainer.cpu_s_earlier)
         if main:
             log_test_results(logger, cfg, test, parts.data.class_names)
             if run_dir is not None:
@@ -305,9 +305,11 @@ def run_metrics(
     val: dict,
     test: dict,
     t0: float,
+    cpu_s_earlier: float = 0.0,
 ) -> dict:
     """The run's ``metrics.json``: what was trained on what, how the model was chosen, validation and test
-    results per degradation, per-stage training losses, parameters, environment and wall time."""
+    results per degradation, per-stage training losses, parameters, environment, wall time (this start's)
+    and CPU time (every start's: ``cpu_s_earlier``, the earlier starts' up to the resumed checkpoint)."""
     objective = str(cfg.get("objective", "acc"))
     # without a validation split (dataset.val_fraction=0) there is nothing a sweep may optimise
     objective_value = named_metric(val, objective, "objective") if val else None
@@ -344,8 +346,10 @@ def run_metrics(
             "gpu": torch.cuda.get_device_name(parts.device) if parts.device.type == "cuda" else None,
         },
         "duration_s": round(time.perf_counter() - t0, 2),
-        # CPU seconds of this process, all threads (since the last start, when the run was resumed)
-        "cpu_s": round(time.process_time(), 1),
+        # CPU seconds of every start, all threads: this process's and, when the run was resumed, the earlier
+        # starts' up to the checkpoint it resumed from (work redone after a stop is counted once)
+        "cpu_s": round(cpu_s_earlier + time.process_time(), 1),
+        "cpu_s_earlier_starts": round(cpu_s_earlier, 1),
     }
 
 

@@ -242,6 +242,9 @@ class Trainer:
         self.global_step = 0
         self.summaries: list[StageSummary] = []
         self.val_history: list[dict] = []
+        #: CPU seconds of the run's earlier starts, up to the checkpoint this start resumed from (0 on a
+        #: first start): ``metrics.json`` ``cpu_s`` adds this process's own, so a resumed run counts them all.
+        self.cpu_s_earlier = 0.0
         # Only the main process writes checkpoints; the others do no checkpoint work at all.
         self.writer = CheckpointWriter(self.run_dir is not None and dist.is_main(), pin=device.type == "cuda")
         self.stop = StopRequest()
@@ -436,6 +439,8 @@ class Trainer:
             ) from None
         self.global_step = int(state["global_step"])
         self.val_history = list(state.get("val_history", []))
+        # a checkpoint written before it recorded its CPU seconds: the kept epochs' own (a lower bound)
+        self.cpu_s_earlier = float(state.get("cpu_s", sum(h.get("cpu_s", 0.0) for h in self.val_history)))
         log.info("resuming from %s (stage %d, epoch %d)", path, state["stage_index"], state["epoch"])
         return state
 
@@ -782,6 +787,7 @@ class Trainer:
         if path is None:
             return
         keys = None if whole else self._stage_keys
+        cpu_s = self.cpu_s_earlier + time.process_time()  # every start's, up to this checkpoint
 
         def build() -> dict:
             method = self.method.state_dict()
@@ -797,6 +803,7 @@ class Trainer:
                 "summary": dict(summary.__dict__),
                 "summaries": [dict(s.__dict__) for s in self.summaries],
                 "val_history": list(self.val_history),
+                "cpu_s": cpu_s,
                 "config": self.identity,
             }
             if keys is not None:

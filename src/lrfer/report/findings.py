@@ -678,7 +678,7 @@ def run_provenance(run_dir: Path) -> dict:
     here = provenance()
     extra = {}
     starts = _starts(run_dir)
-    if starts > 1:  # metrics.json's cpu_s and duration_s count since the last start only
+    if starts > 1:  # duration_s counts the last start only (cpu_s too, before cpu_s_earlier_starts)
         extra["starts"] = starts
     return {
         "command": " ".join(["python -m lrfer.cli.train", *overrides]),
@@ -1096,7 +1096,12 @@ def provenance_lines(records: list[RunRecord], calls: list[dict], fraction: floa
     )
     cpu = [r.metrics["cpu_s"] for r in records if "cpu_s" in r.metrics]
     wall = [r.metrics.get("duration_s", 0.0) for r in records]
-    resumed = sum(1 for r in records if r.metrics.get("provenance", {}).get("starts", 1) > 1)
+    # a resumed run counts every start's CPU seconds since metrics.json records cpu_s_earlier_starts
+    resumed = sum(
+        1
+        for r in records
+        if r.metrics.get("provenance", {}).get("starts", 1) > 1 and "cpu_s_earlier_starts" not in r.metrics
+    )
     lines = [
         f"Budget: every stage at {fraction:g} of its paper's epochs (experiments/findings/protocol.yaml).",
         f"Runs: {len(records)} finished; torch {', '.join(torch_versions) or '-'}; synthetic-face generator "
