@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ from omegaconf import OmegaConf
 
 from lrfer.core.errors import UserError
 from lrfer.tools import launch
-from lrfer.tools.launch import finished_run
+from lrfer.tools.launch import add_threads_argument, finished_run
 
 OVERRIDES = ["method=baseline", "method.epochs=1", "seed=0"]
 
@@ -83,3 +84,11 @@ def test_threads_per_run_when_given_hold_even_for_a_lone_run(monkeypatch):
 def test_zero_threads_per_run_is_refused(monkeypatch):
     with pytest.raises(UserError, match="threads per run must be at least 1"):
         _threads_given(monkeypatch, runs=1, jobs=1, threads=0)
+
+
+def test_zero_threads_per_run_is_refused_when_the_command_line_is_read(capsys):
+    parser = argparse.ArgumentParser(prog="findings.py")
+    add_threads_argument(parser)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--threads", "0"])
+    assert "--threads: threads per run must be at least 1, got 0" in capsys.readouterr().err

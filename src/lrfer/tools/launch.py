@@ -65,11 +65,22 @@ def train_side_by_side(
     return jobs
 
 
+def _threads_per_run(text: str) -> int:
+    """``--threads``' value: an integer of at least 1, refused when the command line is read."""
+    try:
+        threads = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"threads per run must be an integer, got {text!r}") from None
+    if threads < 1:
+        raise argparse.ArgumentTypeError(f"threads per run must be at least 1, got {threads}")
+    return threads
+
+
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:
     """``--threads N``: the intra-op threads of every run :func:`train_side_by_side` trains."""
     parser.add_argument(
         "--threads",
-        type=int,
+        type=_threads_per_run,
         default=None,
         help="threads per run (default: cores/jobs when several train at once, else torch's default); "
         "give 1 when other jobs share the machine",
