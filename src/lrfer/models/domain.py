@@ -40,19 +40,28 @@ class GradientReversal(nn.Module):
 
 
 class DomainDiscriminator(nn.Module):
-    """Ganin & Lempitsky's domain classifier ``in_dim -> hidden -> hidden -> domains`` (ReLU, dropout)."""
+    """A domain classifier ``in_dim -> hidden -> hidden -> domains`` on a feature vector.
 
-    def __init__(self, in_dim: int, domains: int, hidden: int = 1024, dropout: float = 0.5) -> None:
+    Each hidden layer is ``Linear``, then ``BatchNorm1d`` when ``batch_norm``, ``ReLU`` and ``Dropout``.
+    ``batch_norm=True, dropout=0`` is the Transfer-Learning-Library's ``DomainDiscriminator`` (Jiang, Long et
+    al.'s ``tllib``, whose default it is); ``batch_norm=False, dropout=0.5`` is Ganin & Lempitsky's MLP.
+    Under Adam the latter's first-layer units all die on non-negative pooled features (see
+    :class:`~lrfer.methods.da.DomainAdversarial`). Both keep the plain MLP's layer indices for its
+    ``Linear`` layers when ``batch_norm`` is off, so its checkpoints load.
+    """
+
+    def __init__(
+        self, in_dim: int, domains: int, hidden: int = 1024, dropout: float = 0.5, batch_norm: bool = False
+    ) -> None:
         super().__init__()
-        self.layers = nn.Sequential(
-            nn.Linear(in_dim, hidden),
-            nn.ReLU(inplace=True),
-            nn.Dropout(dropout),
-            nn.Linear(hidden, hidden),
-            nn.ReLU(inplace=True),
-            nn.Dropout(dropout),
-            nn.Linear(hidden, domains),
-        )
+        layers: list[nn.Module] = []
+        for fan_in in (in_dim, hidden):
+            layers.append(nn.Linear(fan_in, hidden))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(hidden))
+            layers += [nn.ReLU(inplace=True), nn.Dropout(dropout)]
+        layers.append(nn.Linear(hidden, domains))
+        self.layers = nn.Sequential(*layers)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.layers(features)
