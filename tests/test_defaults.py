@@ -163,3 +163,15 @@ def test_a_run_made_before_a_method_option_existed_still_loads(tmp_path, caplog)
     loaded = load_run_config(tmp_path)
     assert loaded.method.sr_gamma == cfg.method.sr_gamma
     assert "sr_gamma" in caplog.text
+
+
+def test_a_da_run_made_before_the_batch_normalised_discriminator_reopens_with_the_mlp_it_trained(tmp_path):
+    """An option whose default changed as it was added takes, in an older run, the value that run trained
+    with (the method's ``VALUES_BEFORE_OPTIONS``), not today's default: its checkpoint must load."""
+    from lrfer.engine.loading import load_run_config
+
+    old = OmegaConf.to_container(compose_cfg("method=da"))
+    del old["method"]["disc_batch_norm"]
+    (tmp_path / ".hydra").mkdir()
+    OmegaConf.save(OmegaConf.create(old), tmp_path / ".hydra" / "config.yaml")
+    assert load_run_config(tmp_path).method.disc_batch_norm is False

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from lrfer.config.compose import compose_config
@@ -99,6 +100,8 @@ def fill_new_method_options(cfg: DictConfig) -> None:
     Method options have no Python defaults (the method's config holds them), so a run folder written before
     an option existed would not rebuild. Every option the run's config lacks is taken from the current
     config of the same method (same ``_target_``) and logged; the options the run has keep their values.
+    An option whose addition changed the behaviour takes the value the method class records for runs made
+    before it (``Method.VALUES_BEFORE_OPTIONS``) instead.
     """
     method = cfg.get("method")
     if method is None or not method.get("name"):
@@ -111,8 +114,13 @@ def fill_new_method_options(cfg: DictConfig) -> None:
         return
     missing = [key for key in current if key not in method]
     if missing:
-        cfg.method = OmegaConf.merge(current, method)
-        log.warning("the run predates method options %s: using their current defaults", ", ".join(missing))
+        before = getattr(get_class(str(method._target_)), "VALUES_BEFORE_OPTIONS", {})
+        earlier = {key: before[key] for key in missing if key in before}
+        cfg.method = OmegaConf.merge(current, earlier, method)
+        used = [f"{key}={earlier[key]} (what runs before it trained with)" for key in earlier]
+        if others := [key for key in missing if key not in earlier]:
+            used.append(f"the current defaults of {', '.join(others)}")
+        log.warning("the run predates method options %s: using %s", ", ".join(missing), "; ".join(used))
 
 
 def load_method_weights(method: Method, run_dir: str | Path, checkpoint: str = "best") -> dict:

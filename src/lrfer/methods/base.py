@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -86,6 +86,11 @@ class Method(nn.Module):
     #: ``balanced_acc`` (DRGFER's ``rrn_acc``): what ``trainer.monitor`` and ``objective`` may name, checked
     #: when the config is composed (:func:`lrfer.config.validate.validate_config`).
     extra_metrics: tuple[str, ...] = ()
+
+    #: Options added with a default other than the behaviour before them: ``{option: value}``, the value a
+    #: run made before the option existed trained with. Reopening such a run
+    #: (:func:`lrfer.engine.loading.fill_new_method_options`) fills the option with it, not today's default.
+    VALUES_BEFORE_OPTIONS: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, context: MethodContext, *, epochs: int, label_smoothing: float) -> None:
         """``epochs``: the length of the default single stage (``method.epochs``); ``label_smoothing``: of

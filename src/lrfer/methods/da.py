@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +56,9 @@ class DomainAdversarial(Method):
       run before ``lambda`` reaches its plateau). Their learning-rate annealing is not used (the paper
       trains every method with Adam at a constant 3e-4).
     """
+
+    #: Runs before 2026-12-07 trained Ganin & Lempitsky's plain MLP (no ``disc_batch_norm`` key).
+    VALUES_BEFORE_OPTIONS: ClassVar[dict[str, Any]] = {"disc_batch_norm": False}
 
     def __init__(
         self,
