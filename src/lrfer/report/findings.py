@@ -115,6 +115,12 @@ DRGFER_T1 = {  # the paper's Table 1 (RAF-DB), mean over x1-x8
 DRGFER_T3_DIAGONAL = {"x1": 89.24, "x2": 88.23, "x4": 85.20, "x6": 80.35, "x8": 76.86}
 DRGFER_T3_BEST_OTHER = {"x1": 86.96, "x2": 86.17, "x4": 79.27, "x6": 78.39, "x8": 69.82}
 PAPER_DRGFER = "DRGFER (Wang et al.)"
+#: found by the findings runs (a defect, fixed before any fraction-1 DA run): what DA's rows stand on
+DA_DISCRIMINATOR_NOTE = (
+    "DA's discriminator is tllib's BatchNorm MLP. Ganin & Lempitsky's dropout MLP, the default until "
+    "2026-12-07, died under Adam (0.2 % of its first-layer units active at epoch 20 of this run's first "
+    "try, scripts/da_discriminator.py), so DA trained as MSTrain; experiments/drgfer/README.md, DA."
+)
 PAPER_FSRFER = "FSR-FER"
 PAPER_GMENET = "GME-Net"
 PAPER_EFC = "EFC"
@@ -140,6 +146,7 @@ def _drgfer_claims() -> list[Claim]:
             rival,
             DRGFER_T1["DRGFER"],
             DRGFER_T1[name],
+            note=DA_DISCRIMINATOR_NOTE if name == "DA" else "",
         )
         for name, rival in rivals.items()
     ]
@@ -167,6 +174,7 @@ def _drgfer_claims() -> list[Claim]:
                     rivals["DA"],
                     DRGFER_T1[name],
                     DRGFER_T1["DA"],
+                    note=DA_DISCRIMINATOR_NOTE,
                 )
             )
     out.append(
@@ -178,6 +186,7 @@ def _drgfer_claims() -> list[Claim]:
             rivals["DA"],
             DRGFER_T1["DRGFER"],
             DRGFER_T1["DA"],
+            note=DA_DISCRIMINATOR_NOTE,
         )
     )
     for f in DRGFER_FACTORS:
