@@ -359,3 +359,10 @@ def test_a_batch_normalised_discriminator_refuses_a_training_batch_of_one_face_n
     batch = {key: value[:1] for key, value in _da_batch().items()}
     with pytest.raises(UserError, match=r"disc_batch_norm=true needs at least 2 faces.*trainer\.batch_size"):
         method.training_step(batch, method.stages()[0], "main")
+
+
+@pytest.mark.parametrize("batch_norm", [True, False])
+def test_da_builds_its_discriminator_with_batch_norm_as_configured(tmp_path, batch_norm):
+    method = _da(tmp_path, disc_batch_norm=batch_norm)
+    norms = [m for m in method.discriminator.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    assert len(norms) == (2 if batch_norm else 0)
