@@ -196,8 +196,9 @@ def kill_tree(pid: int) -> None:
 
 
 def end_torchrun_worker() -> None:
-    """The end of a torchrun test worker, once its results are written: a last barrier (every rank's last
-    collective is complete everywhere), then the process ends at once, with no interpreter teardown.
+    """The end of a multi-process test worker (torchrun's, or :func:`spawn_ranks`'), once its results are
+    written: a last barrier (every rank's last collective is complete everywhere), then the process ends at
+    once, with no interpreter teardown.
 
     A teardown can deadlock: the main thread frees the process group (the DDP reducer's reference, when the
     trainer goes) and joins gloo's worker thread holding the GIL, while that thread drops its reference to
