@@ -46,8 +46,8 @@ class DomainDiscriminator(nn.Module):
     ``batch_norm=True, dropout=0`` is the Transfer-Learning-Library's ``DomainDiscriminator`` (Jiang, Long et
     al.'s ``tllib``, whose default it is); ``batch_norm=False, dropout=0.5`` is Ganin & Lempitsky's MLP.
     Under Adam the latter's first-layer units all die on non-negative pooled features (see
-    :class:`~lrfer.methods.da.DomainAdversarial`). Both keep the plain MLP's layer indices for its
-    ``Linear`` layers when ``batch_norm`` is off, so its checkpoints load.
+    :class:`~lrfer.methods.da.DomainAdversarial`). With ``batch_norm`` off the layers keep the indices the
+    plain MLP always had, so checkpoints written before the option existed load.
     """
 
     def __init__(
