@@ -307,6 +307,27 @@ def test_camera_path_with_a_file_standing_in_stops_on_ctrl_c_and_writes_the_outp
     assert cv2.VideoCapture(str(tmp_path / "live.avi")).get(cv2.CAP_PROP_FRAME_COUNT) == summary["frames"]
 
 
+def test_ctrl_c_while_a_frame_is_written_stops_at_the_chunk_end_and_counts_every_frame_written(
+    tmp_path, faces, request
+):
+    images, truth = render([Mover(faces[0], (0, 0, 30, 30), (5, 30), (120, 40), 0, 59)], 60)
+    clip = write_clip(tmp_path / "clip.avi", images)
+    emitted = []
+
+    def emit(frame, rows):  # Ctrl-C lands while the 12th frame is being written out
+        emitted.append(frame.index)
+        if len(emitted) == 12:
+            _thread.interrupt_main()
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
+    options = video_options(detect_every=EVERY, chunk=4, tracker={"min_track": 3})
+    stats = track_video(VideoSource(clip), ScriptedDetector(truth, EVERY), FixedClassifier(), options, emit)
+    assert stats.interrupted and 12 <= stats.frames < 30  # it stops near where it was
+    assert emitted == list(range(stats.frames))  # the summary's count is what reached the outputs
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the caller's handler is back
+
+
 def test_no_camera_is_one_line(trained_run, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(video, "open_capture", lambda target: cv2.VideoCapture())  # opens nothing
     err = expect_user_error(capsys, predict, trained_run, "--camera", "3", "--out", tmp_path / "f.csv")

@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import queue
+import signal
 import threading
 import time
 from collections import deque
@@ -236,6 +237,32 @@ class FaceRow:
     smoothed: np.ndarray | None = None
 
 
+class CtrlC:
+    """Ctrl-C (SIGINT) deferred while it is installed: the first one sets a flag that the caller checks where
+    a chunk of frames ends, so that no frame is half written; a second one raises KeyboardInterrupt at once.
+    Installed only in the main thread (the only one that receives signals); :meth:`restore` puts the
+    previous handler back."""
+
+    def __init__(self) -> None:
+        self.flag = threading.Event()
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.flag.is_set():
+            raise KeyboardInterrupt
+        self.flag.set()
+
+    def is_set(self) -> bool:
+        return self.flag.is_set()
+
+    def restore(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
+
+
 @dataclass
 class TrackingStats:
     frames: int = 0
@@ -265,6 +292,8 @@ def track_video(
 
     ``emit(frame, rows)`` receives every frame in order with the faces of kept tracks on it (each track's
     ``state["id"]`` is its number, 1, 2, ...); ``progress(n)`` is told of every n frames processed.
+    Ctrl-C stops reading where the chunk being processed ends and the frames read so far are written out
+    (``stats.interrupted``); a second Ctrl-C stops reading at once.
     """
     reader = FrameReader(source, detector, options.detect_every)
     tracker = FaceTracker(options.tracker)
@@ -272,6 +301,7 @@ def track_video(
     stats = TrackingStats(frames_expected=source.frame_count)
     ids = iter(range(1, 1 << 62))
     started = time.monotonic()
+    ctrl_c = CtrlC()
     try:
         for chunk in reader.chunks(options.chunk):
             framed: list[tuple[Frame, list[FaceRow]]] = []
@@ -287,16 +317,21 @@ def track_video(
                 frame.rgb = frame.grey = None  # a frame waiting to be written keeps only what is drawn on
                 pending.append((frame, rows))
             _release(pending, options.tracker, emit, ids, stats)
-            stats.frames += len(chunk)
             if progress is not None:
                 progress(len(chunk))
-    except KeyboardInterrupt:
+            if ctrl_c.is_set():
+                stats.interrupted = True
+                break
+    except KeyboardInterrupt:  # a second Ctrl-C: stop reading now
         stats.interrupted = True
     finally:
         reader.close()
         stats.seconds = time.monotonic() - started
-    tracker.finish()
-    _release(pending, options.tracker, emit, ids, stats, final=True)
+    try:
+        tracker.finish()
+        _release(pending, options.tracker, emit, ids, stats, final=True)
+    finally:
+        ctrl_c.restore()
     return stats
 
 
@@ -349,6 +384,7 @@ def _release(pending, cfg: TrackerConfig, emit, ids, stats: TrackingStats, final
             if "id" not in row.track.state:
                 row.track.state["id"] = next(ids)
                 stats.kept += 1
+        stats.frames += 1  # counted as it reaches the outputs: the summary's count is what they hold
         emit(frame, kept)
 
 
