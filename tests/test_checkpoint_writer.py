@@ -27,10 +27,11 @@ def test_a_later_write_waits_for_the_previous_one_and_files_hold_the_state_at_su
 ):
     spans: list[tuple[str, float, float]] = []
     real = checkpoint_writer.write_file
+    go = threading.Event()
 
     def slow(obj, path):
         start = time.perf_counter()
-        time.sleep(0.2)
+        go.wait(timeout=30)  # held until the test has looked: not a race against a sleep
         real(obj, path)
         spans.append((path.name, start, time.perf_counter()))
 
@@ -40,6 +41,7 @@ def test_a_later_write_waits_for_the_previous_one_and_files_hold_the_state_at_su
     writer.submit(tmp_path / "a.pt", lambda: {"method": {"w": weight}})
     weight += 1  # the training thread goes on at once; the file keeps the submitted values
     assert spans == []  # not written yet: in the background
+    go.set()
     writer.submit(tmp_path / "b.pt", lambda: {"method": {"w": weight}})
     writer.close()
     assert [s[0] for s in spans] == ["a.pt", "b.pt"] and spans[1][1] >= spans[0][2]
