@@ -312,12 +312,13 @@ def test_ctrl_c_while_a_frame_is_written_stops_at_the_chunk_end_and_counts_every
 ):
     images, truth = render([Mover(faces[0], (0, 0, 30, 30), (5, 30), (120, 40), 0, 59)], 60)
     clip = write_clip(tmp_path / "clip.avi", images)
-    emitted = []
+    emitted, drawn = [], []
 
-    def emit(frame, rows):  # Ctrl-C lands while the 12th frame is being written out
+    def emit(frame, rows):  # two outputs (the table, the video); Ctrl-C lands between them on the 12th frame
         emitted.append(frame.index)
         if len(emitted) == 12:
             _thread.interrupt_main()
+        drawn.append(frame.index)
 
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
@@ -325,6 +326,7 @@ def test_ctrl_c_while_a_frame_is_written_stops_at_the_chunk_end_and_counts_every
     stats = track_video(VideoSource(clip), ScriptedDetector(truth, EVERY), FixedClassifier(), options, emit)
     assert stats.interrupted and 12 <= stats.frames < 30  # it stops near where it was
     assert emitted == list(range(stats.frames))  # the summary's count is what reached the outputs
+    assert drawn == emitted  # no frame half written
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the caller's handler is back
 
 
