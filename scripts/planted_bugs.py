@@ -121,6 +121,15 @@ BUGS = (
         ("tests/test_cache.py",)),
     Bug("cache accepts a label one past the classes", "src/lrfer/data/cache.py",
         "labels.max() < len(class_names))", "labels.max() <= len(class_names))", ("tests/test_cache.py",)),
+    # The camera path's Ctrl-C (CI of 2026-12-07: 45 frames in the annotated video, 38 in the summary).
+    Bug("video Ctrl-C does not stop the reading", "src/lrfer/tools/video.py",
+        "                stats.interrupted = True\n                break\n",
+        "                stats.interrupted = True\n", ("tests/test_video.py",)),
+    Bug("video first Ctrl-C raises in the middle of a frame", "src/lrfer/tools/video.py",
+        "        if self.flag.is_set():\n            raise KeyboardInterrupt",
+        "        if True:\n            raise KeyboardInterrupt", ("tests/test_video.py",)),
+    Bug("video Ctrl-C handler left installed", "src/lrfer/tools/video.py",
+        "    finally:\n        ctrl_c.restore()", "    finally:\n        pass", ("tests/test_video.py",)),
 )  # fmt: skip
 
 
