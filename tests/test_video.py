@@ -8,6 +8,7 @@ import csv
 import itertools
 import json
 import signal
+import threading
 
 import numpy as np
 import pytest
@@ -328,6 +329,40 @@ def test_ctrl_c_while_a_frame_is_written_stops_at_the_chunk_end_and_counts_every
     assert emitted == list(range(stats.frames))  # the summary's count is what reached the outputs
     assert drawn == emitted  # no frame half written
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the caller's handler is back
+
+
+def test_ctrl_c_while_the_camera_sends_no_frame_stops_without_waiting_for_one(
+    tmp_path, faces, monkeypatch, request
+):
+    images, truth = render([Mover(faces[0], (0, 0, 30, 30), (5, 30), (120, 40), 0, 59)], 60)
+    source = VideoSource(write_clip(tmp_path / "clip.avi", images))
+    closing, written, stall = threading.Event(), threading.Event(), {}
+    frames = source.read
+
+    def stalling_read():  # 20 frames, then the camera hangs; Ctrl-C comes once they are all written
+        for index, frame in enumerate(frames()):
+            if index == 20:
+                written.wait(timeout=20)
+                _thread.interrupt_main()
+                stall["ended_by"] = "close" if closing.wait(timeout=20) else "timeout"
+                return
+            yield frame
+
+    real_close = video.FrameReader.close
+
+    def close(reader):
+        closing.set()
+        real_close(reader)
+
+    monkeypatch.setattr(source, "read", stalling_read)
+    monkeypatch.setattr(video.FrameReader, "close", close)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
+    options = video_options(detect_every=EVERY, tracker={"min_track": 3})
+    emit = lambda frame, rows: frame.index == 19 and written.set()  # noqa: E731
+    stats = track_video(source, ScriptedDetector(truth, EVERY), FixedClassifier(), options, emit)
+    assert stats.interrupted and stats.frames == 20
+    assert stall["ended_by"] == "close"  # the run stopped while the camera still hung
 
 
 def test_no_camera_is_one_line(trained_run, tmp_path, capsys, monkeypatch):

@@ -57,6 +57,8 @@ VIDEO_SUFFIXES = {
 DEFAULT_FPS = 25.0
 #: How many decoded frames the reader may run ahead of the classifier.
 READ_AHEAD = 32
+#: How often (seconds) a wait for the next frame looks whether Ctrl-C asked to stop.
+STOP_POLL_S = 0.1
 #: A file whose decoding stops more than this share of its announced frames early is called truncated.
 TRUNCATED_SHARE = 0.02
 
@@ -199,10 +201,18 @@ class FrameReader:
             except queue.Full:
                 continue
 
-    def chunks(self, size: int) -> Iterator[list[Frame]]:
-        """Lists of up to ``size`` frames: whatever is decoded, waiting for at least one."""
+    def chunks(self, size: int, stop: Callable[[], bool] = lambda: False) -> Iterator[list[Frame]]:
+        """Lists of up to ``size`` frames: whatever is decoded, waiting for at least one; ends early once
+        ``stop()`` is true (checked while waiting too, so a camera that sends nothing cannot hold it)."""
         while True:
-            item = self.queue.get()
+            try:
+                item = self.queue.get(timeout=STOP_POLL_S)
+            except queue.Empty:
+                if stop():
+                    return
+                continue
+            if stop():
+                return
             chunk = []
             while item is not None:
                 chunk.append(item)
@@ -303,7 +313,7 @@ def track_video(
     started = time.monotonic()
     ctrl_c = CtrlC()
     try:
-        for chunk in reader.chunks(options.chunk):
+        for chunk in reader.chunks(options.chunk, ctrl_c.is_set):
             framed: list[tuple[Frame, list[FaceRow]]] = []
             for frame in chunk:
                 tracks, _ = tracker.step(frame.index, frame.grey, frame.detections)
@@ -319,9 +329,7 @@ def track_video(
             _release(pending, options.tracker, emit, ids, stats)
             if progress is not None:
                 progress(len(chunk))
-            if ctrl_c.is_set():
-                stats.interrupted = True
-                break
+        stats.interrupted = ctrl_c.is_set()
     except KeyboardInterrupt:  # a second Ctrl-C: stop reading now
         stats.interrupted = True
     finally:
