@@ -249,7 +249,8 @@ class FaceRow:
 
 class CtrlC:
     """Ctrl-C (SIGINT) deferred while it is installed: the first one sets a flag that the caller checks where
-    a chunk of frames ends, so that no frame is half written; a second one raises KeyboardInterrupt at once.
+    a chunk of frames ends and while it waits for frames, so that no frame is half written and a camera that
+    sends nothing holds nothing up; a second one raises KeyboardInterrupt at once.
     Installed only in the main thread (the only one that receives signals); :meth:`restore` puts the
     previous handler back."""
 
