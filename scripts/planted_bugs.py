@@ -128,11 +128,15 @@ BUGS = (
     Bug("video Ctrl-C waits for the camera's next frame", "src/lrfer/tools/video.py",
         "                if stop():\n                    return\n                continue",
         "                continue", ("tests/test_video.py",)),
-    Bug("video first Ctrl-C raises in the middle of a frame", "src/lrfer/tools/video.py",
-        "        if self.flag.is_set():\n            raise KeyboardInterrupt",
-        "        if True:\n            raise KeyboardInterrupt", ("tests/test_video.py",)),
-    Bug("video Ctrl-C handler left installed", "src/lrfer/tools/video.py",
-        "    finally:\n        ctrl_c.restore()", "    finally:\n        pass", ("tests/test_video.py",)),
+    Bug("video first Ctrl-C raises in the middle of a frame", "src/lrfer/core/signals.py",
+        "        self._event.set()\n", "        raise KeyboardInterrupt\n",
+        ("tests/test_video.py", "tests/test_signals.py")),
+    Bug("deferred signal's handler left installed", "src/lrfer/core/signals.py",
+        "        finally:\n            signal.signal(self.signum, self._previous)",
+        "        finally:\n            pass", ("tests/test_video.py", "tests/test_signals.py")),
+    Bug("deferred signal's second one deferred too", "src/lrfer/core/signals.py",
+        "        signal.signal(self.signum, self._previous)  # a second", "        pass  # a second",
+        ("tests/test_video.py", "tests/test_signals.py")),
 )  # fmt: skip
 
 

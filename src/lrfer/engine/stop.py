@@ -8,10 +8,10 @@ says, waits for the write and stops. A second SIGTERM acts as the default one (t
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import signal
-import threading
+
+from lrfer.core.signals import DeferredSignal
 
 log = logging.getLogger(__name__)
 
@@ -22,26 +22,19 @@ class Terminated(BaseException):
     line saying how to resume, and exit status 143."""
 
 
-class StopRequest:
+class StopRequest(DeferredSignal):
+    """SIGTERM deferred to the end of an epoch (:class:`~lrfer.core.signals.DeferredSignal`); ``agreed`` is
+    what every rank decided at that epoch's all-reduce."""
+
     def __init__(self) -> None:
-        self.requested = False
+        super().__init__(signal.SIGTERM, on_first=self._warn)
         self.agreed = False
 
-    def _handle(self, signum, frame) -> None:
-        self.requested = True
-        signal.signal(signal.SIGTERM, self._previous)  # a second SIGTERM: the previous behaviour
+    @staticmethod
+    def _warn() -> None:
         log.warning("SIGTERM: stopping after this epoch, once last.pt is written (send it again to stop now)")
 
-    @contextlib.contextmanager
     def on_sigterm(self):
         """Turn SIGTERM into a stop request while the block runs (only in the main thread, where Python
         delivers signals)."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        self._previous = signal.getsignal(signal.SIGTERM) or signal.SIG_DFL
-        signal.signal(signal.SIGTERM, self._handle)
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGTERM, self._previous)
+        return self.installed()

@@ -41,6 +41,7 @@ from omegaconf import MISSING, OmegaConf
 
 from lrfer.config.tree import CONFIG_DIR
 from lrfer.core.errors import UserError
+from lrfer.core.signals import DeferredSignal
 from lrfer.detect.detectors import FaceDetector, build_detector, import_cv2
 from lrfer.detect.tracking import FaceTracker, Track, TrackerConfig
 from lrfer.tools import video_outputs as vo
@@ -247,33 +248,6 @@ class FaceRow:
     smoothed: np.ndarray | None = None
 
 
-class CtrlC:
-    """Ctrl-C (SIGINT) deferred while it is installed: the first one sets a flag that the caller checks where
-    a chunk of frames ends and while it waits for frames, so that no frame is half written and a camera that
-    sends nothing holds nothing up; a second one raises KeyboardInterrupt at once.
-    Installed only in the main thread (the only one that receives signals); :meth:`restore` puts the
-    previous handler back."""
-
-    def __init__(self) -> None:
-        self.flag = threading.Event()
-        self.previous = None
-        if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        if self.flag.is_set():
-            raise KeyboardInterrupt
-        self.flag.set()
-
-    def is_set(self) -> bool:
-        return self.flag.is_set()
-
-    def restore(self) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
-            self.previous = None
-
-
 @dataclass
 class TrackingStats:
     frames: int = 0
@@ -312,35 +286,32 @@ def track_video(
     stats = TrackingStats(frames_expected=source.frame_count)
     ids = iter(range(1, 1 << 62))
     started = time.monotonic()
-    ctrl_c = CtrlC()
-    try:
-        for chunk in reader.chunks(options.chunk, ctrl_c.is_set):
-            framed: list[tuple[Frame, list[FaceRow]]] = []
-            for frame in chunk:
-                tracks, _ = tracker.step(frame.index, frame.grey, frame.detections)
-                detected = frame.detections is not None
-                rows = [FaceRow(t, t.box.copy(), detected and t.last_hit == frame.index) for t in tracks]
-                framed.append((frame, rows))
-            _classify(framed, classifier, options)
-            for frame, rows in framed:
-                for row in rows:
-                    _smooth(row, frame.time, options.smooth)
-                frame.rgb = frame.grey = None  # a frame waiting to be written keeps only what is drawn on
-                pending.append((frame, rows))
-            _release(pending, options.tracker, emit, ids, stats)
-            if progress is not None:
-                progress(len(chunk))
-        stats.interrupted = ctrl_c.is_set()
-    except KeyboardInterrupt:  # a second Ctrl-C: stop reading now
-        stats.interrupted = True
-    finally:
-        reader.close()
-        stats.seconds = time.monotonic() - started
-    try:
+    with DeferredSignal(signal.SIGINT).installed() as ctrl_c:
+        try:
+            for chunk in reader.chunks(options.chunk, ctrl_c.is_requested):
+                framed: list[tuple[Frame, list[FaceRow]]] = []
+                for frame in chunk:
+                    tracks, _ = tracker.step(frame.index, frame.grey, frame.detections)
+                    detected = frame.detections is not None
+                    rows = [FaceRow(t, t.box.copy(), detected and t.last_hit == frame.index) for t in tracks]
+                    framed.append((frame, rows))
+                _classify(framed, classifier, options)
+                for frame, rows in framed:
+                    for row in rows:
+                        _smooth(row, frame.time, options.smooth)
+                    frame.rgb = frame.grey = None  # a frame waiting to be written keeps only what is drawn on
+                    pending.append((frame, rows))
+                _release(pending, options.tracker, emit, ids, stats)
+                if progress is not None:
+                    progress(len(chunk))
+            stats.interrupted = ctrl_c.requested
+        except KeyboardInterrupt:  # a second Ctrl-C: stop reading now
+            stats.interrupted = True
+        finally:
+            reader.close()
+            stats.seconds = time.monotonic() - started
         tracker.finish()
         _release(pending, options.tracker, emit, ids, stats, final=True)
-    finally:
-        ctrl_c.restore()
     return stats
 
 
