@@ -86,11 +86,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--split", default="val", choices=["val", "test"])
     parser.add_argument("--out", type=Path, default=None, help="also write the rows here (JSON)")
     args = parser.parse_args(argv)
-    torch.set_grad_enabled(False)
     rows = []
-    for run in args.runs:
-        rows.append(branch_share(run, args.degrade, args.split))
-        print(json.dumps(rows[-1]), flush=True)
+    with torch.no_grad():  # not torch.set_grad_enabled(False): main() is also called in-process (the tests)
+        for run in args.runs:
+            rows.append(branch_share(run, args.degrade, args.split))
+            print(json.dumps(rows[-1]), flush=True)
     if args.out is not None:
         write_json({"rows": rows, "provenance": provenance(synthetic=True)}, args.out)
     return rows

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from conftest import load_script, run_cli, tiny
 
 from lrfer.tools.retest import evaluate_run
@@ -30,6 +31,13 @@ def test_every_validation_face_is_counted_once_and_the_accuracy_is_the_runs(gmen
     std = row["pooled_std"]
     assert row["local_share"] == pytest.approx(std["local"] ** 2 / (std["local"] ** 2 + std["global"] ** 2))
     assert 0 < row["local_share"] < 1
+
+
+def test_the_script_leaves_gradients_on_for_the_code_that_called_it(gmenet_run, capsys):
+    """CI of 2026-12-07: a global torch.set_grad_enabled(False) in main() broke a later test in the same
+    worker (test_syncbn: "element 0 of tensors does not require grad")."""
+    load_script("gmenet_branch_share").main([str(gmenet_run)])
+    assert torch.is_grad_enabled()
 
 
 def test_a_run_of_another_method_is_refused_in_one_line(trained_run, capsys):
