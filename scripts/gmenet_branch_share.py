@@ -31,7 +31,7 @@ from lrfer.core.checkpoint import write_json
 from lrfer.core.errors import UserError, exit_on_user_error
 from lrfer.methods.gmenet import GMENetMethod
 from lrfer.report.provenance import provenance
-from lrfer.tools import retest
+from lrfer.tools.retest import evaluate_run
 
 
 def pooled(t: torch.Tensor) -> torch.Tensor:
@@ -43,26 +43,21 @@ def branch_share(run_dir: Path, labels: list[str], split: str) -> dict:
     local: list[torch.Tensor] = []
     glob: list[torch.Tensor] = []
     hooks: list = []
-    build_parts = retest.build_parts
 
-    def hooked_parts(spec):  # hook the student before the evaluation runs
-        parts = build_parts(spec)
-        if not isinstance(parts.method, GMENetMethod):
+    def hook_the_student(method) -> None:
+        if not isinstance(method, GMENetMethod):
             raise UserError(f"{run_dir} is not a GME-Net run (method=gmenet)")
-        student = parts.method.student
+        student = method.student
         if student.global_branch is None:
             raise UserError(f"{run_dir} has no global branch (method.network.global_branch=false)")
         hooks.append(
             student.local_blocks[-1].register_forward_hook(lambda m, i, o: local.append(pooled(o[0])))
         )
         hooks.append(student.global_branch.register_forward_hook(lambda m, i, o: glob.append(pooled(o))))
-        return parts
 
-    retest.build_parts = hooked_parts
     try:
-        result = retest.evaluate_run(run_dir, labels, split)
+        result = evaluate_run(run_dir, labels, split, prepare=hook_the_student)
     finally:
-        retest.build_parts = build_parts
         for hook in hooks:
             hook.remove()
     pl, pg = torch.cat(local), torch.cat(glob)

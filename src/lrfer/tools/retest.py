@@ -9,6 +9,7 @@ degradation, the same network: the same accuracy).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from lrfer.core.errors import UserError
@@ -17,6 +18,7 @@ from lrfer.engine.loading import load_method_weights, load_run_config
 from lrfer.engine.resolve import resolve
 from lrfer.engine.run import build_parts
 from lrfer.engine.trainer import Trainer
+from lrfer.methods.base import Method
 
 
 def evaluate_run(
@@ -25,15 +27,19 @@ def evaluate_run(
     split: str = "test",
     checkpoint: str = "best",
     overrides: list[str] | None = None,
+    prepare: Callable[[Method], None] | None = None,
 ) -> dict:
     """A finished run's ``checkpoint`` evaluated on ``split`` at ``labels`` (default: the run's
     ``degrade.test``): ``{"method", "dataset", "checkpoint", "checkpoint_epoch", split: rows}``, the rows as
-    in ``metrics.json``. Writes nothing."""
+    in ``metrics.json``. ``prepare(method)`` is called with the loaded method before the evaluation (a
+    diagnosis registers its forward hooks there). Writes nothing."""
     spec = resolve(load_run_config(run_dir, overrides or [], validate=False))
     cfg = spec.cfg
     degradations = parse_degradations(labels) if labels else spec.degrade.test
     parts = build_parts(spec)
     meta = load_method_weights(parts.method, run_dir, checkpoint)
+    if prepare is not None:
+        prepare(parts.method)
     trainer = Trainer(spec, parts.method, parts.datamodule)
     rows = trainer.evaluate(split, degradations, keep_confusion=True)
     return {
