@@ -96,3 +96,18 @@ def test_the_findings_voting_runs_cut_five_distinct_windows_as_the_paper_does(ru
     maps of 8, 4 and 2 px: its centre crop is a corner crop, after module 3 every crop is the whole map)."""
     protocol = load_findings_protocol(PROTOCOL)
     _assert_ten_distinct_crops(compose_config(plan_runs(protocol, [run], 1)[(run, 0)]))
+
+
+@pytest.mark.parametrize("run", ["voting_soft", "voting_single", "voting_split2", "voting_split3"])
+def test_the_findings_voting_runs_train_with_the_papers_adam_learning_rate(run):
+    """The paper's stride-1 network stays at chance on the synthetic faces at the protocol's common Adam 1e-3
+    (experiments/findings/README.md, "Voting: the paper's learning rate"): its runs take the paper's 2e-4
+    (Section 3.3, experiment=voting/rafdb), and keep the protocol's common batch and cosine schedule."""
+    protocol = load_findings_protocol(PROTOCOL)
+    cfg = compose_config(plan_runs(protocol, [run], 1)[(run, 0)])
+    paper = compose_config(["experiment=voting/rafdb", "method.init_from=none"])
+    common = compose_config(plan_runs(protocol, ["mstrain"], 1)[("mstrain", 0)])
+    assert cfg.trainer.optimizer.name == paper.trainer.optimizer.name == "adam"
+    assert cfg.trainer.optimizer.lr == paper.trainer.optimizer.lr != common.trainer.optimizer.lr
+    assert cfg.trainer.batch_size == common.trainer.batch_size
+    assert cfg.trainer.scheduler.name == common.trainer.scheduler.name == "cosine"
