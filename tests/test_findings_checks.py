@@ -100,8 +100,9 @@ def test_the_findings_voting_runs_cut_five_distinct_windows_as_the_paper_does(ru
 
 @pytest.mark.parametrize("run", ["voting_soft", "voting_single", "voting_split2", "voting_split3"])
 def test_the_findings_voting_runs_train_with_the_papers_adam_learning_rate(run):
-    """The paper's stride-1 network stays at chance on the synthetic faces at the protocol's common Adam 1e-3
-    (experiments/findings/README.md, "Voting: the paper's learning rate"): its runs take the paper's 2e-4
+    """The paper's stride-1 network stayed at chance for its first 3 epochs on the synthetic faces at the
+    protocol's common Adam 1e-3 (experiments/findings/README.md, "Voting: the paper's learning rate"): its
+    runs take the paper's 2e-4
     (Section 3.3, experiment=voting/rafdb), and keep the protocol's common batch and cosine schedule."""
     protocol = load_findings_protocol(PROTOCOL)
     cfg = compose_config(plan_runs(protocol, [run], 1)[(run, 0)])
