@@ -11,6 +11,7 @@ import torch
 from lrfer.config.compose import compose_config
 from lrfer.data.degrade import parse_degradations
 from lrfer.engine.run import build_method, method_context
+from lrfer.methods.gmenet import gaussian_blur
 from lrfer.report.findings import load_findings_protocol, plan_runs
 
 PROTOCOL = "experiments/findings/protocol.yaml"
@@ -58,8 +59,6 @@ def test_the_findings_gmenet_student_is_tested_at_x1_on_the_unblurred_face():
     findings' GME-Net student sees the x1 face as it is and only the low-resolution faces blurred. (Its x1
     accuracy below its 14 px one is the student never having seen a sharp face in training: blurring the x1
     validation faces on purpose raises it, experiments/leaderboard/README.md.)"""
-    from lrfer.methods.gmenet import gaussian_blur
-
     protocol = load_findings_protocol(PROTOCOL)
     cfg = compose_config(plan_runs(protocol, ["gmenet"], 1)[("gmenet", 0)])
     method = build_method(cfg, method_context(cfg)).eval()
