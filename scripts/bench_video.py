@@ -30,6 +30,7 @@ from video_clips import write_clip
 from lrfer.cli import predict
 from lrfer.engine.loading import load_run_config
 from lrfer.report.provenance import provenance
+from lrfer.tools.latency import cpu_model
 
 
 def describe(run: str) -> dict:
@@ -43,16 +44,6 @@ def describe(run: str) -> dict:
         "input_size": int(cfg.get("input_size") or cfg.dataset.image_size),
         "test_x1_acc_synthetic": metrics.get("test", {}).get("x1", {}).get("acc"),
     }
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -222,3 +222,24 @@ def test_no_committed_command_names_a_folder_of_the_machine_that_ran_it():
             if absolute:
                 found[str(path.relative_to(REPO))] = absolute
     assert found == {}
+
+
+LSCPU_ZEN3 = """Architecture:        x86_64
+Vendor ID:           AuthenticAMD
+Model name:          AMD EPYC
+CPU family:          25
+Model:               1
+Stepping:            1
+"""
+
+
+def test_the_machine_record_tells_cpu_generations_apart_that_share_a_model_name() -> None:
+    """A VM's bare "AMD EPYC" hides Zen 3 (family 25 model 1) from Zen 4 (model 17), and the CPU seconds of
+    an epoch differ between such VMs: the record names the family, the model and torch's vector ISA."""
+    from lrfer.tools.latency import describe_cpu
+
+    zen4 = LSCPU_ZEN3.replace("Model:               1", "Model:               17")
+    assert describe_cpu(LSCPU_ZEN3, "AVX2") == "AMD EPYC (family 25 model 1, AVX2)"
+    assert describe_cpu(zen4, "AVX512") == "AMD EPYC (family 25 model 17, AVX512)"
+    assert describe_cpu("Model name: Apple M2\n", "DEFAULT") == "Apple M2 (DEFAULT)"
+    assert describe_cpu("Architecture: aarch64\n", "DEFAULT") == ""
