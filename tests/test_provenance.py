@@ -239,7 +239,7 @@ def test_the_machine_record_tells_cpu_generations_apart_that_share_a_model_name(
     from lrfer.tools.latency import describe_cpu
 
     zen4 = LSCPU_ZEN3.replace("Model:               1", "Model:               17")
-    assert describe_cpu(LSCPU_ZEN3, "AVX2") == "AMD EPYC (family 25 model 1, AVX2)"
-    assert describe_cpu(zen4, "AVX512") == "AMD EPYC (family 25 model 17, AVX512)"
-    assert describe_cpu("Model name: Apple M2\n", "DEFAULT") == "Apple M2 (DEFAULT)"
+    assert describe_cpu(LSCPU_ZEN3, "AVX2") == "AMD EPYC, family 25 model 1, AVX2"
+    assert describe_cpu(zen4, "AVX512") == "AMD EPYC, family 25 model 17, AVX512"
+    assert describe_cpu("Model name: Apple M2\n", "DEFAULT") == "Apple M2, DEFAULT"
     assert describe_cpu("Architecture: aarch64\n", "DEFAULT") == ""

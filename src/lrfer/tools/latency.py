@@ -45,12 +45,12 @@ def cpu_latency_ms(
 
 def describe_cpu(lscpu_text: str, isa: str) -> str:
     """``lscpu``'s model name with its family and model numbers and ``isa`` (the vector instructions torch's
-    kernels use), e.g. ``AMD EPYC (family 25 model 1, AVX2)``; an empty string when it names no model.
+    kernels use), e.g. ``AMD EPYC, family 25 model 1, AVX2``; an empty string when it names no model.
 
     Virtual machines often report a bare "AMD EPYC": the numbers tell the generations apart (family 25 model 1
     is Zen 3, model 17 Zen 4). CPU seconds measured on two such VMs are not comparable: an epoch of the
-    findings' whole-face voting network cost 258 CPU s on one (2026-12-07) and about 470 on a Zen 3 with AVX2
-    (2026-12-08), both on two threads.
+    findings' whole-face voting network (its first, on two threads) cost 275 CPU s on one (2026-12-07) and 458
+    on a Zen 3 with AVX2 (2026-12-08).
     """
     fields = {}
     for line in lscpu_text.splitlines():
@@ -65,8 +65,7 @@ def describe_cpu(lscpu_text: str, isa: str) -> str:
         for key, label in (("CPU family", "family"), ("Model", "model"))
         if key in fields
     ]
-    details = ", ".join(filter(None, [" ".join(ids), isa]))
-    return f"{name} ({details})" if details else name
+    return ", ".join(filter(None, [name, " ".join(ids), isa]))
 
 
 def cpu_model() -> str:
@@ -79,4 +78,4 @@ def cpu_model() -> str:
             return described
     except (OSError, subprocess.SubprocessError):
         pass
-    return f"{platform.processor() or platform.machine() or 'unknown'} ({isa})"
+    return ", ".join(filter(None, [platform.processor() or platform.machine() or "unknown", isa]))
